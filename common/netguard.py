@@ -1,0 +1,214 @@
+"""SSRF guard for outbound requests to user-supplied URLs (webhooks).
+
+Validate-then-fetch is not enough: a hostname can resolve to a public address when checked and to
+127.0.0.1 a moment later (DNS rebinding). So `resolve()` checks every address the name has and
+returns one pinned address, and `post()` connects to that address while sending the original
+`Host` header and TLS server name. Redirects are never followed (a 3xx is a failed delivery).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+
+MAX_URL_LENGTH = 2048
+
+# Cloud metadata endpoints stay refused even when an operator allowlists private ranges
+# (a webhook to them would hand out instance credentials).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+)
+# Ranges Python's `is_global` does not flag (3.11) but that are not routable public unicast.
+_EXTRA_BLOCKED = tuple(
+    ipaddress.ip_network(n)
+    for n in ("100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "::/8", "fec0::/10", "64:ff9b:1::/48")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be fetched; `code` is a stable API error code, `message` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NetPolicy:
+    """What outbound URLs may reach. `allow` lists networks exempt from the private-range ban."""
+
+    allow: tuple[IPNetwork, ...] = ()
+    schemes: tuple[str, ...] = ("http", "https")
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_strings(cls, allow: Iterable[str] = (), **kwargs) -> NetPolicy:
+        """Build from CIDR strings such as "127.0.0.0/8" or "::1/128" (settings use this)."""
+        return cls(allow=tuple(ipaddress.ip_network(a.strip(), strict=False) for a in allow if a.strip()),
+                   **kwargs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL checked by `resolve`: where to connect (`ip`) and what to tell the server."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    ip: IPAddress
+    path: str = field(default="/")
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port == default else f"{name}:{self.port}"
+
+    @property
+    def pinned_url(self) -> str:
+        """The URL with the host replaced by the pinned address (what the socket connects to)."""
+        addr = f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+        return f"{self.scheme}://{addr}:{self.port}{self.path}"
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address hidden in an IPv4-mapped, 6to4 or NAT64 IPv6 address, if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def blocked_reason(ip: IPAddress) -> str | None:
+    """Why `ip` is not a public unicast address, or None when it is."""
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return "scoped IPv6 address"
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            reason = blocked_reason(inner)
+            return f"IPv4 {inner} inside IPv6: {reason}" if reason else None
+    checks = (
+        ("loopback", ip.is_loopback),
+        ("unspecified", ip.is_unspecified),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("reserved", any(ip in n for n in _EXTRA_BLOCKED if n.version == ip.version)),
+        ("not globally routable", not ip.is_global),
+    )
+    return next((name for name, hit in checks if hit), None)
+
+
+def check_address(ip: IPAddress, policy: NetPolicy) -> None:
+    """Raise UnsafeURL unless `ip` is public or inside the operator allowlist (metadata never)."""
+    if ip in METADATA_ADDRESSES or (
+        isinstance(ip, ipaddress.IPv6Address) and _embedded_ipv4(ip) in METADATA_ADDRESSES
+    ):
+        raise UnsafeURL("url_forbidden_address", f"{ip} is a cloud metadata address")
+    if any(ip.version == n.version and ip in n for n in policy.allow):
+        return
+    reason = blocked_reason(ip)
+    if reason:
+        raise UnsafeURL("url_forbidden_address", f"{ip} is not allowed ({reason})")
+
+
+def parse(url: str, policy: NetPolicy) -> tuple[str, str, int, str]:
+    """Syntactic checks: scheme, no credentials, a host, a valid port. Returns (scheme, host, port, path)."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise UnsafeURL("url_invalid", f"URL must be a non-empty string of at most {MAX_URL_LENGTH} chars")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise UnsafeURL("url_invalid", "URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise UnsafeURL("url_invalid", f"URL does not parse: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in policy.schemes:
+        raise UnsafeURL("url_scheme_forbidden", f"scheme {scheme or '(none)'!r} is not one of {policy.schemes}")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("url_invalid", "credentials in the URL are not accepted")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise UnsafeURL("url_invalid", "URL has no host")
+    port = port or (443 if scheme == "https" else 80)
+    if not 0 < port < 65536:
+        raise UnsafeURL("url_invalid", "port out of range")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, host, port, path
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """All addresses the system resolver gives for `host` (TCP)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+def resolve(url: str, policy: NetPolicy, resolver: Resolver = system_resolver) -> Target:
+    """Check `url` and pin it to one address; every address the host resolves to must be allowed."""
+    scheme, host, port, path = parse(url, policy)
+    try:
+        literal = ipaddress.ip_address(host)
+        addresses: list[IPAddress] = [literal]
+    except ValueError:
+        try:
+            addresses = [ipaddress.ip_address(a) for a in resolver(host, port)]
+        except (OSError, UnicodeError) as e:
+            raise UnsafeURL("url_unresolvable", f"cannot resolve host {host!r}: {e}") from None
+    if not addresses:
+        raise UnsafeURL("url_unresolvable", f"host {host!r} has no addresses")
+    for ip in addresses:
+        check_address(ip, policy)
+    return Target(url=url, scheme=scheme, host=host, port=port, ip=addresses[0], path=path)
+
+
+def post(
+    target: Target,
+    content: bytes,
+    headers: Mapping[str, str],
+    policy: NetPolicy,
+    max_response_bytes: int = 64 * 1024,
+) -> tuple[httpx.Response, bytes]:
+    """POST `content` to the pinned address of `target`; returns the response and its first bytes.
+
+    No redirects, no proxies from the environment, TLS verified against the original host name.
+    """
+    send_headers = dict(headers)
+    send_headers["Host"] = target.host_header
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    with httpx.Client(follow_redirects=False, trust_env=False, timeout=policy.timeout_s) as client:
+        request = client.build_request(
+            "POST", target.pinned_url, content=content, headers=send_headers, extensions=extensions
+        )
+        response = client.send(request, stream=True)
+        try:
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) >= max_response_bytes:
+                    break
+        finally:
+            response.close()
+    return response, body[:max_response_bytes]
