@@ -1,0 +1,254 @@
+"""StyleCLIP global directions as plain functions over tensors.
+
+Reference: StyleCLIP ``global_torch/StyleCLIP.py`` (``zeroshot_classifier``, ``GetDt``, ``GetBoundary``,
+``SplitS``) and ``manipulate.py`` (``MSCode``). The flow for one edit:
+
+1. ``text_direction``: CLIP embeds the neutral and the target text through 79 prompt templates each; the
+   direction ``dt`` is the normalized difference of the two normalized mean embeddings.
+2. ``style_direction``: the relevance matrix ``fs3`` (one row per conv style channel: how that channel moves
+   the CLIP image embedding) projected on ``dt``; channels below ``beta`` are dropped, the rest scaled so the
+   strongest is 1, then by each channel's std. toRGB layers are never edited.
+3. ``apply``: ``styles + alpha * direction`` for every alpha at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.clip_model import text_features
+from pipeline.errors import EMPTY_DIRECTION, INVALID_PARAMETER, MODEL_INVALID, PipelineError
+
+# The prompt ensemble of StyleCLIP (CLIP's ImageNet templates minus 'a photo of many {}.').
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    'a bad photo of a {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',
+    'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.', 'a photo of a hard to see {}.',
+    'a bright photo of a {}.', 'a photo of a clean {}.', 'a photo of a dirty {}.', 'a dark photo of the {}.',
+    'a drawing of a {}.', 'a photo of my {}.', 'the plastic {}.', 'a photo of the cool {}.',
+    'a close-up photo of a {}.', 'a black and white photo of the {}.', 'a painting of the {}.',
+    'a painting of a {}.', 'a pixelated photo of the {}.', 'a sculpture of the {}.', 'a bright photo of the {}.',
+    'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.', 'a jpeg corrupted photo of a {}.',
+    'a blurry photo of the {}.', 'a photo of the {}.', 'a good photo of the {}.', 'a rendering of the {}.',
+    'a {} in a video game.', 'a photo of one {}.', 'a doodle of a {}.', 'a close-up photo of the {}.',
+    'a photo of a {}.', 'the origami {}.', 'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.',
+    'a origami {}.', 'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.',
+    'a photo of the clean {}.', 'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.',
+    'a photo of a weird {}.', 'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.',
+    'a embroidered {}.', 'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
+    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
+    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.', 'a dark photo of a {}.',
+    'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.', 'a photo of a cool {}.',
+    'a photo of a small {}.', 'a tattoo of the {}.',
+)
+
+MAX_ALPHAS = 16
+ALPHA_LIMIT = 10.0
+MAX_TEXT_CHARS = 300
+
+
+# --- text -------------------------------------------------------------------------------------------------
+
+def text_embeddings(model: torch.nn.Module, texts: Sequence[str],
+                    templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
+    """Template-ensembled CLIP embedding of each text ``[len(texts), D]``: the re-normalized mean of the
+    L2-normalized embeddings of every template filled with the text. All prompts go through CLIP in one batch."""
+    for text in texts:
+        _check_text(text)
+    if not templates:
+        raise PipelineError(INVALID_PARAMETER, "at least one prompt template is needed")
+    prompts = [template.format(text) for text in texts for template in templates]
+    features = text_features(model, prompts, batch_size=len(prompts))
+    features = features / features.norm(dim=-1, keepdim=True)
+    per_text = features.view(len(texts), len(templates), -1).mean(dim=1)
+    return per_text / per_text.norm(dim=-1, keepdim=True)
+
+
+def text_embedding(model: torch.nn.Module, text: str, templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
+    """Template-ensembled CLIP embedding ``[D]`` of one text."""
+    return text_embeddings(model, [text], templates)[0]
+
+
+def text_direction(model: torch.nn.Module, neutral: str, target: str,
+                   templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
+    """The unit CLIP-space direction ``dt [D]`` from ``neutral`` to ``target`` (StyleCLIP ``GetDt``)."""
+    target_emb, neutral_emb = text_embeddings(model, [target, neutral], templates)
+    dt = target_emb - neutral_emb
+    norm = float(dt.norm())
+    if not math.isfinite(norm) or norm < 1e-6:
+        raise PipelineError(INVALID_PARAMETER, f"neutral {neutral!r} and target {target!r} give the same CLIP "
+                                               "embedding; describe the change in the target text")
+    return dt / norm
+
+
+def _check_text(text: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise PipelineError(INVALID_PARAMETER, "neutral and target texts must be non-empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise PipelineError(INVALID_PARAMETER, f"text longer than {MAX_TEXT_CHARS} characters")
+
+
+class TextDirectionCache:
+    """``text_direction`` memoized in memory (LRU) and, when ``dir`` is given, on disk as ``<sha256>.npy``.
+
+    The key covers everything the direction depends on: the CLIP model's id, the templates and both texts.
+    Thread-safe; a corrupt or foreign file is recomputed, never trusted.
+    """
+
+    def __init__(self, dir: Path | None, model_id: str, maxsize: int = 512):
+        self.dir = Path(dir) if dir is not None else None
+        self.model_id = model_id
+        self.maxsize = maxsize
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, neutral: str, target: str, templates: Sequence[str] = IMAGENET_TEMPLATES) -> str:
+        blob = json.dumps([self.model_id, list(templates), neutral, target], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, model: torch.nn.Module, neutral: str, target: str,
+            templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
+        """The direction ``dt [D]`` (float32, CPU), computed with ``model`` only on a miss."""
+        key = self.key(neutral, target, templates)
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return torch.from_numpy(self._memory[key].copy())
+        dt = self._read(key)
+        if dt is None:
+            dt = text_direction(model, neutral, target, templates).detach().float().cpu().numpy()
+            self._write(key, dt)
+        with self._lock:
+            self._memory[key] = dt
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.maxsize:
+                self._memory.popitem(last=False)
+        return torch.from_numpy(dt.copy())
+
+    def _path(self, key: str) -> Path | None:
+        return self.dir / f"{key}.npy" if self.dir is not None else None
+
+    def _read(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            dt = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if dt.ndim != 1 or dt.dtype != np.float32 or not np.all(np.isfinite(dt)):
+            return None
+        return dt
+
+    def _write(self, key: str, dt: np.ndarray) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a concurrent reader sees either no file or a whole one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, dt)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# --- style space ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StyleDirection:
+    """A direction in style space: one tensor ``[C]`` per style layer (toRGB layers all zero), and how many
+    channels passed the threshold."""
+
+    layers: tuple[torch.Tensor, ...]
+    channels_kept: int
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat(self.layers)
+
+
+def style_direction(fs3: torch.Tensor, dt: torch.Tensor, beta: float, style_std: torch.Tensor,
+                    style_dims: Sequence[int], style_is_torgb: Sequence[bool]) -> StyleDirection:
+    """StyleCLIP ``GetBoundary`` + ``SplitS(if_std=True)``.
+
+    fs3 ``[conv_channels, D]`` (conv layers only, in style-layer order), dt ``[D]``, style_std ``[total]``
+    (all layers concatenated in style-layer order); ``style_dims``/``style_is_torgb`` describe each layer.
+    """
+    check_beta(beta)
+    conv_dims = [d for d, rgb in zip(style_dims, style_is_torgb, strict=True) if not rgb]
+    if fs3.ndim != 2 or fs3.shape[0] != sum(conv_dims) or dt.shape != (fs3.shape[1],):
+        raise PipelineError(MODEL_INVALID, f"relevance fs3 {tuple(fs3.shape)} does not fit a generator with "
+                                           f"{sum(conv_dims)} conv style channels and a {tuple(dt.shape)} direction")
+    if style_std.shape != (sum(style_dims),):
+        raise PipelineError(MODEL_INVALID, f"style std has {tuple(style_std.shape)} entries, the generator "
+                                           f"{sum(style_dims)}")
+    # float64: the threshold decision must not depend on the device's summation order.
+    relevance = fs3.double() @ dt.to(fs3.device).double()
+    kept = relevance.abs() >= beta
+    channels_kept = int(kept.sum())
+    if channels_kept == 0:
+        raise PipelineError(EMPTY_DIRECTION, f"no style channel reaches relevance beta={beta:g} for this text "
+                                             f"(strongest is {float(relevance.abs().max()):.3f}); lower beta")
+    relevance = torch.where(kept, relevance, torch.zeros_like(relevance))
+    relevance = (relevance / relevance.abs().max()).to(style_std.dtype).to(style_std.device)
+
+    layers, conv_start, std_start = [], 0, 0
+    for dim, is_rgb in zip(style_dims, style_is_torgb):
+        std = style_std[std_start:std_start + dim]
+        if is_rgb:
+            layers.append(torch.zeros_like(std))
+        else:
+            layers.append(relevance[conv_start:conv_start + dim] * std)
+            conv_start += dim
+        std_start += dim
+    return StyleDirection(tuple(layers), channels_kept)
+
+
+def apply(styles: Sequence[torch.Tensor], direction: StyleDirection | Sequence[torch.Tensor],
+          alphas: Sequence[float]) -> list[torch.Tensor]:
+    """``styles + alpha * direction`` for every alpha (StyleCLIP ``MSCode``): per layer ``[1, C]`` in,
+    ``[len(alphas), C]`` out, so the generator renders all alphas in one batch."""
+    check_alphas(alphas)
+    layers = direction.layers if isinstance(direction, StyleDirection) else tuple(direction)
+    if len(layers) != len(styles):
+        raise PipelineError(MODEL_INVALID, f"direction has {len(layers)} layers, the styles {len(styles)}")
+    out = []
+    for style, delta in zip(styles, layers):
+        style = style.reshape(1, -1)
+        a = torch.as_tensor(list(alphas), dtype=style.dtype, device=style.device).view(-1, 1)
+        out.append(style + a * delta.to(style.device, style.dtype).reshape(1, -1))
+    return out
+
+
+def check_beta(beta: float) -> None:
+    if not _is_number(beta) or not math.isfinite(beta) or not 0 < beta < 1:
+        raise PipelineError(INVALID_PARAMETER, f"beta must be a number in (0, 1), got {beta!r}")
+
+
+def check_alphas(alphas: Sequence[float]) -> None:
+    if not 1 <= len(alphas) <= MAX_ALPHAS:
+        raise PipelineError(INVALID_PARAMETER, f"between 1 and {MAX_ALPHAS} alphas are needed, got {len(alphas)}")
+    for alpha in alphas:
+        if not _is_number(alpha) or not math.isfinite(alpha) or abs(alpha) > ALPHA_LIMIT:
+            raise PipelineError(INVALID_PARAMETER,
+                                f"each alpha must be a number in [-{ALPHA_LIMIT:g}, {ALPHA_LIMIT:g}], got {alpha!r}")
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
