@@ -1,0 +1,79 @@
+"""Golden checks for ``pipeline.stylegan2``: mapping, synthesis from W and W+, style space and style edits.
+
+Every ``stylegan2_*`` entry of the fixture's meta with a ``config`` and an ``.npz`` of the same name is checked,
+once per ``impl``. The weights go through ``load_state`` (the checkpoint loader's key check), not a bare
+``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.golden import Check, Fixture, compare, exact
+from pipeline.ops import IMPLS
+from pipeline.stylegan2 import Generator, load_state
+
+VECTOR_TOL = 1e-4
+
+
+def image_tol(ref: np.ndarray) -> float:
+    """float16-stored images carry their own rounding (README: 2e-3); float32 images 5e-4."""
+    return 2e-3 if ref.dtype == np.float16 else 5e-4
+
+
+def checks(fixture: Fixture) -> Iterator[Check]:
+    for name, entry in fixture.meta.items():
+        if name.startswith("stylegan2_") and isinstance(entry, dict) and "config" in entry \
+                and (fixture.dir / f"{name}.npz").exists():
+            yield from _checks_one(fixture, name, entry)
+
+
+def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
+    cfg = entry["config"]
+    g = Generator(cfg["size"], cfg["style_dim"], cfg["n_mlp"], cfg["channel_multiplier"])
+    load_state(g, fixture.weights(name, g.state_dict()), source=f"golden {name}")
+    g = g.to(fixture.device).eval()
+    data = fixture.npz(name)
+    t = {k: torch.from_numpy(v).to(fixture.device, torch.float32) for k, v in data.items() if v.dtype.kind == "f"}
+
+    yield exact(f"{name} style_layers", g.style_layer_names, entry["style_layers"])
+    yield exact(f"{name} style_dims", g.style_dims, entry["style_dims"])
+    for impl in IMPLS:
+        g.impl = impl
+        tag = f"{name}[{impl}]"
+        if "z" in t and "w" in t:
+            w = g.mapping(t["z"])
+            yield compare(f"{tag} w", w, data["w"], VECTOR_TOL)
+            if "image_from_w" in t:  # from our own w: the reference fed its own w through
+                yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], image_tol(data["image_from_w"]))
+        styles = g.styles(t["wplus"])
+        for i, s in enumerate(styles):
+            key = f"style_{i:02d}"
+            if key in data:
+                yield compare(f"{tag} {key}", s, data[key], VECTOR_TOL)
+        images = {k: data[k] for k in ("image_from_wplus", "image") if k in data}
+        edited = dict(_edits(entry, styles, t))
+        images.update({k: data[k] for k in edited})
+        # one batched synthesis of the unedited and every edited style set, as the editor runs it
+        sets = [styles] * (len(images) - len(edited)) + list(edited.values())
+        batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
+        out = g.synthesize(batch).split(styles[0].shape[0])
+        for (key, ref), ours in zip(images.items(), out):
+            yield compare(f"{tag} {key}", ours, ref, image_tol(ref))
+
+
+def _edits(entry: dict, styles: list[torch.Tensor], t: dict[str, torch.Tensor]) -> Iterator[tuple[str, list]]:
+    """The fixture's style edits: one channel of one layer (``edit1``), a delta vector on several (``edit2``)."""
+    if "edit1" in entry and "edit1_image" in t:
+        e = entry["edit1"]
+        edited = [s.clone() for s in styles]
+        edited[e["layer"]][:, e["channel"]] += e["delta"]
+        yield "edit1_image", edited
+    if "edit2_layers" in entry and "edit2_image" in t:
+        edited = [s.clone() for s in styles]
+        for layer in entry["edit2_layers"]:
+            edited[layer] = edited[layer] + t[f"edit2_delta_{layer:02d}"]
+        yield "edit2_image", edited
