@@ -1,0 +1,28 @@
+"""Text-driven face editing: StyleCLIP global directions on StyleGAN2, with e4e inversion and CLIP.
+
+The public surface (what the worker and the CLI use) is re-exported here lazily, so ``import pipeline`` does not
+import torch::
+
+    from pipeline import Bundle, Editor, Inversion, PipelineError, Canceled
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from pipeline.errors import Canceled, PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.bundle import Bundle
+    from pipeline.editor import Editor, Inversion
+
+__all__ = ["Bundle", "Editor", "Inversion", "PipelineError", "Canceled"]
+
+_LAZY = {"Bundle": "pipeline.bundle", "Editor": "pipeline.editor", "Inversion": "pipeline.editor"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -1,0 +1,60 @@
+"""``precompute-relevance``: StyleCLIP's channel relevance matrix (fs3) and style std for a bundle's models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "precompute-relevance", help="compute the relevance file the global directions need",
+        description="For N random latents, perturb every conv style channel of the bundle's generator by its "
+                    "std and measure how the CLIP image embedding moves (StyleCLIP's fs3), and record each "
+                    "channel's std. Resumable: interrupted runs continue where they stopped. Writes the file "
+                    "the manifest names (and updates its sha256 there) unless --out is given.",
+        epilog="example: python -m pipeline precompute-relevance --bundle models --images 200 --device cuda")
+    parser.add_argument("--bundle", required=True, help="bundle directory (needs generator and clip)")
+    parser.add_argument("--images", type=int, default=200, help="random latents to average over (default 200)")
+    parser.add_argument("--out", default=None, help="output file (default: the manifest's relevance file)")
+    parser.add_argument("--chunk-channels", type=int, default=64,
+                        help="style channels perturbed per generator batch (memory vs speed, default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random latents (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run, parser=parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from pipeline.bundle import pin_entry, read_manifest
+    from pipeline.cli.progress import ProgressBar
+    from pipeline.clip_model import load_clip
+    from pipeline.errors import MODEL_MISSING, PipelineError
+    from pipeline.relevance import precompute_relevance
+    from pipeline.stylegan2 import load_generator
+
+    if args.images < 1 or args.chunk_channels < 1:
+        args.parser.error("--images and --chunk-channels must be positive")
+    directory = Path(args.bundle)
+    manifest = read_manifest(directory)
+    paths = {role: directory / manifest.models[role].file for role in ("generator", "clip", "relevance")}
+    for role in ("generator", "clip"):
+        if not paths[role].is_file():
+            raise PipelineError(MODEL_MISSING, f"{paths[role].name} not found in {directory}: run "
+                                               f"`python -m pipeline download --dir {directory} --only {role}`")
+    generator = load_generator(paths["generator"], args.device).eval().requires_grad_(False)
+    clip_model = load_clip(paths["clip"], args.device)
+    out = Path(args.out) if args.out else paths["relevance"]
+    with ProgressBar(enabled=not args.quiet) as bar:
+        out = precompute_relevance(generator, clip_model, out, n_images=args.images,
+                                   chunk_channels=args.chunk_channels, seed=args.seed, device=args.device,
+                                   progress=bar)
+    if Path(out).resolve() == paths["relevance"].resolve():
+        entry = pin_entry(directory, "relevance")
+        print(f"relevance sha256 {entry.sha256} ({entry.bytes} bytes) written to {directory}/manifest.json",
+              file=sys.stderr)
+    print(out)
+    return 0

@@ -1,0 +1,69 @@
+"""``Inversion``: everything an edit needs from one photo, storable as bytes (the worker's inversion cache).
+
+Stored with ``np.savez`` and read with ``allow_pickle=False``: a cache blob can never execute code. Text fields
+are numpy unicode arrays, the photo is its original encoded bytes (re-decoded, EXIF-oriented, at edit time), so
+``Inversion.from_bytes(inv.to_bytes())`` reproduces every field bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.errors import INVALID_PARAMETER, PipelineError
+
+FORMAT = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Inversion:
+    """W+ codes of the face in ``photo`` and how to put an edited face back.
+
+    codes: ``[n_latent, 512]`` float32 (e4e output + latent_avg); quad: ``[4, 2]`` float64 corners of the
+    aligned crop in oriented-photo pixels; photo: the original encoded file; photo_size: (width, height) after
+    EXIF orientation; versions: model versions that produced it (``encoder``, ``generator``)."""
+
+    codes: np.ndarray
+    quad: np.ndarray
+    qsize: float
+    n_faces: int
+    note: str
+    photo: bytes
+    photo_size: tuple[int, int]
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        codes = np.array(self.codes, dtype=np.float32)
+        quad = np.array(self.quad, dtype=np.float64)
+        if codes.ndim != 2 or quad.shape != (4, 2):
+            raise ValueError(f"codes must be [n_latent, dim] and quad [4, 2], got {codes.shape} and {quad.shape}")
+        codes.setflags(write=False)
+        quad.setflags(write=False)
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "quad", quad)
+        object.__setattr__(self, "photo_size", (int(self.photo_size[0]), int(self.photo_size[1])))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, format=np.int64(FORMAT), codes=self.codes, quad=self.quad, qsize=np.float64(self.qsize),
+                 n_faces=np.int64(self.n_faces), note=np.str_(self.note),
+                 photo=np.frombuffer(self.photo, dtype=np.uint8), photo_size=np.array(self.photo_size, np.int64),
+                 versions=np.str_(json.dumps(self.versions, sort_keys=True)))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Inversion:
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as f:
+                if int(f["format"]) != FORMAT:
+                    raise PipelineError(INVALID_PARAMETER, f"inversion format {int(f['format'])} is not {FORMAT}")
+                return cls(codes=f["codes"], quad=f["quad"], qsize=float(f["qsize"]), n_faces=int(f["n_faces"]),
+                           note=str(f["note"]), photo=f["photo"].tobytes(),
+                           photo_size=tuple(int(v) for v in f["photo_size"]),
+                           versions=json.loads(str(f["versions"])))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise PipelineError(INVALID_PARAMETER, f"not a stored inversion: {type(exc).__name__}: {exc}") from exc
