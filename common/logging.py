@@ -1,0 +1,128 @@
+"""Structured logs: one JSON object per line, carrying the edit id of whatever is being worked on.
+
+`log_context(edit_id=...)` binds fields through contextvars, so every line logged inside it (the API
+request, the Celery task, the pipeline's progress callbacks) carries them without passing a logger
+around. Redaction is applied to every record: secrets (keys, passwords, tokens, credentials in URLs)
+and raw bytes (photos) never reach the log stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("faceedit_log_context", default={})
+
+REDACTED = "[redacted]"
+_MAX_STRING = 2000
+# Field names whose values are secrets whatever they look like.
+_SECRET_NAME = re.compile(r"(pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|private)", re.I)
+# Secrets inside free text: bearer tokens, `whsec_` signing secrets, user:password@ in URLs, key=value.
+_TEXT_PATTERNS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), REDACTED),
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1" + REDACTED + "@"),
+    (
+        re.compile(r"(?i)\b((?:api[_-]?key|password|secret|token|x-amz-signature|signature)=)[^&\s\"']+"),
+        r"\1" + REDACTED,
+    ),
+)
+# Attributes every LogRecord has; anything else was passed through `extra=` and is logged as a field.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def redact_text(text: str) -> str:
+    """`text` with embedded secrets replaced and its length capped."""
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    if len(text) > _MAX_STRING:
+        text = text[:_MAX_STRING] + f"...[{len(text) - _MAX_STRING} more chars]"
+    return text
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """A JSON-safe copy of `value` with secrets and binary payloads removed, recursively."""
+    if name and _SECRET_NAME.search(name) and value is not None:
+        return REDACTED
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    return redact_text(str(value))
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Bind `fields` (e.g. `edit_id`, `image_id`) to every log line emitted inside the block."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> dict[str, Any]:
+    """The fields bound by the enclosing `log_context` blocks."""
+    return dict(_context.get())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, bound context, `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        for key, value in _context.get().items():
+            entry[key] = redact(value, key)
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = redact(value, key)
+        if record.exc_info:
+            entry["exception"] = redact_text("".join(traceback.format_exception(*record.exc_info)))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for a terminal, with the same context and the same redaction."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact_text(super().format(record))
+        context = " ".join(f"{k}={redact(v, k)}" for k, v in _context.get().items())
+        return f"{line} [{context}]" if context else line
+
+
+def configure_logging(level: str = "INFO", fmt: Literal["json", "text"] = "json") -> None:
+    """Route the root logger to stderr with the chosen format (replaces existing handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # uvicorn installs its own handlers on these; let them propagate to ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True

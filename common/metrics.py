@@ -1,0 +1,185 @@
+"""Prometheus metrics of the API and the workers, and the two ways they are served.
+
+The API serves them on its own port at `/metrics` (`metrics_payload`); a worker has no HTTP server, so
+`start_exporter` runs prometheus_client's small one in the worker's main process on METRICS_PORT.
+When `PROMETHEUS_MULTIPROC_DIR` is set (uvicorn with several workers, Celery prefork children),
+prometheus_client keeps values in per-process files and both readers aggregate them.
+
+Labels stay low-cardinality on purpose: the route *template* (`/v1/edits/{edit_id}`), never the
+path; a stable error code, never a message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+# Edits take from a fraction of a second (cached inversion, small output) to minutes (optimize mode
+# on CPU); the buckets cover that range with about two per decade.
+_JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 600, 1800)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter(
+    "faceedit_http_requests", "HTTP requests answered by the API.", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "faceedit_http_request_duration_seconds",
+    "Time from request to the end of the response body, by route template.",
+    ["method", "route", "status"],
+    buckets=_HTTP_BUCKETS,
+)
+JOB_STAGE_SECONDS = Histogram(
+    "faceedit_job_stage_seconds",
+    "Seconds an edit spent in each pipeline stage (`total` = the whole job on the worker).",
+    ["stage"],
+    buckets=_JOB_BUCKETS,
+)
+JOB_QUEUE_WAIT = Histogram(
+    "faceedit_job_queue_wait_seconds",
+    "Seconds from submission until a worker started the edit.",
+    buckets=_JOB_BUCKETS,
+)
+JOBS = Counter("faceedit_jobs", "Edits finished by a worker, by outcome.", ["outcome"])
+JOB_FAILURES = Counter("faceedit_job_failures", "Failed edits by stable error code.", ["code"])
+INVERSION_CACHE = Counter(
+    "faceedit_inversion_cache", "Inversion cache lookups by the worker.", ["result"]
+)
+JOBS_IN_PROGRESS = Gauge(
+    "faceedit_jobs_in_progress", "Edits being processed right now.", multiprocess_mode="livesum"
+)
+GPU_MEMORY = Gauge(
+    "faceedit_gpu_memory_bytes",
+    "CUDA memory of the worker process: allocated, reserved and peak allocated since start.",
+    ["device", "kind"],
+    multiprocess_mode="liveall",
+)
+
+# The keys of an edit resource's `metrics` object that are stage timings, and their stage label.
+_STAGE_KEYS = {
+    "align_seconds": "align",
+    "invert_seconds": "invert",
+    "direction_seconds": "direction",
+    "synthesize_seconds": "synthesize",
+    "paste_seconds": "paste",
+    "optimize_seconds": "optimize",
+    "total_seconds": "total",
+}
+
+
+def multiprocess_enabled() -> bool:
+    """True when prometheus_client stores values in files shared by several processes."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def registry() -> CollectorRegistry:
+    """The registry to read from: this process's, or the aggregate of all processes' files."""
+    if not multiprocess_enabled():
+        return REGISTRY
+    aggregate = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(aggregate)
+    return aggregate
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The text exposition for a `/metrics` route: (body, content type)."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def start_exporter(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve `/metrics` from a daemon thread of this process (the worker's main process)."""
+    start_http_server(port, addr=addr, registry=registry())
+
+
+def observe_edit(
+    metrics: Mapping[str, Any], outcome: str, error_code: str | None = None
+) -> None:
+    """Record one finished edit from its resource's `metrics` object (see docs/ARCHITECTURE.md).
+
+    Missing or null timings are skipped: a canceled edit may never have reached `synthesize`.
+    """
+    for key, stage in _STAGE_KEYS.items():
+        value = metrics.get(key)
+        if isinstance(value, int | float) and value >= 0:
+            JOB_STAGE_SECONDS.labels(stage=stage).observe(value)
+    queue = metrics.get("queue_seconds")
+    if isinstance(queue, int | float) and queue >= 0:
+        JOB_QUEUE_WAIT.observe(queue)
+    cached = metrics.get("inversion_cached")
+    if isinstance(cached, bool):
+        INVERSION_CACHE.labels(result="hit" if cached else "miss").inc()
+    JOBS.labels(outcome=outcome).inc()
+    if outcome == "failed":
+        JOB_FAILURES.labels(code=error_code or "internal").inc()
+
+
+def record_gpu_memory() -> None:
+    """Sample CUDA memory of this process, if this process has already initialised CUDA.
+
+    `common` never imports torch (the API image has none); a worker has it loaded by the time a job
+    ran, so it is read from `sys.modules` rather than imported.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    for index in range(torch.cuda.device_count()):
+        device = f"cuda:{index}"
+        GPU_MEMORY.labels(device=device, kind="allocated").set(torch.cuda.memory_allocated(index))
+        GPU_MEMORY.labels(device=device, kind="reserved").set(torch.cuda.memory_reserved(index))
+        GPU_MEMORY.labels(device=device, kind="peak_allocated").set(torch.cuda.max_memory_allocated(index))
+
+
+def route_label(scope: Mapping[str, Any]) -> str:
+    """The route template Starlette matched for this request, or `unmatched` (404s, scanners)."""
+    route = scope.get("route")
+    if route is None:
+        return "unmatched"
+    path = getattr(route, "path_format", None) or getattr(route, "path", "")
+    if route.__class__.__name__ == "Mount":  # static files: one label for the whole mount
+        return (path or "") + "/*"
+    return path or "unmatched"
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware: request count and latency by method, route template and status.
+
+    Pure ASGI rather than `BaseHTTPMiddleware` so streaming responses are timed to their last byte
+    and nothing is buffered. An exception escaping the app counts as a 500.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            labels = {"method": scope["method"], "route": route_label(scope), "status": str(status)}
+            HTTP_REQUESTS.labels(**labels).inc()
+            HTTP_LATENCY.labels(**labels).observe(time.perf_counter() - started)
