@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +35,18 @@ MEDIAPIPE_TO_68 = (
 # Below this quad side (≈ 4x the eye distance) the 256 px crop is mostly upsampling blur.
 MIN_FACE_SIZE = 64.0
 MAX_FACES = 6
-# Detection runs on a copy at most this large: the mesh model sees a 192 px face crop anyway, and feeding a
-# 12 MP frame to MediaPipe costs far more than the downscale. Landmarks are mapped back to full resolution.
-DETECT_MAX_SIDE = 2048
+# The face detector sees the whole frame at 192 px, so it gets a copy at most this large (a 12 MP frame
+# costs MediaPipe far more than the downscale). Boxes are mapped back to full resolution.
+DETECT_MAX_SIDE = 1024
+# Fallback tiles, each this fraction of the frame's width and height (four, overlapping, at the corners).
+TILE_FRACTION = 0.6
+# The mesh runs on a square this many times the detector's box, at most MESH_MAX_SIDE pixels (its landmark
+# model reads a 192 px crop of the face).
+MESH_CROP_SCALE = 2.0
+MESH_MAX_SIDE = 512
+# The whole-frame mesh fit is kept only for faces this close to upright (degrees); others are refitted on an
+# upright crop (measured: frame-fit crops drift by 2-25 % of the quad beyond ~25 degrees of roll).
+MAX_FRAME_ROLL = 20.0
 MIN_DETECTION_CONFIDENCE = 0.5
 # FFHQ framing constants (reference values).
 _EYE_TO_MOUTH_SHIFT = 0.1
@@ -145,23 +155,35 @@ def _reflect_pad_blur(img: Image.Image, pad: np.ndarray, qsize: float) -> Image.
 
 
 # --- detection ---------------------------------------------------------------------------------------------
+# Two MediaPipe stages: the full-range face detector finds faces (small ones, several, sideways ones) and their
+# eye keypoints; the face mesh then fits landmarks on an upright square crop around each face. The mesh on its
+# own finds only faces that fill much of the frame, and fits sideways or upside-down faces badly.
 
 def detect_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[np.ndarray]:
     """68-point landmarks ``[68, 2]`` (pixel coordinates of ``img``) of every face found, largest first.
 
-    A photo with no upright face is tried turned by 90, 270 and 180 degrees (a sideways photo whose EXIF
-    orientation was lost), and the landmarks are mapped back to ``img``'s own coordinates.
+    Faces turned by 90 or 180 degrees in the pixels (a photo whose EXIF orientation was lost) are fitted on
+    an upright view and mapped back to ``img``'s coordinates.
     """
     img = img if img.mode == "RGB" else img.convert("RGB")
+    models = _models()
     small = _downscaled(img, DETECT_MAX_SIDE)
-    detector = _detector(max_faces)
-    for turn in (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_180):
-        view = small if turn is None else small.transpose(turn)
-        normalized = detector.landmarks(view)
-        if normalized:
-            faces = [_unturn(n, turn) * img.size for n in normalized]
-            return sorted(faces, key=lambda lm: -face_quad(lm)[1])
-    return []
+    size = np.array(img.size, dtype=np.float64)
+    # The reference's own path first: the mesh over the whole frame. Where it works (upright faces that fill
+    # a good part of the frame) our landmarks are then the reference's, not a near miss.
+    frame_faces = [n * size for n in models.mesh(small, MAX_FACES)]
+    candidates = _find_candidates(small, size, models)
+    # Past ~20 degrees of roll the whole-frame fit drifts (crops off by 3-25 %), and on faces turned by a
+    # quarter or more it returns a wrong fit that can even look upright; the detector's eye keypoints tell.
+    faces = [lm for lm in frame_faces if abs(_roll(lm)) <= MAX_FRAME_ROLL and all(
+        c.turns == 0 for c in candidates if _inside(face_quad(lm)[0].mean(0), c.box))]
+    for candidate in candidates[: 2 * max_faces]:
+        if any(_inside(face_quad(f)[0].mean(0), candidate.box) for f in faces):
+            continue
+        lm = _fit_mesh(img, candidate, models)
+        if lm is not None and not any(_same_face(lm, f) for f in faces):
+            faces.append(lm)
+    return sorted(faces, key=lambda lm: -face_quad(lm)[1])[:max_faces]
 
 
 def align_face(img: Image.Image, output_size: int = 256, transform_size: int | None = None) -> Alignment:
@@ -183,59 +205,169 @@ def align_face(img: Image.Image, output_size: int = 256, transform_size: int | N
     return Alignment(crop=crop, quad=quad, qsize=qsize, landmarks=landmarks, n_faces=len(faces), note=note)
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    box: np.ndarray      # [x0, y0, x1, y1] in photo pixels
+    turns: int           # counter-clockwise quarter turns that make the face upright
+    score: float
+
+
+# A view of the photo for the detector, and the map from its normalized coordinates to photo pixels.
+_View = tuple[Image.Image, Callable[[np.ndarray], np.ndarray]]
+
+
+def _find_candidates(small: Image.Image, size: np.ndarray, models: _MediaPipe) -> list[_Candidate]:
+    """Detector boxes in photo pixels (``size`` = photo width, height), best first, from the first group of
+    views of ``small`` (the downscaled photo) that finds any."""
+    for views in _view_groups(small, size):
+        found = [c for view, to_photo in views for c in _detect_in_view(view, to_photo, models)]
+        if found:
+            return _non_max_suppression(found)
+    return []
+
+
+def _view_groups(small: Image.Image, size: np.ndarray) -> Iterator[list[_View]]:
+    """The whole photo; then upside down (the detector misses those); then four overlapping tiles (faces too
+    small for the detector's 192 px view of the whole frame)."""
+    w, h = small.size
+    yield [(small, lambda p: p * size)]
+    yield [(small.transpose(Image.Transpose.ROTATE_180), lambda p: (1 - p) * size)]
+    tw, th = round(w * TILE_FRACTION), round(h * TILE_FRACTION)
+    yield [(small.crop((ox, oy, ox + tw, oy + th)),
+            lambda p, ox=ox, oy=oy: (p * (tw, th) + (ox, oy)) / (w, h) * size)
+           for ox, oy in ((0, 0), (w - tw, 0), (0, h - th), (w - tw, h - th))]
+
+
+def _detect_in_view(view: Image.Image, to_photo: Callable[[np.ndarray], np.ndarray],
+                    models: _MediaPipe) -> list[_Candidate]:
+    out = []
+    for box, eyes, score in models.detect(view):
+        corners = to_photo(box.reshape(2, 2))
+        right_eye, left_eye = to_photo(eyes)
+        # Upright, the subject's right eye is left of the left eye (eye vector along +x, angle 0). Image y
+        # points down, so each counter-clockwise quarter turn lowers the angle by 90 degrees.
+        dx, dy = left_eye - right_eye
+        turns = int(np.rint(np.degrees(np.arctan2(dy, dx)) / 90.0)) % 4
+        out.append(_Candidate(np.concatenate([corners.min(0), corners.max(0)]), turns, score))
+    return out
+
+
+def _non_max_suppression(candidates: list[_Candidate], max_iou: float = 0.3) -> list[_Candidate]:
+    kept: list[_Candidate] = []
+    for c in sorted(candidates, key=lambda c: -c.score):
+        if all(_iou(c.box, k.box) <= max_iou for k in kept):
+            kept.append(c)
+    return kept
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+    union = np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _fit_mesh(img: Image.Image, candidate: _Candidate, models: _MediaPipe) -> np.ndarray | None:
+    """Landmarks [68, 2] in photo pixels from an upright square crop around ``candidate``; None if the mesh
+    finds no face there (a detector false positive)."""
+    x0, y0, x1, y1 = candidate.box
+    side = int(np.ceil(MESH_CROP_SCALE * max(x1 - x0, y1 - y0)))
+    left, top = int(np.floor((x0 + x1 - side) / 2)), int(np.floor((y0 + y1 - side) / 2))
+    crop = img.crop((left, top, left + side, top + side))   # outside the photo reads as black
+    if side > MESH_MAX_SIDE:
+        crop = crop.resize((MESH_MAX_SIDE, MESH_MAX_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    view = crop.transpose(_QUARTER_TURNS[candidate.turns]) if candidate.turns else crop
+    found = models.mesh(view, 1)
+    if not found:
+        return None
+    return _unturn(found[0], candidate.turns) * side + (left, top)
+
+
+def _inside(point: np.ndarray, box: np.ndarray) -> bool:
+    return bool(np.all(point >= box[:2]) and np.all(point <= box[2:]))
+
+
+def _roll(landmarks: np.ndarray) -> float:
+    """In-plane angle of the eye line in degrees (0 = upright)."""
+    dx, dy = landmarks[42:48].mean(0) - landmarks[36:42].mean(0)
+    return float(np.degrees(np.arctan2(dy, dx)))
+
+
+def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    (qa, sa), (qb, sb) = face_quad(a), face_quad(b)
+    return bool(np.hypot(*(qa.mean(0) - qb.mean(0))) < 0.25 * max(sa, sb))
+
+
 def _downscaled(img: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / max(img.size)
     if scale >= 1:
         return img
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
-    # reducing_gap: a fast integer pre-reduction, then an accurate resample; detection needs no more.
+    # reducing_gap: a fast integer pre-reduction, then a proper resample; detection needs no more.
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def _unturn(normalized: np.ndarray, turn: Image.Transpose | None) -> np.ndarray:
-    """Normalized [0, 1] coordinates in a turned view → normalized coordinates in the unturned image."""
+_QUARTER_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
+def _unturn(normalized: np.ndarray, turns: int) -> np.ndarray:
+    """Normalized [0, 1] coordinates in a view turned ``turns`` quarters counter-clockwise → unturned image."""
     u, v = normalized[:, 0], normalized[:, 1]
-    if turn is None:
-        return normalized
-    if turn == Image.Transpose.ROTATE_90:      # counter-clockwise: view (u, v) came from (1 - v, u)
+    if turns == 1:
         return np.stack([1 - v, u], axis=1)
-    if turn == Image.Transpose.ROTATE_270:     # clockwise: view (u, v) came from (v, 1 - u)
+    if turns == 2:
+        return np.stack([1 - u, 1 - v], axis=1)
+    if turns == 3:
         return np.stack([v, 1 - u], axis=1)
-    return np.stack([1 - u, 1 - v], axis=1)    # 180 degrees
+    return normalized
 
 
-class _FaceMesh:
-    """One MediaPipe FaceMesh graph; ``process`` is not thread-safe, so calls are serialized."""
+class _MediaPipe:
+    """The two MediaPipe graphs. Their ``process`` is not thread-safe, so calls are serialized."""
 
-    def __init__(self, max_faces: int):
-        import mediapipe as mp  # heavy (TensorFlow Lite runtime); imported on first detection only
+    def __init__(self, max_faces: int) -> None:
+        import mediapipe as mp  # heavy (TensorFlow Lite runtime): imported on first detection only
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False,
-            min_detection_confidence=MIN_DETECTION_CONFIDENCE)
+        self._detector = mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=MIN_DETECTION_CONFIDENCE)  # 1 = full range (~5 m)
+        self._meshes = {n: mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=n, refine_landmarks=False,
+            min_detection_confidence=MIN_DETECTION_CONFIDENCE) for n in {1, max_faces}}
         self._lock = threading.Lock()
 
-    def landmarks(self, img: Image.Image) -> list[np.ndarray]:
-        """Normalized [0, 1] coordinates ``[68, 2]`` of each face in ``img`` (RGB)."""
-        pixels = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    def detect(self, img: Image.Image) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """``(box [x0, y0, x1, y1], eyes [[right], [left]], score)`` per face, normalized to ``img``."""
         with self._lock:
-            result = self._mesh.process(pixels)
-        faces = result.multi_face_landmarks or []
+            result = self._detector.process(_pixels(img))
         out = []
-        for face in faces:
-            points = face.landmark
-            out.append(np.array([(points[i].x, points[i].y) for i in MEDIAPIPE_TO_68], dtype=np.float64))
+        for det in result.detections or []:
+            loc = det.location_data
+            b = loc.relative_bounding_box
+            box = np.array([b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height], dtype=np.float64)
+            kp = loc.relative_keypoints   # 0: right eye, 1: left eye (the subject's)
+            eyes = np.array([(kp[0].x, kp[0].y), (kp[1].x, kp[1].y)], dtype=np.float64)
+            out.append((box, eyes, float(det.score[0])))
         return out
 
+    def mesh(self, img: Image.Image, max_faces: int) -> list[np.ndarray]:
+        """Normalized [0, 1] coordinates ``[68, 2]`` of up to ``max_faces`` faces in ``img``."""
+        with self._lock:
+            result = self._meshes[max_faces].process(_pixels(img))
+        return [np.array([(f.landmark[i].x, f.landmark[i].y) for i in MEDIAPIPE_TO_68], dtype=np.float64)
+                for f in result.multi_face_landmarks or []]
 
-_detectors: dict[tuple[int, int], _FaceMesh] = {}
-_detectors_lock = threading.Lock()
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def _detector(max_faces: int) -> _FaceMesh:
-    """A per-process detector (keyed by pid: a graph built before a worker fork must not be shared)."""
-    key = (os.getpid(), max_faces)
-    with _detectors_lock:
-        if key not in _detectors:
-            _detectors[key] = _FaceMesh(max_faces)
-        return _detectors[key]
+_instances: dict[int, _MediaPipe] = {}
+_instances_lock = threading.Lock()
+
+
+def _models() -> _MediaPipe:
+    """Built on first use, once per process (keyed by pid: graphs must not be shared across a worker fork)."""
+    with _instances_lock:
+        pid = os.getpid()
+        if pid not in _instances:
+            _instances[pid] = _MediaPipe(MAX_FACES)
+        return _instances[pid]
