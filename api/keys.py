@@ -1,0 +1,48 @@
+"""API keys: generated once, shown once, stored only as SHA-256 (keys are random, so a fast hash is safe)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.models import ApiKey, new_id, utcnow
+
+KEY_PREFIX = "fe_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, owner: str | None = None) -> tuple[ApiKey, str]:
+    """A new key row and the plaintext key (never stored). Without `owner` the key is its own owner;
+    pass an existing owner to rotate keys without losing access to its images and edits."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = new_id("key")
+    row = ApiKey(id=key_id, owner=owner or key_id, name=name, key_hash=hash_key(key), prefix=key[:10])
+    session.add(row)
+    session.commit()
+    return row, key
+
+
+def owner_for_key(session: Session, key: str) -> str | None:
+    """The owner of a live (not revoked) key, or None."""
+    return session.scalar(
+        select(ApiKey.owner).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+def revoke_key(session: Session, key_id: str) -> bool:
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    session.commit()
+    return True
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))

@@ -1,0 +1,98 @@
+"""The FastAPI application factory (`uvicorn --factory api.main:create_app`).
+
+Every error leaves as `{"code", "message"}`: our ApiErrors, FastAPI's validation errors, Starlette's
+404/405, and unexpected exceptions (500 `internal_error`, no stack trace in the body).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.body_limit import BodySizeLimit
+from api.photo_check import enable_heif
+from api.routes import app_config, edits, health, images, uploads
+from common.db import make_engine, make_session_factory
+from common.errors import ApiError
+from common.queue import make_celery
+from common.settings import Settings, get_settings
+from common.storage import make_storage
+
+log = logging.getLogger("api")
+
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+# Multipart framing around the photo itself.
+_MULTIPART_OVERHEAD = 1024 * 1024
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return _error(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, "validation_error", _validation_message(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_BY_STATUS.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "internal error; it was logged")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API with its own engine, storage and Celery client (nothing global, tests build many)."""
+    settings = settings or get_settings()
+    enable_heif()
+    app = FastAPI(
+        title="faceedit",
+        version="1",
+        description="Text-driven face editing (StyleCLIP global directions) as an asynchronous job API.",
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.storage = make_storage(settings)
+    app.state.celery = make_celery(settings, name="faceedit-api")
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_OVERHEAD)
+    # Request metrics (common/metrics.py, Prometheus) are installed here as one more middleware.
+
+    for module in (health, app_config, images, uploads, edits):
+        app.include_router(module.router)
+    if settings.web_dir.is_dir():
+        # Last, so API routes win; unknown paths still get the JSON 404 through the handler above.
+        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    return app

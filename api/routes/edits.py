@@ -1,0 +1,251 @@
+"""`/v1/edits`: submit an edit job, poll it (or hold with `Prefer: wait=N`), list, cancel, fetch outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from datetime import datetime, timedelta
+
+from celery import Celery
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.routes.images import load_image
+from api.schemas import EditCreate, EditInput, EditList, EditOut, EditUrls, ErrorBody
+from common import lifecycle
+from common.errors import ApiError
+from common.models import Edit, new_id, utcnow
+from common.queue import enqueue_edit
+from common.settings import Settings
+from common.storage import Storage
+
+router = APIRouter(prefix="/v1/edits", tags=["edits"])
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 429, 503)}
+_MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def load_edit(session: Session, owner: str, edit_id: str) -> Edit:
+    """The caller's edit; someone else's id is indistinguishable from a missing one."""
+    edit = session.get(Edit, edit_id)
+    if edit is None or edit.owner != owner:
+        raise ApiError("edit_not_found", f"no edit {edit_id!r}")
+    return edit
+
+
+def _queue_position(session: Session, edit: Edit) -> int | None:
+    if edit.status != lifecycle.STARTING:
+        return None
+    ahead = select(func.count()).where(Edit.status == lifecycle.STARTING, Edit.created_at < edit.created_at)
+    return session.scalar(ahead)
+
+
+def _output_urls(edit: Edit, request: Request, storage: Storage, settings: Settings) -> list[str] | None:
+    if edit.status != lifecycle.SUCCEEDED or not edit.output_keys:
+        return None
+    expiry = timedelta(seconds=settings.output_url_expiry_seconds)
+    urls = []
+    for index, key in enumerate(edit.output_keys):
+        media_type = _MEDIA_TYPES.get(key.rsplit(".", 1)[-1])
+        presigned = storage.presigned_get(key, expiry, media_type)
+        urls.append(presigned or str(request.url_for("get_edit_output", edit_id=edit.id, index=index)))
+    return urls
+
+
+def edit_out(edit: Edit, session: Session, request: Request, storage: Storage, settings: Settings) -> EditOut:
+    """The public resource of an edit row."""
+    metrics = dict(edit.metrics or {})
+    if edit.started_at and "queue_seconds" not in metrics:
+        metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
+    error = ErrorBody(code=edit.error_code, message=edit.error_message or "") if edit.error_code else None
+    return EditOut(
+        id=edit.id,
+        status=edit.status,
+        input=EditInput(
+            image=edit.image_id,
+            neutral=edit.neutral,
+            target=edit.target,
+            alphas=edit.alphas,
+            beta=edit.beta,
+            mode=edit.mode,
+            output_format=edit.output_format,
+        ),
+        output=_output_urls(edit, request, storage, settings),
+        error=error,
+        metrics=metrics,
+        model=edit.model,
+        progress=edit.progress if edit.status == lifecycle.PROCESSING else None,
+        queue_position=_queue_position(session, edit),
+        webhook=edit.webhook,
+        webhook_events_filter=edit.webhook_events_filter,
+        created_at=edit.created_at,
+        started_at=edit.started_at,
+        completed_at=edit.completed_at,
+        urls=EditUrls(
+            get=str(request.url_for("get_edit", edit_id=edit.id)),
+            cancel=str(request.url_for("cancel_edit", edit_id=edit.id)),
+        ),
+    )
+
+
+def parse_prefer_wait(header: str | None, cap: int) -> int | None:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240; bare `wait` means the cap), or None."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return cap
+        if not value.isdigit() or int(value) < 1:
+            raise ApiError("invalid_prefer", f"`Prefer: wait=N` needs an integer N in 1..{cap}")
+        return min(int(value), cap)
+    return None
+
+
+def _submit(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate) -> Edit:
+    if len(body.alphas) > settings.max_alphas:
+        raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
+    load_image(session, owner, body.image)
+    now = utcnow()
+    edit = Edit(
+        id=new_id("edt"),
+        owner=owner,
+        image_id=body.image,
+        neutral=body.neutral,
+        target=body.target,
+        alphas=body.alphas,
+        beta=body.beta,
+        mode=body.mode,
+        output_format=body.output_format,
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        status=lifecycle.STARTING,
+        attempt=0,
+        created_at=now,
+        deadline_at=now + timedelta(seconds=settings.job_deadline_seconds),
+    )
+    session.add(edit)
+    session.commit()  # the row must exist before a worker can receive its id
+    try:
+        enqueue_edit(celery, settings, edit.id)
+    except BrokerError:
+        session.delete(edit)
+        session.commit()
+        raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
+    return edit
+
+
+def _status(factory: sessionmaker[Session], edit_id: str) -> str | None:
+    with factory() as session:
+        return session.scalar(select(Edit.status).where(Edit.id == edit_id))
+
+
+async def _wait_until_done(request: Request, edit_id: str, seconds: int, interval: float) -> None:
+    factory = request.app.state.session_factory
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await run_in_threadpool(_status, factory, edit_id) in lifecycle.TERMINAL:
+            return
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+@router.post("", status_code=201, response_model=EditOut, responses=_ERRORS)
+async def create_edit(
+    body: EditCreate,
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+) -> EditOut:
+    """Queue an edit. With `Prefer: wait=N` (1..60) the answer is held until it finishes or N s pass."""
+    wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_prefer_wait_seconds)
+    edit = await run_in_threadpool(_submit, session, celery, settings, owner, body)
+    if wait is not None:
+        await _wait_until_done(request, edit.id, wait, settings.wait_poll_seconds)
+        await run_in_threadpool(session.refresh, edit)
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    response.headers["Location"] = str(request.url_for("get_edit", edit_id=edit.id))
+    return await run_in_threadpool(edit_out, edit, session, request, storage, settings)
+
+
+def _encode_cursor(edit: Edit) -> str:
+    return base64.urlsafe_b64encode(f"{edit.created_at.isoformat()}|{edit.id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, edit_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), edit_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError("bad_request", "invalid cursor: pass the `next` value of a previous page") from None
+
+
+@router.get("", response_model=EditList, responses=_ERRORS)
+def list_edits(
+    request: Request,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    cursor: str | None = Query(None, max_length=200),
+    limit: int = Query(20, ge=1, le=100),
+) -> EditList:
+    """The caller's edits, newest first."""
+    query = select(Edit).where(Edit.owner == owner)
+    if cursor:
+        created, edit_id = _decode_cursor(cursor)
+        if created.tzinfo is None:
+            raise ApiError("bad_request", "invalid cursor: pass the `next` value of a previous page")
+        query = query.where(or_(Edit.created_at < created, and_(Edit.created_at == created, Edit.id < edit_id)))
+    rows = list(session.scalars(query.order_by(Edit.created_at.desc(), Edit.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return EditList(
+        results=[edit_out(edit, session, request, storage, settings) for edit in page],
+        next=_encode_cursor(page[-1]) if len(rows) > limit else None,
+    )
+
+
+@router.get("/{edit_id}", response_model=EditOut, responses=_ERRORS)
+def get_edit(
+    edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> EditOut:
+    return edit_out(load_edit(session, owner, edit_id), session, request, storage, settings)
+
+
+@router.post("/{edit_id}/cancel", response_model=EditOut, responses=_ERRORS)
+def cancel_edit(
+    edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> EditOut:
+    """Cancel a queued or running edit (a running one stops within a fraction of a second)."""
+    edit = load_edit(session, owner, edit_id)
+    lifecycle.cancel(session, edit.id)
+    session.refresh(edit)
+    if edit.status in (lifecycle.SUCCEEDED, lifecycle.FAILED):
+        raise ApiError("not_cancelable", f"the edit already {edit.status}")
+    return edit_out(edit, session, request, storage, settings)
+
+
+@router.get("/{edit_id}/outputs/{index}", response_class=Response, responses=_ERRORS)
+def get_edit_output(
+    edit_id: str, index: int, owner: OwnerDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    """One result image (the URL form used with local storage; S3 hands out presigned URLs)."""
+    edit = load_edit(session, owner, edit_id)
+    keys = edit.output_keys or []
+    if edit.status != lifecycle.SUCCEEDED or not 0 <= index < len(keys):
+        raise ApiError("output_not_found", f"edit {edit_id!r} has no output {index}")
+    media_type = _MEDIA_TYPES.get(keys[index].rsplit(".", 1)[-1], "application/octet-stream")
+    return Response(storage.get(keys[index]), media_type=media_type, headers={"Cache-Control": "private"})

@@ -1,0 +1,62 @@
+"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: DB, broker, storage reachable)."""
+
+from __future__ import annotations
+
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.deps import SessionDep, SettingsDep, StorageDep
+from api.schemas import Health
+from common.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+def redis_client(url: str, timeout: float = 2.0) -> Redis:
+    """A redis-py client for a Celery broker URL (`redis+socket://` is Kombu's unix-socket form)."""
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url.removeprefix("redis+socket://")
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def _check_broker(settings: Settings) -> None:
+    client = redis_client(settings.redis_url or "")
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "a dependency is unreachable"}})
+def readyz(session: SessionDep, storage: StorageDep, settings: SettingsDep):
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except SQLAlchemyError as error:
+        checks["database"] = f"error: {type(error).__name__}"
+    try:
+        _check_broker(settings)
+        checks["broker"] = "ok"
+    except (RedisError, OSError) as error:
+        checks["broker"] = f"error: {type(error).__name__}"
+    try:
+        storage.check()
+        checks["storage"] = "ok"
+    except (OSError, BotoCoreError, ClientError) as error:
+        checks["storage"] = f"error: {type(error).__name__}"
+    failing = sorted(name for name, state in checks.items() if state != "ok")
+    if failing:
+        body = {"code": "not_ready", "message": f"unreachable: {', '.join(failing)}", "checks": checks}
+        return JSONResponse(body, status_code=503)
+    return Health(status="ready", checks=checks)

@@ -1,0 +1,178 @@
+"""`/v1/images`: upload a photo (multipart, or claim a presigned upload), read it, delete it."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
+from starlette.datastructures import UploadFile
+from sqlalchemy.orm import Session
+
+from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.photo_check import CONTENT_TYPES, inspect_photo
+from api.schemas import ErrorBody, ImageFromUpload, ImageOut, ImageUrls
+from common import lifecycle
+from common.errors import ApiError
+from common.models import Edit, Image, Upload, new_id
+from common.settings import Settings
+from common.storage import Storage, original_key, upload_key
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/json": {"schema": ImageFromUpload.model_json_schema()},
+        },
+    }
+}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
+
+
+def load_image(session: Session, owner: str, image_id: str) -> Image:
+    """The caller's image; someone else's id is indistinguishable from a missing one."""
+    image = session.get(Image, image_id)
+    if image is None or image.owner != owner:
+        raise ApiError("image_not_found", f"no image {image_id!r}")
+    return image
+
+
+def image_out(image: Image, request: Request, storage: Storage, settings: Settings) -> ImageOut:
+    presigned = storage.presigned_get(
+        original_key(image.id),
+        timedelta(seconds=settings.output_url_expiry_seconds),
+        CONTENT_TYPES[image.format],
+    )
+    return ImageOut(
+        id=image.id,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        bytes=image.bytes,
+        created_at=image.created_at,
+        urls=ImageUrls(
+            get=str(request.url_for("get_image", image_id=image.id)),
+            file=presigned or str(request.url_for("get_image_file", image_id=image.id)),
+        ),
+    )
+
+
+def store_image(session: Session, storage: Storage, settings: Settings, owner: str, data: bytes) -> Image:
+    """Validate the photo, keep its original bytes and record it."""
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError("payload_too_large", f"the photo exceeds {settings.max_upload_bytes} bytes")
+    info = inspect_photo(data, settings.max_image_pixels, settings.min_image_side)
+    image = Image(
+        id=new_id("img"),
+        owner=owner,
+        format=info.format,
+        width=info.width,
+        height=info.height,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    storage.put(original_key(image.id), data, CONTENT_TYPES[info.format])
+    session.add(image)
+    session.commit()
+    return image
+
+
+def _claim_upload(session: Session, storage: Storage, settings: Settings, owner: str, upload_id: str) -> Image:
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.owner != owner:
+        raise ApiError("upload_not_found", f"no upload {upload_id!r}")
+    if upload.image_id is not None:
+        raise ApiError("upload_consumed", f"upload {upload_id!r} already became image {upload.image_id!r}")
+    size = storage.size(upload_key(upload_id))
+    if size is None:
+        raise ApiError("upload_missing", "nothing was uploaded yet: send the file to the upload URL first")
+    if size > upload.max_bytes:
+        storage.delete_prefix(upload_key(upload_id))
+        raise ApiError("payload_too_large", f"the upload exceeds {upload.max_bytes} bytes")
+    image = store_image(session, storage, settings, owner, storage.get(upload_key(upload_id)))
+    consumed = session.execute(
+        update(Upload).where(Upload.id == upload_id, Upload.image_id.is_(None)).values(image_id=image.id)
+    )
+    session.commit()
+    if consumed.rowcount != 1:  # a concurrent request claimed it first
+        _delete_image_data(session, storage, image)
+        raise ApiError("upload_consumed", f"upload {upload_id!r} was claimed concurrently")
+    storage.delete_prefix(upload_key(upload_id))
+    return image
+
+
+@router.post("", status_code=201, response_model=ImageOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
+async def create_image(
+    request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> ImageOut:
+    """Upload a photo (multipart field `file`), or claim a presigned upload with JSON `{upload_id}`."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise ApiError("validation_error", "the multipart field `file` is required")
+        data = await file.read()
+        image = await run_in_threadpool(store_image, session, storage, settings, owner, data)
+    elif content_type.startswith("application/json"):
+        try:
+            body = ImageFromUpload.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False)) from None
+        image = await run_in_threadpool(_claim_upload, session, storage, settings, owner, body.upload_id)
+    else:
+        raise ApiError(
+            "unsupported_media_type", "send multipart/form-data with a `file`, or JSON `{\"upload_id\": ...}`"
+        )
+    return image_out(image, request, storage, settings)
+
+
+@router.get("/{image_id}", response_model=ImageOut, responses=_ERRORS)
+def get_image(
+    image_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> ImageOut:
+    return image_out(load_image(session, owner, image_id), request, storage, settings)
+
+
+@router.get("/{image_id}/file", response_class=Response, responses=_ERRORS)
+def get_image_file(image_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """The original photo bytes, as uploaded."""
+    image = load_image(session, owner, image_id)
+    return Response(
+        storage.get(original_key(image.id)),
+        media_type=CONTENT_TYPES[image.format],
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+def _delete_image_data(session: Session, storage: Storage, image: Image) -> None:
+    edit_ids = list(session.scalars(select(Edit.id).where(Edit.image_id == image.id)))
+    for edit_id in edit_ids:
+        lifecycle.cancel(session, edit_id)  # a running worker stops and discards its outputs
+    storage.delete_prefix(original_key(image.id))
+    storage.delete_prefix(f"inversions/{image.id}/")
+    for edit_id in edit_ids:
+        storage.delete_prefix(f"results/{edit_id}/")
+    session.execute(delete(Edit).where(Edit.image_id == image.id))
+    session.execute(delete(Image).where(Image.id == image.id))
+    session.commit()
+
+
+@router.delete("/{image_id}", status_code=204, response_class=Response, responses=_ERRORS)
+def delete_image(image_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """Delete the photo, its cached inversion, and every edit made from it (rows and result images)."""
+    _delete_image_data(session, storage, load_image(session, owner, image_id))
+    return Response(status_code=204)

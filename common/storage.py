@@ -1,0 +1,212 @@
+"""Object storage: any S3-compatible endpoint through boto3, or a local folder.
+
+Keys (one bucket; the owner lives in the database, never in a key):
+`originals/{image_id}` · `inversions/{image_id}/{encoder_version}.npz` · `results/{edit_id}/{i}.{ext}`
+· `uploads/{upload_id}` (presigned uploads not yet claimed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from common.settings import Settings
+
+
+class ObjectNotFound(KeyError):
+    """The key does not exist."""
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """Where and how a client uploads directly to storage."""
+
+    method: str  # "POST" (form with `fields`) or "PUT" (raw body)
+    url: str
+    fields: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int | None: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None: ...
+    def presigned_upload(self, key: str, max_bytes: int, expires: timedelta) -> PresignedUpload | None: ...
+    def check(self) -> None: ...
+
+
+def original_key(image_id: str) -> str:
+    return f"originals/{image_id}"
+
+
+def inversion_key(image_id: str, encoder_version: str) -> str:
+    return f"inversions/{image_id}/{encoder_version}.npz"
+
+
+def result_key(edit_id: str, index: int, ext: str) -> str:
+    return f"results/{edit_id}/{index}.{ext}"
+
+
+def upload_key(upload_id: str) -> str:
+    return f"uploads/{upload_id}"
+
+
+class LocalStorage:
+    """Files under a root folder; writes are atomic (temp file + rename). Presigned URLs: none, the
+    API serves and receives the bytes itself."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not key or self.root not in path.parents:
+            raise ValueError(f"invalid storage key {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/"))
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+        return len(keys)
+
+    def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None:
+        return None
+
+    def presigned_upload(self, key: str, max_bytes: int, expires: timedelta) -> PresignedUpload | None:
+        return None
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / ".ready-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+
+class S3Storage:
+    """One bucket on any S3 endpoint (AWS, MinIO, R2, moto)."""
+
+    def __init__(self, settings: Settings):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+            config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
+        )
+        if settings.s3_create_bucket:
+            self._ensure_bucket()
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(key) from None
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None:
+        params = {"Bucket": self.bucket, "Key": key}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        return self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=int(expires.total_seconds())
+        )
+
+    def presigned_upload(self, key: str, max_bytes: int, expires: timedelta) -> PresignedUpload | None:
+        # A POST policy can bound the size (content-length-range); a presigned PUT cannot.
+        post = self.client.generate_presigned_post(
+            self.bucket,
+            key,
+            Conditions=[["content-length-range", 1, max_bytes]],
+            ExpiresIn=int(expires.total_seconds()),
+        )
+        return PresignedUpload(method="POST", url=post["url"], fields=post["fields"])
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The storage backend the settings name."""
+    if settings.storage_backend == "s3":
+        return S3Storage(settings)
+    return LocalStorage(settings.storage_dir)
