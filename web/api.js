@@ -1,0 +1,166 @@
+// The HTTP API client: base URL and key from /app-config.json (or this install's own key), typed errors.
+// Every API error arrives as {code, message}; a failure to reach the server becomes code "network".
+
+const KEY_STORAGE = "faceedit.apiKey";
+
+export class ApiError extends Error {
+  constructor(code, message, { status = 0, retryAfter = null } = {}) {
+    super(message);
+    this.code = code;
+    this.status = status;
+    this.retryAfter = retryAfter; // seconds, from Retry-After on 429/503
+  }
+}
+
+const config = { apiBase: "", devKey: null };
+
+/** Read /app-config.json; a `#key=...` install link (the fragment never reaches a server) stores this install's key. */
+export async function loadConfig() {
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromLink) {
+    setApiKey(fromLink);
+    history.replaceState(null, "", location.pathname + location.search + "#create");
+  }
+  try {
+    const response = await fetch("/app-config.json", { cache: "no-store" });
+    if (response.ok) {
+      const body = await response.json();
+      config.apiBase = apiRoot(body.api_base || "/");
+      config.devKey = body.dev_api_key || null;
+    }
+  } catch {
+    // Offline: keep the defaults (same origin); requests will report "network" themselves.
+  }
+  if (!config.apiBase) config.apiBase = location.origin;
+  return { apiBase: config.apiBase, hasDevKey: Boolean(config.devKey) };
+}
+
+/** `api_base` may be relative ("/v1") or absolute ("https://api.example.com/v1"); paths here start with /v1. */
+function apiRoot(apiBase) {
+  const absolute = new URL(apiBase, location.href);
+  return (absolute.origin + absolute.pathname).replace(/\/+$/, "").replace(/\/v1$/, "");
+}
+
+export function apiKey() {
+  return localStorage.getItem(KEY_STORAGE) || config.devKey || "";
+}
+
+export function setApiKey(key) {
+  if (key) localStorage.setItem(KEY_STORAGE, key.trim());
+  else localStorage.removeItem(KEY_STORAGE);
+}
+
+export function keySource() {
+  if (localStorage.getItem(KEY_STORAGE)) return "install";
+  return config.devKey ? "dev" : "none";
+}
+
+function url(path) {
+  return path.startsWith("http") ? path : config.apiBase + path;
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function retryAfterOf(headers) {
+  const value = Number(headers.get ? headers.get("Retry-After") : headers);
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+async function errorFrom(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a proxy's HTML page): fall back to the status.
+  }
+  const code = body && typeof body.code === "string" ? body.code : statusCode(response.status);
+  const message = body && body.message ? body.message : response.statusText || `HTTP ${response.status}`;
+  return new ApiError(code, message, { status: response.status, retryAfter: retryAfterOf(response.headers) });
+}
+
+function statusCode(status) {
+  return { 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "image_too_large",
+           415: "unsupported_format", 429: "rate_limited", 503: "unavailable" }[status] || "internal_error";
+}
+
+/** JSON request to the API; resolves to the parsed body (null for 204), rejects with ApiError. */
+export async function request(method, path, { json, headers = {}, signal } = {}) {
+  const init = { method, headers: { ...authHeaders(), ...headers }, signal };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  }
+  let response;
+  try {
+    response = await fetch(url(path), init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("network", "Could not reach the server.");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.status === 204 ? null : response.json();
+}
+
+/**
+ * Upload a photo with POST /v1/images (multipart). XMLHttpRequest, not fetch: only it reports upload progress.
+ * Returns {promise, abort}; onProgress(fraction) is called as bytes leave the device.
+ */
+export function uploadImage(blob, filename, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const promise = new Promise((resolve, reject) => {
+    xhr.open("POST", url("/v1/images"));
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    xhr.responseType = "text";
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    };
+    xhr.onload = () => {
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300 && body) return resolve(body);
+      const code = body && body.code ? body.code : statusCode(xhr.status);
+      const message = body && body.message ? body.message : `HTTP ${xhr.status}`;
+      reject(new ApiError(code, message, { status: xhr.status,
+                                           retryAfter: retryAfterOf(xhr.getResponseHeader("Retry-After")) }));
+    };
+    xhr.onerror = () => reject(new ApiError("network", "The upload could not reach the server."));
+    xhr.onabort = () => reject(new ApiError("canceled", "Upload canceled."));
+    const form = new FormData();
+    form.append("file", blob, filename);
+    xhr.send(form);
+  });
+  return { promise, abort: () => xhr.abort() };
+}
+
+export const createEdit = (params) => request("POST", "/v1/edits", { json: params });
+export const getEdit = (id, options) => request("GET", `/v1/edits/${encodeURIComponent(id)}`, options);
+export const cancelEdit = (id) => request("POST", `/v1/edits/${encodeURIComponent(id)}/cancel`);
+export const deleteImage = (id) => request("DELETE", `/v1/images/${encodeURIComponent(id)}`);
+export const listEdits = (limit = 50) => request("GET", `/v1/edits?limit=${limit}`);
+
+/**
+ * Fetch a result image or stored photo as a Blob. Same-origin API URLs need the key; presigned storage URLs must not get it
+ * (S3 rejects a second auth scheme), and a bucket without CORS can only be shown by URL: then resolve null.
+ */
+export async function fetchFile(outputUrl) {
+  const absolute = new URL(outputUrl, config.apiBase + "/");
+  const root = new URL(config.apiBase);
+  const isApi = [root.origin, location.origin].includes(absolute.origin)
+    && absolute.pathname.startsWith(`${root.pathname.replace(/\/$/, "")}/v1/`);
+  let response;
+  try {
+    response = await fetch(absolute, { headers: isApi ? authHeaders() : {} });
+  } catch (err) {
+    if (isApi) throw new ApiError("network", "Could not download the result.");
+    return null; // cross-origin storage without CORS: the caller falls back to the URL itself
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.blob();
+}

@@ -1,0 +1,98 @@
+// One edit from the device's point of view: upload the photo (unless the server already has it), create the
+// edit with all strengths at once, then follow it until it ends. Cancel works in every phase.
+
+import { ApiError, cancelEdit, createEdit, getEdit, uploadImage } from "./api.js";
+
+const POLL_MS = 1000;
+const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class EditJob {
+  /**
+   * @param {object} request {photo, imageId, neutral, target, alphas, beta}
+   * @param {object} hooks onUploaded(image), onCreated(edit), onUpdate({phase, fraction, position, edit})
+   */
+  constructor(request, hooks) {
+    this.request = request;
+    this.hooks = hooks;
+    this.canceled = false;
+    this.upload = null;
+    this.editId = null;
+  }
+
+  /** Resolves with the finished edit resource (succeeded, failed or canceled); rejects with ApiError. */
+  async run() {
+    let imageId = this.request.imageId;
+    if (!imageId) {
+      const { blob, filename } = this.request.photo;
+      this.hooks.onUpdate({ phase: "upload", fraction: 0 });
+      this.upload = uploadImage(blob, filename, (fraction) => this.hooks.onUpdate({ phase: "upload", fraction }));
+      const image = await this.upload.promise;
+      this.upload = null;
+      imageId = image.id;
+      this.hooks.onUploaded(image);
+    }
+    this.throwIfCanceled();
+    const { neutral, target, alphas, beta } = this.request;
+    const edit = await createEdit({ image: imageId, neutral, target, alphas, beta });
+    this.editId = edit.id;
+    this.hooks.onCreated(edit);
+    if (this.canceled) return cancelEdit(edit.id); // canceled while the create request was in flight
+    return this.follow(edit);
+  }
+
+  /** Resume following an edit that already exists (opened from the history). */
+  async resume(editId) {
+    this.editId = editId;
+    return this.follow(await getEdit(editId));
+  }
+
+  async follow(edit) {
+    let failures = 0;
+    while (!TERMINAL.has(edit.status)) {
+      this.hooks.onUpdate(phaseOf(edit));
+      await sleep(POLL_MS);
+      if (this.canceled) break;
+      try {
+        edit = await getEdit(edit.id);
+        failures = 0;
+      } catch (err) {
+        // A dropped connection or a rate limit on polling is not the edit's failure: wait and ask again.
+        if (!(err instanceof ApiError) || !["network", "rate_limited", "unavailable"].includes(err.code)) throw err;
+        if (++failures > 30) throw err;
+        await sleep(1000 * Math.min(err.retryAfter || failures, 10));
+      }
+    }
+    if (this.canceled && !TERMINAL.has(edit.status)) return this.cancelRequest;
+    return edit;
+  }
+
+  /** Stop the upload or ask the server to cancel; resolves once the server has answered. */
+  async cancel() {
+    this.canceled = true;
+    if (this.upload) this.upload.abort();
+    if (this.editId) {
+      this.cancelRequest = cancelEdit(this.editId).catch((err) => {
+        // It may have finished in the meantime: the next GET shows the real end state.
+        if (err.code === "not_found") throw err;
+        return getEdit(this.editId);
+      });
+      return this.cancelRequest;
+    }
+    return null;
+  }
+
+  throwIfCanceled() {
+    if (this.canceled) throw new ApiError("canceled", "Edit canceled.");
+  }
+}
+
+/** Progress for the screen: queue position while starting, the worker's fraction while processing. */
+export function phaseOf(edit) {
+  if (edit.status === "processing") {
+    return { phase: "processing", fraction: edit.progress ?? null, edit };
+  }
+  return { phase: "queued", position: edit.queue_position ?? null, edit };
+}
+
+export { TERMINAL };
