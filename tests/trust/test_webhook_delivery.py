@@ -1,0 +1,167 @@
+"""Webhook delivery against a real receiver on loopback and real PostgreSQL: signatures the reference
+verifier accepts, retries with backoff, 410, SSRF at send time, redirects, sweep, no double sends."""
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from common import deliveries, netguard
+from common.deliveries import WebhookDelivery
+from common.models import Edit, Image, new_id, utcnow
+from tests.trust.receiver import Receiver
+from worker.webhooks import DeliveryConfig, attempt, backoff_seconds, sweep_once
+
+pytestmark = pytest.mark.services
+
+LOOPBACK = netguard.NetPolicy.from_strings(["127.0.0.0/8"], timeout_s=3)
+CONFIG = DeliveryConfig(policy=LOOPBACK, max_attempts=3, retry_base_s=0.0, retry_max_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def factory(module_pg_url):
+    engine = create_engine(module_pg_url)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def _edit(factory, url, status="succeeded", events=None, owner=None):
+    owner = owner or new_id("own")
+    with factory() as s:
+        image = Image(id=new_id("img"), owner=owner, format="jpeg", width=64, height=64, bytes=1, sha256="0" * 64)
+        now = utcnow()
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a face", target="a smiling face",
+                    alphas=[1.0], beta=0.1, mode="global", output_format="jpeg", webhook=url,
+                    webhook_events_filter=events, status=status, attempt=1, deadline_at=now + timedelta(hours=1),
+                    started_at=now, completed_at=now if status != "processing" else None,
+                    output_keys=["results/x/0.jpeg"] if status == "succeeded" else None)
+        s.add(image)
+        s.flush()
+        s.add(edit)
+        s.commit()
+        return edit
+
+
+def _record(factory, edit):
+    with factory() as s:
+        return deliveries.record_events(s, s.get(Edit, edit.id))
+
+
+def _row(factory, delivery_id):
+    with factory() as s:
+        return s.get(WebhookDelivery, delivery_id)
+
+
+def test_delivered_signed_and_verifiable_with_reference_library(factory):
+    with Receiver() as rx:
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        assert attempt(factory, CONFIG, delivery_id) is None
+    row = _row(factory, delivery_id)
+    assert row.status == "delivered" and row.attempts == 1 and row.log[0]["status_code"] == 200
+    (got,) = rx.requests
+    with factory() as s:
+        secret = deliveries.secret_for(s, edit.owner)
+    message = Webhook(secret).verify(got.body, got.headers)
+    assert message["type"] == "edit.completed" and message["data"]["id"] == edit.id
+    assert got.headers["webhook-id"] == delivery_id
+
+
+def test_filter_and_event_order(factory):
+    edit = _edit(factory, "http://127.0.0.1:9/x")
+    ids = _record(factory, edit)
+    with factory() as s:
+        events = [s.get(WebhookDelivery, i).event for i in ids]
+    assert events == ["start", "output", "completed"]
+    assert _record(factory, edit) == []  # recording twice adds nothing
+    failed = _edit(factory, "http://127.0.0.1:9/x", status="failed", events=["output", "completed"])
+    with factory() as s:
+        assert [s.get(WebhookDelivery, i).event for i in _record(factory, failed)] == ["completed"]
+
+
+def test_receiver_errors_then_success_retries_with_same_id_fresh_signature(factory):
+    with Receiver(statuses=[503, 500]) as rx:
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        assert attempt(factory, CONFIG, delivery_id) is not None
+        assert attempt(factory, CONFIG, delivery_id) is not None
+        assert attempt(factory, CONFIG, delivery_id) is None
+    row = _row(factory, delivery_id)
+    assert row.status == "delivered" and [e["status_code"] for e in row.log] == [503, 500, 200]
+    assert {r.headers["webhook-id"] for r in rx.requests} == {delivery_id}
+    assert len({r.body for r in rx.requests}) == 1
+
+
+def test_receiver_down_exhausts_attempts_then_failed(factory):
+    with Receiver() as rx:
+        url = rx.url
+    edit = _edit(factory, url, events=["completed"])  # nobody listens on that port any more
+    (delivery_id,) = _record(factory, edit)
+    for _ in range(3):
+        attempt(factory, CONFIG, delivery_id)
+    row = _row(factory, delivery_id)
+    assert row.status == "failed" and row.attempts == 3 and "ConnectError" in row.log[-1]["error"]
+
+
+def test_gone_disables_the_endpoint(factory):
+    owner = new_id("own")
+    with Receiver(statuses=[410]) as rx:
+        first, second = (_edit(factory, rx.url, events=["completed"], owner=owner) for _ in range(2))
+        (a,) = _record(factory, first)
+        (b,) = _record(factory, second)
+        attempt(factory, CONFIG, a)
+        assert attempt(factory, CONFIG, b) is None
+    assert _row(factory, a).status == "disabled" and _row(factory, b).status == "disabled"
+    assert len(rx.requests) == 1
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/h",
+                                 "http://[::ffff:127.0.0.1]:9/h", "http://localhost.:9/h"])
+def test_ssrf_refused_at_send_time(factory, url):
+    policy = netguard.NetPolicy()  # nothing allowlisted
+    edit = _edit(factory, url, events=["completed"])
+    (delivery_id,) = _record(factory, edit)
+    attempt(factory, DeliveryConfig(policy=policy), delivery_id)
+    row = _row(factory, delivery_id)
+    assert row.status == "refused" and row.log[0]["error"].startswith("url_forbidden_address")
+
+
+def test_redirect_is_a_failed_attempt(factory):
+    with Receiver() as elsewhere, Receiver(redirect_to="placeholder") as rx:
+        rx.redirect_to = elsewhere.url
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        assert attempt(factory, CONFIG, delivery_id) is not None
+        assert elsewhere.requests == []
+    assert "redirect" in _row(factory, delivery_id).log[0]["error"]
+
+
+def test_concurrent_copies_of_a_message_send_once(factory):
+    with Receiver() as rx:
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda _: attempt(factory, CONFIG, delivery_id), range(6)))
+    assert len(rx.requests) == 1
+
+
+def test_sweep_records_missed_events_and_returns_due(factory):
+    edit = _edit(factory, "http://127.0.0.1:9/x", status="canceled")
+    due = sweep_once(factory, CONFIG, since=timedelta(hours=1))
+    with factory() as s:
+        rows = s.scalars(select(WebhookDelivery).where(WebhookDelivery.edit_id == edit.id)).all()
+    assert sorted(r.event for r in rows) == ["completed", "start"]
+    assert {r.id for r in rows} <= set(due)
+
+
+def test_backoff_grows_exponentially_with_jitter():
+    rng = random.Random(0)
+    delays = [backoff_seconds(n, 5, 86400, rng) for n in range(1, 8)]
+    for n, d in enumerate(delays, start=1):
+        full = min(86400, 5 * 4 ** (n - 1))
+        assert full / 2 <= d <= full
+    assert backoff_seconds(30, 5, 100, rng) <= 100

@@ -1,0 +1,185 @@
+"""Webhook delivery on the Celery queue `io` (never on a GPU worker): sign, POST through the SSRF
+guard, log every attempt, retry with exponential backoff and jitter, stop on 410.
+
+`deliver(id)` makes one attempt; short retries are re-sent with a countdown, and `sweep()` (beat)
+re-dispatches anything due that a lost message or a restart left behind, and records events the
+edit rows show but nobody recorded (see common.deliveries). A conditional UPDATE (the lease) makes
+sure two copies of the same message never deliver the same attempt twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+import httpx
+from celery import shared_task
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from common import deliveries, netguard, webhooks
+from common.deliveries import DELIVERED, DISABLED, FAILED, PENDING, REFUSED, WebhookDelivery
+from common.models import utcnow
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "faceedit-webhooks/1"
+MAX_LOG_ENTRIES = 25
+# Retries sooner than this are re-sent with a Celery countdown; later ones wait for the sweep
+# (long ETAs on Redis collide with the visibility timeout).
+INLINE_RETRY_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    policy: netguard.NetPolicy
+    max_attempts: int = 10
+    retry_base_s: float = 5.0
+    retry_max_s: float = 24 * 3600.0
+    api_base: str = ""
+
+    @classmethod
+    def from_settings(cls, settings) -> DeliveryConfig:
+        allow = [a for a in settings.webhook_allow_networks.split(",") if a.strip()]
+        return cls(
+            policy=netguard.NetPolicy.from_strings(allow, timeout_s=settings.webhook_timeout_seconds),
+            max_attempts=settings.webhook_max_attempts,
+            retry_base_s=settings.webhook_retry_base_seconds,
+            retry_max_s=settings.webhook_retry_max_seconds,
+            api_base=settings.public_base_url,
+        )
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before attempt `attempt + 1`: base·4^(attempt-1), capped, with jitter in [½, 1]×."""
+    delay = min(cap, base * 4 ** max(0, attempt - 1))
+    return (rng or random).uniform(delay / 2, delay)
+
+
+def _retry_after(response: httpx.Response | None) -> float:
+    value = response.headers.get("retry-after", "") if response is not None else ""
+    return float(value) if value.isdigit() else 0.0
+
+
+def _claim(session: Session, delivery_id: str, now: datetime, lease_s: float) -> WebhookDelivery | None:
+    claimed = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
+               WebhookDelivery.next_attempt_at <= now,
+               WebhookDelivery.lease_until.is_(None) | (WebhookDelivery.lease_until < now))
+        .values(lease_until=now + timedelta(seconds=lease_s), attempts=WebhookDelivery.attempts + 1),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.commit()
+    return session.get(WebhookDelivery, delivery_id, populate_existing=True) if claimed else None
+
+
+def _finish(session: Session, delivery: WebhookDelivery, status: str, entry: dict, **values) -> None:
+    session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(
+            status=status, lease_until=None, log=(list(delivery.log or []) + [entry])[-MAX_LOG_ENTRIES:],
+            last_status_code=entry.get("status_code"), last_error=entry.get("error"), **values),
+        execution_options={"synchronize_session": False},
+    )
+    session.commit()
+
+
+def attempt(factory: sessionmaker[Session], config: DeliveryConfig, delivery_id: str,
+            rng: random.Random | None = None) -> float | None:
+    """Make one delivery attempt if it is due and free. Returns seconds until the retry, or None."""
+    with factory() as session:
+        now = utcnow()
+        delivery = _claim(session, delivery_id, now, config.policy.timeout_s + 5)
+        if delivery is None:
+            return None
+        entry: dict = {"attempt": delivery.attempts, "at": now.isoformat(), "status_code": None, "error": None}
+        gone = session.scalar(select(exists().where(
+            WebhookDelivery.owner == delivery.owner, WebhookDelivery.url == delivery.url,
+            WebhookDelivery.status == DISABLED)))
+        if gone:
+            _finish(session, delivery, DISABLED, {**entry, "error": "endpoint answered 410 Gone earlier"})
+            return None
+        try:
+            target = netguard.resolve(delivery.url, config.policy)
+        except netguard.UnsafeURL as e:
+            _finish(session, delivery, REFUSED, {**entry, "error": f"{e.code}: {e.message}"})
+            return None
+        secret = deliveries.secret_for(session, delivery.owner)
+        headers = webhooks.signed_headers(secret, delivery.id, delivery.payload)
+        headers["User-Agent"] = USER_AGENT
+        started = time.monotonic()
+        response = None
+        try:
+            response, _ = netguard.post(target, delivery.payload, headers, config.policy)
+            entry["status_code"] = response.status_code
+        except httpx.HTTPError as e:
+            entry["error"] = f"{type(e).__name__}: {e}"[:300]
+        entry["duration_ms"] = round((time.monotonic() - started) * 1000)
+        code = entry["status_code"]
+        if code is not None and 200 <= code < 300:
+            _finish(session, delivery, DELIVERED, entry, delivered_at=utcnow())
+            return None
+        if code == 410:
+            _finish(session, delivery, DISABLED, {**entry, "error": "410 Gone: endpoint disabled"})
+            _disable_endpoint(session, delivery)
+            return None
+        if code is not None and 300 <= code < 400:
+            entry["error"] = "redirects are not followed"
+        if delivery.attempts >= config.max_attempts:
+            _finish(session, delivery, FAILED, entry)
+            return None
+        delay = max(backoff_seconds(delivery.attempts, config.retry_base_s, config.retry_max_s, rng),
+                    min(_retry_after(response), config.retry_max_s))
+        _finish(session, delivery, PENDING, {**entry, "retry_in_s": round(delay, 3)},
+                next_attempt_at=utcnow() + timedelta(seconds=delay))
+        return delay
+
+
+def _disable_endpoint(session: Session, delivery: WebhookDelivery) -> None:
+    """410 from an endpoint: its other pending deliveries for this owner stop too."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.owner == delivery.owner, WebhookDelivery.url == delivery.url,
+               WebhookDelivery.status == PENDING, WebhookDelivery.id != delivery.id)
+        .values(status=DISABLED, last_error="endpoint answered 410 Gone to another delivery"),
+        execution_options={"synchronize_session": False},
+    )
+    session.commit()
+
+
+def sweep_once(factory: sessionmaker[Session], config: DeliveryConfig, since: timedelta) -> list[str]:
+    """Record missed events, then return the ids of deliveries due now."""
+    with factory() as session:
+        for edit in deliveries.unrecorded_edits(session, since):
+            deliveries.record_events(session, edit, config.api_base)
+        return deliveries.due_deliveries(session, utcnow())
+
+
+@cache
+def _context():
+    """Settings, sessions and config of this worker process (built on first use, not at import)."""
+    from common.db import make_engine, make_session_factory
+    from common.settings import get_settings
+
+    settings = get_settings()
+    return settings, make_session_factory(make_engine(settings.database_url)), DeliveryConfig.from_settings(settings)
+
+
+@shared_task(name=deliveries.DELIVER_TASK, bind=True, ignore_result=True)
+def deliver(self, delivery_id: str) -> None:
+    settings, factory, config = _context()
+    delay = attempt(factory, config, delivery_id)
+    if delay is not None and delay <= INLINE_RETRY_MAX_S:
+        self.app.send_task(deliveries.DELIVER_TASK, args=[delivery_id], countdown=delay,
+                           queue=settings.io_queue)
+
+
+@shared_task(name=deliveries.SWEEP_TASK, bind=True, ignore_result=True)
+def sweep(self) -> None:
+    settings, factory, config = _context()
+    due = sweep_once(factory, config, since=timedelta(hours=settings.retention_hours))
+    deliveries.dispatch(self.app, due, settings.io_queue)
