@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -74,18 +75,23 @@ def save_clip_archive(model: torch.nn.Module, path: str | Path) -> None:
     image = torch.zeros(1, 3, res, res)
     text = torch.zeros(1, n_ctx, dtype=torch.long)
     text[0, 0], text[0, 1] = vocab - 2, vocab - 1
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
         traced = torch.jit.trace_module(
             model, {"forward": (image, text), "encode_image": image, "encode_text": text}, check_trace=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(path))
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """TorchScript archive first (what OpenAI ships), then a plain ``torch.save`` state dict."""
     raw = path.read_bytes()
     try:
-        return dict(torch.jit.load(io.BytesIO(raw), map_location="cpu").state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; OpenAI ships it anyway
+            return dict(torch.jit.load(io.BytesIO(raw), map_location="cpu").state_dict())
     except (RuntimeError, ValueError):
         pass
     try:
@@ -141,11 +147,13 @@ def clip_preprocess(images: torch.Tensor, resolution: int) -> torch.Tensor:
         raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
     x = (images + 1) / 2
     h, w = x.shape[-2:]
-    scale = resolution / min(h, w)
-    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    # torchvision's Resize(int) and CenterCrop arithmetic, so crops line up with the reference pixel for pixel
+    short, long = min(h, w), max(h, w)
+    new_long = int(resolution * long / short)
+    size = (resolution, new_long) if h <= w else (new_long, resolution)
     if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=size[0] < h)
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=short > resolution)
+    top, left = int(round((size[0] - resolution) / 2)), int(round((size[1] - resolution) / 2))
     x = x[..., top:top + resolution, left:left + resolution]
     mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
