@@ -1,0 +1,97 @@
+"""Deleting user data: one image with everything derived from it, everything of one owner, and
+whatever is older than the retention period (the periodic task in worker.retention calls `expire`).
+
+Storage objects are deleted before the rows that name them, so an interrupted purge leaves rows
+pointing at nothing (and the next run finishes the job) rather than objects nobody can find.
+Running edits are canceled first; their worker notices and discards its outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from common import idempotency, lifecycle
+from common.deliveries import WebhookDelivery
+from common.idempotency import IdempotencyRecord
+from common.models import ApiKey, Edit, Image, Upload, utcnow
+from common.storage import Storage, original_key, upload_key
+
+UPLOAD_GRACE = timedelta(hours=1)
+
+
+@dataclass
+class Purged:
+    images: int = 0
+    edits: int = 0
+    uploads: int = 0
+    objects: int = 0
+    idempotency_keys: int = 0
+
+    def __iadd__(self, other: Purged) -> Purged:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+
+def purge_image(session: Session, storage: Storage, image_id: str) -> Purged:
+    """Delete a photo, its inversions, every edit made from it (results and webhook log). Commits."""
+    edit_ids = list(session.scalars(select(Edit.id).where(Edit.image_id == image_id)))
+    for edit_id in edit_ids:
+        lifecycle.cancel(session, edit_id)
+    objects = storage.delete_prefix(original_key(image_id))
+    objects += storage.delete_prefix(f"inversions/{image_id}/")
+    for edit_id in edit_ids:
+        objects += storage.delete_prefix(f"results/{edit_id}/")
+    if edit_ids:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.edit_id.in_(edit_ids)))
+    session.execute(delete(Edit).where(Edit.image_id == image_id))
+    images = session.execute(delete(Image).where(Image.id == image_id)).rowcount
+    session.commit()
+    return Purged(images=images, edits=len(edit_ids), objects=objects)
+
+
+def _purge_uploads(session: Session, storage: Storage, uploads: list[str]) -> Purged:
+    objects = sum(storage.delete_prefix(upload_key(upload_id)) for upload_id in uploads)
+    if uploads:
+        session.execute(delete(Upload).where(Upload.id.in_(uploads)))
+        session.commit()
+    return Purged(uploads=len(uploads), objects=objects)
+
+
+def purge_owner(session: Session, storage: Storage, owner: str, extra_scopes: tuple[str, ...] = ()) -> Purged:
+    """Delete everything `owner` ever stored: photos, inversions, edits, results, uploads, webhook log,
+    and remembered idempotent responses (they contain resource bodies). API keys stay (they are the
+    account, not its data). `extra_scopes`: idempotency scopes of keys without a row (the dev key)."""
+    total = Purged()
+    for image_id in session.scalars(select(Image.id).where(Image.owner == owner)).all():
+        total += purge_image(session, storage, image_id)
+    uploads = list(session.scalars(select(Upload.id).where(Upload.owner == owner)))
+    total += _purge_uploads(session, storage, uploads)
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.owner == owner))
+    scopes = list(session.scalars(select(ApiKey.key_hash).where(ApiKey.owner == owner))) + list(extra_scopes)
+    if scopes:
+        total.idempotency_keys = session.execute(
+            delete(IdempotencyRecord).where(IdempotencyRecord.scope.in_(scopes))).rowcount or 0
+    session.commit()
+    return total
+
+
+def expire(session: Session, storage: Storage, cutoff: datetime, batch: int = 500) -> Purged:
+    """Delete photos (with their edits) and uploads created before `cutoff`, and expired idempotency
+    keys. Works in batches so one run stays short; the next run continues."""
+    total = Purged()
+    old_images = session.scalars(select(Image.id).where(Image.created_at < cutoff).limit(batch)).all()
+    for image_id in old_images:
+        total += purge_image(session, storage, image_id)
+    now = utcnow()
+    # Unclaimed slots go an hour after their URL expired (a slow upload may still be claimed).
+    abandoned = Upload.image_id.is_(None) & (Upload.expires_at < now - UPLOAD_GRACE)
+    old_uploads = list(session.scalars(
+        select(Upload.id).where((Upload.created_at < cutoff) | abandoned).limit(batch)))
+    total += _purge_uploads(session, storage, old_uploads)
+    total.idempotency_keys = idempotency.purge_expired(session, now)
+    return total
