@@ -19,7 +19,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("faceedit_log_context", default={})
+# Immutable default (a tuple of pairs): a dict default would be shared and mutated across contexts.
+_context: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
+    "faceedit_log_context", default=()
+)
 
 REDACTED = "[redacted]"
 _MAX_STRING = 2000
@@ -29,7 +32,8 @@ _SECRET_NAME = re.compile(r"(pass(word)?|secret|token|api[_-]?key|authorization|
 _TEXT_PATTERNS = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), REDACTED),
-    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1" + REDACTED + "@"),
+    # Bounded repetitions: an unbounded scheme pattern backtracks quadratically on long words.
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,15}://[^:/@\s]{0,256}:)[^@\s]{1,256}@"), r"\1" + REDACTED + "@"),
     (
         re.compile(r"(?i)\b((?:api[_-]?key|password|secret|token|x-amz-signature|signature)=)[^&\s\"']+"),
         r"\1" + REDACTED,
@@ -39,12 +43,12 @@ _TEXT_PATTERNS = (
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
-def redact_text(text: str) -> str:
-    """`text` with embedded secrets replaced and its length capped."""
+def redact_text(text: str, limit: int = _MAX_STRING) -> str:
+    """`text` with its length capped and embedded secrets replaced."""
+    if len(text) > limit:
+        text = text[:limit] + f"...[{len(text) - limit} more chars]"
     for pattern, replacement in _TEXT_PATTERNS:
         text = pattern.sub(replacement, text)
-    if len(text) > _MAX_STRING:
-        text = text[:_MAX_STRING] + f"...[{len(text) - _MAX_STRING} more chars]"
     return text
 
 
@@ -68,7 +72,8 @@ def redact(value: Any, name: str = "") -> Any:
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Bind `fields` (e.g. `edit_id`, `image_id`) to every log line emitted inside the block."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    merged = {**dict(_context.get()), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(tuple(merged.items()))
     try:
         yield
     finally:
@@ -90,13 +95,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact_text(record.getMessage()),
         }
-        for key, value in _context.get().items():
+        for key, value in _context.get():
             entry[key] = redact(value, key)
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = redact(value, key)
         if record.exc_info:
-            entry["exception"] = redact_text("".join(traceback.format_exception(*record.exc_info)))
+            entry["exception"] = redact_text(
+                "".join(traceback.format_exception(*record.exc_info)), limit=4 * _MAX_STRING
+            )
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -108,7 +115,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact_text(super().format(record))
-        context = " ".join(f"{k}={redact(v, k)}" for k, v in _context.get().items())
+        context = " ".join(f"{k}={redact(v, k)}" for k, v in _context.get())
         return f"{line} [{context}]" if context else line
 
 
