@@ -76,6 +76,8 @@ class RateLimiter:
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter:
+        if url.startswith("redis+socket://"):  # Kombu's unix-socket form (the embedded dev Redis)
+            url = "unix://" + url.removeprefix("redis+socket://")
         return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0))
 
     def take(self, namespace: str, subject: str, rate: Rate, cost: int = 1) -> Decision:

@@ -1,0 +1,157 @@
+"""ASGI middleware applying `Idempotency-Key` to every authenticated POST under /v1 (see
+common.idempotency for the semantics). It sits inside the body-size limit and outside the routes,
+so no route needs to know about it: the first request runs normally and its 2xx answer is stored;
+a retry with the same key gets that answer back with `Idempotent-Replayed: true`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common import idempotency as idem
+from common.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+HEADER = b"idempotency-key"
+# Response headers worth replaying (not Date, Server, or per-connection ones).
+_KEPT_HEADERS = {"content-type", "location", "preference-applied"}
+
+
+def _bearer(headers: dict[bytes, bytes]) -> str | None:
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _send_json(send: Send, error: ApiError) -> None:
+    body = json.dumps(error.body()).encode()
+    await _send_raw(send, error.status, {"content-type": "application/json", **(error.headers or {})}, body)
+
+
+async def _send_raw(send: Send, status: int, headers: dict[str, str], body: bytes, replayed: bool = False) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    if replayed:
+        raw.append((b"idempotent-replayed", b"true"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, ttl_hours: float = 24.0):
+        self.app = app
+        self.ttl = idem.DEFAULT_TTL * (ttl_hours / 24.0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        raw_key = headers.get(HEADER)
+        token = _bearer(headers)
+        if raw_key is None or token is None:  # no key, or unauthenticated (the route answers 401)
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = idem.parse_key(raw_key.decode("latin-1"))
+        except idem.InvalidKey as e:
+            await _send_json(send, ApiError("invalid_idempotency_key", str(e)))
+            return
+        try:
+            body = await self._read_body(receive)
+        except ApiError as e:  # the body-size limit refuses while we read; routes are not reached
+            await _send_json(send, e)
+            return
+        fp = idem.fingerprint(scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"),
+                              headers.get(b"content-type", b"").decode("latin-1"), body)
+        key_scope = idem.scope_for(token)
+        factory = scope["app"].state.session_factory
+        try:
+            begun = await run_in_threadpool(self._begin, factory, key_scope, key, fp)
+        except SQLAlchemyError:
+            await _send_json(send, ApiError("service_unavailable", "the database is unreachable; retry shortly",
+                                            headers={"Retry-After": "2"}))
+            return
+        if begun.outcome is idem.Outcome.MISMATCH:
+            await _send_json(send, ApiError(
+                "idempotency_key_reused", "this Idempotency-Key was used with a different request"))
+            return
+        if begun.outcome is idem.Outcome.IN_FLIGHT:
+            await _send_json(send, ApiError(
+                "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": "1"}))
+            return
+        if begun.outcome is idem.Outcome.REPLAY:
+            await _send_raw(send, begun.status or 200, begun.headers or {}, begun.body or b"", replayed=True)
+            return
+        await self._run(scope, body, send, factory, key_scope, key)
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _begin(self, factory, key_scope: str, key: str, fp: str) -> idem.Begin:
+        with factory() as session:
+            return idem.begin(session, key_scope, key, fp, ttl=self.ttl)
+
+    async def _run(self, scope: Scope, body: bytes, send: Send, factory, key_scope: str, key: str) -> None:
+        sent_body = False
+        status = 500
+        kept: dict[str, str] = {}
+        chunks: list[bytes] = []
+
+        async def replay_receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def capture_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", []):
+                    lowered = name.decode("latin-1").lower()
+                    if lowered in _KEPT_HEADERS:
+                        kept[lowered] = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture_send)
+        except BaseException:
+            await run_in_threadpool(self._release, factory, key_scope, key)
+            raise
+        try:
+            if 200 <= status < 300:
+                await run_in_threadpool(self._complete, factory, key_scope, key, status, kept, b"".join(chunks))
+            else:
+                await run_in_threadpool(self._release, factory, key_scope, key)
+        except SQLAlchemyError as e:
+            # The answer is already sent; the key stays in flight until its lock lapses (then retried).
+            log.warning("idempotency key not recorded: %s", type(e).__name__)
+
+    @staticmethod
+    def _complete(factory, key_scope: str, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
+        with factory() as session:
+            idem.complete(session, key_scope, key, status, headers, body)
+
+    @staticmethod
+    def _release(factory, key_scope: str, key: str) -> None:
+        with factory() as session:
+            idem.release(session, key_scope, key)

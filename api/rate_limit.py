@@ -1,0 +1,70 @@
+"""Per-key request rate limits (ASGI middleware) and the queued-jobs cap checked when an edit is
+submitted. Both answer 429 `{code, message}` with `Retry-After`.
+
+Buckets are per API key (its SHA-256, the same value stored in `api_keys.key_hash`), or per client
+address for requests without a key, so key guessing is throttled too. Submissions (POST) spend from
+a second, smaller bucket as well: they create work; reads do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from common.errors import ApiError
+from common.ratelimit import QueueCaps, Rate, RateLimiter, queue_decision
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    requests: Rate  # every /v1 call
+    submits: Rate  # POST /v1/... (uploads, images, edits)
+
+
+def _subject(scope: Scope) -> str:
+    scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()
+    client = scope.get("client") or ("unknown", 0)
+    return f"addr:{client[0]}"
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter | None, limits: RateLimits):
+        self.app = app
+        self.limiter = limiter
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.limiter is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        subject = _subject(scope)
+        checks = [("requests", self.limits.requests)]
+        if scope["method"] == "POST":
+            checks.append(("submits", self.limits.submits))
+        for namespace, rate in checks:
+            decision = await run_in_threadpool(self.limiter.take, namespace, subject, rate)
+            if not decision.allowed:
+                error = ApiError("rate_limited", f"too many {namespace} for this key; retry in "
+                                 f"{decision.retry_after_s} s", headers={"Retry-After": str(decision.retry_after_s)})
+                body = json.dumps(error.body()).encode()
+                await send({"type": "http.response.start", "status": 429, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(decision.retry_after_s).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def enforce_queue_caps(session: Session, owner: str, caps: QueueCaps) -> None:
+    """Raise 429 `queue_full` when the owner, or everyone together, has too many unfinished edits."""
+    decision = queue_decision(session, owner, caps)
+    if not decision.allowed:
+        raise ApiError("queue_full", "too many unfinished edits; wait for some to finish",
+                       headers={"Retry-After": str(decision.retry_after_s)})
