@@ -20,6 +20,9 @@ from pipeline.errors import INVALID_IMAGE, PipelineError
 
 # Pillow format names we decode. HEIF (iPhone photos) comes from pillow-heif; AVIF, GIF, TIFF, BMP... are refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+# Formats Pillow reports for images those decoders open: many phone JPEGs carry extra frames (depth maps,
+# previews) and come out as "MPO"; the first frame is the photo.
+_DECODED_FORMATS = ALLOWED_FORMATS + ("MPO",)
 # 64 MP covers 48 MP phone sensors; a 64 MP RGB image is ~190 MB of pixels, a sane per-request ceiling.
 MAX_PIXELS = 64_000_000
 ENCODE_FORMATS = ("png", "jpeg", "webp")
@@ -82,7 +85,7 @@ def encode_image(img: Image.Image, fmt: str = "png", quality: int | None = None)
 def _open(src: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     """Open lazily (header only) with only the allowed decoders, so any other format is refused unread."""
     if isinstance(src, Image.Image):
-        if src.format is not None and src.format not in ALLOWED_FORMATS:
+        if src.format is not None and src.format not in _DECODED_FORMATS:
             raise PipelineError(INVALID_IMAGE, f"unsupported image format {src.format}; use {_allowed_text()}")
         return src
     if isinstance(src, (bytes, bytearray, memoryview)):

@@ -123,6 +123,30 @@ def test_heic_round_trip():
     assert np.abs(np.asarray(photo).astype(int) - np.asarray(img).astype(int)).mean() < 4
 
 
+def test_heic_orientation_is_applied_once():
+    pillow_heif = pytest.importorskip("pillow_heif")
+    if not pillow_heif.libheif_info().get("encoders"):
+        pytest.skip("this libheif build cannot encode HEIF")
+    pillow_heif.register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    marked_image(64, 48).save(buf, format="HEIF", quality=95, exif=exif.tobytes())
+    photo = load_photo(buf.getvalue())
+    assert photo.size == (48, 64)
+    assert _red_corner(photo) == "top-right"
+
+
+def test_multi_picture_jpeg_is_accepted():
+    """Phone JPEGs with extra frames (MPO): the first frame, from bytes or from an opened image."""
+    buf = io.BytesIO()
+    marked_image().save(buf, format="MPO", save_all=True, append_images=[noise_image(60, 40)])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    for src in (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue()))):
+        photo = load_photo(src)
+        assert photo.size == (60, 40) and _red_corner(photo) == "top-left"
+
+
 @pytest.mark.parametrize("data", [
     pytest.param(jpeg_bytes(noise_image(200, 150))[:3000], id="truncated-jpeg"),
     pytest.param(b"hello, this is a text file, not a photo\n" * 10, id="text"),
