@@ -45,7 +45,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": {
-            "reap": {"task": REAP_TASK, "schedule": settings.reaper_interval_seconds},
+            # `expires`: a reap that waited longer than one interval is dropped, not piled up.
+            "reap": {
+                "task": REAP_TASK,
+                "schedule": settings.reaper_interval_seconds,
+                "options": {"expires": settings.reaper_interval_seconds},
+            },
         },
     }
 

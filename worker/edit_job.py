@@ -1,0 +1,224 @@
+"""Run one edit job: claim the row, invert (or reuse the cached inversion), edit, store, finish.
+
+Exactly-once rests on the row, not on Celery: the claim is a conditional UPDATE that hands the row
+to this run's token; a heartbeat thread renews the lease; every write (progress, result) is
+conditional on still holding it. Results go to deterministic keys, so a re-run after a lost worker
+overwrites instead of duplicating, and a run that lost its row (canceled, reaped) discards them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from common import lifecycle
+from common.lifecycle import Claim
+from common.models import Edit
+from common.storage import ObjectNotFound, inversion_key, original_key, result_key
+from worker.runtime import Runtime
+
+if TYPE_CHECKING:
+    from pipeline import Editor, Inversion
+
+log = logging.getLogger("worker.edit")
+
+INVERT_STAGES = ("align", "invert")
+EDIT_STAGES = ("direction", "synthesize", "paste")
+INVERT_SHARE = 0.4  # of the progress bar, when the inversion is not cached
+_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def new_token() -> str:
+    """Identifies one run of one job (host, pid, random) in the row's `worker` column."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease while the job runs; notices when the row is no longer ours."""
+
+    def __init__(self, runtime: Runtime, edit_id: str, token: str):
+        super().__init__(name=f"heartbeat-{edit_id}", daemon=True)
+        self.runtime, self.edit_id, self.token = runtime, edit_id, token
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        settings = self.runtime.settings
+        while not self._stop.wait(settings.heartbeat_seconds):
+            try:
+                with self.runtime.session_factory() as session:
+                    if not lifecycle.renew_lease(session, self.edit_id, self.token, settings.lease_seconds):
+                        self.lost.set()
+                        return
+            except SQLAlchemyError:
+                # A database blip: the lease has slack (several heartbeats) for the next try.
+                log.warning("lease renewal of %s failed; retrying", self.edit_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+
+class Watcher:
+    """The pipeline's `progress` and `should_cancel` callbacks, throttled, backed by the row."""
+
+    def __init__(self, runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat):
+        self.runtime, self.edit_id, self.token, self.heartbeat = runtime, edit_id, token, heartbeat
+        self._last_check = 0.0
+        self._last_write = 0.0
+        self._held = True
+        self.span = (0.0, 1.0)
+        self.stages: tuple[str, ...] = EDIT_STAGES
+
+    def phase(self, stages: tuple[str, ...], start: float, end: float) -> None:
+        self.stages, self.span = stages, (start, end)
+
+    def should_cancel(self) -> bool:
+        if self.heartbeat.lost.is_set() or not self._held:
+            return True
+        now = time.monotonic()
+        if now - self._last_check >= self.runtime.settings.cancel_check_seconds:
+            self._last_check = now
+            with self.runtime.session_factory() as session:
+                self._held = lifecycle.still_held(session, self.edit_id, self.token)
+        return not self._held
+
+    def progress(self, stage: str, fraction: float) -> None:
+        if stage not in self.stages:
+            return  # sub-stages (e.g. optimize steps) are covered by their parent stage
+        index = self.stages.index(stage)
+        start, end = self.span
+        overall = start + (end - start) * (index + max(0.0, min(1.0, fraction))) / len(self.stages)
+        now = time.monotonic()
+        if now - self._last_write < self.runtime.settings.progress_write_seconds:
+            return
+        self._last_write = now
+        with self.runtime.session_factory() as session:
+            if not lifecycle.record_progress(session, self.edit_id, self.token, overall):
+                self._held = False
+
+
+def run_edit(runtime: Runtime, edit_id: str, token: str | None = None) -> str:
+    """Process edit `edit_id` if it is ours to process; returns what happened (for logs and tests)."""
+    settings = runtime.settings
+    token = token or new_token()
+    with runtime.session_factory() as session:
+        claim = lifecycle.claim(session, edit_id, token, settings.lease_seconds, settings.max_attempts)
+    if claim is not Claim.CLAIMED:
+        log.info("edit %s not processed: %s", edit_id, claim.value)
+        return claim.value
+    heartbeat = Heartbeat(runtime, edit_id, token)
+    heartbeat.start()
+    try:
+        return _process(runtime, edit_id, token, heartbeat)
+    finally:
+        heartbeat.stop()
+
+
+def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -> str:
+    from pipeline import Canceled, PipelineError
+
+    with runtime.session_factory() as session:
+        edit = session.get(Edit, edit_id)
+    if edit is None:  # its photo was deleted right after the claim
+        return "gone"
+    watcher = Watcher(runtime, edit_id, token, heartbeat)
+    metrics: dict[str, Any] = {"attempt": edit.attempt}
+    if edit.started_at is not None:
+        metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
+    model: dict[str, Any] | None = None
+    start = time.perf_counter()
+    with runtime.session_factory() as session:
+        try:
+            editor = runtime.editor()
+            model = {**editor.versions, "dev_bundle": editor.is_dev}
+            inversion = _inversion(runtime, editor, edit, watcher, metrics)
+            watcher.phase(EDIT_STAGES, INVERT_SHARE if not metrics["inversion_cached"] else 0.0, 1.0)
+            images = editor.edit(
+                inversion, edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode,
+                progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics,
+            )  # fmt: skip
+            keys = _store_results(runtime, edit, images, metrics)
+            metrics["total_seconds"] = time.perf_counter() - start
+            if lifecycle.succeed(session, edit_id, token, keys, _rounded(metrics), model):
+                return lifecycle.SUCCEEDED
+            _discard_unless_won(runtime, session, edit_id)
+            return "lost"
+        except Canceled:
+            lifecycle.release_canceled(session, edit_id, token)
+            _discard_unless_won(runtime, session, edit_id)
+            return lifecycle.CANCELED
+        except PipelineError as error:
+            return _fail(session, edit_id, token, error.code, error.message, metrics, model, start)
+        except ObjectNotFound:
+            message = "the photo was deleted before the edit ran"
+            return _fail(session, edit_id, token, lifecycle.IMAGE_NOT_FOUND, message, metrics, model, start)
+        except Exception:
+            # Recorded (with the traceback in the log) so the client sees a terminal state, not a hang.
+            log.exception("edit %s crashed", edit_id)
+            message = "the worker hit an unexpected error; it was logged"
+            return _fail(session, edit_id, token, lifecycle.INTERNAL_ERROR, message, metrics, model, start)
+
+
+def _inversion(runtime: Runtime, editor: Editor, edit: Edit, watcher: Watcher, metrics: dict) -> Inversion:
+    """The photo's cached inversion, or a fresh one (then cached for the next edit of this photo)."""
+    from pipeline import Inversion, PipelineError
+
+    key = inversion_key(edit.image_id, editor.encoder_version)
+    try:
+        inversion = Inversion.from_bytes(runtime.storage.get(key))
+        metrics["inversion_cached"] = True
+        return inversion
+    except ObjectNotFound:
+        pass
+    except PipelineError:
+        log.warning("cached inversion %s is unreadable; recomputing", key)
+    metrics["inversion_cached"] = False
+    watcher.phase(INVERT_STAGES, 0.0, INVERT_SHARE)
+    photo = runtime.storage.get(original_key(edit.image_id))
+    inversion = editor.invert(
+        photo, progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics
+    )
+    runtime.storage.put(key, inversion.to_bytes())
+    return inversion
+
+
+def _store_results(runtime: Runtime, edit: Edit, images: list, metrics: dict) -> list[str]:
+    from pipeline.photo import encode_image
+
+    start = time.perf_counter()
+    keys = []
+    for index, image in enumerate(images):
+        key = result_key(edit.id, index, _EXTENSIONS[edit.output_format])
+        runtime.storage.put(key, encode_image(image, edit.output_format), _CONTENT_TYPES[edit.output_format])
+        keys.append(key)
+    metrics["store_seconds"] = time.perf_counter() - start
+    return keys
+
+
+def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
+    metrics["total_seconds"] = time.perf_counter() - start
+    lifecycle.fail(session, edit_id, token, code, message, _rounded(metrics), model)
+    log.info("edit %s failed: %s (%s)", edit_id, code, message)
+    return lifecycle.FAILED
+
+
+def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
+    """We lost the row. Our result files are garbage unless another run of this job succeeded (it
+    wrote the same keys) or is still writing them."""
+    edit = session.get(Edit, edit_id, populate_existing=True)
+    session.rollback()
+    if edit is None or edit.status in (lifecycle.CANCELED, lifecycle.FAILED):
+        runtime.storage.delete_prefix(f"results/{edit_id}/")
+
+
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -1,0 +1,14 @@
+"""Celery tasks of the model workers. The message carries only the edit id (= the task id)."""
+
+from __future__ import annotations
+
+from common.queue import EDIT_TASK
+from worker.app import app
+from worker.edit_job import run_edit
+from worker.runtime import get_runtime
+
+
+@app.task(name=EDIT_TASK, acks_late=True, ignore_result=True)
+def process_edit(edit_id: str) -> str:
+    """Run the edit if its row is still claimable; a duplicate or redelivered message is a no-op."""
+    return run_edit(get_runtime(), edit_id)
