@@ -7,6 +7,7 @@ count *before* decoding, then decode fully so truncated files are caught here, n
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +21,8 @@ ALLOWED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "HEIF": "heif"}
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heif": "image/heif"}
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
+# What Pillow's decoders raise on hostile bytes (found by tests/trust/test_upload_guard.py's mutations).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ def inspect_photo(data: bytes, max_pixels: int, min_side: int) -> PhotoInfo:
             raise ApiError("unsupported_format", "send a JPEG, PNG, WebP or HEIC/HEIF photo") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ApiError("image_too_large", f"the photo has more than {max_pixels} pixels") from None
+        except _DECODE_ERRORS as error:  # a known header followed by garbage fails inside open()
+            raise ApiError("invalid_image", f"the photo could not be decoded ({error})") from None
         with image:
             width, height = image.size
             if width * height > max_pixels:
@@ -59,7 +64,7 @@ def inspect_photo(data: bytes, max_pixels: int, min_side: int) -> PhotoInfo:
             try:
                 image.load()
                 orientation = image.getexif().get(_EXIF_ORIENTATION)
-            except (OSError, SyntaxError, ValueError, EOFError) as error:
+            except _DECODE_ERRORS as error:
                 raise ApiError("invalid_image", f"the photo could not be decoded ({error})") from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ApiError("image_too_large", f"the photo has more than {max_pixels} pixels") from None
