@@ -21,6 +21,7 @@ from common.models import ApiKey, Edit, Image, Upload, utcnow
 from common.storage import Storage, original_key, upload_key
 
 UPLOAD_GRACE = timedelta(hours=1)
+EXPIRE_TASK = "worker.retention.expire_old_data"  # the periodic task (worker/retention.py), by name for beat
 
 
 @dataclass

@@ -10,11 +10,9 @@ from datetime import timedelta
 from celery import shared_task
 
 from common.models import utcnow
-from common.retention import Purged, expire
+from common.retention import EXPIRE_TASK, Purged, expire
 
 log = logging.getLogger(__name__)
-
-EXPIRE_TASK = "worker.retention.expire_old_data"
 
 
 def run_expiry(factory, storage, retention: timedelta) -> Purged:
