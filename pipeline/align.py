@@ -35,8 +35,8 @@ MEDIAPIPE_TO_68 = (
 # Below this quad side (≈ 4x the eye distance) the 256 px crop is mostly upsampling blur.
 MIN_FACE_SIZE = 64.0
 MAX_FACES = 6
-# The face detector sees the whole frame at 192 px, so it gets a copy at most this large (a 12 MP frame
-# costs MediaPipe far more than the downscale). Boxes are mapped back to full resolution.
+# Detection sees a copy at most this large (the face detector looks at 192 px of the frame anyway, and a
+# 12 MP frame costs MediaPipe more than the reduction). Landmarks are mapped back to full resolution.
 DETECT_MAX_SIDE = 1024
 # Fallback tiles, each this fraction of the frame's width and height (four, overlapping, at the corners).
 TILE_FRACTION = 0.6
@@ -167,8 +167,11 @@ def detect_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[np.ndarra
     """
     img = img if img.mode == "RGB" else img.convert("RGB")
     models = _models()
-    small = _downscaled(img, DETECT_MAX_SIDE)
-    size = np.array(img.size, dtype=np.float64)
+    factor = -(-max(img.size) // DETECT_MAX_SIDE)    # ceil
+    # Box-average by an integer factor: 6x faster than a resize on 12 MP, and each small pixel covers exactly
+    # factor x factor photo pixels, so normalized coordinates scale by small.size * factor.
+    small = img.reduce(factor) if factor > 1 else img
+    size = np.array(small.size, dtype=np.float64) * factor
     # The reference's own path first: the mesh over the whole frame. Where it works (upright faces that fill
     # a good part of the frame) our landmarks are then the reference's, not a near miss.
     frame_faces = [n * size for n in models.mesh(small, MAX_FACES)]
@@ -295,15 +298,6 @@ def _roll(landmarks: np.ndarray) -> float:
 def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
     (qa, sa), (qb, sb) = face_quad(a), face_quad(b)
     return bool(np.hypot(*(qa.mean(0) - qb.mean(0))) < 0.25 * max(sa, sb))
-
-
-def _downscaled(img: Image.Image, max_side: int) -> Image.Image:
-    scale = max_side / max(img.size)
-    if scale >= 1:
-        return img
-    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
-    # reducing_gap: a fast integer pre-reduction, then a proper resample; detection needs no more.
-    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 _QUARTER_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
