@@ -33,9 +33,15 @@ _LOUD = """
 """
 
 
+def _child_env() -> dict[str, str]:
+    """Our environment, with the repository importable from any working directory."""
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def _pipeline(*args: str) -> int:
     """Run the pipeline CLI in its own process (the API process never imports torch)."""
-    return subprocess.call([sys.executable, "-m", "pipeline", *args], cwd=REPO_ROOT)
+    return subprocess.call([sys.executable, "-m", "pipeline", *args], env=_child_env())
 
 
 def choose_model_dir(settings: Settings) -> Path:
@@ -92,7 +98,7 @@ def run_dev() -> int:
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-c", "1", "-Q", queues,
          "-B", "--schedule", str(DATA_DIR / "celerybeat-schedule"), "-n", "dev@%h", "--loglevel", "INFO"],
-        cwd=REPO_ROOT,
+        env=_child_env(),
     )  # fmt: skip
     threading.Thread(target=_watch_worker, args=(worker, stopping), daemon=True).start()
     url = f"http://{settings.host}:{settings.port}"
