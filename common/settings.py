@@ -92,6 +92,24 @@ class Settings(BaseSettings):
     progress_write_seconds: float = Field(0.5, gt=0, description="Most frequent progress write per job.")
     wait_poll_seconds: float = Field(0.1, gt=0, description="Row polling interval behind `Prefer: wait`.")
 
+    # --- operations: logs, metrics, worker liveness (common/logging.py, common/metrics.py) -------
+    log_format: Literal["json", "text"] = Field(
+        "text", description="`json`: one JSON object per line (what the images use); `text`: for a terminal."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
+    metrics_port: int = Field(
+        9100, ge=1, le=65535, description="Port of a worker's Prometheus `/metrics`; the API serves it on its own port."
+    )
+    liveness_dir: Path = Field(
+        Path("/tmp/faceedit-liveness"), description="Heartbeat records read by `python -m worker.liveness check`."
+    )
+    liveness_ping_seconds: float = Field(
+        15.0, gt=0, description="How often an idle worker sends itself a ping through the broker."
+    )
+    liveness_stale_seconds: float = Field(
+        60.0, gt=0, description="An idle worker that consumed nothing for this long fails its liveness check."
+    )
+
     # --- development -------------------------------------------------------------------------
     dev_mode: bool = Field(
         False, description="Development server: `/app-config.json` hands DEV_API_KEY to the web app."
@@ -107,6 +125,8 @@ class Settings(BaseSettings):
         # Redis would hand a still-running job to a second worker otherwise (celery#5935).
         if self.visibility_timeout_seconds <= self.job_deadline_seconds:
             raise ValueError("VISIBILITY_TIMEOUT_SECONDS must be larger than JOB_DEADLINE_SECONDS")
+        if self.liveness_ping_seconds >= self.liveness_stale_seconds:
+            raise ValueError("LIVENESS_PING_SECONDS must be smaller than LIVENESS_STALE_SECONDS")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("HEARTBEAT_SECONDS must be smaller than LEASE_SECONDS")
         return self
