@@ -64,9 +64,10 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-function retryAfterOf(headers) {
-  const value = Number(headers.get ? headers.get("Retry-After") : headers);
-  return Number.isFinite(value) && value > 0 ? value : null;
+/** Seconds from a Retry-After header value (null when absent or an HTTP date). */
+function retryAfterOf(header) {
+  const value = Number(header);
+  return header && Number.isFinite(value) && value > 0 ? value : null;
 }
 
 async function errorFrom(response) {
@@ -78,7 +79,8 @@ async function errorFrom(response) {
   }
   const code = body && typeof body.code === "string" ? body.code : statusCode(response.status);
   const message = body && body.message ? body.message : response.statusText || `HTTP ${response.status}`;
-  return new ApiError(code, message, { status: response.status, retryAfter: retryAfterOf(response.headers) });
+  const retryAfter = retryAfterOf(response.headers.get("Retry-After"));
+  return new ApiError(code, message, { status: response.status, retryAfter });
 }
 
 function statusCode(status) {
@@ -143,7 +145,6 @@ export const createEdit = (params) => request("POST", "/v1/edits", { json: param
 export const getEdit = (id, options) => request("GET", `/v1/edits/${encodeURIComponent(id)}`, options);
 export const cancelEdit = (id) => request("POST", `/v1/edits/${encodeURIComponent(id)}/cancel`);
 export const deleteImage = (id) => request("DELETE", `/v1/images/${encodeURIComponent(id)}`);
-export const listEdits = (limit = 50) => request("GET", `/v1/edits?limit=${limit}`);
 
 /**
  * Fetch a result image or stored photo as a Blob. Same-origin API URLs need the key; presigned storage URLs must not get it

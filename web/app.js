@@ -270,7 +270,7 @@ async function openEdit(id) {
     const edit = await api.getEdit(id);
     if (edit.status === "succeeded") {
       const images = await loadOutputs(edit);
-      remember(edit, images, (entry && entry.original) || (await serverOriginal(edit.input.image)));
+      remember(edit, images, entry ? entry.original : null);
       show("result");
       showResult(edit, images, state.loaded.originalUrl);
     } else if (!TERMINAL.has(edit.status)) {
@@ -283,17 +283,6 @@ async function openEdit(id) {
   } catch (err) {
     if (!(err instanceof api.ApiError)) throw err;
     showAlert(err);
-  }
-}
-
-/** The stored photo, for "Before" when this device has no copy (history restored from the server). */
-async function serverOriginal(imageId) {
-  try {
-    const image = await api.request("GET", `/v1/images/${encodeURIComponent(imageId)}`);
-    return image.format === "heif" ? null : await api.fetchFile(image.urls.file);
-  } catch (err) {
-    if (err instanceof api.ApiError) return null; // the result is still worth showing without it
-    throw err;
   }
 }
 

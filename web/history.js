@@ -1,12 +1,11 @@
-// The history screen: this device's edits (IndexedDB) merged with the server's list for this key, so a
-// cleared browser storage (iOS evicts it after weeks unused) still finds the edits again.
+// The history screen: this device's edits (IndexedDB). Edits still running when the app was closed are
+// asked for their status again; one the server no longer has is forgotten.
 
-import { ApiError, deleteImage, listEdits } from "./api.js";
+import { ApiError, deleteImage, getEdit } from "./api.js";
 import { describeError } from "./messages.js";
-import { allEntries, removeImage, saveEntry } from "./store.js";
+import { allEntries, removeEntry, removeImage, saveEntry } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
-const DELETED = "faceedit.deletedImages"; // image ids deleted here: hide them even if a list still has them
 
 const STATUS_TEXT = {
   starting: "Waiting in line",
@@ -14,54 +13,25 @@ const STATUS_TEXT = {
   succeeded: "Done",
   canceled: "Canceled",
 };
+const RUNNING = new Set(["starting", "processing"]);
 
-function deletedImages() {
+async function refresh(entry) {
   try {
-    return new Set(JSON.parse(localStorage.getItem(DELETED) || "[]"));
-  } catch {
-    return new Set();
-  }
-}
-
-function rememberDeleted(imageId) {
-  const ids = [...deletedImages(), imageId].slice(-200);
-  localStorage.setItem(DELETED, JSON.stringify(ids));
-}
-
-function fromServer(edit) {
-  return {
-    id: edit.id,
-    imageId: edit.input.image,
-    neutral: edit.input.neutral,
-    target: edit.input.target,
-    alphas: edit.input.alphas,
-    status: edit.status,
-    errorCode: edit.error ? edit.error.code : null,
-    createdAt: edit.created_at,
-  };
-}
-
-/** Local entries, updated with (and completed by) the server's list; server trouble leaves the local view. */
-async function entries() {
-  const local = await allEntries();
-  let server = [];
-  try {
-    server = (await listEdits(100)).results || [];
+    const edit = await getEdit(entry.id);
+    if (edit.status === entry.status) return entry;
+    return saveEntry(entry.id, { status: edit.status, errorCode: edit.error ? edit.error.code : null });
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;
+    if (err.code !== "not_found" && err.code !== "edit_not_found") return entry; // offline: show what we know
+    await removeEntry(entry.id);
+    return null;
   }
-  const byId = new Map(local.map((entry) => [entry.id, entry]));
-  for (const edit of server) {
-    const known = byId.get(edit.id);
-    const fresh = fromServer(edit);
-    if (!known) byId.set(edit.id, fresh);
-    else if (known.status !== fresh.status) byId.set(edit.id, await saveEntry(edit.id, { status: fresh.status,
-                                                                                          errorCode: fresh.errorCode }));
-  }
-  const hidden = deletedImages();
-  return [...byId.values()]
-    .filter((entry) => !hidden.has(entry.imageId))
-    .sort((a, b) => String(b.createdAt).localeCompare(String(a.createdAt)));
+}
+
+async function entries() {
+  const local = await allEntries();
+  const fresh = await Promise.all(local.map((entry) => (RUNNING.has(entry.status) ? refresh(entry) : entry)));
+  return fresh.filter(Boolean);
 }
 
 function metaText(entry) {
@@ -126,7 +96,6 @@ function confirmDelete(entry, done) {
           return;
         }
       }
-      rememberDeleted(entry.imageId);
       await removeImage(entry.imageId);
       await done();
     },

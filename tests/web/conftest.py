@@ -1,0 +1,164 @@
+"""Browser-test fixtures: the real service (`python -m api dev`, dev bundle) and Debian's Chromium.
+
+`FACEEDIT_WEB_URL=http://host:port` points the tests at a service that is already running instead (its
+`/app-config.json` must hand out a development key). `WEB_SCREENSHOTS=docs/screenshots` keeps the phone-size
+screenshots the journey test takes (otherwise they go to a temporary folder).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pillow_heif
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHONE = {"width": 390, "height": 844}  # iPhone 12–15 CSS pixels
+GOLDEN = Path(os.environ.get("GOLDEN", REPO.parent / "shared" / "golden"))
+START_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    key: str
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen | None, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"`python -m api dev` exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the service at {url} was not ready after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The API + worker with the development bundle, on a free port, with its data in a temp folder."""
+    external = os.environ.get("FACEEDIT_WEB_URL")
+    if external:
+        url = external.rstrip("/")
+        _wait_ready(url, None, Path(os.devnull))
+        yield Service(url, httpx.get(f"{url}/app-config.json").json()["dev_api_key"])
+        return
+    data = tmp_path_factory.mktemp("service")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{data / 'faceedit.db'}",
+        "STORAGE_DIR": str(data / "storage"),
+    }
+    log = data / "service.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api", "dev"], cwd=data, env={**env, "PYTHONPATH": str(REPO)},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log)
+        key = httpx.get(f"{url}/app-config.json").json()["dev_api_key"]
+        assert key, "`python -m api dev` must hand the web app a development key"
+        yield Service(url, key)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def browser_type():
+    """Playwright's Chromium driver, pointed at Debian's chromium (never `playwright install`)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        yield playwright.chromium
+
+
+@pytest.fixture(scope="session")
+def browser(browser_type):
+    browser = browser_type.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def phone(browser):
+    """A fresh phone-sized context (own storage, touch); its page's errors fail the test."""
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Test photos: a real face (the golden fixture), a picture without a face, a huge JPEG, a HEIC."""
+    face = GOLDEN / "face_input.png"
+    if not face.exists():
+        pytest.skip(f"{face} is missing (the shared golden fixtures; set GOLDEN=...)")
+    folder = tmp_path_factory.mktemp("photos")
+    # No face: sky over a meadow, big enough to pass the size checks.
+    landscape = Image.new("RGB", (640, 480), (120, 170, 230))
+    landscape.paste((70, 140, 60), (0, 300, 640, 480))
+    landscape.save(folder / "landscape.jpg", quality=90)
+    # Huge: the face upscaled to 4096 × 4096 (16 MP, like a phone camera), re-encoded at high quality.
+    big = io.BytesIO()
+    Image.open(face).convert("RGB").resize((4096, 4096), Image.Resampling.BICUBIC).save(big, "JPEG", quality=95)
+    (folder / "huge.jpg").write_bytes(big.getvalue())
+    # HEIC, as iPhones save photos: Chromium can't decode it, so the app must upload it untouched.
+    pillow_heif.register_heif_opener()
+    Image.open(face).convert("RGB").save(folder / "face.heic", "HEIF", quality=80)
+    return {"face": face, "landscape": folder / "landscape.jpg", "huge": folder / "huge.jpg",
+            "heic": folder / "face.heic"}
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("WEB_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
