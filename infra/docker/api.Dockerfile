@@ -1,0 +1,29 @@
+# The HTTP API: FastAPI + the Celery client. No torch, no model weights. The same image runs the
+# light processes that never touch a model: the `io` worker, beat and Flower (worker.app imports the
+# pipeline only when an edit runs).
+# Build from the repository root:  docker build -f infra/docker/api.Dockerfile -t faceedit-api .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Requirements first: the dependency layer is rebuilt only when they change.
+COPY requirements/service.txt requirements/service.txt
+RUN pip install -r requirements/service.txt
+
+COPY alembic.ini ./
+COPY common/ common/
+COPY api/ api/
+COPY worker/ worker/
+COPY web/ web/
+
+# Non-root; it owns nothing in /app, so the code is read-only to the process.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent faceedit
+USER 10001
+
+ENV WEB_DIR=/app/web
+EXPOSE 8000
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

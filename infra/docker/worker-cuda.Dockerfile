@@ -1,0 +1,36 @@
+# The GPU edit worker. PyPI's Linux torch wheels are the CUDA build and bring the CUDA runtime
+# libraries as pip packages; the host's NVIDIA driver comes in through the container toolkit.
+# Build from the repository root:  docker build -f infra/docker/worker-cuda.Dockerfile -t faceedit-worker-cuda .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# mediapipe pulls the non-headless OpenCV, which links libGL and glib.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements/ requirements/
+RUN pip install torch==2.14.1 torchvision==0.29.1 \
+ && pip install -r requirements/pipeline.txt -r requirements/service.txt
+
+COPY alembic.ini ./
+COPY common/ common/
+COPY pipeline/ pipeline/
+COPY worker/ worker/
+
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent faceedit
+USER 10001
+
+# The model bundle is a volume (`make download-models` fills ./models), mounted read-only here.
+ENV MODEL_DIR=/models DEVICE=cuda
+VOLUME ["/models"]
+# One process per GPU (`solo`: the models load once, in the process that runs the jobs), one job at
+# a time (worker_disable_prefetch in common/queue.py).
+CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--pool", "solo", "--events", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]

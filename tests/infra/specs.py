@@ -1,0 +1,172 @@
+"""Readers for the deployment files, shared by the infra tests (no docker engine or cluster needed).
+
+`interpolate` follows Compose's variable rules (`${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+`${VAR:?error}`, `${VAR?error}`, `$$`), so the checks see what `docker compose config` would.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKER_DIR = REPO / "infra" / "docker"
+K8S_DIR = REPO / "infra" / "k8s"
+
+# Environment variables read by third-party programs rather than by Settings.
+THIRD_PARTY_ENV = {
+    "FLOWER_BASIC_AUTH",  # Flower's own option
+    "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client's multiprocess mode
+}
+
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def setting_env_names() -> set[str]:
+    """Environment variable names Settings reads (field names, upper case)."""
+    return {name.upper() for name in Settings.model_fields}
+
+
+class MissingVariable(ValueError):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Substitute Compose variables in `text` from `env`."""
+
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        value = env.get(name)
+        unset_or_empty = value is None or (op is not None and op.startswith(":") and value == "")
+        if op in (":-", "-") and unset_or_empty:
+            return arg
+        if op in (":?", "?") and unset_or_empty:
+            raise MissingVariable(f"{name}: {arg}")
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def compose_variables(text: str) -> dict[str, str | None]:
+    """Every variable the compose text interpolates, with its inline default (None: no default)."""
+    found: dict[str, str | None] = {}
+    for match in _VARIABLE.finditer(text):
+        name = match["braced"] or match["bare"]
+        if name:
+            found[name] = match["arg"] if match["op"] in (":-", "-") else found.get(name)
+    return found
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (comments and blank lines skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+        values[key.strip()] = value.strip()
+    return values
+
+
+def load_compose(env: dict[str, str]) -> dict[str, Any]:
+    """docker-compose.yml after interpolation from `env`, YAML anchors and merge keys resolved."""
+    return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), env))
+
+
+def command_list(command: Any) -> list[str]:
+    """A compose/k8s/Dockerfile command as an argv list (shell-form strings are split)."""
+    if command is None:
+        return []
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def python_modules_run_by(argv: list[str]) -> list[str]:
+    """Modules a command imports first: `python -m X`, `celery -A X`, `uvicorn [--factory] X:attr`."""
+    modules = []
+    for i, part in enumerate(argv):
+        if part == "-m" and argv[:1] and "python" in argv[0]:
+            modules.append(argv[i + 1])
+        elif part in ("-A", "--app") and argv[:1] == ["celery"]:
+            modules.append(argv[i + 1].split(":")[0])
+    if argv[:1] == ["uvicorn"]:
+        positional = [p for p in argv[1:] if not p.startswith("-") and ":" in p]
+        modules += [positional[0].split(":")[0]] if positional else []
+    return modules
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a repository module (`api.main` → api/main.py or api/main/__init__.py)."""
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__main__.py", base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Instructions of a Dockerfile, continuation lines joined, comments dropped."""
+    instructions, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, arguments = line.partition(" ")
+        instructions.append(Instruction(keyword.upper(), arguments.strip()))
+    assert not pending, f"{path.name}: dangling line continuation"
+    return instructions
+
+
+def exec_form(arguments: str) -> list[str]:
+    """CMD/ENTRYPOINT in exec form (JSON array); shell form is refused (no signal forwarding)."""
+    parsed = yaml.safe_load(arguments)
+    assert isinstance(parsed, list), f"not exec form (PID 1 would be a shell and swallow SIGTERM): {arguments}"
+    return [str(p) for p in parsed]
+
+
+def load_k8s_documents() -> dict[Path, list[dict[str, Any]]]:
+    """Every YAML document under infra/k8s, by file."""
+    return {
+        path: [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        for path in sorted(K8S_DIR.glob("*.yaml"))
+    }
+
+
+def pod_specs(documents: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(workload name, pod spec) for every Deployment, Job and CronJob."""
+    specs = []
+    for doc in documents:
+        kind = doc.get("kind")
+        if kind in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
+            specs.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
+        elif kind == "CronJob":
+            specs.append((doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+    return specs
