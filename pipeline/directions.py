@@ -86,6 +86,12 @@ def text_direction(model: torch.nn.Module, neutral: str, target: str,
                    templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
     """The unit CLIP-space direction ``dt [D]`` from ``neutral`` to ``target`` (StyleCLIP ``GetDt``)."""
     target_emb, neutral_emb = text_embeddings(model, [target, neutral], templates)
+    return direction_between(neutral_emb, target_emb, neutral, target)
+
+
+def direction_between(neutral_emb: torch.Tensor, target_emb: torch.Tensor, neutral: str = "neutral",
+                      target: str = "target") -> torch.Tensor:
+    """``(target - neutral) / |target - neutral|``; identical embeddings are a user error, not a NaN."""
     dt = target_emb - neutral_emb
     norm = float(dt.norm())
     if not math.isfinite(norm) or norm < 1e-6:
@@ -105,7 +111,8 @@ class TextDirectionCache:
     """``text_direction`` memoized in memory (LRU) and, when ``dir`` is given, on disk as ``<sha256>.npy``.
 
     The key covers everything the direction depends on: the CLIP model's id, the templates and both texts.
-    Thread-safe; a corrupt or foreign file is recomputed, never trusted.
+    Per-text embeddings are memoized too, so a new target with a known neutral ("a face") embeds 79 prompts
+    instead of 158. Thread-safe; a corrupt or foreign file is recomputed, never trusted.
     """
 
     def __init__(self, dir: Path | None, model_id: str, maxsize: int = 512):
@@ -113,6 +120,7 @@ class TextDirectionCache:
         self.model_id = model_id
         self.maxsize = maxsize
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def key(self, neutral: str, target: str, templates: Sequence[str] = IMAGENET_TEMPLATES) -> str:
@@ -129,14 +137,25 @@ class TextDirectionCache:
                 return torch.from_numpy(self._memory[key].copy())
         dt = self._read(key)
         if dt is None:
-            dt = text_direction(model, neutral, target, templates).detach().float().cpu().numpy()
+            dt = self._compute(model, neutral, target, templates).numpy()
             self._write(key, dt)
         with self._lock:
-            self._memory[key] = dt
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.maxsize:
-                self._memory.popitem(last=False)
+            _remember(self._memory, key, dt, self.maxsize)
         return torch.from_numpy(dt.copy())
+
+    def _compute(self, model: torch.nn.Module, neutral: str, target: str, templates: Sequence[str]) -> torch.Tensor:
+        # target first, as in text_direction: a cold pair gives exactly its numbers
+        keys = {text: self.key("", text, templates) for text in (target, neutral)}
+        with self._lock:
+            known = {text: self._embeddings[k] for text, k in keys.items() if k in self._embeddings}
+        missing = [text for text in keys if text not in known]
+        if missing:
+            fresh = text_embeddings(model, missing, templates).detach().float().cpu()
+            known.update(zip(missing, fresh))
+        with self._lock:
+            for text, k in keys.items():
+                _remember(self._embeddings, k, known[text], self.maxsize)
+        return direction_between(known[neutral], known[target], neutral, target)
 
     def _path(self, key: str) -> Path | None:
         return self.dir / f"{key}.npy" if self.dir is not None else None
@@ -167,6 +186,13 @@ class TextDirectionCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _remember(lru: OrderedDict, key: str, value, maxsize: int) -> None:
+    lru[key] = value
+    lru.move_to_end(key)
+    while len(lru) > maxsize:
+        lru.popitem(last=False)
 
 
 # --- style space ------------------------------------------------------------------------------------------

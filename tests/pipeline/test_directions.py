@@ -213,3 +213,17 @@ def test_golden_clip_and_boundary_checks():
     results = run_checks(GOLDEN, only=("clip", "boundary"), emit=lambda line: None)
     failed = [c.line() for c in results if not c.ok]
     assert results and not failed, failed
+
+
+def test_cache_reuses_the_neutral_embedding(model, tmp_path):
+    """A second target with the same neutral embeds only the new text; the result equals the direct one."""
+    templates = IMAGENET_TEMPLATES[:5]
+    cache = TextDirectionCache(None, "clip-a")
+    cache.get(model, "face", "bald face", templates)
+    assert len(cache._embeddings) == 2
+    dt = cache.get(model, "face", "smiling face", templates)
+    assert len(cache._embeddings) == 3
+    direct = text_direction(model, "face", "smiling face", templates)
+    torch.testing.assert_close(dt, direct, rtol=0, atol=1e-6)
+    with pytest.raises(PipelineError):
+        cache.get(model, "face", "face", templates)
