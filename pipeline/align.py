@@ -103,9 +103,9 @@ def align_crop(img: Image.Image, quad: np.ndarray, output_size: int = 256,
 
     # Shrink: a big face is first LANCZOS-reduced by an integer factor, so the bilinear warp never skips pixels.
     shrink = int(np.floor(qsize / output_size * 0.5))
+    size = img.size
     if shrink > 1:
-        rsize = (int(np.rint(float(img.size[0]) / shrink)), int(np.rint(float(img.size[1]) / shrink)))
-        img = img.resize(rsize, Image.Resampling.LANCZOS)
+        size = (int(np.rint(float(img.size[0]) / shrink)), int(np.rint(float(img.size[1]) / shrink)))
         quad /= shrink
         qsize /= shrink
 
@@ -113,8 +113,15 @@ def align_crop(img: Image.Image, quad: np.ndarray, output_size: int = 256,
     border = max(int(np.rint(qsize * 0.1)), 3)
     crop = _bounds(quad)
     crop = (max(crop[0] - border, 0), max(crop[1] - border, 0),
-            min(crop[2] + border, img.size[0]), min(crop[3] + border, img.size[1]))
-    if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
+            min(crop[2] + border, size[0]), min(crop[3] + border, size[1]))
+    if shrink > 1:
+        # Resize only the window the crop keeps: the same filter taps as resizing the whole photo and then
+        # cropping (Pillow reads past the box up to the photo's edges), at a fraction of the cost on 12 MP.
+        sx, sy = img.size[0] / size[0], img.size[1] / size[1]
+        img = img.resize((crop[2] - crop[0], crop[3] - crop[1]), Image.Resampling.LANCZOS,
+                         box=(crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy))
+        quad -= crop[0:2]
+    elif crop[2] - crop[0] < size[0] or crop[3] - crop[1] < size[1]:
         img = img.crop(crop)
         quad -= crop[0:2]
 

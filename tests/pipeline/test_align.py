@@ -184,3 +184,19 @@ def test_padding_when_the_face_leaves_the_photo(golden):
 def test_face_quad_rejects_wrong_shapes():
     with pytest.raises(ValueError):
         face_quad(np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("offset", [(400, 300), (1250, -150)], ids=["inside", "padded"])
+def test_shrink_of_a_window_equals_shrinking_the_whole_photo(golden, offset):
+    """align_crop resizes only the part of a big photo it keeps; the result must be the reference's (resize
+    everything by the shrink factor, then align the shrunk photo), bit for bit."""
+    photo, ref = golden
+    big = noise_image(1601, 1203, seed=4)
+    big.paste(photo.resize((1024, 1024), Image.Resampling.LANCZOS), offset)
+    quad = ref["quad"] * 2 + offset + 0.5
+    output_size = 48
+    shrink = int(np.floor(np.hypot(*(quad[3] - quad[0])) / output_size * 0.5))
+    assert shrink == 3
+    whole = big.resize((int(np.rint(1601 / shrink)), int(np.rint(1203 / shrink))), Image.Resampling.LANCZOS)
+    expected = align_crop(whole, quad / shrink, output_size)
+    assert np.array_equal(np.asarray(align_crop(big, quad, output_size)), np.asarray(expected))
