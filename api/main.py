@@ -16,9 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.body_limit import BodySizeLimit
 from api.photo_check import enable_heif
-from api.routes import app_config, edits, health, images, uploads
+from api.routes import app_config, edits, health, images, metrics, uploads
 from common.db import make_engine, make_session_factory
 from common.errors import ApiError
+from common.logging import configure_logging
+from common.metrics import HttpMetricsMiddleware
 from common.queue import make_celery
 from common.settings import Settings, get_settings
 from common.storage import make_storage
@@ -74,6 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API with its own engine, storage and Celery client (nothing global, tests build many)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     enable_heif()
     app = FastAPI(
         title="faceedit",
@@ -88,9 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_OVERHEAD)
-    # Request metrics (common/metrics.py, Prometheus) are installed here as one more middleware.
+    # Outermost, so the latency covers the other middlewares and errors they turn into responses.
+    app.add_middleware(HttpMetricsMiddleware)
 
-    for module in (health, app_config, images, uploads, edits):
+    for module in (health, metrics, app_config, images, uploads, edits):
         app.include_router(module.router)
     if settings.web_dir.is_dir():
         # Last, so API routes win; unknown paths still get the JSON 404 through the handler above.

@@ -26,6 +26,7 @@ _context: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.Cont
 
 REDACTED = "[redacted]"
 _MAX_STRING = 2000
+_HANDLER_NAME = "faceedit"
 # Field names whose values are secrets whatever they look like.
 _SECRET_NAME = re.compile(r"(pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|private)", re.I)
 # Secrets inside free text: bearer tokens, `whsec_` signing secrets, user:password@ in URLs, key=value.
@@ -120,15 +121,19 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: Literal["json", "text"] = "json") -> None:
-    """Route the root logger to stderr with the chosen format (replaces existing handlers)."""
+    """Send every log record to stderr in the chosen format; idempotent (apps and tests call it often).
+
+    Only the handler installed here is replaced: other handlers on the root logger (pytest's capture)
+    stay. uvicorn's and Celery's own handlers are dropped so their records come through this one.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    for existing in list(root.handlers):
+    for existing in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # uvicorn installs its own handlers on these; let them propagate to ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -100,3 +100,24 @@ def test_redaction_is_linear_on_hostile_text() -> None:
     redact(redact_text_input)
     redact("x://" + "y" * 1990 + ":")
     assert time.perf_counter() - started < 0.5
+
+
+def test_configure_logging_is_idempotent_and_keeps_foreign_handlers() -> None:
+    import logging as stdlib_logging
+
+    from common.logging import configure_logging
+
+    root = stdlib_logging.getLogger()
+    foreign = stdlib_logging.NullHandler()
+    root.addHandler(foreign)
+    saved_level = root.level
+    try:
+        configure_logging("INFO", "json")
+        configure_logging("WARNING", "json")
+        ours = [h for h in root.handlers if h.get_name() == "faceedit"]
+        assert len(ours) == 1 and isinstance(ours[0].formatter, JsonFormatter)
+        assert foreign in root.handlers and root.level == stdlib_logging.WARNING
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == "faceedit"] + [foreign]:
+            root.removeHandler(handler)
+        root.setLevel(saved_level)
