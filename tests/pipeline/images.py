@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zlib
@@ -27,15 +28,14 @@ def golden_face() -> tuple[Image.Image, dict[str, np.ndarray]]:
     directory = golden_dir()
     if not (directory / "face_align.npz").is_file():
         pytest.skip(f"golden fixtures not found in {directory} (set GOLDEN_DIR)")
-    import json
-
     meta = json.loads((directory / "meta.json").read_text())["face_align"]
     with np.load(directory / "face_align.npz") as f:
         arrays = {k: f[k] for k in f.files}
     arrays["settings"] = meta["settings"]
-    photo = Image.open(directory / meta["input_file"])
-    photo.load()
-    return photo.convert("RGB"), arrays
+    from pipeline.photo import load_photo
+
+    # Upright, as the service and the golden check see it (a fixture photo may carry an EXIF orientation).
+    return load_photo(directory / meta["input_file"]), arrays
 
 
 def noise_image(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
