@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
 
 from pipeline.align import align_crop, detect_faces, face_quad
 from pipeline.golden import Check, Fixture
@@ -14,6 +15,7 @@ QUAD_TOL_PX = 1e-6
 CROP_MEAN_TOL = 0.5      # mean |ours - reference| over uint8 pixels
 CROP_MAX_TOL = 16.0      # max |ours - reference|
 DETECTOR_TOL = 0.02      # max corner distance / qsize
+EXIF_ORIENTATION = 0x0112
 
 
 def checks(fixture: Fixture) -> Iterator[Check]:
@@ -21,7 +23,11 @@ def checks(fixture: Fixture) -> Iterator[Check]:
     ref = fixture.npz("face_align")
     # load_photo applies EXIF orientation: a fixture photo stored sideways with an orientation tag is
     # aligned in its upright coordinates, as the service sees it.
-    photo = load_photo(fixture.dir / meta["input_file"])
+    path = fixture.dir / meta["input_file"]
+    photo = load_photo(path)
+    with Image.open(path) as raw:
+        orientation = raw.getexif().get(EXIF_ORIENTATION, 1)
+    upright = f"; EXIF orientation {orientation}, compared upright" if orientation != 1 else ""
 
     quad, _ = face_quad(ref["landmarks68"])
     corner_err = float(np.abs(quad - ref["quad"]).max())
@@ -34,8 +40,8 @@ def checks(fixture: Fixture) -> Iterator[Check]:
             yield Check(f"align: {name} shape", np.inf, 0.0, f"{ours.shape} != {expected.shape}")
             continue
         diff = np.abs(ours.astype(np.int16) - expected.astype(np.int16))
-        yield Check(f"align: {name} mean abs (uint8)", float(diff.mean()), CROP_MEAN_TOL)
-        yield Check(f"align: {name} max abs (uint8)", float(diff.max()), CROP_MAX_TOL)
+        yield Check(f"align: {name} mean abs (uint8)", float(diff.mean()), CROP_MEAN_TOL, upright[2:])
+        yield Check(f"align: {name} max abs (uint8)", float(diff.max()), CROP_MAX_TOL, upright[2:])
 
     faces = detect_faces(photo)
     if not faces:
@@ -47,4 +53,4 @@ def checks(fixture: Fixture) -> Iterator[Check]:
     best = int(np.argmin([np.hypot(*(c - ref["quad"].mean(axis=0))) for c in centres]))
     det_quad, _ = face_quad(faces[best])
     err = float(np.hypot(*(det_quad - ref["quad"]).T).max()) / ref_qsize
-    yield Check("align: detector quad / qsize", err, DETECTOR_TOL, f"{len(faces)} face(s) found")
+    yield Check("align: detector quad / qsize", err, DETECTOR_TOL, f"{len(faces)} face(s) found{upright}")
