@@ -80,8 +80,9 @@ def test_align_face_returns_the_alignment(golden):
     assert _abs_diff(result.crop, reference_crop).mean() < 3
 
 
-@pytest.mark.parametrize("image", [noise_image(), gradient_image(), Image.new("RGB", (300, 200), (40, 40, 40))],
-                         ids=["noise", "gradient", "flat"])
+@pytest.mark.parametrize("image", [noise_image(), gradient_image(), Image.new("RGB", (300, 200), (40, 40, 40)),
+                                   Image.new("RGB", (1, 1)), Image.new("L", (5000, 10))],
+                         ids=["noise", "gradient", "flat", "one-pixel", "grey-strip"])
 def test_no_face(image):
     with pytest.raises(PipelineError) as err:
         align_face(image)
