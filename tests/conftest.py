@@ -119,7 +119,7 @@ def dev_bundle(tmp_path_factory) -> Path:
 # --- settings for a service under test ------------------------------------------------------------
 
 
-def service_settings(pg_url: str, redis_url: str, s3_endpoint: str, model_dir: Path, **overrides):
+def service_settings(pg_url: str, redis_url: str, s3_endpoint: str, model_dir: Path | None = None, **overrides):
     """Settings for PostgreSQL + Redis + S3 with private queue names and a private bucket; timings
     shortened so leases, cancels and the reaper act within a test's patience."""
     from common.settings import Settings
@@ -158,10 +158,31 @@ def settings_env(settings) -> dict[str, str]:
     return env
 
 
+def drop_queues(settings) -> None:
+    """Remove a test's private queues from the shared Redis."""
+    from redis import Redis
+
+    client = Redis.from_url(settings.redis_url)
+    for queue in (settings.edits_queue, settings.io_queue):
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    client.close()
+
+
 @pytest.fixture(scope="session")
-def settings(pg_url, redis_url, s3_endpoint, dev_bundle):
-    """The session's service settings (PostgreSQL + Redis + S3 over HTTP + dev bundle)."""
-    return service_settings(pg_url, redis_url, s3_endpoint, dev_bundle)
+def settings(pg_url, redis_url, s3_endpoint):
+    """The session's service settings (PostgreSQL + Redis + S3 over HTTP); the session's `worker`
+    consumes their queues."""
+    values = service_settings(pg_url, redis_url, s3_endpoint)
+    yield values
+    drop_queues(values)
+
+
+@pytest.fixture(scope="module")
+def queued_settings(pg_url, redis_url, s3_endpoint):
+    """Settings whose queues no worker consumes: edits stay `starting` until canceled."""
+    values = service_settings(pg_url, redis_url, s3_endpoint)
+    yield values
+    drop_queues(values)
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -236,9 +257,10 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def worker(settings, tmp_path_factory) -> Iterator[WorkerProcess]:
+def worker(settings, dev_bundle, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One real worker for the session (tests that kill workers start their own)."""
-    process = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    worker_settings = settings.model_copy(update={"model_dir": dev_bundle})
+    process = WorkerProcess(worker_settings, tmp_path_factory.mktemp("worker") / "worker.log").start()
     yield process
     process.stop()
 

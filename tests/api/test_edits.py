@@ -1,0 +1,159 @@
+"""`/v1/edits` without a worker: validation, queueing, Prefer: wait, cancel, pagination, ownership,
+and the JSON error shape everywhere."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import face_jpeg, make_api
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def queued(queued_settings):
+    """An API whose queue no worker consumes, and one uploaded photo."""
+    api = make_api(queued_settings)
+    return api, api.upload(face_jpeg())["id"]
+
+
+def _body(image_id: str, **changes) -> dict:
+    return {"image": image_id, "neutral": "a face", "target": "a smiling face", "alphas": [-2, 0, 2],
+            "beta": 0.15, **changes}  # fmt: skip
+
+
+def test_submit_answers_starting_with_the_resource(queued):
+    api, image_id = queued
+    response = api.post("/v1/edits", json=_body(image_id, webhook="https://example.com/hook",
+                                                webhook_events_filter=["completed"]))  # fmt: skip
+    assert response.status_code == 201, response.text
+    edit = response.json()
+    assert edit["status"] == "starting" and edit["output"] is None and edit["error"] is None
+    assert edit["input"] == {"image": image_id, "neutral": "a face", "target": "a smiling face",
+                             "alphas": [-2.0, 0.0, 2.0], "beta": 0.15, "mode": "global", "output_format": "jpeg"}
+    assert edit["queue_position"] >= 0 and edit["webhook_events_filter"] == ["completed"]
+    assert response.headers["location"] == edit["urls"]["get"]
+    assert api.get(edit["urls"]["get"]).json()["id"] == edit["id"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"alphas": []},
+        {"alphas": list(range(9))},  # more than MAX_ALPHAS
+        {"alphas": [1e6]},
+        {"alphas": ["strong"]},
+        {"beta": -0.1},
+        {"beta": 2},
+        {"neutral": "   "},
+        {"target": "x" * 301},
+        {"mode": "magic"},
+        {"output_format": "gif"},
+        {"webhook": "ftp://example.com"},
+        {"webhook_events_filter": ["everything"]},
+        {"surprise": True},
+        {"image": ""},
+    ],
+)
+def test_invalid_parameters_are_422(queued, changes):
+    api, image_id = queued
+    response = api.post("/v1/edits", json=_body(image_id, **changes))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error" and response.json()["message"]
+
+
+def test_malformed_json_and_unknown_image(queued):
+    api, _ = queued
+    broken = api.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"})
+    assert (broken.status_code, broken.json()["code"]) == (422, "validation_error")
+    missing = api.post("/v1/edits", json=_body("img_nope"))
+    assert (missing.status_code, missing.json()["code"]) == (404, "image_not_found")
+
+
+def test_cancel_while_queued(queued):
+    api, image_id = queued
+    edit = api.post("/v1/edits", json=_body(image_id)).json()
+    canceled = api.post(f"/v1/edits/{edit['id']}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert canceled.json()["completed_at"] and canceled.json()["queue_position"] is None
+    again = api.post(f"/v1/edits/{edit['id']}/cancel")  # idempotent
+    assert again.status_code == 200 and again.json()["status"] == "canceled"
+    assert api.get(f"/v1/edits/{edit['id']}/outputs/0").json()["code"] == "output_not_found"
+
+
+def test_prefer_wait_returns_the_unfinished_edit_after_n_seconds(queued):
+    api, image_id = queued
+    start = time.monotonic()
+    response = api.post("/v1/edits", json=_body(image_id), headers={"Prefer": "wait=1"})
+    assert 1.0 <= time.monotonic() - start < 5
+    assert response.status_code == 201 and response.json()["status"] == "starting"
+    assert response.headers["preference-applied"] == "wait=1"
+    bad = api.post("/v1/edits", json=_body(image_id), headers={"Prefer": "wait=soon"})
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_prefer")
+
+
+def test_list_pages_with_a_cursor(queued_settings):
+    api = make_api(queued_settings, name="lister")
+    image_id = api.upload(face_jpeg())["id"]
+    ids = [api.post("/v1/edits", json=_body(image_id)).json()["id"] for _ in range(3)]
+    first = api.get("/v1/edits", params={"limit": 2}).json()
+    second = api.get("/v1/edits", params={"limit": 2, "cursor": first["next"]}).json()
+    assert [e["id"] for e in first["results"] + second["results"]] == ids[::-1]
+    assert second["next"] is None
+    assert api.get("/v1/edits", params={"cursor": "garbage!"}).json()["code"] == "bad_request"
+    assert api.get("/v1/edits", params={"limit": 0}).status_code == 422
+
+
+def test_someone_elses_edit_is_a_404(queued, queued_settings):
+    api, image_id = queued
+    edit = api.post("/v1/edits", json=_body(image_id)).json()
+    stranger = make_api(queued_settings, name="stranger")
+    for response in (
+        stranger.get(f"/v1/edits/{edit['id']}"),
+        stranger.post(f"/v1/edits/{edit['id']}/cancel"),
+        stranger.get(f"/v1/edits/{edit['id']}/outputs/0"),
+    ):
+        assert (response.status_code, response.json()["code"]) == (404, "edit_not_found")
+    assert stranger.get("/v1/edits").json()["results"] == []
+
+
+def test_authentication(queued):
+    api, _ = queued
+    client = api.client
+    assert client.get("/v1/edits").json()["code"] == "unauthorized"
+    wrong = client.get("/v1/edits", headers={"Authorization": "Bearer fe_not-a-key"})
+    assert (wrong.status_code, wrong.json()["code"]) == (401, "unauthorized")
+    assert wrong.headers["www-authenticate"] == "Bearer"
+
+
+def test_revoked_key_stops_working(queued_settings):
+    from api.keys import create_key, revoke_key
+
+    api = make_api(queued_settings)
+    with api.client.app.state.session_factory() as session:
+        row, key = create_key(session, "short-lived")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert api.client.get("/v1/edits", headers=headers).status_code == 200
+        assert revoke_key(session, row.id)
+    assert api.client.get("/v1/edits", headers=headers).status_code == 401
+
+
+def test_errors_are_json_everywhere(queued):
+    api, _ = queued
+    assert api.get("/v1/nothing-here").json() == {"code": "not_found", "message": "Not Found"}
+    assert api.client.delete("/healthz").json()["code"] == "method_not_allowed"
+    assert api.client.get("/healthz").json() == {"status": "ok", "checks": None}
+    ready = api.client.get("/readyz").json()
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert api.client.get("/docs").status_code == 200
+    assert "/v1/edits" in api.client.get("/openapi.json").json()["paths"]
+    assert api.client.get("/app-config.json").json() == {"api_base": "/v1", "dev_api_key": None}
+
+
+def test_readyz_reports_an_unreachable_broker(queued_settings):
+    api = make_api(queued_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    response = api.client.get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "not_ready"
+    assert response.json()["checks"]["broker"].startswith("error")

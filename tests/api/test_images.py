@@ -1,0 +1,100 @@
+"""`/v1/images`: formats, EXIF orientation, limits, ownership, deletion (PostgreSQL + S3 over HTTP)."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import face_jpeg, make_api
+
+pytestmark = pytest.mark.services
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt,name", [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("HEIF", "heif")])
+def test_accepted_formats(api, fmt, name):
+    data = _encode(Image.new("RGB", (320, 200), (120, 90, 60)), fmt)
+    image = api.upload(data, name=f"photo.{name}")
+    assert (image["format"], image["width"], image["height"], image["bytes"]) == (name, 320, 200, len(data))
+
+
+def test_exif_orientation_is_applied_to_the_reported_size(api):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: a landscape file shows as portrait
+    image = api.upload(_encode(Image.new("RGB", (320, 200)), "JPEG", exif=exif))
+    assert (image["width"], image["height"]) == (200, 320)
+
+
+def test_original_bytes_are_kept_and_served(api):
+    data = face_jpeg()
+    image = api.upload(data)
+    assert api.get(f"/v1/images/{image['id']}").json()["id"] == image["id"]
+    assert httpx.get(image["urls"]["file"]).content == data  # presigned S3 URL, no API key needed
+    assert api.get(f"/v1/images/{image['id']}/file").content == data
+
+
+@pytest.mark.parametrize(
+    "data,code,status",
+    [
+        (_encode(Image.new("RGB", (80, 80)), "GIF"), "unsupported_format", 415),
+        (b"%PDF-1.4 definitely not a photo", "unsupported_format", 415),
+        (_encode(Image.new("RGB", (400, 400)), "JPEG")[:600], "invalid_image", 422),
+        (_encode(Image.new("RGB", (40, 400)), "PNG"), "image_too_small", 422),
+        (_encode(Image.new("1", (8000, 8000)), "PNG"), "image_too_large", 413),
+        (b"", "invalid_image", 422),
+    ],
+)
+def test_bad_photos_get_a_typed_4xx(api, data, code, status):
+    response = api.post("/v1/images", files={"file": ("x", data, "application/octet-stream")})
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    assert set(response.json()) == {"code", "message"}
+
+
+def test_request_shape_errors(api):
+    missing = api.post("/v1/images", files={"other": ("x", b"123", "image/jpeg")})
+    assert (missing.status_code, missing.json()["code"]) == (422, "validation_error")
+    wrong_type = api.post("/v1/images", content=b"raw", headers={"content-type": "image/jpeg"})
+    assert (wrong_type.status_code, wrong_type.json()["code"]) == (415, "unsupported_media_type")
+
+
+def test_body_over_the_limit_is_refused_before_reading(settings):
+    small = make_api(settings.model_copy(update={"max_upload_bytes": 4096}))
+    response = small.post("/v1/images", files={"file": ("big.jpg", b"\xff" * 200_000, "image/jpeg")})
+    assert (response.status_code, response.json()["code"]) == (413, "payload_too_large")
+
+
+def test_someone_elses_image_is_indistinguishable_from_a_missing_one(api, settings):
+    image = api.upload(face_jpeg())
+    stranger = make_api(settings, name="stranger")
+    theirs = stranger.get(f"/v1/images/{image['id']}")
+    missing = stranger.get("/v1/images/img_doesnotexist")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["code"] == missing.json()["code"] == "image_not_found"
+    assert stranger.delete(f"/v1/images/{image['id']}").status_code == 404
+    assert stranger.post("/v1/edits", json={
+        "image": image["id"], "neutral": "a face", "target": "a smile", "alphas": [1], "beta": 0.1,
+    }).status_code == 404  # fmt: skip
+
+
+def test_delete_removes_the_photo_and_its_edits(api):
+    image = api.upload(face_jpeg())
+    edit = api.post("/v1/edits", json={
+        "image": image["id"], "neutral": "a face", "target": "a smile", "alphas": [1], "beta": 0.1,
+    }).json()  # fmt: skip
+    assert api.delete(f"/v1/images/{image['id']}").status_code == 204
+    assert api.get(f"/v1/images/{image['id']}").status_code == 404
+    assert api.get(f"/v1/edits/{edit['id']}").status_code == 404
+    storage = api.client.app.state.storage
+    assert storage.list(f"originals/{image['id']}") == []
