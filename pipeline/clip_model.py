@@ -19,11 +19,15 @@ import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.errors import INVALID_PARAMETER, MODEL_INVALID, MODEL_MISSING, PipelineError
+
+if TYPE_CHECKING:
+    from clip.model import CLIP
 
 # CLIP's input normalization (clip/clip.py `_transform`).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,7 +37,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
-def load_clip(path: str | Path, device: str | torch.device = "cpu") -> "clip.model.CLIP":  # noqa: F821
+def load_clip(path: str | Path, device: str | torch.device = "cpu") -> CLIP:
     """Load a CLIP checkpoint (TorchScript archive such as the official ``ViT-B-32.pt``, or a state dict).
 
     The architecture is inferred from the tensor shapes; the result is float32, in eval mode, on ``device``.
@@ -49,7 +53,7 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> "clip.mod
     return model.to(device)
 
 
-def build_clip(state_dict: Mapping[str, torch.Tensor]) -> "clip.model.CLIP":  # noqa: F821
+def build_clip(state_dict: Mapping[str, torch.Tensor]) -> CLIP:
     """A float32 ``clip.model.CLIP`` whose architecture is inferred from ``state_dict`` shapes, weights loaded
     strictly (every key used, none missing)."""
     from clip.model import build_model

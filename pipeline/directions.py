@@ -151,7 +151,7 @@ class TextDirectionCache:
         missing = [text for text in keys if text not in known]
         if missing:
             fresh = text_embeddings(model, missing, templates).detach().float().cpu()
-            known.update(zip(missing, fresh))
+            known.update(zip(missing, fresh, strict=True))
         with self._lock:
             for text, k in keys.items():
                 _remember(self._embeddings, k, known[text], self.maxsize)
@@ -235,7 +235,7 @@ def style_direction(fs3: torch.Tensor, dt: torch.Tensor, beta: float, style_std:
     relevance = (relevance / relevance.abs().max()).to(style_std.dtype).to(style_std.device)
 
     layers, conv_start, std_start = [], 0, 0
-    for dim, is_rgb in zip(style_dims, style_is_torgb):
+    for dim, is_rgb in zip(style_dims, style_is_torgb, strict=True):
         std = style_std[std_start:std_start + dim]
         if is_rgb:
             layers.append(torch.zeros_like(std))
@@ -255,7 +255,7 @@ def apply(styles: Sequence[torch.Tensor], direction: StyleDirection | Sequence[t
     if len(layers) != len(styles):
         raise PipelineError(MODEL_INVALID, f"direction has {len(layers)} layers, the styles {len(styles)}")
     out = []
-    for style, delta in zip(styles, layers):
+    for style, delta in zip(styles, layers, strict=True):
         style = style.reshape(1, -1)
         a = torch.as_tensor(list(alphas), dtype=style.dtype, device=style.device).view(-1, 1)
         out.append(style + a * delta.to(style.device, style.dtype).reshape(1, -1))

@@ -160,7 +160,7 @@ def _load_or_compute_stats(partial: Path, generator, settings: RelevanceSettings
 def _conv_channels(generator) -> list[tuple[int, int]]:
     """(flat style index, layer) of every conv style channel, in style-layer order (the rows of fs3)."""
     channels, offset = [], 0
-    for layer, (dim, is_rgb) in enumerate(zip(generator.style_dims, generator.style_is_torgb)):
+    for layer, (dim, is_rgb) in enumerate(zip(generator.style_dims, generator.style_is_torgb, strict=True)):
         if not is_rgb:
             channels += [(offset + c, layer) for c in range(dim)]
         offset += dim

@@ -9,8 +9,14 @@ import torch
 from clip.model import CLIP
 from PIL import Image
 
-from pipeline.clip_model import (clip_preprocess, image_features, load_clip, save_clip_archive, text_features,
-                                 tokenize)
+from pipeline.clip_model import (
+    clip_preprocess,
+    image_features,
+    load_clip,
+    save_clip_archive,
+    text_features,
+    tokenize,
+)
 from pipeline.errors import PipelineError
 
 

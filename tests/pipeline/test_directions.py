@@ -13,8 +13,15 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from pipeline.directions import (IMAGENET_TEMPLATES, StyleDirection, TextDirectionCache, apply, style_direction,
-                                 text_direction, text_embedding)
+from pipeline.directions import (
+    IMAGENET_TEMPLATES,
+    StyleDirection,
+    TextDirectionCache,
+    apply,
+    style_direction,
+    text_direction,
+    text_embedding,
+)
 from pipeline.errors import PipelineError
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden"))
@@ -101,7 +108,7 @@ def reference_boundary(fs3, dt, beta, std, dims, is_rgb):
     tmp[np.abs(tmp) < beta] = 0
     tmp = tmp / np.abs(tmp).max()
     out, start, std_start = [], 0, 0
-    for d, rgb in zip(dims, is_rgb):
+    for d, rgb in zip(dims, is_rgb, strict=True):
         if rgb:
             out.append(np.zeros(d))
         else:
@@ -113,7 +120,7 @@ def reference_boundary(fs3, dt, beta, std, dims, is_rgb):
 
 def random_space(seed=0, dims=(8, 8, 6, 6, 6, 4), is_rgb=(False, True, False, False, True, False), d=16):
     rng = np.random.default_rng(seed)
-    n_conv = sum(c for c, r in zip(dims, is_rgb) if not r)
+    n_conv = sum(c for c, r in zip(dims, is_rgb, strict=True) if not r)
     fs3 = rng.normal(size=(n_conv, d)).astype(np.float32)
     fs3 /= np.linalg.norm(fs3, axis=1, keepdims=True)
     dt = rng.normal(size=d).astype(np.float32)
@@ -131,7 +138,7 @@ def test_style_direction_matches_styleclip(beta):
     assert direction.channels_kept == kept
     assert [len(x) for x in direction.layers] == dims
     np.testing.assert_allclose(direction.flat().numpy(), expected, atol=1e-6)
-    assert all(not x.any() for x, rgb in zip(direction.layers, is_rgb) if rgb)
+    assert all(not x.any() for x, rgb in zip(direction.layers, is_rgb, strict=True) if rgb)
     # the strongest kept channel is exactly its std
     ratio = direction.flat().numpy() / std
     assert abs(np.abs(ratio).max() - 1) < 1e-6

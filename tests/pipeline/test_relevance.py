@@ -16,7 +16,7 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from pipeline.clip_model import build_clip, clip_preprocess
+from pipeline.clip_model import clip_preprocess
 from pipeline.errors import PipelineError
 from pipeline.relevance import load_relevance, precompute_relevance
 from pipeline.stylegan2 import Generator, load_generator, save_generator
@@ -65,7 +65,7 @@ def sampled_styles(g, n, seed, psi=0.7, cutoff=8):
 def test_file_contents_and_statistics(models, reference_file):
     g, m, _ = models
     rel = load_relevance(reference_file)
-    n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb) if not rgb)
+    n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb, strict=True) if not rgb)
     assert rel.fs3.shape == (n_conv, 32) and rel.style_std.shape == (sum(g.style_dims),)
     norms = rel.fs3.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
@@ -83,8 +83,9 @@ def test_one_row_follows_styleclip_single_channel(models, reference_file):
     layer = 3  # convs.1
     channel = 5
     flat_index = sum(g.style_dims[:layer]) + channel
-    row = sum(d for d, rgb in zip(g.style_dims[:layer], g.style_is_torgb[:layer]) if not rgb) + channel
-    base = torch.from_numpy(sampled_styles(g, SETTINGS["n_stats"], SETTINGS["seed"])[:SETTINGS["n_images"]]).float()
+    row = sum(d for d, rgb in zip(g.style_dims[:layer], g.style_is_torgb[:layer], strict=True) if not rgb) + channel
+    styles = sampled_styles(g, SETTINGS["n_stats"], SETTINGS["seed"])
+    base = torch.from_numpy(styles[:SETTINGS["n_images"]]).float()
     feats = []
     with torch.no_grad():
         for sign in (-1, 1):
