@@ -110,6 +110,48 @@ class Settings(BaseSettings):
         60.0, gt=0, description="An idle worker that consumed nothing for this long fails its liveness check."
     )
 
+    # --- trust: rate limits, queue caps, idempotency, webhooks, retention (docs/SECURITY.md) -----
+    rate_limit_per_second: float = Field(
+        20.0, gt=0, description="Sustained /v1 requests per second per API key (or per client address)."
+    )
+    rate_limit_burst: int = Field(60, ge=1, description="Burst of /v1 requests per key above the sustained rate.")
+    submit_rate_per_second: float = Field(
+        2.0, gt=0, description="Sustained POSTs (uploads, images, edits) per second per API key."
+    )
+    submit_rate_burst: int = Field(20, ge=1, description="Burst of POSTs per key above the sustained rate.")
+    max_queued_per_owner: int = Field(
+        20, ge=1, description="Unfinished edits one account may have; one more is refused with 429 `queue_full`."
+    )
+    max_queued_total: int = Field(
+        2000, ge=1, description="Unfinished edits of all accounts together; one more is refused with 429."
+    )
+    idempotency_ttl_hours: float = Field(
+        24.0, gt=0, description="How long an `Idempotency-Key` and its stored response are kept."
+    )
+    retention_hours: float = Field(
+        24.0, gt=0, description="Photos, inversions, edits, results and uploads are deleted this long after upload."
+    )
+    retention_interval_seconds: float = Field(600.0, gt=0, description="How often the expiry task runs (beat).")
+    webhook_allow_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs webhooks may reach although not public (e.g. `127.0.0.0/8` for "
+        "tests). Cloud metadata addresses stay refused.",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="Timeout of one webhook POST.")
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=30, description="Attempts per webhook message before it is marked failed."
+    )
+    webhook_retry_base_seconds: float = Field(
+        5.0, ge=0, description="Delay before the first webhook retry; each next one is 4x longer (jittered)."
+    )
+    webhook_retry_max_seconds: float = Field(86400.0, ge=0, description="Longest delay between webhook attempts.")
+    webhook_sweep_seconds: float = Field(
+        5.0, gt=0, description="How often due webhook retries and missed events are dispatched (beat)."
+    )
+    public_base_url: str = Field(
+        "", description="Base of the links inside webhook payloads (e.g. `https://api.example.com`); empty: paths."
+    )
+
     # --- development -------------------------------------------------------------------------
     dev_mode: bool = Field(
         False, description="Development server: `/app-config.json` hands DEV_API_KEY to the web app."
