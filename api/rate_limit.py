@@ -18,12 +18,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import ApiError
 from common.ratelimit import QueueCaps, Rate, RateLimiter, queue_decision
+from common.settings import Settings
 
 
 @dataclass(frozen=True)
 class RateLimits:
     requests: Rate  # every /v1 call
     submits: Rate  # POST /v1/... (uploads, images, edits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimits:
+        return cls(requests=Rate(settings.rate_limit_per_second, settings.rate_limit_burst),
+                   submits=Rate(settings.submit_rate_per_second, settings.submit_rate_burst))
 
 
 def _subject(scope: Scope) -> str:
@@ -62,8 +68,9 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
 
-def enforce_queue_caps(session: Session, owner: str, caps: QueueCaps) -> None:
+def enforce_queue_caps(session: Session, owner: str, settings: Settings) -> None:
     """Raise 429 `queue_full` when the owner, or everyone together, has too many unfinished edits."""
+    caps = QueueCaps(per_owner=settings.max_queued_per_owner, total=settings.max_queued_total)
     decision = queue_decision(session, owner, caps)
     if not decision.allowed:
         raise ApiError("queue_full", "too many unfinished edits; wait for some to finish",

@@ -16,8 +16,10 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.rate_limit import enforce_queue_caps
 from api.routes.images import load_image
 from api.schemas import EditCreate, EditInput, EditList, EditOut, EditUrls, ErrorBody
+from api.webhook_url import check_webhook_url
 from common import lifecycle
 from common.errors import ApiError
 from common.models import Edit, new_id, utcnow
@@ -115,6 +117,9 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     if len(body.alphas) > settings.max_alphas:
         raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
     load_image(session, owner, body.image)
+    if body.webhook is not None:
+        check_webhook_url(body.webhook, settings)
+    enforce_queue_caps(session, owner, settings)
     now = utcnow()
     edit = Edit(
         id=new_id("edt"),
