@@ -11,6 +11,8 @@ from typing import Any
 
 from celery import Celery
 
+from common.deliveries import DELIVER_TASK, SWEEP_TASK
+from common.retention import EXPIRE_TASK
 from common.settings import Settings
 
 EDIT_TASK = "worker.tasks.process_edit"
@@ -37,7 +39,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": True,
         "task_default_queue": settings.io_queue,
-        "task_routes": {EDIT_TASK: {"queue": settings.edits_queue}, REAP_TASK: {"queue": settings.io_queue}},
+        "task_routes": {
+            EDIT_TASK: {"queue": settings.edits_queue},
+            **{task: {"queue": settings.io_queue} for task in (REAP_TASK, DELIVER_TASK, SWEEP_TASK, EXPIRE_TASK)},
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",
@@ -50,6 +55,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": REAP_TASK,
                 "schedule": settings.reaper_interval_seconds,
                 "options": {"expires": settings.reaper_interval_seconds},
+            },
+            # Webhook retries that are due and events nobody recorded (worker/webhooks.py).
+            "webhooks": {
+                "task": SWEEP_TASK,
+                "schedule": settings.webhook_sweep_seconds,
+                "options": {"expires": settings.webhook_sweep_seconds},
+            },
+            # Data past RETENTION_HOURS leaves the database and the storage (worker/retention.py).
+            "retention": {
+                "task": EXPIRE_TASK,
+                "schedule": settings.retention_interval_seconds,
+                "options": {"expires": settings.retention_interval_seconds},
             },
         },
     }
