@@ -24,11 +24,18 @@ def image_tol(ref: np.ndarray) -> float:
     return 2e-3 if ref.dtype == np.float16 else 5e-4
 
 
-def checks(fixture: Fixture) -> Iterator[Check]:
-    for name, entry in fixture.meta.items():
-        if name.startswith("stylegan2_") and isinstance(entry, dict) and "config" in entry \
-                and (fixture.dir / f"{name}.npz").exists():
-            yield from _checks_one(fixture, name, entry)
+def checks(fixture: Fixture, names: tuple[str, ...] | None = None) -> Iterator[Check]:
+    """All generator checks, or only those of the meta entries ``names`` (e.g. ``("stylegan2_256",)``)."""
+    for name in generator_entries(fixture):
+        if names is None or name in names:
+            yield from _checks_one(fixture, name, fixture.meta[name])
+
+
+def generator_entries(fixture: Fixture) -> list[str]:
+    """The fixture's generator configs: ``stylegan2_*`` meta entries with a ``config`` and an ``.npz``."""
+    return [name for name, entry in fixture.meta.items()
+            if name.startswith("stylegan2_") and isinstance(entry, dict) and "config" in entry
+            and (fixture.dir / f"{name}.npz").exists()]
 
 
 def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
