@@ -2,8 +2,8 @@
 
 One process per accelerator (`-P solo`), one message at a time, late acknowledgement: see
 `common.queue` for the settings and `common.lifecycle` for why a redelivered job is harmless.
-The models load before the first job: in the main process for `-P solo`, in each child for prefork
-(CUDA cannot cross a fork).
+The models load before the first job is consumed: in the main process for `-P solo`, in each child
+for prefork (CUDA cannot cross a fork).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from celery import signals
-from celery.concurrency.solo import TaskPool as SoloPool
 
 from common.queue import make_celery
 from common.settings import get_settings
@@ -22,16 +21,9 @@ app = make_celery(get_settings(), name="faceedit-worker")
 app.conf.include = ["worker.tasks", "worker.reaper"]
 
 
-@signals.worker_ready.connect
-def _warm_solo(sender=None, **_) -> None:
-    if isinstance(getattr(sender, "pool", None), SoloPool):
-        from worker.runtime import get_runtime
-
-        get_runtime().warm()
-
-
 @signals.worker_process_init.connect
-def _warm_child(**_) -> None:
+def _warm(**_) -> None:
+    # Sent by the solo pool in the main process and by prefork in each child, before consuming.
     from worker.runtime import get_runtime
 
     get_runtime().warm()

@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import delete, select, update
-from starlette.datastructures import UploadFile
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.photo_check import CONTENT_TYPES, inspect_photo
