@@ -45,7 +45,8 @@ HTTP_LATENCY = Histogram(
 )
 JOB_STAGE_SECONDS = Histogram(
     "faceedit_job_stage_seconds",
-    "Seconds an edit spent in each pipeline stage (`total` = the whole job on the worker).",
+    "Seconds an edit spent in each stage (align, invert, direction, synthesize, paste, optimize, store;"
+    " `total` = the whole job on the worker).",
     ["stage"],
     buckets=_JOB_BUCKETS,
 )
@@ -69,17 +70,8 @@ GPU_MEMORY = Gauge(
     multiprocess_mode="liveall",
 )
 
-# The keys of an edit resource's `metrics` object that are stage timings, and their stage label.
-_STAGE_KEYS = {
-    "align_seconds": "align",
-    "invert_seconds": "invert",
-    "direction_seconds": "direction",
-    "synthesize_seconds": "synthesize",
-    "paste_seconds": "paste",
-    "optimize_seconds": "optimize",
-    "total_seconds": "total",
-}
-
+# Keys of an edit's `metrics` object that are not pipeline stages although they end in `_seconds`.
+_NOT_STAGES = {"queue_seconds"}
 
 def multiprocess_enabled() -> bool:
     """True when prometheus_client stores values in files shared by several processes."""
@@ -112,19 +104,21 @@ def observe_edit(
 
     Missing or null timings are skipped: a canceled edit may never have reached `synthesize`.
     """
-    for key, stage in _STAGE_KEYS.items():
-        value = metrics.get(key)
-        if isinstance(value, int | float) and value >= 0:
-            JOB_STAGE_SECONDS.labels(stage=stage).observe(value)
-    queue = metrics.get("queue_seconds")
-    if isinstance(queue, int | float) and queue >= 0:
-        JOB_QUEUE_WAIT.observe(queue)
+    for key, value in metrics.items():
+        if key.endswith("_seconds") and key not in _NOT_STAGES and _is_duration(value):
+            JOB_STAGE_SECONDS.labels(stage=key.removesuffix("_seconds")).observe(value)
+    if _is_duration(metrics.get("queue_seconds")):
+        JOB_QUEUE_WAIT.observe(metrics["queue_seconds"])
     cached = metrics.get("inversion_cached")
     if isinstance(cached, bool):
         INVERSION_CACHE.labels(result="hit" if cached else "miss").inc()
     JOBS.labels(outcome=outcome).inc()
     if outcome == "failed":
         JOB_FAILURES.labels(code=error_code or "internal").inc()
+
+
+def _is_duration(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def record_gpu_memory() -> None:

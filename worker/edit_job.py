@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
 from common.lifecycle import Claim
+from common.metrics import observe_edit
 from common.models import Edit
 from common.storage import ObjectNotFound, inversion_key, original_key, result_key
 from worker.runtime import Runtime
@@ -149,11 +150,13 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             keys = _store_results(runtime, edit, images, metrics)
             metrics["total_seconds"] = time.perf_counter() - start
             if lifecycle.succeed(session, edit_id, token, keys, _rounded(metrics), model):
+                observe_edit(metrics, lifecycle.SUCCEEDED)
                 return lifecycle.SUCCEEDED
             _discard_unless_won(runtime, session, edit_id)
             return "lost"
         except Canceled:
             lifecycle.release_canceled(session, edit_id, token)
+            observe_edit(metrics, lifecycle.CANCELED)
             _discard_unless_won(runtime, session, edit_id)
             return lifecycle.CANCELED
         except PipelineError as error:
@@ -207,6 +210,7 @@ def _store_results(runtime: Runtime, edit: Edit, images: list, metrics: dict) ->
 def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
     metrics["total_seconds"] = time.perf_counter() - start
     lifecycle.fail(session, edit_id, token, code, message, _rounded(metrics), model)
+    observe_edit(metrics, lifecycle.FAILED, code)
     log.info("edit %s failed: %s (%s)", edit_id, code, message)
     return lifecycle.FAILED
 
