@@ -56,7 +56,8 @@ class UploadOut(BaseModel):
 
 
 class EditCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.1" or true for a number is a client bug to report, not to coerce silently.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     image: str = Field(min_length=1, max_length=64, description="id of an image from `POST /v1/images`")
     neutral: Prompt = Field(description="text describing the photo as it is, e.g. `a face`")
