@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REQUIRED_ROLES = ("generator", "encoder", "clip", "relevance")
-OPTIONAL_ROLES = ("identity",)
+# relevance_stats: the std file that StyleCLIP publishes beside its fs3.npy; identity: for optimize mode
+OPTIONAL_ROLES = ("relevance_stats", "identity")
 ROLES = REQUIRED_ROLES + OPTIONAL_ROLES
 
 DEV_WARNING = ("WARNING: using the DEVELOPMENT model bundle (random weights): edits are meaningless noise "
@@ -86,18 +87,30 @@ CLIP_VIT_B32 = ModelFile(
     license="MIT (OpenAI CLIP)",
     source="openai/CLIP ViT-B/32 TorchScript archive",
 )
-# StyleCLIP's published relevance matrix (fs3) for FFHQ; the per-channel std comes from our own precompute
-# when this file is absent, see `precompute-relevance`. Our own precompute writes this same file name.
+# StyleCLIP's published relevance matrix (fs3) and style statistics for the FFHQ generator, from the
+# repository's git tree (MIT). `load_relevance` reads S_mean_std from beside fs3.npy. Computing them ourselves
+# (`precompute-relevance`) takes hours on a GPU for the 1024 generator; it replaces both entries with one .npz.
+STYLECLIP_NPY = "https://github.com/orpatashnik/StyleCLIP/raw/main/global_torch/npy/ffhq/"
 RELEVANCE_FFHQ = ModelFile(
-    file="relevance_ffhq.npz",
-    url=None,
+    file="fs3.npy",
+    url=STYLECLIP_NPY + "fs3.npy",
     sha256=None,
     bytes=None,
-    license="MIT (method: orpatashnik/StyleCLIP); computed from the NC-licensed generator: non-commercial",
-    source="computed locally by `python -m pipeline precompute-relevance` (StyleCLIP global directions fs3 "
-           "and style std, as in orpatashnik/StyleCLIP global_torch/npy/ffhq)",
+    license="MIT (orpatashnik/StyleCLIP); computed from the NC-licensed generator: non-commercial use only",
+    source="StyleCLIP global directions relevance matrix fs3 for FFHQ (orpatashnik/StyleCLIP "
+           "global_torch/npy/ffhq/fs3.npy)",
 )
-OFFICIAL = {"generator": STYLEGAN2_FFHQ, "encoder": E4E_FFHQ, "clip": CLIP_VIT_B32, "relevance": RELEVANCE_FFHQ}
+RELEVANCE_STATS_FFHQ = ModelFile(
+    file="S_mean_std",
+    url=STYLECLIP_NPY + "S_mean_std",
+    sha256=None,
+    bytes=None,
+    license=RELEVANCE_FFHQ.license,
+    source="StyleCLIP per-channel style mean and std for FFHQ (orpatashnik/StyleCLIP global_torch/npy/ffhq/"
+           "S_mean_std, a pickle of numpy arrays read with a numpy-only unpickler)",
+)
+OFFICIAL = {"generator": STYLEGAN2_FFHQ, "encoder": E4E_FFHQ, "clip": CLIP_VIT_B32, "relevance": RELEVANCE_FFHQ,
+            "relevance_stats": RELEVANCE_STATS_FFHQ}
 
 
 # --- the manifest ----------------------------------------------------------------------------------------------
@@ -224,6 +237,17 @@ def pin_entry(directory: str | Path, role: str) -> ModelFile:
                      bytes=path.stat().st_size)
     manifest.with_entry(role, pinned).write(directory)
     return pinned
+
+
+def set_computed_relevance(directory: str | Path, file: str, source: str) -> ModelFile:
+    """Point the manifest's relevance entry at a file we computed (dropping StyleCLIP's separate stats file)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    old = manifest.models["relevance"]
+    entry = ModelFile(file=file, url=None, sha256=None, bytes=None, license=old.license, source=source)
+    models = {role: e for role, e in manifest.models.items() if role != "relevance_stats"}
+    replace(manifest, models={**models, "relevance": entry}).write(directory)
+    return pin_entry(directory, "relevance")
 
 
 def _how_to_get(directory: str | Path) -> str:

@@ -111,8 +111,8 @@ def optimize_latent(generator: torch.nn.Module, clip_model: torch.nn.Module, sta
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
-            clip_losses.append(float(c_loss))
+            losses.append(loss.item())
+            clip_losses.append(c_loss.item())
             if progress is not None:
                 progress("optimize", (i + 1) / config.steps)
     return OptimizeResult(start, latent.detach(), tuple(losses), tuple(clip_losses))

@@ -10,8 +10,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         "precompute-relevance", help="compute the relevance file the global directions need",
         description="For N random latents, perturb every conv style channel of the bundle's generator by its "
                     "std and measure how the CLIP image embedding moves (StyleCLIP's fs3), and record each "
-                    "channel's std. Resumable: interrupted runs continue where they stopped. Writes the file "
-                    "the manifest names (and updates its sha256 there) unless --out is given.",
+                    "channel's std. Resumable: interrupted runs continue where they stopped. Writes the bundle's "
+                    "relevance .npz (relevance.npz unless the manifest names another .npz) and points the "
+                    "manifest at it with its sha256, unless --out names a file outside the bundle. Hours on a "
+                    "GPU for the 1024 generator; the StyleCLIP files from `download` are the quick way.",
         epilog="example: python -m pipeline precompute-relevance --bundle models --images 200 --device cuda")
     parser.add_argument("--bundle", required=True, help="bundle directory (needs generator and clip)")
     parser.add_argument("--images", type=int, default=200, help="random latents to average over (default 200)")
@@ -29,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pipeline.bundle import pin_entry, read_manifest
-    from pipeline.cli.progress import ProgressBar
+    from pipeline.bundle import read_manifest, set_computed_relevance
     from pipeline.clip_model import load_clip
     from pipeline.errors import MODEL_MISSING, PipelineError
     from pipeline.relevance import precompute_relevance
@@ -40,21 +41,23 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--images and --chunk-channels must be positive")
     directory = Path(args.bundle)
     manifest = read_manifest(directory)
-    paths = {role: directory / manifest.models[role].file for role in ("generator", "clip", "relevance")}
-    for role in ("generator", "clip"):
-        if not paths[role].is_file():
-            raise PipelineError(MODEL_MISSING, f"{paths[role].name} not found in {directory}: run "
+    paths = {role: directory / manifest.models[role].file for role in ("generator", "clip")}
+    for role, path in paths.items():
+        if not path.is_file():
+            raise PipelineError(MODEL_MISSING, f"{path.name} not found in {directory}: run "
                                                f"`python -m pipeline download --dir {directory} --only {role}`")
+    # Our file is an .npz; StyleCLIP's published fs3.npy (if the manifest names it) is left alone.
+    current = manifest.models["relevance"].file
+    default = directory / (current if current.endswith(".npz") else "relevance.npz")
+    out = Path(args.out) if args.out else default
     generator = load_generator(paths["generator"], args.device).eval().requires_grad_(False)
     clip_model = load_clip(paths["clip"], args.device)
-    out = Path(args.out) if args.out else paths["relevance"]
-    with ProgressBar(enabled=not args.quiet) as bar:
-        out = precompute_relevance(generator, clip_model, out, n_images=args.images,
-                                   chunk_channels=args.chunk_channels, seed=args.seed, device=args.device,
-                                   progress=bar)
-    if Path(out).resolve() == paths["relevance"].resolve():
-        entry = pin_entry(directory, "relevance")
-        print(f"relevance sha256 {entry.sha256} ({entry.bytes} bytes) written to {directory}/manifest.json",
+    precompute_relevance(generator, clip_model, out, n_images=args.images, chunk_channels=args.chunk_channels,
+                         seed=args.seed, device=args.device, progress=not args.quiet)
+    if out.resolve().parent == directory.resolve():
+        entry = set_computed_relevance(directory, out.name, f"python -m pipeline precompute-relevance "
+                                                            f"--images {args.images} --seed {args.seed}")
+        print(f"manifest: relevance is now {entry.file}, sha256 {entry.sha256} ({entry.bytes} bytes)",
               file=sys.stderr)
     print(out)
     return 0

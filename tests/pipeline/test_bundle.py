@@ -42,7 +42,7 @@ def test_manifest_round_trips_through_json():
     assert again == manifest
     raw = json.loads(manifest.to_json())
     assert raw["dev"] is False
-    assert set(raw) == {"dev", "generator", "encoder", "clip", "relevance"}
+    assert set(raw) == {"dev", "generator", "encoder", "clip", "relevance", "relevance_stats"}
     assert set(raw["clip"]) == {"file", "url", "sha256", "bytes", "license", "source"}
 
 
@@ -219,7 +219,7 @@ def test_download_bundle_fetches_pins_and_says_what_is_left(tmp_path, server, ca
     for role in ("generator", "encoder", "clip"):
         (root / f"{role}.pt").write_bytes(role.encode() * 100)
         models[role] = ModelFile(f"{role}.pt", f"{base}/{role}.pt", None, None, "test", "test")
-    models["relevance"] = replace(OFFICIAL["relevance"])
+    models["relevance"] = replace(OFFICIAL["relevance"], file="relevance.npz", url=None)
     directory = tmp_path / "bundle"
     directory.mkdir()
     Manifest(models).write(directory)

@@ -1,0 +1,183 @@
+"""Editor and Inversion on the development bundle: the whole pipeline, its validation, cancel and caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipeline import Bundle, Canceled, Editor, Inversion, PipelineError
+from pipeline.errors import EMPTY_DIRECTION, INVALID_PARAMETER, NO_FACE
+from tests.pipeline.images import golden_dir, jpeg_bytes, noise_image
+
+
+@pytest.fixture(scope="module")
+def face_bytes() -> bytes:
+    path = golden_dir() / "face_input.png"
+    if not path.is_file():
+        pytest.skip(f"golden fixtures not found in {golden_dir()} (set GOLDEN_DIR)")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def inversion(dev_editor, face_bytes) -> Inversion:
+    return dev_editor.invert(face_bytes)
+
+
+def quad_masks(inv: Inversion, margin: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    """(inside the quad, far outside it: beyond the quad grown by ``margin`` of its size on every side)."""
+    w, h = inv.photo_size
+    centre = inv.quad.mean(axis=0)
+
+    def polygon(scale: float) -> np.ndarray:
+        img = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(img).polygon([tuple(centre + scale * (p - centre)) for p in inv.quad], fill=1)
+        return np.asarray(img).astype(bool)
+
+    return polygon(0.6), ~polygon(1 + 2 * margin)
+
+
+def test_dev_bundle_is_marked_and_verifies(dev_bundle):
+    assert dev_bundle.is_dev
+    again = Bundle.load(dev_bundle.dir, verify=True)
+    assert all(len(e.sha256) == 64 for e in again.manifest.models.values())
+
+
+def test_dev_bundle_loads_through_the_official_loaders(dev_bundle):
+    from pipeline.clip_model import load_clip
+    from pipeline.e4e import load_encoder
+    from pipeline.relevance import load_relevance
+    from pipeline.stylegan2 import load_generator
+
+    g = load_generator(dev_bundle.path("generator"))
+    e4e = load_encoder(dev_bundle.path("encoder"))
+    clip = load_clip(dev_bundle.path("clip"))
+    relevance = load_relevance(dev_bundle.path("relevance"))
+    assert e4e.encoder.style_count == g.n_latent == 14 and e4e.latent_avg.shape[-1] == g.style_dim
+    n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb) if not rgb)
+    assert relevance.fs3.shape == (n_conv, clip.text_projection.shape[1])
+    assert relevance.style_std.shape == (sum(g.style_dims),)
+
+
+def test_versions_are_file_hashes(dev_editor, dev_bundle):
+    versions = dev_editor.versions
+    assert set(versions) == {"generator", "encoder", "clip", "relevance"}
+    assert dev_editor.encoder_version == dev_bundle.manifest.models["encoder"].sha256[:12]
+
+
+def test_invert_finds_the_face(inversion, dev_editor, face_bytes):
+    g = dev_editor.models.generator
+    assert inversion.codes.shape == (g.n_latent, g.style_dim) and inversion.codes.dtype == np.float32
+    assert inversion.n_faces == 1 and inversion.quad.shape == (4, 2) and inversion.qsize > 64
+    assert inversion.photo == face_bytes
+    assert inversion.photo_size == Image.open(golden_dir() / "face_input.png").size
+    assert inversion.versions["encoder"] == dev_editor.encoder_version
+
+
+def test_inversion_round_trips_through_bytes_and_edits_identically(dev_editor, inversion):
+    again = Inversion.from_bytes(inversion.to_bytes())
+    assert np.array_equal(again.codes, inversion.codes) and again.codes.dtype == np.float32
+    assert np.array_equal(again.quad, inversion.quad)
+    assert (again.qsize, again.n_faces, again.note, again.photo, again.photo_size, again.versions) == \
+        (inversion.qsize, inversion.n_faces, inversion.note, inversion.photo, inversion.photo_size, inversion.versions)
+    a = dev_editor.edit(inversion, "a face", "a smiling face", [2.0])
+    b = dev_editor.edit(again, "a face", "a smiling face", [2.0])
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_inversion_bytes_are_not_pickles():
+    with pytest.raises(PipelineError) as err:
+        Inversion.from_bytes(b"not an npz")
+    assert err.value.code == INVALID_PARAMETER
+
+
+def test_edit_returns_full_photos_changed_only_around_the_face(dev_editor, inversion, face_bytes):
+    progress, metrics = [], {}
+    images = dev_editor.edit(inversion, "a face", "a smiling face", [-3, 0, 3], beta=0.15,
+                             progress=lambda s, f: progress.append((s, f)), metrics=metrics)
+    photo = np.asarray(Image.open(golden_dir() / "face_input.png").convert("RGB")).astype(int)
+    inside, far = quad_masks(inversion)
+    assert len(images) == 3
+    for image in images:
+        out = np.asarray(image).astype(int)
+        assert image.size == inversion.photo_size and image.mode == "RGB"
+        assert np.array_equal(out[far], photo[far])
+        assert np.abs(out[inside] - photo[inside]).mean() > 10
+    # the alphas differ from each other inside the face
+    assert np.abs(np.asarray(images[0]).astype(int) - np.asarray(images[2]))[inside].mean() > 1
+    assert {s for s, _ in progress} == {"direction", "synthesize", "paste"}
+    assert {"direction_seconds", "synthesize_seconds", "paste_seconds"} <= set(metrics)
+
+
+def test_one_batch_equals_separate_calls(dev_editor, inversion):
+    both = dev_editor.edit(inversion, "a face", "a face with glasses", [-2, 2])
+    single = [dev_editor.edit(inversion, "a face", "a face with glasses", [a])[0] for a in (-2, 2)]
+    for x, y in zip(both, single):
+        assert np.abs(np.asarray(x).astype(int) - np.asarray(y)).max() <= 1  # float summation order only
+
+
+def test_direction_is_cached_on_disk(dev_bundle, inversion, tmp_path):
+    editor = Editor(dev_bundle, directions_dir=tmp_path)
+    first = editor.edit(inversion, "a face", "a bald face", [1.5])
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    second = Editor(dev_bundle, directions_dir=tmp_path).edit(inversion, "a face", "a bald face", [1.5])
+    assert np.array_equal(np.asarray(first[0]), np.asarray(second[0]))
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"alphas": []}, {"alphas": [float("nan")]}, {"alphas": [100.0]}, {"alphas": ["x"]}, {"alphas": [1.0] * 17},
+    {"beta": 0.0}, {"beta": 1.0}, {"beta": -0.1}, {"beta": float("inf")},
+    {"mode": "magic"}, {"neutral": ""}, {"target": "   "}, {"target": "x" * 1000},
+])
+def test_invalid_parameters_are_typed_errors(dev_editor, inversion, kwargs):
+    args = {"neutral": "a face", "target": "a smiling face", "alphas": [1.0], "beta": 0.15, "mode": "global"}
+    args.update(kwargs)
+    with pytest.raises(PipelineError) as err:
+        dev_editor.edit(inversion, **args)
+    assert err.value.code == INVALID_PARAMETER
+
+
+def test_a_beta_above_every_relevance_is_an_empty_direction(dev_editor, inversion):
+    with pytest.raises(PipelineError) as err:
+        dev_editor.edit(inversion, "a face", "a smiling face", [1.0], beta=0.99)
+    assert err.value.code == EMPTY_DIRECTION and "beta" in err.value.message
+
+
+def test_codes_of_another_generator_are_refused(dev_editor, inversion):
+    other = Inversion(np.zeros((18, 512), np.float32), inversion.quad, inversion.qsize, 1, "", inversion.photo,
+                      inversion.photo_size)
+    with pytest.raises(PipelineError) as err:
+        dev_editor.edit(other, "a face", "a smiling face", [1.0])
+    assert err.value.code == INVALID_PARAMETER and "invert the photo again" in err.value.message
+
+
+def test_cancel_between_stages(dev_editor, inversion, face_bytes):
+    with pytest.raises(Canceled):
+        dev_editor.invert(face_bytes, should_cancel=lambda: True)
+    stages = []
+
+    def cancel_after_direction() -> bool:
+        return "direction" in stages
+
+    with pytest.raises(Canceled) as err:
+        dev_editor.edit(inversion, "a face", "a smiling face", [1.0], progress=lambda s, f: stages.append(s),
+                        should_cancel=cancel_after_direction)
+    assert err.value.code == "canceled" and "synthesize" not in stages
+
+
+def test_photo_without_a_face_is_no_face(dev_editor):
+    with pytest.raises(PipelineError) as err:
+        dev_editor.invert(jpeg_bytes(noise_image(320, 240)))
+    assert err.value.code == NO_FACE
+
+
+def test_exif_orientation_is_applied_and_kept(dev_editor, face_bytes):
+    rotated = Image.open(golden_dir() / "face_input.png").convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    # stored sideways with orientation 6 ("rotate 270 to view"): upright after EXIF transpose
+    blob = jpeg_bytes(rotated, orientation=6)
+    inv = dev_editor.invert(blob)
+    upright = Image.open(golden_dir() / "face_input.png").size
+    assert inv.photo_size == upright and inv.n_faces == 1
+    (image,) = dev_editor.edit(inv, "a face", "a smiling face", [1.0])
+    assert image.size == upright
