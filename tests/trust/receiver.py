@@ -16,10 +16,10 @@ class Received:
 
 
 class Receiver:
-    """`ThreadingHTTPServer` on 127.0.0.1:<free port>. `statuses` is consumed one per request
-    (then 200); `redirect_to` makes every answer a 302 to that location."""
+    """`ThreadingHTTPServer` on 127.0.0.1:`port` (0: a free one). `statuses` is consumed one per
+    request (then 200); `redirect_to` makes every answer a 302 to that location."""
 
-    def __init__(self, statuses: list[int] | None = None, redirect_to: str | None = None):
+    def __init__(self, statuses: list[int] | None = None, redirect_to: str | None = None, port: int = 0):
         self.requests: list[Received] = []
         self.statuses: deque[int] = deque(statuses or [])
         self.redirect_to = redirect_to
@@ -49,7 +49,7 @@ class Receiver:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
