@@ -24,6 +24,8 @@ COMMANDS = (
     "pipeline.cli.make_dev_bundle",
     "pipeline.cli.precompute_relevance",
     "pipeline.cli.info",
+    "pipeline.cli.finetune",
+    "pipeline.cli.runs",
 )
 
 EPILOG = """\
