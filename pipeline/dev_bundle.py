@@ -79,7 +79,7 @@ def write_dev_relevance(path: Path, generator, embed_dim: int, seed: int) -> Non
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n_conv = sum(d for d, rgb in zip(generator.style_dims, generator.style_is_torgb) if not rgb)
+    n_conv = sum(d for d, rgb in zip(generator.style_dims, generator.style_is_torgb, strict=True) if not rgb)
     fs3 = rng.standard_normal((n_conv, embed_dim)).astype(np.float32)
     fs3 /= np.linalg.norm(fs3, axis=1, keepdims=True)
     z = torch.from_numpy(rng.standard_normal((RELEVANCE_STATS, generator.style_dim)).astype(np.float32))

@@ -3,15 +3,15 @@
 Models load lazily on first use, once, under a lock, so a worker process can build its ``Editor`` at start and
 share it between threads. Every call takes ``progress(stage, fraction)`` and ``should_cancel()`` (polled between
 stages, raising ``Canceled``) and an optional ``metrics`` dict that receives the seconds spent per stage
-(``align_seconds``, ``invert_seconds``, ``direction_seconds``, ``synthesize_seconds``, ``paste_seconds``), so the
-service can report them without shared mutable state on the editor.
+(``align_seconds``, ``invert_seconds``, ``direction_seconds``, ``synthesize_seconds``, ``paste_seconds``, and
+``optimize_seconds`` in optimize mode instead of ``direction_seconds``), so the service can report them without
+shared mutable state on the editor.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import threading
 import time
@@ -37,7 +37,7 @@ PhotoSource = bytes | str | os.PathLike | Image.Image
 MODES = ("global", "optimize")
 ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
 
-__all__ = ["Editor", "Inversion", "MODES"]
+__all__ = ["Editor", "Inversion", "MODES", "validate_edit"]
 
 
 @dataclass(frozen=True)
@@ -143,12 +143,11 @@ class Editor:
         ``mode="global"``: StyleCLIP global direction (``beta`` = disentanglement threshold, ``alpha`` =
         strength along it). ``mode="optimize"``: StyleCLIP latent optimization for ``steps`` steps (see
         ``pipeline.optimize``; ``beta`` is ignored, alpha interpolates start → optimized latent)."""
-        from pipeline.directions import apply, check_alphas, check_beta, style_direction
+        from pipeline.directions import apply, style_direction
 
-        alphas = _check_edit(inv, neutral, target, alphas, mode)
-        check_alphas(alphas)
-        if mode == "global":
-            check_beta(beta)
+        if not isinstance(inv, Inversion):
+            raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
+        alphas = validate_edit(neutral, target, alphas, beta, mode, steps)
         step = _Stages(progress, should_cancel, metrics)
         models = self.models
         g = models.generator
@@ -166,7 +165,7 @@ class Editor:
             from pipeline.optimize import OptimizeConfig, optimize_latent
 
             config = OptimizeConfig() if steps is None else OptimizeConfig(steps=steps)
-            with step("direction"):
+            with step("optimize"):
                 result = optimize_latent(g, models.clip, codes[0], target, config, progress=progress,
                                          should_cancel=should_cancel)
             with step("synthesize"), torch.no_grad():
@@ -216,22 +215,33 @@ class _Stages:
         self.report(stage, 1.0)
 
 
-def _check_edit(inv: Inversion, neutral: str, target: str, alphas: Sequence[float], mode: str) -> list[float]:
-    if not isinstance(inv, Inversion):
-        raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
+def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, beta: float = 0.15,
+                  mode: str = "global", steps: int | None = None) -> list[float]:
+    """Check an edit's parameters without touching a model (callers validate before the costly inversion);
+    returns the alphas as floats. Raises ``PipelineError("invalid_parameter")`` naming the problem."""
+    from pipeline.directions import MAX_TEXT_CHARS, check_alphas, check_beta
+    from pipeline.optimize import OptimizeConfig
+
     if mode not in MODES:
         raise PipelineError(INVALID_PARAMETER, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     for name, text in (("neutral", neutral), ("target", target)):
         if not isinstance(text, str) or not text.strip():
             raise PipelineError(INVALID_PARAMETER, f"{name} text must be a non-empty string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise PipelineError(INVALID_PARAMETER, f"{name} text is longer than {MAX_TEXT_CHARS} characters")
     if isinstance(alphas, (int, float)):
         alphas = [alphas]
+    if any(isinstance(a, bool) for a in alphas):
+        raise PipelineError(INVALID_PARAMETER, f"alphas must be numbers, got {alphas!r}")
     try:
         values = [float(a) for a in alphas]
     except (TypeError, ValueError) as exc:
         raise PipelineError(INVALID_PARAMETER, f"alphas must be numbers, got {alphas!r}") from exc
-    if any(isinstance(a, bool) or not math.isfinite(v) for a, v in zip(alphas, values)):
-        raise PipelineError(INVALID_PARAMETER, f"alphas must be finite numbers, got {alphas!r}")
+    check_alphas(values)
+    if mode == "global":
+        check_beta(beta)
+    elif steps is not None:
+        OptimizeConfig(steps=steps)
     return values
 
 

@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.cli.bundles import resolve_bundle
     from pipeline.cli.progress import ProgressBar
-    from pipeline.editor import Editor
+    from pipeline.editor import Editor, validate_edit
     from pipeline.photo import encode_image
 
+    validate_edit(args.neutral, args.target, alphas, args.beta, args.mode, args.steps)  # before any model loads
     editor = Editor(resolve_bundle(args.bundle), device=args.device)
     metrics: dict[str, float] = {}
     with ProgressBar(enabled=not args.quiet) as bar:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                              progress=bar, metrics=metrics, steps=args.steps)
     if inversion.note:
         print(f"note: {inversion.note}", file=sys.stderr)
-    for path, image in zip(output_paths(args.out, alphas), images):
+    for path, image in zip(output_paths(args.out, alphas), images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_image(image, fmt))
         print(path)

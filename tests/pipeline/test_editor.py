@@ -54,7 +54,7 @@ def test_dev_bundle_loads_through_the_official_loaders(dev_bundle):
     clip = load_clip(dev_bundle.path("clip"))
     relevance = load_relevance(dev_bundle.path("relevance"))
     assert e4e.encoder.style_count == g.n_latent == 14 and e4e.latent_avg.shape[-1] == g.style_dim
-    n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb) if not rgb)
+    n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb, strict=True) if not rgb)
     assert relevance.fs3.shape == (n_conv, clip.text_projection.shape[1])
     assert relevance.style_std.shape == (sum(g.style_dims),)
 
@@ -112,7 +112,7 @@ def test_edit_returns_full_photos_changed_only_around_the_face(dev_editor, inver
 def test_one_batch_equals_separate_calls(dev_editor, inversion):
     both = dev_editor.edit(inversion, "a face", "a face with glasses", [-2, 2])
     single = [dev_editor.edit(inversion, "a face", "a face with glasses", [a])[0] for a in (-2, 2)]
-    for x, y in zip(both, single):
+    for x, y in zip(both, single, strict=True):
         assert np.abs(np.asarray(x).astype(int) - np.asarray(y)).max() <= 1  # float summation order only
 
 
