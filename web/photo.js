@@ -9,10 +9,27 @@ function isHeic(file) {
   return /image\/hei[cf]/i.test(file.type) || /\.(heic|heif)$/i.test(file.name || "");
 }
 
+/** Decode to something drawImage takes, with {width, height, close()}. Rejects when the browser can't. */
 async function decode(blob) {
-  // `from-image` applies the EXIF orientation, so a portrait phone photo stays upright after re-encoding.
-  return createImageBitmap(blob, { imageOrientation: "from-image" });
+  try {
+    // `from-image` applies the EXIF orientation, so a portrait phone photo stays upright after re-encoding.
+    return await createImageBitmap(blob, { imageOrientation: "from-image" });
+  } catch {
+    // Older Safari lacks createImageBitmap options; an <img> decodes what the browser can show
+    // (HEIC included on iOS) and honours EXIF orientation too.
+    const url = URL.createObjectURL(blob);
+    const img = new Image();
+    img.src = url;
+    try {
+      await img.decode();
+    } finally {
+      URL.revokeObjectURL(url);
+    }
+    return { image: img, width: img.naturalWidth, height: img.naturalHeight, close() {} };
+  }
 }
+
+const drawable = (decoded) => decoded.image || decoded;
 
 function canvasBlob(bitmap, width, height, type = "image/jpeg", quality = JPEG_QUALITY) {
   const canvas = document.createElement("canvas");
@@ -20,7 +37,7 @@ function canvasBlob(bitmap, width, height, type = "image/jpeg", quality = JPEG_Q
   canvas.height = height;
   const context = canvas.getContext("2d");
   context.imageSmoothingQuality = "high";
-  context.drawImage(bitmap, 0, 0, width, height);
+  context.drawImage(drawable(bitmap), 0, 0, width, height);
   return new Promise((resolve, reject) =>
     canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("encode failed"))), type, quality));
 }
@@ -71,7 +88,7 @@ export async function thumbnail(blob, size = 160) {
     canvas.height = size;
     const sx = (bitmap.width - side) / 2;
     const sy = (bitmap.height - side) / 2;
-    canvas.getContext("2d").drawImage(bitmap, sx, sy, side, side, 0, 0, size, size);
+    canvas.getContext("2d").drawImage(drawable(bitmap), sx, sy, side, side, 0, 0, size, size);
     return await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.8));
   } finally {
     bitmap.close();

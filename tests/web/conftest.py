@@ -7,8 +7,10 @@ screenshots the journey test takes (otherwise they go to a temporary folder).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,22 +70,28 @@ def _wait_ready(url: str, process: subprocess.Popen | None, log: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The API + worker with the development bundle, on a free port, with its data in a temp folder."""
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`make run`'s launcher (API + worker, SQLite, local storage, embedded Redis) with the development
+    bundle, on a free port, its data in a temp folder."""
     external = os.environ.get("FACEEDIT_WEB_URL")
     if external:
         url = external.rstrip("/")
         _wait_ready(url, None, Path(os.devnull))
         yield Service(url, httpx.get(f"{url}/app-config.json").json()["dev_api_key"])
         return
+    bundle = request.getfixturevalue("dev_bundle")  # tests/conftest.py: written once per session
     data = tmp_path_factory.mktemp("service")
     port = _free_port()
     env = {
-        **os.environ,
+        key: value for key, value in os.environ.items()
+        if key not in ("REDIS_URL", "DEV_API_KEY", "STORAGE_BACKEND")  # the launcher's embedded defaults
+    }
+    env.update({
         "PORT": str(port),
         "DATABASE_URL": f"sqlite:///{data / 'faceedit.db'}",
         "STORAGE_DIR": str(data / "storage"),
-    }
+        "MODEL_DIR": str(bundle),
+    })
     log = data / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -97,12 +105,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         assert key, "`python -m api dev` must hand the web app a development key"
         yield Service(url, key)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.terminate()  # the launcher stops its worker and Redis itself...
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        # ...and whatever of its session is left (a worker in warm shutdown) must not outlive the tests.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def no_horizontal_scroll(page: Page) -> None:
 
 def shot(page: Page, folder: Path, name: str) -> None:
     no_horizontal_scroll(page)
-    page.screenshot(path=folder / f"{name}.png")
+    page.screenshot(path=folder / f"{name}.png", scale="css")  # 390×844 pixels
 
 
 def test_edit_journey(phone: Page, service, photos, shots: Path):
@@ -265,10 +265,13 @@ def test_every_error_code_has_words(phone: Page, service):
     assert by_code["unauthorized"]["actionLabel"] == "Open Settings"
 
 
-def test_accessible_names_and_dark_mode(browser, service):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
+def test_accessible_names_and_dark_mode(browser, service, photos, shots: Path):
+    context = browser.new_context(viewport=PHONE, color_scheme="dark", is_mobile=True, has_touch=True)
     page = context.new_page()
     open_app(page, service.url)
+    page.get_by_label("Choose a photo from the gallery").set_input_files(photos["face"])
+    page.get_by_role("button", name="Blue hair").click()
+    shot(page, shots, "2-photo-dark")
     unnamed = page.evaluate("""() => [...document.querySelectorAll("button, a, input, select, [role=button]")]
         .filter((el) => {
           const labelled = el.getAttribute("aria-label") || el.getAttribute("aria-labelledby")
