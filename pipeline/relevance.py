@@ -318,7 +318,8 @@ def _relevance(source: Path, fs3, std, mean, meta: dict) -> Relevance:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}  # protocol-2 pickles spell array bytes as _codecs.encode(str, "latin1")
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:

@@ -168,9 +168,9 @@ def test_official_styleclip_files(tmp_path):
     np.testing.assert_array_equal(rel.fs3.numpy(), fs3)
     np.testing.assert_allclose(rel.style_std.numpy(), np.concatenate(std), rtol=1e-6)
     np.testing.assert_allclose(rel.style_mean.numpy(), np.concatenate(mean), rtol=1e-6)
-    # the torch port's variant: (styles, mean, std)
+    # the torch port's variant (styles, mean, std), in the oldest protocol numpy arrays survive
     with open(tmp_path / "S_mean_std", "wb") as f:
-        pickle.dump((None, mean, std), f)
+        pickle.dump((None, mean, std), f, protocol=2)
     np.testing.assert_allclose(load_relevance(tmp_path / "fs3.npy").style_std.numpy(), np.concatenate(std), rtol=1e-6)
 
 
