@@ -86,7 +86,8 @@ def precompute_relevance(generator: torch.nn.Module, clip_model: torch.nn.Module
     meta = {"format": FORMAT, **settings.__dict__, "generator_sha": generator_sha,
             "generator_fingerprint": _fingerprint(generator), "clip_fingerprint": _fingerprint(clip_model),
             "style_dims": list(generator.style_dims), "style_is_torgb": list(generator.style_is_torgb),
-            "embed_dim": int(clip_model.text_projection.shape[1])}
+            "embed_dim": int(clip_model.text_projection.shape[1]),
+            "device": device.type}  # float rounding differs between devices: no mixing chunks across them
 
     partial = _open_partial(out.with_suffix(".partial"), meta)
     with torch.inference_mode():
