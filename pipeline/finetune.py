@@ -201,38 +201,6 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def save_checkpoint(path: Path, e4e, opts: dict, training: dict | None = None) -> None:
-    """The official e4e layout (+ ``training`` for resuming), written to a temporary name and renamed."""
-    from pipeline.e4e import PREFIX
-
-    ckpt = {"state_dict": {PREFIX + k: v.detach().cpu().contiguous() for k, v in e4e.encoder.state_dict().items()},
-            "latent_avg": e4e.latent_avg.detach().cpu(), "opts": dict(opts)}
-    if training is not None:
-        ckpt["training"] = training
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def read_training_state(path: Path) -> tuple[dict, dict]:
-    """(encoder state dict without prefix, training state) of a ``latest.pt``."""
-    from pipeline.e4e import PREFIX
-    from pipeline.stylegan2 import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    if "training" not in ckpt:
-        raise PipelineError(INVALID_PARAMETER, f"{path}: has no training state to resume from")
-    return {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items()}, ckpt["training"]
-
-
-def prune_checkpoints(run: Path, keep: int, best_step: int | None) -> None:
-    """Keep the newest ``keep`` step checkpoints and the best one."""
-    steps = sorted(int(p.stem.split("_")[1]) for p in (run / runs.CHECKPOINTS).glob("step_*.pt"))
-    for step in steps[:-keep] if keep > 0 else []:
-        if step != best_step:
-            runs.checkpoint_path(run, step).unlink(missing_ok=True)
-
-
 def loss_terms(config: FinetuneConfig, codes: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor,
                lpips, arcface) -> dict[str, torch.Tensor]:
     """Each e4e loss term (unweighted) and ``loss``, their weighted sum; float32 whatever the autocast."""
@@ -354,7 +322,7 @@ class Trainer:
         step = samples = 0
         resumed = None
         if (self.out / runs.LATEST).is_file():
-            state, resumed = read_training_state(self.out / runs.LATEST)
+            state, resumed = runs.read_training_state(self.out / runs.LATEST)
             load_state(e4e.encoder, state, str(self.out / runs.LATEST))
             optimizer.load_state_dict(resumed["optimizer"])
             for group in optimizer.param_groups:
@@ -391,6 +359,8 @@ class Trainer:
 
         bar = tqdm(total=c.iters, initial=step, desc="finetune", unit="it", dynamic_ncols=True,
                    disable=not (dist.main and c.progress))
+        if resumed is None and dist.main and len(val):  # the starting point every run is compared with
+            runs.record_validation(self.out, 0, self._validate(e4e, generator, lpips, arcface, val_loader), primary)
         bad = 0
         while step < c.iters:
             start = time.perf_counter()
@@ -405,7 +375,7 @@ class Trainer:
                     terms = loss_terms(c, codes.float(), y_hat.float(), x, lpips, arcface)
                     scaler.scale(terms["loss"] / c.accum).backward()
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / c.accum
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / c.accum
             ok = self._optimizer_step(optimizer, scaler, trainable)
             bad = 0 if ok else bad + 1
             if bad >= MAX_BAD_STEPS:
@@ -471,10 +441,10 @@ class Trainer:
         opts = {**self.opts, "step": step}
         runs_dir = self.out
         runs.checkpoint_path(runs_dir, step).parent.mkdir(exist_ok=True)
-        save_checkpoint(runs.checkpoint_path(runs_dir, step), e4e, opts)
+        runs.save_checkpoint(runs.checkpoint_path(runs_dir, step), e4e, opts)
         training = {"step": step, "samples": samples, "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rng_state(), "run_id": self.run_id}
-        save_checkpoint(runs_dir / runs.LATEST, e4e, opts, training)
+        runs.save_checkpoint(runs_dir / runs.LATEST, e4e, opts, training)
         best = (runs.read_json(runs_dir / runs.VAL).get("best") or {}).get("step")
-        prune_checkpoints(runs_dir, self.c.keep, best)
+        runs.prune_checkpoints(runs_dir, self.c.keep, best)
         runs.plot_curves(runs_dir)

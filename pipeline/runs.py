@@ -47,6 +47,42 @@ def read_json(path: Path) -> dict:
         return {}
 
 
+# --- checkpoints -------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, e4e, opts: dict, training: dict | None = None) -> None:
+    """The official e4e layout (+ ``training`` for resuming), written to a temporary name and renamed."""
+    import torch
+
+    from pipeline.e4e import PREFIX
+
+    ckpt = {"state_dict": {PREFIX + k: v.detach().cpu().contiguous() for k, v in e4e.encoder.state_dict().items()},
+            "latent_avg": e4e.latent_avg.detach().cpu(), "opts": dict(opts)}
+    if training is not None:
+        ckpt["training"] = training
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def read_training_state(path: Path) -> tuple[dict, dict]:
+    """(encoder state dict without prefix, training state) of a ``latest.pt``."""
+    from pipeline.e4e import PREFIX
+    from pipeline.stylegan2 import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    if "training" not in ckpt:
+        raise PipelineError(INVALID_PARAMETER, f"{path}: has no training state to resume from")
+    return {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items()}, ckpt["training"]
+
+
+def prune_checkpoints(run: Path, keep: int, best_step: int | None) -> None:
+    """Keep the newest ``keep`` step checkpoints and the best one."""
+    steps = sorted(int(p.stem.split("_")[1]) for p in (run / CHECKPOINTS).glob("step_*.pt"))
+    for step in steps[:-keep] if keep > 0 else []:
+        if step != best_step:
+            checkpoint_path(run, step).unlink(missing_ok=True)
+
+
 # --- metrics, validation, curves -----------------------------------------------------------------------------
 
 def read_metrics(run: Path) -> list[dict]:
@@ -109,12 +145,12 @@ def plot_curves(run: Path) -> None:
     for key in ("loss", "l2", "lpips", "lpips_untrained", "id", "delta"):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
-            left.plot(*zip(*points), label=key, linewidth=1)
+            left.plot(*zip(*points, strict=True), label=key, linewidth=1)
     left.set(title="training", xlabel="step", yscale="log")
     for key in ("l2", "lpips", "lpips_untrained", "id_similarity"):
         points = [(e["step"], e[key]) for e in evals if key in e]
         if points:
-            right.plot(*zip(*points), marker="o", label=key)
+            right.plot(*zip(*points, strict=True), marker="o", label=key)
     right.set(title="validation", xlabel="step")
     for ax in (left, right):
         if ax.get_legend_handles_labels()[0]:
