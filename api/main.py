@@ -12,16 +12,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.body_limit import BodySizeLimit
+from api.idempotency import IdempotencyMiddleware
 from api.photo_check import enable_heif
-from api.routes import app_config, edits, health, images, metrics, uploads
+from api.rate_limit import RateLimitMiddleware, RateLimits
+from api.routes import app_config, edits, health, images, me, metrics, uploads, webhooks
 from common.db import make_engine, make_session_factory
 from common.errors import ApiError
 from common.logging import configure_logging
 from common.metrics import HttpMetricsMiddleware
 from common.queue import make_celery
+from common.ratelimit import RateLimiter
 from common.settings import Settings, get_settings
 from common.storage import make_storage
 
@@ -67,6 +71,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _CODE_BY_STATUS.get(error.status_code, "http_error")
         return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, _exc: DataError) -> JSONResponse:
+        # The client's data, not our bug: e.g. a NUL character, which PostgreSQL cannot store in text.
+        return _error(422, "validation_error", "a value cannot be stored (a NUL character, or out of range)")
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, error: OperationalError) -> JSONResponse:
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(error.orig).__name__)
+        return _error(503, "service_unavailable", "the database is unreachable; retry shortly", {"Retry-After": "2"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -90,11 +104,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings, name="faceedit-api")
 
     install_error_handlers(app)
+    # Inside the body limit (it reads the body it fingerprints), outside the routes (docs/SECURITY.md).
+    app.add_middleware(IdempotencyMiddleware, ttl_hours=settings.idempotency_ttl_hours)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_OVERHEAD)
+    # Floods are refused before their bodies are read.
+    limiter = RateLimiter.from_url(settings.redis_url) if settings.redis_url else None
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=RateLimits.from_settings(settings))
     # Outermost, so the latency covers the other middlewares and errors they turn into responses.
     app.add_middleware(HttpMetricsMiddleware)
 
-    for module in (health, metrics, app_config, images, uploads, edits):
+    for module in (health, metrics, app_config, images, uploads, edits, webhooks, me):
         app.include_router(module.router)
     if settings.web_dir.is_dir():
         # Last, so API routes win; unknown paths still get the JSON 404 through the handler above.

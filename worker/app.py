@@ -18,7 +18,7 @@ from common.settings import get_settings
 log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="faceedit-worker")
-app.conf.include = ["worker.tasks", "worker.reaper"]
+app.conf.include = ["worker.tasks", "worker.reaper", "worker.webhooks", "worker.retention"]
 
 
 @signals.worker_process_init.connect
