@@ -1,9 +1,11 @@
 """Keys, isolation, idempotency, limits, webhook endpoints and erasure through the real HTTP API."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import func, select
 
-from common import idempotency as idem
 from common.models import Edit, Image
 from common.storage import LocalStorage
 from tests.trust import hostile
@@ -70,15 +72,20 @@ def test_idempotent_upload_and_edit(service):
 
 
 def test_in_flight_key_gets_409_and_failed_request_releases_key(service):
-    with service.factory() as s:
-        idem.begin(s, idem.scope_for(service.keys["alice"]), "busy", "whatever")
-    r = service.upload(**{"Idempotency-Key": "busy"})
-    assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+    image_id = service.upload().json()["id"]
+    body = {"image": image_id, "neutral": "a face", "target": "a face with a hat", "alphas": [1], "beta": 0.1}
+    headers = service.auth(**{"Idempotency-Key": "slow", "Prefer": "wait=3"})
+    with ThreadPoolExecutor(1) as pool:  # no worker runs: the first request holds for its 3 s
+        first = pool.submit(service.client.post, "/v1/edits", json=body, headers=headers)
+        time.sleep(1.0)
+        second = service.client.post("/v1/edits", json=body, headers=headers)
+        assert (second.status_code, second.json().get("code")) == (409, "idempotency_key_in_flight"), second.text
+        assert first.result().status_code == 201
     bad = service.upload(data=b"not a photo", **{"Idempotency-Key": "retry-me"})
     assert bad.status_code == 415
     good = service.upload(**{"Idempotency-Key": "retry-me"})
     assert good.status_code == 201  # a refused request did not burn the key
-    for bad_key in ('"', "x" * 300, "caf\u00e9".encode().decode("latin-1")):
+    for bad_key in ('""', "x" * 300, b"caf\xe9", b"a\x01b"):
         r = service.upload(**{"Idempotency-Key": bad_key})
         assert (r.status_code, r.json()["code"]) == (400, "invalid_idempotency_key")
 
