@@ -69,6 +69,29 @@ def test_exporter_serves_metrics_over_http() -> None:
     assert "faceedit_jobs_in_progress" in body
 
 
-def test_gpu_memory_is_skipped_without_cuda() -> None:
-    metrics.record_gpu_memory()  # torch may or may not be imported here; without CUDA nothing is set
-    assert REGISTRY.get_sample_value("faceedit_gpu_memory_bytes", {"device": "cuda:0", "kind": "allocated"}) is None
+def test_gpu_memory_is_skipped_without_torch(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    before = REGISTRY.get_sample_value("faceedit_gpu_memory_bytes", {"device": "cuda:0", "kind": "allocated"})
+    metrics.record_gpu_memory()  # the API process: torch never imported, nothing is read
+    assert "torch" not in sys.modules
+    assert REGISTRY.get_sample_value("faceedit_gpu_memory_bytes", {"device": "cuda:0", "kind": "allocated"}) == before
+
+
+def test_gpu_memory_read_from_an_initialised_cuda(monkeypatch) -> None:
+    """No GPU here: a stand-in for torch's CUDA memory API checks the sampling and the labels."""
+    import sys
+    import types
+
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 2,
+        memory_allocated=lambda i: 1000 + i, memory_reserved=lambda i: 2000 + i,
+        max_memory_allocated=lambda i: 3000 + i,
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    metrics.record_gpu_memory()
+    get = REGISTRY.get_sample_value
+    assert get("faceedit_gpu_memory_bytes", {"device": "cuda:1", "kind": "allocated"}) == 1001
+    assert get("faceedit_gpu_memory_bytes", {"device": "cuda:0", "kind": "reserved"}) == 2000
+    assert get("faceedit_gpu_memory_bytes", {"device": "cuda:1", "kind": "peak_allocated"}) == 3001
