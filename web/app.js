@@ -20,7 +20,6 @@ const state = {
   previewUrl: null,
   imageId: null, // the server's id for this photo once uploaded: "new text, same photo" skips the upload
   job: null,
-  lastRequest: null,
   loaded: null, // {edit, images, originalUrl} of the last result shown
   installPrompt: null,
 };
@@ -97,6 +96,11 @@ function updateSubmit() {
 
 function onSubmit(event) {
   event.preventDefault();
+  submitForm();
+}
+
+/** Start an edit from what the screen shows now (also "Try again" after an error). */
+function submitForm() {
   const neutral = $("neutral").value.trim() || "a face";
   const target = $("target").value.trim();
   if (!state.photo || !target) return;
@@ -110,7 +114,8 @@ function onSubmit(event) {
 
 /* ---------- alerts: what went wrong and what to do next ---------- */
 
-function showAlert(error) {
+/** Show what went wrong on the create screen; `navigate` = false leaves a person browsing elsewhere there. */
+function showAlert(error, navigate = true) {
   const { title, text, action, actionLabel } = describeError(error);
   const alert = $("create-alert");
   alert.dataset.code = error.code;
@@ -118,7 +123,7 @@ function showAlert(error) {
   alert.querySelector(".alert-text").textContent = text;
   const actions = alert.querySelector(".alert-actions");
   actions.replaceChildren();
-  if (action && !(action === "retry" && !state.lastRequest)) {
+  if (action && !(action === "retry" && !state.photo)) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "secondary";
@@ -127,6 +132,7 @@ function showAlert(error) {
     actions.append(button);
   }
   alert.hidden = false;
+  if (!navigate) return;
   if (location.hash !== "#create") location.hash = "#create";
   show("create");
 }
@@ -141,7 +147,7 @@ function runAction(action) {
   else if (action === "text") $("target").select();
   else if (action === "settings") location.hash = "#settings";
   else if (action === "new") setPhoto(null, null);
-  else if (action === "retry" && state.lastRequest) startJob({ ...state.lastRequest, imageId: state.imageId });
+  else if (action === "retry") submitForm();
 }
 
 /* ---------- running an edit ---------- */
@@ -173,7 +179,6 @@ function renderProgress({ phase, fraction = null, position = null }) {
 }
 
 async function startJob(request, resumeId = null) {
-  state.lastRequest = request;
   const job = new EditJob(request, {
     onUploaded: (image) => {
       if (state.photo === request.photo) state.imageId = image.id;
@@ -200,37 +205,45 @@ async function startJob(request, resumeId = null) {
     const edit = resumeId ? await job.resume(resumeId) : await job.run();
     await finish(job, edit);
   } catch (err) {
-    if (err instanceof api.ApiError) showAlert(err);
-    else {
-      console.error(err);
-      showAlert({ code: "internal_error", message: String(err) });
-    }
+    if (!(err instanceof api.ApiError)) console.error(err);
+    const error = err instanceof api.ApiError ? err : { code: "internal_error", message: String(err) };
+    showAlert(error, watching());
   } finally {
     if (state.job === job) state.job = null;
   }
 }
 
+/** Is the person looking at the progress screen (so the outcome should replace it)? */
+const watching = () => !$("screen-progress").hidden;
+
 async function finish(job, edit) {
   // A cancel the worker hasn't acted on yet still reads "processing": the person asked to stop, so stop.
   const status = !TERMINAL.has(edit.status) && job.canceled ? "canceled" : edit.status;
-  await saveEntry(edit.id, { status, errorCode: edit.error ? edit.error.code : null });
-  if (status === "failed") return showAlert(edit.error || { code: "internal_error" });
-  if (status === "canceled") return showAlert({ code: "canceled" });
+  const entry = await saveEntry(edit.id, { status, errorCode: edit.error ? edit.error.code : null });
+  if (status === "failed") return showAlert(edit.error || { code: "internal_error" }, watching());
+  if (status === "canceled") return showAlert({ code: "canceled" }, watching());
   const images = await loadOutputs(edit);
   const shown = images[defaultIndex(images.length)].blob;
   const thumb = shown ? await thumbnail(shown) : null;
   if (thumb) await saveEntry(edit.id, { thumb });
-  remember(edit, images, state.previewUrl ? state.photo.preview : null);
-  if (location.hash === "#progress") location.hash = `#edit/${edit.id}`;
+  remember(edit, images, entry.original || null);
+  if (!watching()) return;
+  const target = `#edit/${edit.id}`;
+  if (location.hash === target) route(); // opened from the history while running: no hashchange
+  else location.hash = target;
 }
 
 /** Keep one loaded result (reopening it is instant); the previous one's memory is freed. */
 function remember(edit, images, originalBlob) {
-  if (state.loaded) {
-    releaseOutputs(state.loaded.images);
-    if (state.loaded.originalUrl) URL.revokeObjectURL(state.loaded.originalUrl);
-  }
+  forgetResult();
   state.loaded = { edit, images, originalUrl: originalBlob ? URL.createObjectURL(originalBlob) : null };
+}
+
+function forgetResult() {
+  if (!state.loaded) return;
+  releaseOutputs(state.loaded.images);
+  if (state.loaded.originalUrl) URL.revokeObjectURL(state.loaded.originalUrl);
+  state.loaded = null;
 }
 
 async function cancel() {
@@ -343,6 +356,10 @@ async function main() {
     });
   }
   window.addEventListener("hashchange", route);
+  window.addEventListener("faceedit:image-deleted", ({ detail: imageId }) => {
+    if (state.imageId === imageId) setPhoto(null, null); // the server no longer has it
+    if (state.loaded && state.loaded.edit.input.image === imageId) forgetResult();
+  });
   await api.loadConfig();
   await route();
   document.body.dataset.ready = "true"; // tests wait for this

@@ -97,6 +97,7 @@ function confirmDelete(entry, done) {
         }
       }
       await removeImage(entry.imageId);
+      window.dispatchEvent(new CustomEvent("faceedit:image-deleted", { detail: entry.imageId }));
       await done();
     },
     { once: true },

@@ -78,6 +78,10 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     assert shown[0][1] != shown[count - 1][1], "the weakest and strongest results must differ"
     assert not [u for u in requests if "/v1/" in u], f"moving the slider hit the network: {requests}"
 
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download").click()
+    assert download.value.suggested_filename == f"faceedit-a-smiling-face-{count}.jpg"
+
     # Press and hold shows the original; letting go shows the result again.
     result_src = page.locator("#result-img").get_attribute("src")
     page.locator("#hold").dispatch_event("pointerdown")
@@ -224,10 +228,12 @@ def test_heic_is_uploaded_as_is(phone: Page, service, photos):
 def test_wrong_key_says_what_to_do(phone: Page, service, photos):
     """An API error (401) reaches the person as words and a next step, not a code."""
     page = phone
-    open_app(page, service.url, "#settings")
-    page.get_by_label("Access key").fill("fe_not-a-real-key")
-    page.get_by_role("button", name="Save key").click()
+    # An install link carries this install's key in the fragment; the app keeps it and hides it.
+    open_app(page, service.url, "#key=fe_not-a-real-key")
+    assert "fe_" not in page.url
+    page.get_by_role("link", name="Settings").click()
     expect(page.locator("#key-status")).to_contain_text("own key")
+    expect(page.get_by_label("Access key")).to_have_value("fe_not-a-real-key")
     page.get_by_role("link", name="Face Edit, new edit").click()
     page.get_by_label("Choose a photo from the gallery").set_input_files(photos["face"])
     page.get_by_role("button", name="Bald").click()
