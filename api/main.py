@@ -52,6 +52,8 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 def _validation_message(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
+        if item.get("type") == "json_invalid":
+            return "the body is not valid JSON"
         where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {item.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

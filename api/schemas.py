@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Alpha = Annotated[float, Field(ge=-20, le=20, allow_inf_nan=False)]
+# Same bounds as the pipeline (pipeline.directions), so a bad value is a 422 now, not a failed job later.
+Alpha = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]
 Prompt = Annotated[str, Field(min_length=1, max_length=300)]
 EditMode = Literal["global", "optimize"]
 OutputFormat = Literal["jpeg", "png", "webp"]
@@ -63,7 +64,7 @@ class EditCreate(BaseModel):
     neutral: Prompt = Field(description="text describing the photo as it is, e.g. `a face`")
     target: Prompt = Field(description="text describing the wanted result, e.g. `a face with glasses`")
     alphas: list[Alpha] = Field(min_length=1, description="edit strengths; one output image per alpha")
-    beta: float = Field(ge=0, le=1, allow_inf_nan=False, description="disentanglement threshold (~0.1-0.2)")
+    beta: float = Field(gt=0, lt=1, allow_inf_nan=False, description="disentanglement threshold (~0.1-0.2)")
     mode: EditMode = "global"
     output_format: OutputFormat = "jpeg"
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")

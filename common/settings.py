@@ -63,7 +63,9 @@ class Settings(BaseSettings):
         40_000_000, ge=4096, description="Largest accepted photo, width × height (checked before decoding)."
     )
     min_image_side: int = Field(64, ge=1, description="Smallest accepted photo side in pixels.")
-    max_alphas: int = Field(8, ge=1, le=64, description="Most edit strengths (output images) per edit.")
+    max_alphas: int = Field(
+        8, ge=1, le=16, description="Most edit strengths (output images) per edit (the pipeline allows 16)."
+    )
     max_prefer_wait_seconds: int = Field(60, ge=1, le=300, description="Cap of the `Prefer: wait=N` header.")
 
     # --- jobs --------------------------------------------------------------------------------

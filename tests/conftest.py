@@ -144,6 +144,12 @@ def service_settings(pg_url: str, redis_url: str, s3_endpoint: str, model_dir: P
         "progress_write_seconds": 0.1,
         "wait_poll_seconds": 0.05,
         "job_deadline_seconds": 600,
+        # The service tests drive one key hard; rate limits and queue caps have their own tests (tests/trust).
+        "rate_limit_per_second": 1000.0,
+        "rate_limit_burst": 1000,
+        "submit_rate_per_second": 1000.0,
+        "submit_rate_burst": 1000,
+        "max_queued_per_owner": 10_000,
     }
     values.update(overrides)
     return Settings(**values)

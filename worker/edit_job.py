@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.edit")
 
 INVERT_STAGES = ("align", "invert")
-EDIT_STAGES = ("direction", "synthesize", "paste")
+EDIT_STAGES = {"global": ("direction", "synthesize", "paste"), "optimize": ("optimize", "synthesize", "paste")}
 INVERT_SHARE = 0.4  # of the progress bar, when the inversion is not cached
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 _CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -77,7 +77,7 @@ class Watcher:
         self._last_write = 0.0
         self._held = True
         self.span = (0.0, 1.0)
-        self.stages: tuple[str, ...] = EDIT_STAGES
+        self.stages: tuple[str, ...] = INVERT_STAGES
 
     def phase(self, stages: tuple[str, ...], start: float, end: float) -> None:
         self.stages, self.span = stages, (start, end)
@@ -139,10 +139,14 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
     start = time.perf_counter()
     with runtime.session_factory() as session:
         try:
+            from pipeline.editor import validate_edit
+
+            validate_edit(edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode)  # before any model work
             editor = runtime.editor()
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             inversion = _inversion(runtime, editor, edit, watcher, metrics)
-            watcher.phase(EDIT_STAGES, INVERT_SHARE if not metrics["inversion_cached"] else 0.0, 1.0)
+            start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
+            watcher.phase(EDIT_STAGES[edit.mode], start_share, 1.0)
             images = editor.edit(
                 inversion, edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode,
                 progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics,

@@ -44,6 +44,8 @@ def test_submit_answers_starting_with_the_resource(queued):
         {"alphas": []},
         {"alphas": list(range(9))},  # more than MAX_ALPHAS
         {"alphas": [1e6]},
+        {"alphas": [10.5]},  # the pipeline's bound is 10
+        {"beta": 0},
         {"alphas": ["strong"]},
         {"beta": -0.1},
         {"beta": 2},

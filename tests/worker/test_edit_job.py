@@ -53,6 +53,11 @@ def test_edit_end_to_end_then_the_inversion_is_reused(api, worker):
     assert len(storage.list(f"inversions/{image['id']}/")) == 1
     assert len(storage.list(f"results/{first['id']}/")) == 3
 
+    assert api.delete(f"/v1/images/{image['id']}").status_code == 204  # photo, inversion and results go
+    assert storage.list(f"inversions/{image['id']}/") == storage.list(f"results/{first['id']}/") == []
+    assert storage.list(f"originals/{image['id']}") == []
+    assert api.get(f"/v1/edits/{second['id']}").status_code == 404
+
 
 def test_prefer_wait_returns_the_finished_edit(api, worker):
     image = api.upload(face_jpeg())
