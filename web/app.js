@@ -161,7 +161,8 @@ function renderProgress({ phase, fraction = null, position = null }) {
     detail = `${Math.round((fraction || 0) * 100)} %`;
   } else if (phase === "queued") {
     title = "Waiting in line";
-    detail = position > 0 ? `${position} ${position === 1 ? "edit" : "edits"} ahead of you` : "You're next";
+    if (position == null) detail = "Sending your edit…"; // the server hasn't answered yet
+    else detail = position > 0 ? `${position} ${position === 1 ? "edit" : "edits"} ahead of you` : "You're next";
     fraction = null;
   } else if (phase === "processing") {
     title = "Editing your photo";

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, PHONE
@@ -92,12 +95,14 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     expect(page.locator("#original-badge")).to_be_hidden()
     assert page.locator("#result-img").get_attribute("src") == result_src
 
-    # Cancel: two edits submitted straight to the API hold the worker, so this one waits in line.
+    # Cancel: two edits of new photos (nothing cached), submitted straight to the API, keep the worker busy,
+    # so this one waits in line.
     image_id = page.evaluate("""async () => (await import("/store.js")).allEntries().then((e) => e[0].imageId)""")
     blockers = [
-        api.post("/v1/edits", json={"image": image_id, "neutral": "a face", "target": f"a face {i}",
-                                    "alphas": [1, 2, 3, 4, 5, 6, 7, 8], "beta": 0.15}).json()["id"]
-        for i in range(2)
+        api.post("/v1/edits", json={"image": _upload_variant(api, photos["face"], size), "neutral": "a face",
+                                    "target": "a face with a hat", "alphas": [1, 2, 3, 4, 5, 6, 7, 8],
+                                    "beta": 0.15}).json()["id"]
+        for size in (500, 480)
     ]
     page.get_by_role("button", name="New text, same photo").click()
     page.get_by_role("button", name="Old", exact=True).click()
@@ -109,6 +114,9 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     alert = page.locator("#create-alert")
     expect(alert).to_have_attribute("data-code", "canceled")
     expect(alert).to_contain_text("Edit canceled")
+    canceled = page.evaluate("""async () => (await import("/store.js")).allEntries().then((e) => e[0])""")
+    assert canceled["target"] == "an old face" and canceled["status"] == "canceled"
+    _wait_status(api, canceled["id"], "canceled")
     for edit_id in blockers:
         api.post(f"/v1/edits/{edit_id}/cancel")
 
@@ -141,6 +149,23 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     shot(page, shots, "9-settings")
 
 
+def _upload_variant(api: httpx.Client, photo: Path, size: int) -> str:
+    """Upload the face at another size: new bytes, so the worker has no cached inversion for it."""
+    buffer = io.BytesIO()
+    Image.open(photo).convert("RGB").resize((size, size)).save(buffer, "JPEG", quality=90)
+    response = api.post("/v1/images", files={"file": (f"face-{size}.jpg", buffer.getvalue(), "image/jpeg")})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _wait_status(api: httpx.Client, edit_id: str, status: str, timeout_s: float = 30) -> None:
+    """The server's view of an edit reaches `status` (a processing edit stops at its next cancel check)."""
+    deadline = time.monotonic() + timeout_s
+    while (current := api.get(f"/v1/edits/{edit_id}").json()["status"]) != status:
+        assert time.monotonic() < deadline, f"edit {edit_id} is {current}, not {status}"
+        time.sleep(0.5)
+
+
 def test_installable_and_offline(browser_type, service, tmp_path: Path):
     """Chromium's own installability check passes; the app shell opens offline.
 
@@ -169,14 +194,10 @@ def test_manifest_icons(service):
     manifest = httpx.get(f"{service.url}/manifest.webmanifest").json()
     assert manifest["display"] == "standalone" and manifest["start_url"] == "/"
     assert manifest["name"] and manifest["short_name"] and manifest["theme_color"]
-    from io import BytesIO
-
-    from PIL import Image
-
     for icon in manifest["icons"]:
         response = httpx.get(f"{service.url}{icon['src']}")
         assert response.status_code == 200, icon["src"]
-        width, height = Image.open(BytesIO(response.content)).size
+        width, height = Image.open(io.BytesIO(response.content)).size
         assert icon["sizes"] == f"{width}x{height}", icon
     purposes = {(icon["sizes"], icon["purpose"]) for icon in manifest["icons"]}
     assert {("192x192", "any"), ("512x512", "any"), ("512x512", "maskable")} <= purposes
