@@ -33,7 +33,7 @@ RELEVANCE_STATS = 4096      # samples for the style statistics
 LICENSE = "generated locally from random weights: no license restrictions, no meaning"
 
 FILES = {"generator": "stylegan2-dev.pt", "encoder": "e4e-dev.pt", "clip": "clip-dev.pt",
-         "relevance": "relevance-dev.npz"}
+         "relevance": "relevance-dev.npz", "identity": "arcface-dev.pt"}
 
 
 def dev_channels(size: int) -> dict[int, int]:
@@ -60,6 +60,7 @@ def make_dev_bundle(directory: Path, size: int = 256, seed: int = 0) -> Bundle:
         encoder = dev_encoder(size, latent_avg)
         save_encoder(directory / FILES["encoder"], encoder,
                      {"encoder_type": "Encoder4Editing", "stylegan_size": size, "dev": True, "seed": seed})
+        torch.save(dev_arcface().state_dict(), directory / FILES["identity"])  # model_ir_se50.pt's layout
         clip_model = dev_clip()
         save_clip_archive(clip_model, directory / FILES["clip"])
         write_dev_relevance(directory / FILES["relevance"], generator, embed_dim=clip_model.text_projection.shape[1],
@@ -107,6 +108,13 @@ def dev_encoder(size: int, latent_avg: torch.Tensor):
     for block in encoder.styles:
         block.linear.weight.mul_(0.01)
     return E4E(encoder, latent_avg)
+
+
+def dev_arcface():
+    """The identity model of optimize mode (ArcFace IR-SE-50) at encoder width."""
+    from pipeline.losses import ArcFace
+
+    return ArcFace(width=ENCODER_WIDTH).eval()
 
 
 def dev_clip():

@@ -49,6 +49,7 @@ class Models:
     clip: torch.nn.Module
     fs3: torch.Tensor
     style_std: torch.Tensor
+    identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
 
 
 class Editor:
@@ -105,11 +106,16 @@ class Editor:
         encoder = load_encoder(self.bundle.path("encoder"), self.device).eval().requires_grad_(False)
         clip = load_clip(self.bundle.path("clip"), self.device)
         relevance = load_relevance(self.bundle.path("relevance"))
+        identity = None
+        if self.bundle.has("identity"):
+            from pipeline.losses import load_arcface
+
+            identity = load_arcface(self.bundle.path("identity"), self.device)
         self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
-                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device))
+                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity)
 
     # --- inversion -----------------------------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class Editor:
             config = OptimizeConfig() if steps is None else OptimizeConfig(steps=steps)
             with step("optimize"):
                 result = optimize_latent(g, models.clip, codes[0], target, config, progress=progress,
-                                         should_cancel=should_cancel)
+                                         should_cancel=should_cancel, identity=models.identity)
             with step("synthesize"), torch.no_grad():
                 faces = g(result.interpolate(alphas))
         with step("paste"):

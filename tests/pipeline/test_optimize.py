@@ -37,6 +37,15 @@ def test_optimization_lowers_the_clip_loss(models, start):
     assert all(not p.requires_grad for p in models.generator.parameters())
 
 
+def test_identity_loss_holds_the_face_when_the_bundle_has_an_identity_model(models, start):
+    assert models.identity is not None  # the dev bundle ships a tiny ArcFace
+    result = optimize_latent(models.generator, models.clip, start, "a smiling face", OptimizeConfig(steps=4),
+                             identity=models.identity)
+    assert len(result.id_losses) == 4
+    assert result.id_losses[0] == pytest.approx(0.0, abs=1e-5)  # step 0 renders the starting face itself
+    assert max(result.id_losses) > 0
+
+
 def test_cancel_stops_the_optimization(models, start):
     calls = []
 
@@ -67,7 +76,7 @@ def test_learning_rate_schedule_ramps_up_and_down():
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"steps": 5000}, {"steps": 2.5}, {"lr": 0.0},
-                                    {"lr": float("nan")}, {"l2_lambda": -1.0}])
+                                    {"lr": float("nan")}, {"l2_lambda": -1.0}, {"id_lambda": 100.0}])
 def test_bad_settings_are_invalid_parameters(kwargs):
     with pytest.raises(PipelineError) as err:
         OptimizeConfig(**kwargs)
