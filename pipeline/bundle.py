@@ -28,6 +28,11 @@ REQUIRED_ROLES = ("generator", "encoder", "clip", "relevance")
 OPTIONAL_ROLES = ("relevance_stats", "identity")
 ROLES = REQUIRED_ROLES + OPTIONAL_ROLES
 
+# Default places, relative to the checkout: downloads go to models/official, the dev bundle to models/dev.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_DIR = REPO_ROOT / "models" / "official"
+DEV_DIR = REPO_ROOT / "models" / "dev"
+
 DEV_WARNING = ("WARNING: using the DEVELOPMENT model bundle (random weights): edits are meaningless noise "
                "until the real weights are downloaded (`python -m pipeline download`).")
 
@@ -225,6 +230,21 @@ class Bundle:
             if actual != entry.sha256.lower():
                 raise PipelineError(MODEL_INVALID, f"{path} has sha256 {actual}, the manifest says "
                                                    f"{entry.sha256}: the file is corrupt or not the one named")
+
+
+def find_bundle(*candidates: str | Path | None, dev_dir: Path = DEV_DIR) -> Bundle:
+    """The first of ``candidates`` (then ``models/official``) that holds a ``manifest.json``, loaded; else the
+    development bundle in ``dev_dir``, built on first use, with a loud warning. For callers with no explicit
+    bundle (the CLI without ``--bundle``, ``make run``); an explicit choice should use ``Bundle.load``."""
+    for candidate in (*candidates, OFFICIAL_DIR):
+        if candidate and (Path(candidate) / MANIFEST).is_file():
+            return Bundle.load(candidate)
+    log.warning("no model bundle in %s; using the development bundle in %s",
+                ", ".join(str(c) for c in (*candidates, OFFICIAL_DIR) if c), dev_dir)
+    if (Path(dev_dir) / MANIFEST).is_file():
+        return Bundle.load(dev_dir)
+    log.warning("building the development bundle in %s (about 10 CPU-seconds)", dev_dir)
+    return make_dev_bundle(dev_dir)
 
 
 def pin_entry(directory: str | Path, role: str) -> ModelFile:

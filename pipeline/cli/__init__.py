@@ -34,8 +34,7 @@ examples:
   python -m pipeline edit me.jpg --neutral "a face" --target "a smiling face" --alpha 3 --out smile.jpg
   python -m pipeline edit me.jpg --neutral "face with hair" --target "face with blonde hair" \\
       --alpha -2 --alpha 0 --alpha 2 --beta 0.12 --out blonde.png   # writes blonde_a-2.png, blonde_a0.png, ...
-  python -m pipeline download --dir models               # the official weights (needs internet)
-  python -m pipeline precompute-relevance --bundle models
+  python -m pipeline download                            # the official weights into models/official
   python -m pipeline verify-golden ../shared/golden      # numerical parity with the reference code
 
 Run `python -m pipeline COMMAND --help` for each command's options."""

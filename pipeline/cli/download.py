@@ -16,8 +16,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "publisher gives no sha256 is pinned on first download. The relevance file is not "
                     "downloaded: compute it afterwards with `precompute-relevance`. The generator and the "
                     "encoder are licensed for non-commercial use only (see `info`).",
-        epilog="example: python -m pipeline download --dir models --only clip")
-    parser.add_argument("--dir", default=None, help="bundle directory (default: $MODEL_DIR, else ./models)")
+        epilog="example: python -m pipeline download --dir models/official --only clip")
+    parser.add_argument("--dir", default=None, help="bundle directory (default: $MODEL_DIR, else models/official)")
     parser.add_argument("--only", action="append", choices=ROLES, default=[], help="fetch only this model (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -17,7 +17,7 @@ smile_a-2.jpg and smile_a2.jpg. The output has the photo's size and orientation 
 examples:
   python -m pipeline edit me.jpg --neutral "a face" --target "a smiling face" --alpha 3 --out smile.jpg
   python -m pipeline edit me.jpg --neutral "face with hair" --target "face with grey hair" --alpha 4 \\
-      --beta 0.1 --out grey.png --bundle models
+      --beta 0.1 --out grey.png --bundle models/official
   python -m pipeline edit me.jpg --neutral "a face" --target "a face with glasses" --mode optimize \\
       --steps 100 --alpha 0.5 --alpha 1 --out glasses.webp"""
 
@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="global direction (fast, default) or latent optimization (slow, more literal)")
     parser.add_argument("--steps", type=int, default=None, help="optimization steps for --mode optimize (default 100)")
     parser.add_argument("--bundle", default=None,
-                        help="model bundle directory (default: $MODEL_DIR, ./models, else the dev bundle models/dev)")
+                        help="model bundle directory (default: $MODEL_DIR, models/official, else the dev bundle models/dev)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--out", required=True, help="output file; its extension picks the format (.png .jpg .webp)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,8 +10,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "info", help="show the model bundle: files, versions, sources, licenses",
         description="Print each model of the bundle (file, size, content version, source, license) and whether "
                     "it is the random-weight development bundle. With --verify, check every sha256.",
-        epilog="example: python -m pipeline info --bundle models --verify")
-    parser.add_argument("--bundle", default=None, help="bundle directory (default: $MODEL_DIR, ./models or models/dev)")
+        epilog="example: python -m pipeline info --bundle models/official --verify")
+    parser.add_argument("--bundle", default=None, help="bundle directory (default: $MODEL_DIR, models/official, else models/dev)")
     parser.add_argument("--verify", action="store_true", help="check the sha256 of every file (slow for real weights)")
     parser.set_defaults(func=run)
     return parser

@@ -14,7 +14,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "relevance .npz (relevance.npz unless the manifest names another .npz) and points the "
                     "manifest at it with its sha256, unless --out names a file outside the bundle. Hours on a "
                     "GPU for the 1024 generator; the StyleCLIP files from `download` are the quick way.",
-        epilog="example: python -m pipeline precompute-relevance --bundle models --images 200 --device cuda")
+        epilog="example: python -m pipeline precompute-relevance --bundle models/official --images 200 --device cuda")
     parser.add_argument("--bundle", required=True, help="bundle directory (needs generator and clip)")
     parser.add_argument("--images", type=int, default=200, help="random latents to average over (default 200)")
     parser.add_argument("--out", default=None, help="output file (default: the manifest's relevance file)")

@@ -229,3 +229,20 @@ def test_download_bundle_fetches_pins_and_says_what_is_left(tmp_path, server, ca
     manifest = read_manifest(directory)
     assert manifest.models["encoder"].sha256 == hashlib.sha256(b"encoder" * 100).hexdigest()
     assert manifest.models["encoder"].bytes == 700
+
+
+def test_find_bundle_takes_the_first_candidate_with_a_manifest_else_the_dev_bundle(tmp_path, monkeypatch):
+    import pipeline.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "OFFICIAL_DIR", tmp_path / "official")
+    real, dev = tmp_path / "real", tmp_path / "dev"
+    real.mkdir()
+    dev.mkdir()
+    _fake_bundle(real)
+    _fake_bundle(dev, dev=True)
+    assert bundle_module.find_bundle(None, tmp_path / "empty", real, dev_dir=dev).dir == real
+    fallback = bundle_module.find_bundle(tmp_path / "empty", dev_dir=dev)
+    assert fallback.dir == dev and fallback.is_dev
+    (tmp_path / "official").mkdir()
+    _fake_bundle(tmp_path / "official")
+    assert bundle_module.find_bundle(None, dev_dir=dev).dir == tmp_path / "official"
