@@ -133,6 +133,17 @@ class ModulatedConv2d(nn.Module):
         return out
 
 
+class ConstantInput(nn.Module):
+    """The learned 4×4 start of the synthesis network (key ``input.input``)."""
+
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.repeat(batch, 1, 1, 1)
+
+
 class NoiseInjection(nn.Module):
     def __init__(self):
         super().__init__()
@@ -208,12 +219,11 @@ class Generator(nn.Module):
         missing = [2 ** i for i in range(2, self.log_size + 1) if 2 ** i not in self.channels]
         if missing:
             raise ValueError(f"channels lacks resolutions {missing}")
-        self.impl = check_impl(impl)
+        self.impl = impl
         ch = self.channels
 
         self.style = Mapping(style_dim, n_mlp)
-        self.input = nn.Module()
-        self.input.input = nn.Parameter(torch.randn(1, ch[4], 4, 4))
+        self.input = ConstantInput(ch[4])
         self.conv1 = StyledConv(ch[4], ch[4], style_dim)
         self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
         self.convs, self.to_rgbs = nn.ModuleList(), nn.ModuleList()
@@ -244,6 +254,14 @@ class Generator(nn.Module):
         self.style_dims = [conv.in_channel for _, conv, _ in layers]
         self.style_is_torgb = [name.startswith("to_rgb") for name, _, _ in layers]
         self.style_wplus_index = [idx for _, _, idx in layers]
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        self._impl = check_impl(impl)
 
     # --- W space -------------------------------------------------------------------------------------------
 
@@ -281,7 +299,7 @@ class Generator(nn.Module):
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
         impl = self.impl
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
-        x = self.input.input.repeat(styles[0].shape[0], 1, 1, 1)
+        x = self.input(styles[0].shape[0])
         x = self.conv1(x, styles[0], noise[0], impl)
         skip = self.to_rgb1(x, styles[1], None, impl)
         for k, to_rgb in enumerate(self.to_rgbs):
