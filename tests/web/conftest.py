@@ -23,6 +23,7 @@ import httpx
 import pillow_heif
 import pytest
 from PIL import Image
+from playwright.sync_api import Page
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -133,15 +134,36 @@ def browser(browser_type):
 
 
 @pytest.fixture
-def phone(browser):
-    """A fresh phone-sized context (own storage, touch); its page's errors fail the test."""
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
+def new_phone(browser):
+    """Make fresh phone-sized pages (own storage, touch); uncaught errors in them fail the test."""
+    contexts, errors = [], []
+
+    def make(**options) -> Page:
+        context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True,
+                                      **options)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def phone(new_phone) -> Page:
+    return new_phone()
+
+
+@pytest.fixture
+def profile_phone(browser_type, tmp_path: Path) -> Iterator[Page]:
+    """A phone page in a persistent profile: Chromium never offers to install from an incognito context."""
+    context = browser_type.launch_persistent_context(tmp_path / "profile", viewport=PHONE, is_mobile=True,
+                                                     executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield context.pages[0] if context.pages else context.new_page()
+    context.close()
 
 
 @pytest.fixture(scope="session")

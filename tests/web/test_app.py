@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
@@ -11,8 +12,6 @@ import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
-
-from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, PHONE
 
 pytestmark = pytest.mark.browser
 
@@ -62,6 +61,13 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     page.get_by_role("button", name="Create edit").click()
     expect(screen(page, "progress")).to_be_visible()
     expect(page.locator("#progress-texts")).to_have_text("a face → a smiling face")
+    # Live status: the worker's progress while it aligns, inverts and synthesizes (seconds on a CPU).
+    page.wait_for_selector("body[data-phase=processing]", timeout=EDIT_TIMEOUT_MS)
+    expect(page.locator("#progress-title")).to_have_text("Editing your photo")
+    expect(page.locator("#progress-detail")).to_have_text(re.compile(r"Working…|\d+ %"))
+    with contextlib.suppress(AssertionError):  # only for a telling screenshot: the check is the line above
+        expect(page.locator("#progress-detail")).to_have_text(re.compile(r"[1-9]\d? %"), timeout=20_000)
+    shot(page, shots, "3-editing")
 
     # The result: every strength arrives in one job and is preloaded.
     expect(screen(page, "result")).to_be_visible(timeout=EDIT_TIMEOUT_MS)
@@ -166,28 +172,21 @@ def _wait_status(api: httpx.Client, edit_id: str, status: str, timeout_s: float 
         time.sleep(0.5)
 
 
-def test_installable_and_offline(browser_type, service, tmp_path: Path):
-    """Chromium's own installability check passes; the app shell opens offline.
+def test_installable_and_offline(profile_phone: Page, service):
+    """Chromium's own installability check passes; the app shell opens offline."""
+    page = profile_phone
+    open_app(page, service.url)
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    cdp = page.context.new_cdp_session(page)
+    assert cdp.send("Page.getInstallabilityErrors")["installabilityErrors"] == []
+    assert not cdp.send("Page.getAppManifest")["errors"]
 
-    A persistent profile, because Chromium never offers to install from an incognito context."""
-    context = browser_type.launch_persistent_context(tmp_path / "profile", viewport=PHONE, is_mobile=True,
-                                                     executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    try:
-        page = context.pages[0] if context.pages else context.new_page()
-        open_app(page, service.url)
-        page.evaluate("navigator.serviceWorker.ready.then(() => true)")
-        cdp = context.new_cdp_session(page)
-        assert cdp.send("Page.getInstallabilityErrors")["installabilityErrors"] == []
-        assert not cdp.send("Page.getAppManifest")["errors"]
-
-        page.reload()  # now controlled by the service worker, which has cached the shell
-        page.wait_for_selector("body[data-ready=true]")
-        assert page.evaluate("Boolean(navigator.serviceWorker.controller)")
-        context.set_offline(True)
-        open_app(page, service.url, "#history")
-        expect(screen(page, "history")).to_be_visible()
-    finally:
-        context.close()
+    page.reload()  # now controlled by the service worker, which has cached the shell
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.evaluate("Boolean(navigator.serviceWorker.controller)")
+    page.context.set_offline(True)
+    open_app(page, service.url, "#history")
+    expect(screen(page, "history")).to_be_visible()
 
 
 def test_manifest_icons(service):
@@ -292,9 +291,8 @@ def test_every_error_code_has_words(phone: Page, service):
     assert by_code["unauthorized"]["actionLabel"] == "Open Settings"
 
 
-def test_accessible_names_and_dark_mode(browser, service, photos, shots: Path):
-    context = browser.new_context(viewport=PHONE, color_scheme="dark", is_mobile=True, has_touch=True)
-    page = context.new_page()
+def test_accessible_names_and_dark_mode(new_phone, service, photos, shots: Path):
+    page = new_phone(color_scheme="dark")
     open_app(page, service.url)
     page.get_by_label("Choose a photo from the gallery").set_input_files(photos["face"])
     page.get_by_role("button", name="Blue hair").click()
@@ -311,4 +309,3 @@ def test_accessible_names_and_dark_mode(browser, service, photos, shots: Path):
     small = page.evaluate("""() => [...document.querySelectorAll("#screen-create button, #screen-create label.bigbtn")]
         .filter((el) => el.offsetParent && el.getBoundingClientRect().height < 40).map((el) => el.textContent)""")
     assert not small, f"touch targets under 40px: {small}"
-    context.close()
