@@ -12,13 +12,34 @@ import logging
 
 from celery import signals
 
+from common.logging import configure_logging
+from common.metrics import start_exporter
 from common.queue import make_celery
 from common.settings import get_settings
+from worker import liveness
 
 log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="faceedit-worker")
 app.conf.include = ["worker.tasks", "worker.reaper", "worker.webhooks", "worker.retention"]
+# Heartbeats for `python -m worker.liveness check`, the probe that notices a worker that stopped consuming.
+liveness.install(app, liveness.config_from_settings())
+
+
+@signals.setup_logging.connect
+def _logging(**_) -> None:
+    # Connected, so Celery leaves logging to us: LOG_FORMAT/LOG_LEVEL, the edit id on every line.
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _metrics_exporter(**_) -> None:
+    port = get_settings().metrics_port
+    try:
+        start_exporter(port)
+    except OSError as error:  # the port is taken (a second worker on this host): work on without metrics
+        log.warning("metrics exporter not started on port %s: %s", port, error)
 
 
 @signals.worker_process_init.connect
