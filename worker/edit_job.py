@@ -49,11 +49,11 @@ class Heartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{edit_id}", daemon=True)
         self.runtime, self.edit_id, self.token = runtime, edit_id, token
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not `_stop`: that name is Thread.join()'s own method
 
     def run(self) -> None:
         settings = self.runtime.settings
-        while not self._stop.wait(settings.heartbeat_seconds):
+        while not self._stopping.wait(settings.heartbeat_seconds):
             try:
                 with self.runtime.session_factory() as session:
                     if not lifecycle.renew_lease(session, self.edit_id, self.token, settings.lease_seconds):
@@ -64,7 +64,7 @@ class Heartbeat(threading.Thread):
                 log.warning("lease renewal of %s failed; retrying", self.edit_id, exc_info=True)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=5)
 
 
