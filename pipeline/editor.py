@@ -180,16 +180,13 @@ class Editor:
             return self._paste(inv, faces, step)
 
     def _paste(self, inv: Inversion, faces: torch.Tensor, step: _Stages) -> list[Image.Image]:
-        from pipeline.paste import paste_back
+        """Every alpha's face into the full photo; the warp and mask are shared (``paste_back_many``)."""
+        from pipeline.paste import paste_back_many
         from pipeline.photo import load_photo
 
         photo = load_photo(inv.photo)
-        out = []
-        for i, face in enumerate(_to_uint8(faces)):
-            step.check()
-            out.append(paste_back(photo, Image.fromarray(face), inv.quad))
-            step.report("paste", (i + 1) / len(faces))
-        return out
+        step.check()
+        return paste_back_many(photo, [Image.fromarray(face) for face in _to_uint8(faces)], inv.quad)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
