@@ -147,7 +147,7 @@ def test_redis_and_postgres_restarts_under_a_stream_of_submissions(dev_bundle, t
                     r = stack.submit(image_id, webhook=receiver.url, webhook_events_filter=["completed"])
                     if r.status_code != 201:
                         refused[r.status_code] += 1
-                    time.sleep(0.4)
+                    time.sleep(0.7)
 
             thread = threading.Thread(target=stream, daemon=True)
             thread.start()
