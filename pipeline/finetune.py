@@ -272,6 +272,8 @@ class Trainer:
         files, skipped = fd.collect(root, rels, todo, cache)
         if skipped:
             log.warning("%d of %d images skipped (first: %s)", len(skipped), len(rels), skipped[0])
+        if c.val_split > 0 and not set(val_rels) & {f.rel for f in files}:
+            log.warning("no usable validation images: the run has no validation metrics (raise --val-split)")
         train_set, val_set = set(train_rels), set(val_rels)
         train = fd.FaceImages([f for f in files if f.rel in train_set], c.size)
         val = fd.FaceImages([f for f in files if f.rel in val_set][: c.val_max], c.size)
@@ -347,7 +349,7 @@ class Trainer:
         model = e4e
         if dist.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
-                e4e, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                e4e, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
         per_step = c.batch * c.accum * dist.world
         sampler = StreamSampler(len(train), c.seed, c.batch, c.accum, dist.world, dist.rank, samples, c.iters - step)
         batches = iter(DataLoader(train, batch_sampler=sampler, num_workers=c.workers,

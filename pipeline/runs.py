@@ -126,9 +126,12 @@ def record_validation(run: Path, step: int, metrics: dict[str, float], primary: 
 
 
 def with_best(val: dict) -> dict:
+    """``best``: the lowest ``primary`` among the trained steps; ``baseline``: step 0, the starting encoder
+    (it has no checkpoint of its own: it is the bundle's encoder)."""
     key = val.get("primary", "l2")
-    scored = [e for e in val.get("evaluations", []) if key in e]
+    scored = [e for e in val.get("evaluations", []) if key in e and e["step"] > 0]
     val["best"] = min(scored, key=lambda e: e[key]) if scored else None
+    val["baseline"] = next((e for e in val.get("evaluations", []) if e["step"] == 0), None)
     return val
 
 
@@ -175,6 +178,7 @@ class RunInfo:
     freeze: str
     primary: str | None
     best: dict | None
+    baseline: dict | None
     last_val: dict | None
 
     @property
@@ -191,7 +195,8 @@ def read_run(run: Path) -> RunInfo:
     evals = val.get("evaluations") or []
     return RunInfo(dir=run, run_id=config["run_id"], step=rows[-1]["step"] if rows else 0,
                    iters=config["options"]["iters"], freeze=config["options"]["freeze"],
-                   primary=val.get("primary"), best=val.get("best"), last_val=evals[-1] if evals else None)
+                   primary=val.get("primary"), best=val.get("best"),
+                   baseline=val.get("baseline"), last_val=evals[-1] if evals else None)
 
 
 def find_runs(root: Path) -> list[RunInfo]:

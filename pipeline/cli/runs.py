@@ -36,13 +36,15 @@ def run(args: argparse.Namespace) -> int:
         found = runs.find_runs(Path(args.root))
         if args.json:
             print(json.dumps([{"dir": str(r.dir), "run_id": r.run_id, "step": r.step, "iters": r.iters,
-                               "freeze": r.freeze, "primary": r.primary, "best": r.best, "last": r.last_val}
+                               "freeze": r.freeze, "primary": r.primary, "best": r.best, "baseline": r.baseline, "last": r.last_val}
                               for r in found], indent=2))
             return 0
-        print(f"{'run':<34} {'step':>11} {'freeze':<15} {'best step':>9}  best validation")
+        print(f"{'run':<34} {'step':>11} {'freeze':<15} {'best step':>9}  best validation (step 0: start)")
         for r in found:
             best = ", ".join(f"{k} {v:.4f}" for k, v in (r.best or {}).items() if k != "step") or "-"
-            print(f"{r.run_id:<34} {f'{r.step}/{r.iters}':>11} {r.freeze:<15} {r.best_step or '-':>9}  {best}")
+            start = f" ({r.primary} {r.baseline[r.primary]:.4f})" if r.baseline and r.primary in r.baseline else ""
+            print(f"{r.run_id:<34} {f'{r.step}/{r.iters}':>11} {r.freeze:<15} {r.best_step or '-':>9}  "
+                  f"{best}{start}")
         return 0
     run_dir = Path(args.run)
     bundle = args.bundle or runs.read_json(run_dir / runs.CONFIG).get("options", {}).get("bundle")

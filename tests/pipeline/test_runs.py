@@ -19,6 +19,8 @@ def fake_run(directory, bundle, steps=(2, 4), best=2):
     """A run directory as ``finetune`` writes it, with a style head nudged per step (no training needed)."""
     e4e = load_encoder(bundle.path("encoder"))
     (directory / runs.CHECKPOINTS).mkdir(parents=True)
+    # step 0 is the starting encoder (no checkpoint): never "best", even when it scores lowest
+    runs.record_validation(directory, 0, {"l2": 0.05}, primary="l2")
     runs.write_json(directory / runs.CONFIG, {"run_id": f"{directory.name}-abc123", "options": {
         "iters": max(steps), "freeze": "all-but-styles", "bundle": str(bundle.dir)}})
     for step in steps:
@@ -48,7 +50,8 @@ def test_list_shows_runs_with_their_best_validation(bundle, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a-abc123" in out and "l2 0.1000" in out
     assert main(["runs", "list", "--root", str(tmp_path / "runs"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["best"] == {"step": 2, "l2": 0.1}
+    listed = json.loads(capsys.readouterr().out)[0]
+    assert (listed["best"], listed["baseline"]) == ({"step": 2, "l2": 0.1}, {"step": 0, "l2": 0.05})
 
 
 def test_promote_changes_the_encoder_the_worker_loads(bundle, tmp_path):
