@@ -17,6 +17,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog="example: python -m pipeline precompute-relevance --bundle models/official --images 200 --device cuda")
     parser.add_argument("--bundle", required=True, help="bundle directory (needs generator and clip)")
     parser.add_argument("--images", type=int, default=200, help="random latents to average over (default 200)")
+    parser.add_argument("--stats", type=int, default=100_000,
+                        help="random latents for the per-channel style mean/std (default 100000, as StyleCLIP)")
     parser.add_argument("--out", default=None, help="output file (default: the manifest's relevance file)")
     parser.add_argument("--chunk-channels", type=int, default=64,
                         help="style channels perturbed per generator batch (memory vs speed, default 64)")
@@ -37,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.relevance import precompute_relevance
     from pipeline.stylegan2 import load_generator
 
-    if args.images < 1 or args.chunk_channels < 1:
-        args.parser.error("--images and --chunk-channels must be positive")
+    if args.images < 1 or args.chunk_channels < 1 or args.stats < args.images:
+        args.parser.error("--images and --chunk-channels must be positive, --stats at least --images")
     directory = Path(args.bundle)
     manifest = read_manifest(directory)
     paths = {role: directory / manifest.models[role].file for role in ("generator", "clip")}
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     generator = load_generator(paths["generator"], args.device).eval().requires_grad_(False)
     clip_model = load_clip(paths["clip"], args.device)
     precompute_relevance(generator, clip_model, out, n_images=args.images, chunk_channels=args.chunk_channels,
-                         seed=args.seed, device=args.device, progress=not args.quiet)
+                         seed=args.seed, device=args.device, progress=not args.quiet, n_stats=args.stats)
     if out.resolve().parent == directory.resolve():
         entry = set_computed_relevance(directory, out.name, f"python -m pipeline precompute-relevance "
                                                             f"--images {args.images} --seed {args.seed}")

@@ -123,3 +123,18 @@ def test_module_entry_point_help_teaches():
     for command in ("edit", "verify-golden", "download", "make-dev-bundle", "precompute-relevance", "info"):
         assert command in result.stdout
     assert "examples:" in result.stdout
+
+
+def test_precompute_relevance_replaces_the_bundle_file_and_pins_it(capsys, tmp_path):
+    from pipeline.bundle import Bundle, make_dev_bundle
+    from pipeline.relevance import load_relevance
+
+    bundle = make_dev_bundle(tmp_path / "b16", size=16)  # 16² generator: the precompute renders in seconds
+    before = bundle.manifest.models["relevance"].sha256
+    code, out, err = run(capsys, "precompute-relevance", "--bundle", bundle.dir, "--images", "1", "--stats", "2048", "--quiet")
+    assert code == 0, err
+    entry = Bundle.load(bundle.dir, verify=True).manifest.models["relevance"]
+    assert out.strip() == str(bundle.dir / entry.file) and entry.sha256 != before and entry.url is None
+    relevance = load_relevance(bundle.dir / entry.file)
+    assert relevance.meta["n_images"] == 1 and relevance.meta["n_stats"] == 2048
+    assert "dev_random_fs3" not in relevance.meta
