@@ -8,6 +8,7 @@ TEST_DEV_BUNDLE_DIR reuses an existing development bundle instead of writing one
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -50,9 +51,9 @@ def face_jpeg(scale: int = 1) -> bytes:
 # --- the three services ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database at head for this test session."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new PostgreSQL database at head, dropped afterwards (skips the test without PostgreSQL)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
@@ -68,11 +69,20 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
         pytest.skip(f"no PostgreSQL at {DATABASE_URL}: {error.orig}")
     url = make_url(DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The session's PostgreSQL database."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

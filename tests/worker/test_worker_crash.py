@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import WorkerProcess, drop_queues, face_jpeg, make_api, service_settings
+from tests.conftest import WorkerProcess, drop_queues, face_jpeg, fresh_database, make_api, service_settings
 
 pytestmark = pytest.mark.services
 
 
-def test_killed_worker_job_finishes_exactly_once(pg_url, redis_url, s3_endpoint, dev_bundle, tmp_path):
-    settings = service_settings(pg_url, redis_url, s3_endpoint, dev_bundle, lease_seconds=3.0, heartbeat_seconds=0.5)
+@pytest.fixture
+def own_database():
+    # Its own database: the session worker's reaper would otherwise requeue this test's job onto the
+    # session's queue (one database = one deployment).
+    with fresh_database() as url:
+        yield url
+
+
+def test_killed_worker_job_finishes_exactly_once(own_database, redis_url, s3_endpoint, dev_bundle, tmp_path):
+    settings = service_settings(
+        own_database, redis_url, s3_endpoint, dev_bundle, lease_seconds=3.0, heartbeat_seconds=0.5
+    )
     api = make_api(settings)
     first = WorkerProcess(settings, tmp_path / "first.log").start()
     second = WorkerProcess(settings, tmp_path / "second.log")
