@@ -50,6 +50,16 @@ class Service:
             client.close()
 
 
+GENEROUS_LIMITS = dict(
+    rate_limit_per_second=1000.0,
+    rate_limit_burst=10000,
+    submit_rate_per_second=1000.0,
+    submit_rate_burst=10000,
+    max_queued_per_owner=10000,
+    max_queued_total=100000,
+)
+
+
 def trust_settings(database_url: str, storage_dir: Path, **overrides) -> Settings:
     """Settings for a test service; generous limits unless a test asks for tight ones."""
     values = dict(
@@ -60,25 +70,22 @@ def trust_settings(database_url: str, storage_dir: Path, **overrides) -> Setting
         edits_queue=f"edits-trust-{uuid.uuid4().hex[:8]}",
         io_queue=f"io-trust-{uuid.uuid4().hex[:8]}",
         web_dir=storage_dir / "no-web",
-        rate_limit_per_second=1000.0,
-        rate_limit_burst=10000,
-        submit_rate_per_second=1000.0,
-        submit_rate_burst=10000,
-        max_queued_per_owner=10000,
-        max_queued_total=100000,
+        **GENEROUS_LIMITS,
     )
     values.update(overrides)
     return Settings(**values)
 
 
 @contextlib.contextmanager
-def running_service(settings: Settings) -> Iterator[Service]:
+def running_service(settings: Settings, owner_suffix: str = "", drop_queues: bool = True) -> Iterator[Service]:
+    """The API for `settings` with keys for alice, bob and a revoked one. `owner_suffix` keeps the
+    accounts apart in a database other tests share; `drop_queues=False` leaves shared queues alone."""
     engine = create_engine(settings.database_url)
     factory = sessionmaker(engine, expire_on_commit=False)
     service = Service(client=None, settings=settings, factory=factory)  # type: ignore[arg-type]
     with factory() as session:
         for who in ("alice", "bob", "revoked"):
-            row, key = create_key(session, who, owner=who)
+            row, key = create_key(session, who, owner=who + owner_suffix)
             service.keys[who] = key
         revoke_key(session, row.id)
     app = create_app(settings)
@@ -89,8 +96,7 @@ def running_service(settings: Settings) -> Iterator[Service]:
     finally:
         app.state.engine.dispose()
         engine.dispose()
-        queue = redis.Redis.from_url(settings.redis_url)
-        queue.delete(settings.edits_queue, settings.io_queue)
-        for key in queue.scan_iter("ratelimit:*"):
-            queue.delete(key)
-        queue.close()
+        if drop_queues:
+            queue = redis.Redis.from_url(settings.redis_url)
+            queue.delete(settings.edits_queue, settings.io_queue)
+            queue.close()

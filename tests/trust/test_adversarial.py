@@ -4,12 +4,15 @@ Every answer must be a 4xx with `{code, message}`, and a normal edit still goes 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import pytest
 
+from tests.conftest import face_jpeg
 from tests.trust import hostile
 from tests.trust.conftest import count
-from tests.trust.harness import GOOD_EDIT, running_service, trust_settings
+from tests.trust.harness import GENEROUS_LIMITS, GOOD_EDIT, running_service
 
 pytestmark = pytest.mark.services
 
@@ -17,9 +20,11 @@ MISSING_IMAGE = "img_00000000000000000000000000"
 
 
 @pytest.fixture(scope="module")
-def service(module_pg_url, tmp_path_factory):
-    settings = trust_settings(module_pg_url, tmp_path_factory.mktemp("adversarial"), max_upload_bytes=10 * 1024 * 1024)
-    with running_service(settings) as svc:
+def service(settings):
+    """The session's service (PostgreSQL, Redis, S3 over HTTP; the session `worker` consumes its
+    queues), with limits out of the way so each hostile request meets the check it targets."""
+    trust = settings.model_copy(update={**GENEROUS_LIMITS, "max_upload_bytes": 10 * 1024 * 1024})
+    with running_service(trust, owner_suffix=f"-{uuid.uuid4().hex[:8]}", drop_queues=False) as svc:
         image_id = svc.upload("alice").json()["id"]
         edit_id = svc.submit(image_id).json()["id"]
         svc.ids = {"image": image_id, "edit": edit_id}
@@ -189,8 +194,14 @@ def test_cross_owner_answers_equal_missing_ids(service):
             missing.rsplit("/", 1)[1], "ID")
 
 
-def test_alice_data_survived_and_a_normal_edit_still_goes_through(service):
+def test_alice_data_survived_and_a_normal_edit_still_succeeds(service, worker):
     assert service.client.get(f"/v1/images/{service.ids['image']}", headers=service.auth()).status_code == 200
-    image_id = service.upload().json()["id"]
+    image_id = service.upload(data=face_jpeg()).json()["id"]
     r = service.submit(image_id)
-    assert r.status_code == 201 and r.json()["status"] == "starting"
+    assert r.status_code == 201, r.text
+    deadline = time.monotonic() + 240
+    while (edit := service.client.get(f"/v1/edits/{r.json()['id']}", headers=service.auth()).json())["status"] in (
+            "starting", "processing") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert edit["status"] == "succeeded", (edit, worker.log()[-2000:])
+    assert len(edit["output"]) == len(GOOD_EDIT["alphas"])
