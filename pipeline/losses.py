@@ -54,9 +54,12 @@ class LPIPS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import alexnet
-
-        self.features = alexnet(weights=None).features[: ALEX_TAPS[-1] + 1]
+        # torchvision's ``alexnet().features`` up to the last ReLU (same indices, so its keys load as they are)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
         # the lpips package's ScalingLayer: maps [-1, 1] inputs to ImageNet-normalized ones
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
