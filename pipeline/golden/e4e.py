@@ -28,6 +28,8 @@ def checks(fixture: Fixture) -> Iterator[Check]:
     data = fixture.npz("e4e")
     yield compare("e4e latent_avg", e4e.latent_avg, data["latent_avg"], 0.0)
     x = torch.from_numpy(data["x"]).to(fixture.device)
-    raw = e4e.encoder(x)
-    yield compare("e4e codes_raw", raw, data["codes_raw"], VECTOR_TOL)
-    yield compare("e4e codes", e4e(x), data["codes"], VECTOR_TOL)
+    for layout in ("contiguous", "channels_last"):
+        e4e.set_channels_last(layout == "channels_last")
+        codes = e4e(x)
+        yield compare(f"e4e[{layout}] codes_raw", codes - e4e.latent_avg, data["codes_raw"], VECTOR_TOL)
+        yield compare(f"e4e[{layout}] codes", codes, data["codes"], VECTOR_TOL)
