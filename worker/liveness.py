@@ -46,10 +46,13 @@ class LivenessConfig:
     max_busy_seconds: float = 1860.0
 
 
+LIVENESS_EXCHANGE = Exchange("faceedit.liveness", type="direct")
+
+
 def liveness_queue(hostname: str) -> Queue:
-    """The queue only worker `hostname` consumes; a direct exchange of the same name routes to it."""
+    """The queue only worker `hostname` consumes, bound by its own name to one shared exchange."""
     name = f"liveness.{hostname}"
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    return Queue(name, LIVENESS_EXCHANGE, routing_key=name)
 
 
 # --- heartbeat records: one small JSON file per worker process ------------------------------------
@@ -157,15 +160,23 @@ def install(app: Celery, config: LivenessConfig) -> None:
             return
         queue = liveness_queue(sender.hostname)
         sender.add_task_queue(
-            queue.name, exchange=queue.name, exchange_type="direct", routing_key=queue.routing_key
+            queue.name, exchange=LIVENESS_EXCHANGE.name, exchange_type="direct", routing_key=queue.routing_key
         )
         pinger["thread"] = _Pinger(app, sender.hostname, config)
         pinger["thread"].start()
 
     @signals.worker_shutting_down.connect(weak=False)
     def _stop_pinging(**_: Any) -> None:
-        if "thread" in pinger:
-            pinger["thread"].stopped.set()
+        if "thread" not in pinger:
+            return
+        pinger["thread"].stopped.set()
+        pinger["thread"].join(timeout=10)  # a ping published after the delete would recreate the queue
+        # Each pod has its own hostname: without this, every pod that ever ran leaves a queue behind.
+        try:
+            with app.connection_for_write() as connection:
+                pinger["thread"].queue.bind(connection).delete()
+        except (OSError, KombuError):
+            logger.warning("liveness queue %s not deleted", pinger["thread"].queue.name, exc_info=True)
 
     @signals.task_prerun.connect(weak=False)
     def _started(sender: Any = None, **_: Any) -> None:

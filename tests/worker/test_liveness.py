@@ -42,11 +42,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.services
-def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> None:
-    heartbeats = tmp_path / "heartbeat"
-    queue = f"liveness-test-{uuid.uuid4().hex[:8]}"
-    hostname = f"probe-{uuid.uuid4().hex[:8]}@test"
+def _start_worker(tmp_path: Path, heartbeats: Path, queue: str, hostname: str) -> subprocess.Popen:
     (tmp_path / "probe_app.py").write_text(textwrap.dedent(f"""
         import time
         from pathlib import Path
@@ -63,11 +59,29 @@ def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> No
             time.sleep(seconds)
     """))
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "probe_app", "worker", "-P", "solo", "-n", hostname,
          "-Q", queue, "--without-gossip", "--without-mingle", "-l", "INFO"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+
+
+def _stop(worker: subprocess.Popen) -> str:
+    worker.terminate()
+    try:
+        output, _ = worker.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output, _ = worker.communicate()
+    return output
+
+
+@pytest.mark.services
+def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> None:
+    heartbeats = tmp_path / "heartbeat"
+    queue = f"liveness-test-{uuid.uuid4().hex[:8]}"
+    hostname = f"probe-{uuid.uuid4().hex[:8]}@test"
+    worker = _start_worker(tmp_path, heartbeats, queue, hostname)
     config = LivenessConfig(directory=heartbeats, stale_seconds=4, max_busy_seconds=30)
     client = Celery("probe_client", broker=REDIS_URL)
     try:
@@ -93,11 +107,25 @@ def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> No
         assert "not consuming" in reason
         assert client.control.ping(destination=[hostname], timeout=3), "the worker itself still answers"
     finally:
-        worker.terminate()
-        try:
-            output, _ = worker.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            output, _ = worker.communicate()
+        output = _stop(worker)
         client.close()
+        from redis import Redis
+
+        Redis.from_url(REDIS_URL).delete(f"liveness.{hostname}", queue)  # left by the dead consumer
     assert "Traceback" not in output, output
+
+
+@pytest.mark.services
+def test_ping_queue_is_removed_at_shutdown(tmp_path: Path) -> None:
+    """Each pod has its own hostname: a queue left per pod would pile up under autoscaling."""
+    from redis import Redis
+
+    heartbeats, hostname = tmp_path / "heartbeat", f"probe-{uuid.uuid4().hex[:8]}@test"
+    config = LivenessConfig(directory=heartbeats, stale_seconds=4)
+    worker = _start_worker(tmp_path, heartbeats, f"liveness-test-{uuid.uuid4().hex[:8]}", hostname)
+    try:
+        _wait_for(lambda: evaluate(read_records(heartbeats), config, time.time())[0], 60, "first heartbeat")
+    finally:
+        output = _stop(worker)
+    redis = Redis.from_url(REDIS_URL)
+    assert not redis.keys(f"*liveness.{hostname}*"), output[-2000:]
