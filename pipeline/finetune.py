@@ -201,34 +201,6 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def loss_terms(config: FinetuneConfig, codes: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor,
-               lpips, arcface) -> dict[str, torch.Tensor]:
-    """Each e4e loss term (unweighted) and ``loss``, their weighted sum; float32 whatever the autocast."""
-    from pipeline.losses import delta_loss, identity_similarity, l2_loss
-
-    terms = {"l2": l2_loss(y_hat, y), "delta": delta_loss(codes)}
-    loss = config.l2_lambda * terms["l2"] + config.delta_lambda * terms["delta"]
-    if lpips is not None and config.lpips_lambda > 0:
-        key = "lpips" if lpips.trained else "lpips_untrained"
-        terms[key] = lpips(y_hat, y).mean()
-        loss = loss + config.lpips_lambda * terms[key]
-    if arcface is not None and config.id_lambda > 0:
-        terms["id"] = 1 - identity_similarity(arcface, y_hat, y).mean()
-        loss = loss + config.id_lambda * terms["id"]
-    terms["loss"] = loss
-    return terms
-
-
-def render(generator, codes: torch.Tensor, size: int) -> torch.Tensor:
-    """W+ codes → images at the loss resolution (e4e pools its 1024² output to 256² the same way)."""
-    y_hat = generator(codes)
-    if y_hat.shape[-1] > size:
-        return F.adaptive_avg_pool2d(y_hat, size)
-    if y_hat.shape[-1] < size:
-        return F.interpolate(y_hat, size=size, mode="bilinear", align_corners=False)
-    return y_hat
-
-
 def autocast_for(device: torch.device, enabled: bool):
     """(context, dtype or None): autocast on CUDA only; bf16 where the card has it, else fp16."""
     if not enabled or device.type != "cuda":
@@ -306,6 +278,7 @@ class Trainer:
 
         from pipeline.bundle import Bundle
         from pipeline.faces_dataset import StreamSampler
+        from pipeline.losses import loss_terms, render
         from pipeline.stylegan2 import load_state
 
         c, dist, device = self.c, self.dist, self.device
@@ -419,7 +392,7 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, e4e, generator, lpips, arcface, loader) -> dict[str, float]:
         """Reconstruction of the held-out faces: L2, LPIPS (or its untrained stand-in), identity similarity."""
-        from pipeline.losses import identity_similarity
+        from pipeline.losses import identity_similarity, render
 
         autocast, _ = autocast_for(self.device, self.c.amp)
         sums: dict[str, float] = {}

@@ -151,3 +151,32 @@ def identity_similarity(arcface: ArcFace, y_hat: torch.Tensor, y: torch.Tensor) 
     with torch.no_grad():
         target = arcface.embed(y.float())
     return (arcface.embed(y_hat.float()) * target).sum(1)
+
+
+# --- the e4e objective -------------------------------------------------------------------------------------------
+
+def loss_terms(config, codes: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor,
+               lpips, arcface) -> dict[str, torch.Tensor]:
+    """Each e4e loss term (unweighted) and ``loss``, their weighted sum; ``config`` gives the weights
+    (``l2_lambda``, ``lpips_lambda``, ``id_lambda``, ``delta_lambda``, as ``FinetuneConfig``)."""
+    terms = {"l2": l2_loss(y_hat, y), "delta": delta_loss(codes)}
+    loss = config.l2_lambda * terms["l2"] + config.delta_lambda * terms["delta"]
+    if lpips is not None and config.lpips_lambda > 0:
+        key = "lpips" if lpips.trained else "lpips_untrained"
+        terms[key] = lpips(y_hat, y).mean()
+        loss = loss + config.lpips_lambda * terms[key]
+    if arcface is not None and config.id_lambda > 0:
+        terms["id"] = 1 - identity_similarity(arcface, y_hat, y).mean()
+        loss = loss + config.id_lambda * terms["id"]
+    terms["loss"] = loss
+    return terms
+
+
+def render(generator, codes: torch.Tensor, size: int) -> torch.Tensor:
+    """W+ codes → images at the loss resolution (e4e pools its 1024² output to 256² the same way)."""
+    y_hat = generator(codes)
+    if y_hat.shape[-1] > size:
+        return F.adaptive_avg_pool2d(y_hat, size)
+    if y_hat.shape[-1] < size:
+        return F.interpolate(y_hat, size=size, mode="bilinear", align_corners=False)
+    return y_hat
