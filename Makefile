@@ -36,8 +36,8 @@ verify-golden: $(STAMP)  ## numerical parity with the reference implementations
 bench: $(STAMP)  ## full-size benchmarks -> docs/BENCHMARKS.md
 	$(PY) -m bench
 
-download-models: $(STAMP)  ## fetch the official weights (needs internet) into $$MODEL_DIR or ./models
-	$(PY) -m pipeline download
+download-models: $(STAMP)  ## fetch the official weights (needs internet) into models/official
+	$(PY) -m pipeline download --dir models/official
 
 dev-bundle: $(STAMP)  ## write the tiny random-weight development bundle
 	$(PY) -m pipeline make-dev-bundle models/dev
