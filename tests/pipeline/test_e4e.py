@@ -58,11 +58,15 @@ def test_codes_shape_and_latent_avg(tiny, photo, raw):
 def test_own_checkpoint_round_trip(tiny, photo, raw, tmp_path):
     path = tmp_path / "e4e.pt"
     save_encoder(path, tiny, opts={"stylegan_size": TINY["stylegan_size"], "encoder_type": "Encoder4Editing"})
-    loaded = load_encoder(path)
+    loaded = load_encoder(path, channels_last=False)
     enc = loaded.encoder
     assert (enc.num_layers, enc.mode, enc.stylegan_size, enc.width) == tuple(TINY.values())
     assert torch.equal(loaded.latent_avg, tiny.latent_avg)
     assert torch.equal(loaded.encoder(photo), raw)
+    nhwc = load_encoder(path)  # the default layout: same function, other kernels
+    assert nhwc.channels_last
+    codes = nhwc(photo)
+    assert float((codes - (raw + tiny.latent_avg)).abs().max() / codes.abs().max()) < 1e-5
 
 
 @torch.inference_mode()
@@ -75,7 +79,7 @@ def test_official_layout_with_namespace_opts_and_decoder(tiny, photo, raw, tmp_p
     opts = argparse.Namespace(encoder_type="Encoder4Editing", stylegan_size=16, start_from_latent_avg=True)
     path = tmp_path / "e4e_ffhq_encode.pt"
     torch.save({"state_dict": state, "latent_avg": latent_avg, "opts": opts}, path)
-    loaded = load_encoder(path)
+    loaded = load_encoder(path, channels_last=False)
     torch.testing.assert_close(loaded(photo), raw + latent_avg, rtol=0, atol=0)
 
 
