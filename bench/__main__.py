@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"editor (dev bundle): {result['editor_dev_bundle']}")
     result.update({k: v for k, v in result["devices"][result["device"]].items() if k != "runs"})
     result["total_s"] = round(time.perf_counter() - started, 1)
+    result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     from bench.report import chart, markdown

@@ -8,6 +8,7 @@ report states how many runs every median came from.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class Timing:
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile (``q`` in [0, 100]) of the runs."""
         ordered = sorted(self.runs)
-        k = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+        k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
         return ordered[k]
 
 

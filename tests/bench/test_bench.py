@@ -1,0 +1,74 @@
+"""`python -m bench`: the quick suite runs end to end and reports every number the issue names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.timing import Timing, measure
+from tests.conftest import FACE_PHOTO, REPO_ROOT
+
+DEVICE_KEYS = ("align_s", "invert_s", "text_direction_cold_s", "text_direction_cached_s", "synthesis_1024_s",
+               "synthesis_1024_ref_s", "synthesis_fast_over_ref", "edit_cached_1024_s", "edits_per_s_1",
+               "edits_per_s_4", "edits_per_s_16")
+
+
+def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not FACE_PHOTO.is_file(), reason="needs the golden face photo")
+def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
+    out = tmp_path / "BENCHMARKS.md"
+    proc = run_bench("--quick", "--json", "--out", str(out), "--dev-bundle", str(dev_bundle))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for key in DEVICE_KEYS:
+        assert result[key] > 0, key
+        assert result["devices"]["cpu"][key] == result[key]
+    assert result["synthesis_fast_over_ref"] == pytest.approx(result["synthesis_1024_s"] / result["synthesis_1024_ref_s"])
+    assert result["edits_per_s_4"] == pytest.approx(4 / result["edit_cached_1024_4_s"])
+    assert all(n >= 1 for n in result["devices"]["cpu"]["runs"].values())
+    assert 0 < result["api_submit_p50_s"] <= result["api_submit_p99_s"]
+    assert result["api_submit_n"] == 10
+    stages = result["editor_dev_bundle"]
+    assert {"align_seconds", "invert_seconds", "direction_seconds", "synthesize_seconds", "paste_seconds",
+            "invert_cpu_seconds", "edit_cpu_seconds"} <= set(stages)
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["torch"] and machine["commit"] and machine["cpu"]
+
+    report = out.read_text()
+    assert "## Machine" in report and "fast / reference" in report and machine["torch"] in report
+    assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_are_usage_errors():
+    proc = run_bench("--only", "nonsense", timeout=60)
+    assert proc.returncode == 2 and "unknown group" in proc.stderr
+    proc = run_bench("--alphas", "0,4", timeout=60)
+    assert proc.returncode == 2 and "between 1 and 16" in proc.stderr
+
+
+def test_measure_skips_the_warmup_and_respects_the_budget():
+    calls = []
+
+    def slow():
+        calls.append(time.perf_counter())
+        time.sleep(0.05)
+
+    timing = measure(slow, repeats=10, budget_s=0.12)
+    assert len(calls) == timing.n + 1  # the warm-up is not among the runs
+    assert 1 <= timing.n <= 3 and all(r >= 0.05 for r in timing.runs)
+    assert measure(slow, repeats=3, budget_s=100).n == 3
+    assert measure(slow, repeats=3, budget_s=0.0).n == 1  # always one timed run
+
+
+def test_percentiles_are_nearest_rank():
+    timing = Timing(tuple(float(i) for i in range(1, 101)), None)
+    assert timing.percentile(50) == 50 and timing.percentile(99) == 99 and timing.median == 50.5
