@@ -163,10 +163,6 @@ def start_run_config(config: FinetuneConfig, out: Path, resumed: dict | None, da
     options = asdict(config)
     old = runs.read_json(out / runs.CONFIG)
     if resumed is not None and old:
-        changed = [k for k in RESUME_FIXED if old["options"].get(k) != options[k]]
-        if changed:
-            raise PipelineError(INVALID_PARAMETER, f"{out} holds a run with different {', '.join(changed)}: "
-                                                   f"resume with the same options or use another --out")
         record = {**old, "options": options,
                   "resumes": old.get("resumes", []) + [{"step": resumed["step"], "at": _now(), "world": world}]}
     else:
@@ -174,6 +170,15 @@ def start_run_config(config: FinetuneConfig, out: Path, resumed: dict | None, da
                   "options": options, "world_size": world, "data": data_summary,
                   "effective_batch": config.batch * config.accum * world}
     return record
+
+
+def check_resumable(config: FinetuneConfig, out: Path) -> None:
+    """Refuse to resume a run in ``out`` that was started with other experiment-defining options."""
+    old = runs.read_json(out / runs.CONFIG).get("options", {})
+    changed = [k for k in RESUME_FIXED if k in old and old[k] != asdict(config)[k]]
+    if changed:
+        raise PipelineError(INVALID_PARAMETER, f"{out} holds a run with different {', '.join(changed)}: "
+                                               f"resume with the same options or use another --out")
 
 
 def _now() -> str:
@@ -284,6 +289,8 @@ class Trainer:
         c, dist, device = self.c, self.dist, self.device
         self._check()
         frozen = frozen_groups(c.freeze)
+        if (self.out / runs.LATEST).is_file():
+            check_resumable(c, self.out)
         bundle = Bundle.load(c.bundle)
         (self.out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         train, val, summary = self._data()

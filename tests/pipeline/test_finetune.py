@@ -17,6 +17,7 @@ import torch
 
 from pipeline import runs
 from pipeline.e4e import load_encoder
+from pipeline.errors import PipelineError
 from pipeline.finetune import GROUPS, FinetuneConfig, apply_freeze, finetune, frozen_groups, group_of
 
 ITERS = 3
@@ -160,3 +161,5 @@ def test_resume_after_sigkill_continues_exactly(setup, tmp_path):
     straight = load_encoder(root / "run" / runs.LATEST).encoder.state_dict()
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    with pytest.raises(PipelineError, match="different freeze"):  # another experiment: refused, nothing touched
+        finetune(replace(config, out=str(out), freeze="none", iters=ITERS + 1))
