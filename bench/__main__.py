@@ -83,9 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--alphas must be a comma list of integers, got {args.alphas!r}")
     if not args.alpha_counts or not all(1 <= a <= 16 for a in args.alpha_counts):
         parser.error("--alphas counts must be between 1 and 16")
-    args.repeats = args.repeats or (1 if args.quick else 5)
-    args.budget = args.budget or (5.0 if args.quick else 30.0)
-    args.api_submits = args.api_submits or (10 if args.quick else 100)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    if args.budget is None:
+        args.budget = 5.0 if args.quick else 30.0
+    if args.api_submits is None:
+        args.api_submits = 10 if args.quick else 100
     if args.repeats < 1 or args.api_submits < 1:
         parser.error("--repeats and --api-submits must be at least 1")
     if args.out is None:
