@@ -280,6 +280,7 @@ class Trainer:
 
     def run(self) -> dict:
         from torch.utils.data import DataLoader
+        from tqdm import tqdm
 
         from pipeline.bundle import Bundle
         from pipeline.faces_dataset import StreamSampler
@@ -336,9 +337,8 @@ class Trainer:
                                   pin_memory=device.type == "cuda"))
         val_loader = DataLoader(val, batch_size=c.batch, num_workers=0)
         primary = "lpips" if lpips is not None and lpips.trained else "l2"
-        result: dict = {}
-        from tqdm import tqdm
-
+        last_eval = (runs.read_json(self.out / runs.VAL).get("evaluations") or [{}])[-1]
+        result: dict = {k: v for k, v in last_eval.items() if k != "step"}  # a finished run rerun: its last
         bar = tqdm(total=c.iters, initial=step, desc="finetune", unit="it", dynamic_ncols=True,
                    disable=not (dist.main and c.progress))
         if resumed is None and dist.main and len(val):  # the starting point every run is compared with
