@@ -27,7 +27,8 @@ DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://faceedit:faceedit@127.0.0.1:5432/faceedit_test"
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-FACE_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
+# A real face photo (MediaPipe must find a face): the golden fixtures' input, as `make verify-golden` finds them.
+FACE_PHOTO = Path(os.environ.get("GOLDEN", REPO_ROOT.parent / "shared" / "golden")) / "face_input.png"
 
 
 def free_port() -> int:
