@@ -19,7 +19,7 @@ from sqlalchemy import select
 from common.deliveries import WebhookDelivery
 from common.models import Edit
 from tests.conftest import face_jpeg
-from tests.trust.conftest import count
+from tests.trust.conftest import count, pg_database
 from tests.trust.private_services import PrivatePostgres, PrivateRedis
 from tests.trust.receiver import Receiver
 from tests.trust.stack import fault_settings, running_stack
@@ -61,11 +61,14 @@ def _describe(stack, ids: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(pg_url, redis_url, dev_bundle, tmp_path_factory):
+def stack(redis_url, dev_bundle, tmp_path_factory):
+    """A deployment of its own: its own database too, or the session worker's reaper and sweep (same
+    database, other queues and storage) would pick up these edits."""
     base = tmp_path_factory.mktemp("faults")
-    settings = fault_settings(pg_url, redis_url, base / "storage", dev_bundle)
-    with running_stack(settings, base) as s:
-        yield s
+    with pg_database() as database_url:
+        settings = fault_settings(database_url, redis_url, base / "storage", dev_bundle)
+        with running_stack(settings, base) as s:
+            yield s
 
 
 def test_sigkill_worker_mid_job(stack):
