@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://faceedit:faceedit@127.0.0.1:5432/faceedit_test")
 COUNTS: Counter[str] = Counter()
-COUNT_NAMES = ("cases tried", "5xx seen", "jobs lost", "jobs duplicated")
+COUNT_NAMES = ("cases tried", "5xx seen", "jobs checked", "jobs lost", "jobs duplicated", "worker kills")
 
 
 def count(name: str, n: int = 1) -> None:

@@ -50,6 +50,7 @@ def _tally(stack, receiver: Receiver, timeout: float) -> tuple[list[str], list[s
     duplicated = [i for i in stack.accepted
                   if messages.get(i, 0) > 1 or (rows[i].status == "succeeded"
                                                 and len(stack.result_objects(i)) != len(rows[i].alphas))]
+    count("jobs checked", len(stack.accepted))
     count("jobs lost", len(lost))
     count("jobs duplicated", len(duplicated))
     return lost, duplicated
@@ -100,6 +101,7 @@ def test_sigkill_worker_mid_job(stack):
             except ProcessLookupError:
                 continue
             kills[target.id] += 1
+            count("worker kills")
         assert sum(kills.values()) == KILLS, f"only {sum(kills.values())} kills in time:\n{stack.worker.log()[-2000:]}"
         stack.accepted[:] = stack.accepted[first:]
         lost, duplicated = _tally(stack, receiver, timeout=180)
