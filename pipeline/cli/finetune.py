@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.finetune import FREEZE_PRESETS, GROUPS, FinetuneConfig
+from pipeline.finetune_config import FREEZE_PRESETS, GROUPS, FinetuneConfig
 
 DEFAULTS = FinetuneConfig(data="", bundle="", out="")
 

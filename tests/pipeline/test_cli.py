@@ -125,6 +125,16 @@ def test_module_entry_point_help_teaches():
     assert "examples:" in result.stdout
 
 
+def test_help_does_not_import_torch():
+    """Every command's parser is built for ``--help``; none may pull torch (seconds) in to do it."""
+    probe = ("import sys\nfrom pipeline.cli import build_parser\nbuild_parser()\n"
+             "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'mediapipe') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_precompute_relevance_replaces_the_bundle_file_and_pins_it(capsys, tmp_path):
     from pipeline.bundle import Bundle, make_dev_bundle
     from pipeline.relevance import load_relevance
