@@ -81,6 +81,10 @@ def _watch_worker(worker: subprocess.Popen, stopping: threading.Event) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_dev() -> int:
     import uvicorn
 
@@ -107,9 +111,13 @@ def run_dev() -> int:
     threading.Thread(target=_watch_worker, args=(worker, stopping), daemon=True).start()
     url = f"http://{settings.host}:{settings.port}"
     print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n")
+    # uvicorn re-raises a SIGTERM it caught once it has shut down; with the default action that would kill
+    # this process before the cleanup below, orphaning the worker and its beat. Exit normally instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second `kill` must not cut the cleanup short
         stopping.set()
         if worker.poll() is None:
             worker.terminate()

@@ -45,8 +45,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.services  # no external services, but a worker process and the dev bundle
-def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
+def _start(dev_bundle, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m api dev`` in a fresh folder, once /readyz answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
     env.update(PYTHONPATH=str(REPO_ROOT), PORT=str(port), MODEL_DIR=str(dev_bundle), DEV_API_KEY="dev-test-key")
@@ -54,17 +54,45 @@ def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "api", "dev"], cwd=tmp_path, env=env, stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
     try:
-        deadline = time.monotonic() + 300
         while True:
             assert server.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "dev server not ready"
             try:
                 if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
+                    return server, base
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
+    except BaseException:
+        _stop(server, tmp_path, signal.SIGINT)
+        raise
+
+
+def _stop(server: subprocess.Popen, tmp_path: Path, sig: signal.Signals) -> list[int]:
+    """Send ``sig``; the processes it left running (then killed), the embedded Redis included."""
+    started = _descendants(server.pid)
+    server.send_signal(sig)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        pytest.fail(f"the dev server did not stop on {sig.name}")
+    finally:
+        time.sleep(1)
+        # Children, and the embedded Redis (daemonized, so found by its working directory).
+        leftovers = [pid for pid in started + _descendants(server.pid) + _running_in(tmp_path / "data")
+                     if _alive(pid)]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    return leftovers
+
+
+@pytest.mark.services  # no external services, but a worker process and the dev bundle
+def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
+    server, base = _start(dev_bundle, tmp_path)
+    try:
         assert httpx.get(f"{base}/app-config.json").json() == {"api_base": "/v1", "dev_api_key": "dev-test-key"}
         client = httpx.Client(base_url=base, headers={"Authorization": "Bearer dev-test-key"}, timeout=30)
         image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
@@ -82,17 +110,19 @@ def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
             assert client.get(url).headers["content-type"] == "image/jpeg"
         assert (tmp_path / "data" / "faceedit.db").is_file()
     finally:
-        started = _descendants(server.pid)
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            pytest.fail("the dev server did not stop on SIGINT")
-        finally:
-            time.sleep(1)
-            # Children, and the embedded Redis (daemonized, so found by its working directory).
-            leftovers = [pid for pid in started + _running_in(tmp_path / "data") if _alive(pid)]
-            for pid in leftovers:
-                os.kill(pid, signal.SIGKILL)
+        leftovers = _stop(server, tmp_path, signal.SIGINT)
     assert leftovers == [], "Ctrl-C left processes running"
+
+
+@pytest.mark.services
+def test_sigterm_stops_the_worker_and_its_beat(dev_bundle, tmp_path):
+    """What a process manager (docker stop, systemd) sends: it must not orphan the Celery worker."""
+    server, _ = _start(dev_bundle, tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while len([pid for pid in _descendants(server.pid) if _alive(pid)]) < 2:  # worker and its beat
+            assert time.monotonic() < deadline, f"worker and beat never both started: {_descendants(server.pid)}"
+            time.sleep(0.3)
+    finally:
+        leftovers = _stop(server, tmp_path, signal.SIGTERM)
+    assert leftovers == [], "SIGTERM left processes running"
