@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint (MinIO, R2, moto...). Unset: AWS's default endpoint."
     )
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint as the API's clients reach it, used only in presigned URLs (result, photo "
+        "and upload links). Unset: S3_ENDPOINT_URL. Set it when the services reach S3 by an internal name "
+        "(docker compose: `http://minio:9000` inside, `http://localhost:9000` for a browser).",
+    )
     s3_bucket: str = Field("faceedit", description="Bucket holding originals, inversions and results.")
     s3_region: str = Field("us-east-1", description="Region used to sign S3 requests.")
     s3_access_key_id: str | None = Field(None, description="S3 access key; unset: boto3's default chain.")

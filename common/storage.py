@@ -132,14 +132,22 @@ class S3Storage:
         from botocore.config import Config
 
         self.bucket = settings.s3_bucket
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
-        )
+
+        def client(endpoint_url: str | None):
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=settings.s3_region,
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=settings.s3_secret_access_key,
+                config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
+            )
+
+        self.client = client(settings.s3_endpoint_url)
+        # SigV4 signs the host, so links for clients outside (a browser under docker compose) are signed by a
+        # client configured with the endpoint they can reach; no request is ever sent through it.
+        public = settings.s3_public_endpoint_url
+        self.presign_client = client(public) if public and public != settings.s3_endpoint_url else self.client
         if settings.s3_create_bucket:
             self._ensure_bucket()
 
@@ -187,13 +195,13 @@ class S3Storage:
         params = {"Bucket": self.bucket, "Key": key}
         if content_type:
             params["ResponseContentType"] = content_type
-        return self.client.generate_presigned_url(
+        return self.presign_client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=int(expires.total_seconds())
         )
 
     def presigned_upload(self, key: str, max_bytes: int, expires: timedelta) -> PresignedUpload | None:
         # A POST policy can bound the size (content-length-range); a presigned PUT cannot.
-        post = self.client.generate_presigned_post(
+        post = self.presign_client.generate_presigned_post(
             self.bucket,
             key,
             Conditions=[["content-length-range", 1, max_bytes]],

@@ -63,3 +63,27 @@ def test_s3_presigned_urls_work_over_http(s3_endpoint, tmp_path):
     url = storage.presigned_get("uploads/u1", timedelta(minutes=5), "image/jpeg")
     fetched = httpx.get(url)
     assert fetched.status_code == 200 and fetched.content == b"photo bytes"
+
+
+@pytest.mark.services
+def test_s3_presigned_urls_use_the_public_endpoint(s3_endpoint, tmp_path):
+    """Services reach S3 by an internal name; the links handed to clients name the public one."""
+    swap = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
+    host = next((h for h in swap if f"//{h}" in s3_endpoint), None)
+    if host is None:
+        pytest.skip(f"needs a loopback S3 endpoint to name it two ways, got {s3_endpoint}")
+    public = s3_endpoint.replace(f"//{host}", f"//{swap[host]}")
+    storage = S3Storage(Settings(
+        storage_backend="s3", s3_endpoint_url=s3_endpoint, s3_public_endpoint_url=public,
+        s3_bucket="presign-public-test", s3_access_key_id="testing", s3_secret_access_key="testing",
+        s3_create_bucket=True,
+    ))  # fmt: skip
+    upload = storage.presigned_upload("uploads/u2", max_bytes=1000, expires=timedelta(minutes=5))
+    assert upload.url.startswith(public)
+    assert httpx.post(upload.url, data=upload.fields, files={"file": ("x", b"public")}).status_code in (200, 204)
+    url = storage.presigned_get("uploads/u2", timedelta(minutes=5))
+    assert url.startswith(public)
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.content == b"public"
+    storage.put("direct", b"x")  # the service itself still talks to the internal endpoint
+    assert storage.get("direct") == b"x"
