@@ -25,7 +25,7 @@ run: $(STAMP)  ## start API + worker with embedded defaults on 127.0.0.1:$(PORT)
 	PORT=$(PORT) $(PY) -m api dev
 
 test: $(STAMP)  ## the whole suite (needs Redis, PostgreSQL, S3 and Chromium: see .ci/run)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 test-fast: $(STAMP)  ## unit tests only (no services, no browser, no 1024 models)
 	$(PY) -m pytest -q -m "not slow and not services and not browser"
