@@ -111,7 +111,11 @@ class EditOut(BaseModel):
         description="queue_seconds, align_seconds, invert_seconds, direction_seconds, synthesize_seconds, "
         "paste_seconds, total_seconds, inversion_cached, attempt"
     )
-    model: dict[str, str | bool] | None = Field(description="versions of the models that made the output")
+    model: dict[str, str | bool] | None = Field(
+        description="versions of the models that made the output (generator, encoder, clip, relevance: the "
+        "first 12 hex digits of each file's sha256), dev_bundle, and encoder_run (only for a fine-tuned encoder "
+        "promoted with `python -m pipeline runs promote`: the run it came from)"
+    )
     progress: float | None = Field(description="0..1 while processing")
     queue_position: int | None = Field(description="edits ahead of this one while starting")
     webhook: str | None

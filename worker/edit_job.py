@@ -23,7 +23,7 @@ from common.lifecycle import Claim
 from common.metrics import observe_edit
 from common.models import Edit
 from common.storage import ObjectNotFound, inversion_key, original_key, result_key
-from worker.runtime import Runtime
+from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
     from pipeline import Editor, Inversion
@@ -144,6 +144,8 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             validate_edit(edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode)  # before any model work
             editor = runtime.editor()
             model = {**editor.versions, "dev_bundle": editor.is_dev}
+            if run := encoder_run(editor):
+                model["encoder_run"] = run
             inversion = _inversion(runtime, editor, edit, watcher, metrics)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[edit.mode], start_share, 1.0)

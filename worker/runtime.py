@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.db import make_engine, make_session_factory
 from common.settings import Settings, get_settings
 from common.storage import Storage, make_storage
+from pipeline.bundle import MANIFEST  # the standard library only; no model is loaded
 
 if TYPE_CHECKING:
     from pipeline import Editor
@@ -29,6 +30,7 @@ class Runtime:
         self.session_factory: sessionmaker[Session] = make_session_factory(make_engine(settings.database_url))
         self.storage: Storage = make_storage(settings)
         self._editor: Editor | None = None
+        self._stamp: tuple[int, int] | None = None  # the loaded manifest's (mtime_ns, size)
         self._lock = threading.Lock()
 
     @property
@@ -36,14 +38,36 @@ class Runtime:
         return self.settings.model_dir or Path("models")
 
     def editor(self) -> Editor:
-        """The process's Editor (models load once); raises PipelineError(`model_missing`, ...)."""
-        if self._editor is None:
-            with self._lock:
-                if self._editor is None:
-                    from pipeline import Bundle, Editor
+        """The process's Editor (models load once); raises PipelineError(`model_missing`, ...).
 
-                    self._editor = Editor(Bundle.load(self.model_dir), device=self.settings.device)
-        return self._editor
+        One stat of the bundle's manifest per call: ``python -m pipeline runs promote`` replaces it atomically,
+        and the next job then runs on a new Editor (the new encoder, hence a new inversion cache key) without
+        restarting the worker. A job already running keeps the Editor it started with."""
+        editor = self._editor
+        if editor is not None and _manifest_stamp(editor.bundle.dir) == self._stamp:
+            return editor
+        with self._lock:
+            if self._editor is None or _manifest_stamp(self._editor.bundle.dir) != self._stamp:
+                previous = self._editor
+                self._editor, self._stamp = self._build()
+                if previous is not None:
+                    log.info("model bundle changed; now %s", self._editor.versions)
+            return self._editor
+
+    def _build(self) -> tuple[Editor, tuple[int, int] | None]:
+        """An explicit MODEL_DIR is used as is (no bundle there: every job fails `model_missing`, visibly);
+        without one, `find_bundle`'s order: ./models, models/official, else the dev bundle (announced)."""
+        from pipeline import Editor
+        from pipeline.bundle import Bundle, find_bundle
+
+        if self.settings.model_dir:
+            directory = self.settings.model_dir
+            stamp = _manifest_stamp(directory)  # before reading it: a change while loading shows up next time
+            bundle = Bundle.load(directory)
+        else:
+            bundle = find_bundle(Path("models"))
+            stamp = _manifest_stamp(bundle.dir)
+        return Editor(bundle, device=self.settings.device), stamp
 
     def warm(self) -> None:
         """Load the models before the first job; a missing bundle is logged and every job then fails
@@ -53,9 +77,23 @@ class Runtime:
         try:
             editor = self.editor()
             editor.models  # noqa: B018 - touching the property loads the weights
-            log.info("models ready: %s (dev bundle: %s)", editor.versions, editor.is_dev)
+            log.info("models ready from %s: %s (dev bundle: %s)", editor.bundle.dir, editor.versions, editor.is_dev)
         except PipelineError as error:
             log.error("models not loaded from %s: %s", self.model_dir, error)
+
+
+def _manifest_stamp(directory: Path) -> tuple[int, int] | None:
+    try:
+        stat = (Path(directory) / MANIFEST).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def encoder_run(editor: Editor) -> str | None:
+    """The fine-tuning run a promoted encoder came from (`runs promote` records it in the manifest)."""
+    source = editor.bundle.manifest.extra.get("encoder_source")
+    return str(source["run"]) if isinstance(source, dict) and source.get("run") else None
 
 
 @cache
