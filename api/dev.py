@@ -81,10 +81,6 @@ def _watch_worker(worker: subprocess.Popen, stopping: threading.Event) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
 def run_dev() -> int:
     import uvicorn
 
@@ -113,7 +109,8 @@ def run_dev() -> int:
     print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n")
     # uvicorn re-raises a SIGTERM it caught once it has shut down; with the default action that would kill
     # this process before the cleanup below, orphaning the worker and its beat. Exit normally instead.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Status 1 when it is _watch_worker's signal (the worker died), 0 for a requested stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0 if worker.poll() is None else 1))
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:

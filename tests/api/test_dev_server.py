@@ -126,3 +126,4 @@ def test_sigterm_stops_the_worker_and_its_beat(dev_bundle, tmp_path):
     finally:
         leftovers = _stop(server, tmp_path, signal.SIGTERM)
     assert leftovers == [], "SIGTERM left processes running"
+    assert server.returncode == 0  # a requested stop, cleaned up (not killed by the re-raised signal: -15)
