@@ -294,7 +294,7 @@ class Generator(nn.Module):
         """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``."""
         if len(styles) != len(self._style_layers):
             raise ValueError(f"expected {len(self._style_layers)} style vectors, got {len(styles)}")
-        for i, (s, dim) in enumerate(zip(styles, self.style_dims)):
+        for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=True)):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
         impl = self.impl

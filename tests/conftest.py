@@ -28,7 +28,7 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # A real face photo (MediaPipe must find a face): the golden fixtures' input, as `make verify-golden` finds them.
-FACE_PHOTO = Path(os.environ.get("GOLDEN", REPO_ROOT.parent / "shared" / "golden")) / "face_input.png"
+FACE_PHOTO = Path(os.environ.get("GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden")) / "face_input.png"
 
 
 def free_port() -> int:

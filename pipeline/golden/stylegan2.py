@@ -68,7 +68,7 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
         sets = [styles] * (len(images) - len(edited)) + list(edited.values())
         batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
         out = g.synthesize(batch).split(styles[0].shape[0])
-        for (key, ref), ours in zip(images.items(), out):
+        for (key, ref), ours in zip(images.items(), out, strict=True):
             yield compare(f"{tag} {key}", ours, ref, image_tol(ref))
 
 

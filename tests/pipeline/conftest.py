@@ -1,16 +1,19 @@
-"""Shared pipeline fixtures: the development bundle (built once per test session) and an Editor on it."""
+"""Shared pipeline fixtures: the development bundle (the session's one, loaded), an Editor on it, and the
+golden checks, each family run once per session however many tests look at it."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.pipeline.images import golden_dir
+
 
 @pytest.fixture(scope="session")
-def dev_bundle(tmp_path_factory):
-    """A fresh development bundle (random weights, official formats), ~10 CPU-seconds to build."""
-    from pipeline.bundle import make_dev_bundle
+def dev_bundle(dev_bundle):
+    """The root conftest's development bundle directory (built once by the pipeline CLI), loaded."""
+    from pipeline.bundle import Bundle
 
-    return make_dev_bundle(tmp_path_factory.mktemp("dev_bundle"))
+    return Bundle.load(dev_bundle)
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +21,25 @@ def dev_editor(dev_bundle):
     from pipeline.editor import Editor
 
     return Editor(dev_bundle)
+
+
+@pytest.fixture(scope="session")
+def assert_golden():
+    """``assert_golden(family, contains="")``: every golden check of that family on the shared fixtures (whose
+    name contains ``contains``) is within tolerance, and there is at least one. Each family runs once per
+    session: the full-size ones take minutes on a CPU, and several test modules look at the same results."""
+    from pipeline.golden import run_checks
+
+    directory = golden_dir()
+    if not (directory / "meta.json").is_file():
+        pytest.skip(f"golden fixtures not found in {directory} (set GOLDEN_DIR)")
+    cache: dict[str, list] = {}
+
+    def check(family: str, contains: str = "") -> None:
+        if family not in cache:
+            cache[family] = run_checks(directory, only=(family,), emit=lambda line: None)
+        chosen = [c for c in cache[family] if contains in c.name]
+        failed = [c.line() for c in chosen if not c.ok]
+        assert chosen and not failed, "\n".join(failed)
+
+    return check

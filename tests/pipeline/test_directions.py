@@ -213,13 +213,10 @@ def test_golden_boundaries():
 
 @pytest.mark.slow
 @needs_golden
-def test_golden_clip_and_boundary_checks():
+def test_golden_clip_and_boundary_checks(assert_golden):
     """Full-size parity: CLIP ViT-B/32 features and text directions, and the 1024 edited image."""
-    from pipeline.golden import run_checks
-
-    results = run_checks(GOLDEN, only=("clip", "boundary"), emit=lambda line: None)
-    failed = [c.line() for c in results if not c.ok]
-    assert results and not failed, failed
+    assert_golden("clip")
+    assert_golden("boundary")
 
 
 def test_cache_reuses_the_neutral_embedding(model, tmp_path):

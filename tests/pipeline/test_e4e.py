@@ -12,8 +12,6 @@ import torch
 
 from pipeline.e4e import E4E, Encoder4Editing, load_encoder, save_encoder
 from pipeline.errors import MODEL_INVALID, PipelineError
-from pipeline.golden import Fixture
-from pipeline.golden import e4e as golden
 from pipeline.stylegan2 import Generator
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden"))
@@ -118,8 +116,5 @@ def test_other_pickled_classes_are_refused(tmp_path):
 
 
 @needs_golden
-def test_golden_e4e():
-    with torch.inference_mode():
-        results = list(golden.checks(Fixture(GOLDEN)))
-    failed = [c.line() for c in results if not c.ok]
-    assert results and not failed, "\n".join(failed)
+def test_golden_e4e(assert_golden):
+    assert_golden("e4e")

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PHONE = {"width": 390, "height": 844}  # iPhone 12–15 CSS pixels
-GOLDEN = Path(os.environ.get("GOLDEN", REPO.parent / "shared" / "golden"))
+GOLDEN = Path(os.environ.get("GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 START_TIMEOUT_S = 180
 
 
