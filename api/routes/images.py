@@ -9,16 +9,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.photo_check import CONTENT_TYPES, inspect_photo
 from api.schemas import ErrorBody, ImageFromUpload, ImageOut, ImageUrls
-from common import lifecycle
 from common.errors import ApiError
-from common.models import Edit, Image, Upload, new_id
+from common.models import Image, Upload, new_id
+from common.retention import purge_image
 from common.settings import Settings
 from common.storage import Storage, original_key, upload_key
 
@@ -108,7 +108,7 @@ def _claim_upload(session: Session, storage: Storage, settings: Settings, owner:
     )
     session.commit()
     if consumed.rowcount != 1:  # a concurrent request claimed it first
-        _delete_image_data(session, storage, image)
+        purge_image(session, storage, image.id)
         raise ApiError("upload_consumed", f"upload {upload_id!r} was claimed concurrently")
     storage.delete_prefix(upload_key(upload_id))
     return image
@@ -158,21 +158,8 @@ def get_image_file(image_id: str, owner: OwnerDep, session: SessionDep, storage:
     )
 
 
-def _delete_image_data(session: Session, storage: Storage, image: Image) -> None:
-    edit_ids = list(session.scalars(select(Edit.id).where(Edit.image_id == image.id)))
-    for edit_id in edit_ids:
-        lifecycle.cancel(session, edit_id)  # a running worker stops and discards its outputs
-    storage.delete_prefix(original_key(image.id))
-    storage.delete_prefix(f"inversions/{image.id}/")
-    for edit_id in edit_ids:
-        storage.delete_prefix(f"results/{edit_id}/")
-    session.execute(delete(Edit).where(Edit.image_id == image.id))
-    session.execute(delete(Image).where(Image.id == image.id))
-    session.commit()
-
-
 @router.delete("/{image_id}", status_code=204, response_class=Response, responses=_ERRORS)
 def delete_image(image_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """Delete the photo, its cached inversion, and every edit made from it (rows and result images)."""
-    _delete_image_data(session, storage, load_image(session, owner, image_id))
+    purge_image(session, storage, load_image(session, owner, image_id).id)
     return Response(status_code=204)
