@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.db import make_engine, make_session_factory
 from common.settings import Settings, get_settings
 from common.storage import Storage, make_storage
-from pipeline.bundle import MANIFEST  # the standard library only; no model is loaded
 
 if TYPE_CHECKING:
     from pipeline import Editor
@@ -83,6 +82,8 @@ class Runtime:
 
 
 def _manifest_stamp(directory: Path) -> tuple[int, int] | None:
+    from pipeline.bundle import MANIFEST  # only called where the pipeline is installed (model workers)
+
     try:
         stat = (Path(directory) / MANIFEST).stat()
     except FileNotFoundError:
