@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.infra.specs import REPO
+from tests.processes import stop_process
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 pytestmark = pytest.mark.services
@@ -39,16 +40,6 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return error.code, error.read()
     except OSError:
         return 0, b""
-
-
-def _stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output
 
 
 def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
@@ -95,7 +86,7 @@ def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
         assert _get(f"{base}/api/workers", "operator:wrong")[0] == 401
         assert _get(f"{base}/", None)[0] == 401
     finally:
-        worker_output = _stop(worker)
-        flower_output = _stop(flower)
+        worker_output = stop_process(worker)
+        flower_output = stop_process(flower)
     assert "Traceback" not in worker_output, worker_output[-3000:]
     assert "Traceback" not in flower_output, flower_output[-3000:]

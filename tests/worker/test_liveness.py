@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from tests.processes import stop_process
 from worker.liveness import LivenessConfig, evaluate, read_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,16 +67,6 @@ def _start_worker(tmp_path: Path, heartbeats: Path, queue: str, hostname: str) -
     )
 
 
-def _stop(worker: subprocess.Popen) -> str:
-    worker.terminate()
-    try:
-        output, _ = worker.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        output, _ = worker.communicate()
-    return output
-
-
 @pytest.mark.services
 def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> None:
     heartbeats = tmp_path / "heartbeat"
@@ -107,7 +98,7 @@ def test_probe_fails_when_connected_worker_stops_consuming(tmp_path: Path) -> No
         assert "not consuming" in reason
         assert client.control.ping(destination=[hostname], timeout=3), "the worker itself still answers"
     finally:
-        output = _stop(worker)
+        output = stop_process(worker)
         client.close()
         from redis import Redis
 
@@ -126,6 +117,6 @@ def test_ping_queue_is_removed_at_shutdown(tmp_path: Path) -> None:
     try:
         _wait_for(lambda: evaluate(read_records(heartbeats), config, time.time())[0], 60, "first heartbeat")
     finally:
-        output = _stop(worker)
+        output = stop_process(worker)
     redis = Redis.from_url(REDIS_URL)
     assert not redis.keys(f"*liveness.{hostname}*"), output[-2000:]
