@@ -8,6 +8,7 @@ transposed for upsampling) instead of zero-stuffing and one-channel convolutions
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -98,3 +99,69 @@ def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None = None, negative
     if bias is not None:
         out.add_((bias * scale).view(1, bias.shape[0], *([1] * (x.ndim - 2))))
     return F.leaky_relu_(out, 0.2)
+
+
+# --- dense convolutions for CPU inference --------------------------------------------------------------------
+
+# Below this spatial size NNPACK's per-call kernel transform costs more than the convolution saves (measured on
+# a 2-core AVX2 EPYC: at 16×16 oneDNN wins, from 32×32 up NNPACK's Winograd is 2–3.4× faster).
+NNPACK_MIN_SIZE = 32
+
+
+@functools.cache
+def nnpack_available() -> bool:
+    """Whether this PyTorch build has NNPACK and it initializes on this CPU (the call also initializes it, which
+    ``torch._nnpack_spatial_convolution`` needs before its first use)."""
+    return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch._nnpack_available())
+
+
+def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 convolution with "same" padding for an odd square kernel, for inference.
+
+    PyTorch routes batch-1 convolutions to oneDNN's direct algorithm; NNPACK's Winograd transform does a 3×3
+    convolution with ~3× fewer multiplications, so large batch-1 feature maps go there (PyTorch only picks
+    NNPACK itself for batches of 16 and more). Same function, results within float32 rounding of Winograd."""
+    k = weight.shape[-1]
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and k == 3 and min(x.shape[-2:]) >= NNPACK_MIN_SIZE
+            and not torch.is_grad_enabled() and nnpack_available()):
+        if bias is None:
+            bias = x.new_zeros(weight.shape[0])
+        return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [k // 2, k // 2])
+    return F.conv2d(x, weight, bias, padding=k // 2)
+
+
+def upsample_conv_phases(weight: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
+    """A stride-2 transposed 3×3 convolution followed by the 4-tap blur (padding 1, 1), as four 3×3
+    convolutions on the *input* grid, one per output phase: ``weight [Cin,Cout,3,3]`` (transposed-conv layout)
+    → ``[4·Cout,Cin,3,3]`` ordered for ``pixel_shuffle(…, 2)``.
+
+    The phase kernels are read off the reference computation's impulse response, so they are right by
+    construction; the rest of the response is checked to be zero (anything else is not this layer)."""
+    cin, cout, k, _ = weight.shape
+    if k != 3 or blur.shape != (4, 4):
+        raise ValueError(f"expected a 3×3 weight and a 4×4 blur, got {tuple(weight.shape)} and {tuple(blur.shape)}")
+    n, i0 = 5, 2  # an impulse at input (i0, i0) of a 5×5 grid; its 10×10 response holds every tap
+    impulse = weight.new_zeros(cin, cin, n, n)
+    impulse[torch.arange(cin), torch.arange(cin), i0, i0] = 1
+    response = upfirdn2d(F.conv_transpose2d(impulse, weight, stride=2), blur, pad=(1, 1))  # [Cin,Cout,2n,2n]
+    # output row 2m+a reads input rows m-1..m+1 (tap k ↔ row m+k-1): the impulse lands on tap k at m = i0+1-k
+    rows = [[2 * (i0 + 1 - tap) + phase for tap in range(3)] for phase in range(2)]
+    phases = torch.stack([torch.stack([response[:, :, rows[a]][:, :, :, rows[b]] for b in range(2)])
+                          for a in range(2)])  # [2,2,Cin,Cout,3,3]
+    support = torch.zeros(2 * n, dtype=torch.bool)
+    support[2 * (i0 - 1): 2 * (i0 + 2)] = True
+    if response[:, :, ~support].abs().max() > 0 or response[:, :, :, ~support].abs().max() > 0:
+        raise ValueError("the transposed convolution and blur reach beyond one input pixel either side")
+    return phases.permute(3, 0, 1, 2, 4, 5).reshape(4 * cout, cin, 3, 3).contiguous()
+
+
+def pixel_shuffle_add(phases: torch.Tensor, addend: torch.Tensor) -> torch.Tensor:
+    """``pixel_shuffle(phases, 2) + addend`` in one pass over memory (``addend`` broadcasts like
+    ``[B|1, C|1, 2H, 2W]``): the shuffle is a strided view that the addition reads from."""
+    batch, c4, height, width = phases.shape
+    c = c4 // 4
+    out = phases.new_empty(batch, c, 2 * height, 2 * width)
+    view = phases.view(batch, c, 2, 2, height, width).permute(0, 1, 4, 2, 5, 3)
+    addend = addend.reshape(*addend.shape[:2], height, 2, width, 2)
+    torch.add(view, addend, out=out.view(batch, c, height, 2, width, 2))
+    return out

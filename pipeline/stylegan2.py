@@ -21,9 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
-from pipeline.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
+from pipeline.ops import (SQRT2, Impl, check_impl, conv2d_same, fused_leaky_relu, make_kernel, pixel_shuffle_add,
+                          upfirdn2d, upsample_conv_phases)
 
 BLUR_TAPS = [1, 3, 3, 1]
+# From this input size up, an upsampling layer runs as four 3×3 convolutions (one per output phase) through
+# NNPACK rather than as a transposed convolution plus blur: 4× the multiplications at ~3× the rate and no blur
+# pass; below it the transposed convolution is faster (measured on a 2-core AVX2 EPYC, see docs/BENCHMARKS.md).
+UPSAMPLE_PHASES_MIN_SIZE = 64
+
+
+def folds_into_weights(x: torch.Tensor) -> bool:
+    """Whether the fast path renders this sample with the style folded into the weights: one sample on the CPU
+    with autograd off. (Batches and GPUs keep the shared-weight batched convolution; training keeps autograd's.)"""
+    return x.device.type == "cpu" and x.shape[0] == 1 and not torch.is_grad_enabled()
 
 
 def default_channels(size: int, channel_multiplier: int = 2) -> dict[int, int]:
@@ -95,6 +106,7 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        self._derived: dict[str, object] = {}  # weight-only tensors of the folded path, see _derived_weight
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
         """``x [B,Cin,H,W]``, ``s [B,Cin]`` → ``[B,Cout,H',W']``."""
@@ -117,6 +129,46 @@ class ModulatedConv2d(nn.Module):
         weight = weight.view(batch * cout, cin, k, k)
         out = F.conv2d(x.reshape(1, batch * cin, height, width), weight, padding=self.padding, groups=batch)
         return out.view(batch, cout, *out.shape[2:])
+
+    def forward_folded(self, x: torch.Tensor, s: torch.Tensor, bias: torch.Tensor, gain: float,
+                       addend: torch.Tensor) -> torch.Tensor:
+        """``gain·conv(x, W·s·demod) + bias + addend`` for one sample without autograd (``folds_into_weights``).
+
+        Style, demodulation and gain scale the weight (thousands of multiplications, not a pass over a
+        million-pixel feature map), the bias rides in the convolution, and ``addend`` (the noise) is added in the
+        pass that interleaves the upsampling phases. Large layers go through NNPACK (``conv2d_same``)."""
+        per_in = s[0]
+        per_out = gain * (torch.rsqrt(self._derived_weight("sq", lambda w: w.pow(2).sum([2, 3])) @ per_in.pow(2) + 1e-8)
+                          if self.demodulate else torch.ones_like(bias))
+        if not self.upsample:
+            scale = (per_out[:, None] * per_in[None, :])[:, :, None, None]  # [Cout,Cin,1,1]
+            return conv2d_same(x, self._derived_weight("weight", lambda w: w) * scale, bias).add_(addend)
+        if self.kernel_size == 3 and min(x.shape[-2:]) >= UPSAMPLE_PHASES_MIN_SIZE:
+            phases = self._derived_weight("phases", lambda w: upsample_conv_phases(w.transpose(0, 1), self.blur.kernel))
+            scale = (per_out.repeat_interleave(4)[:, None] * per_in[None, :])[:, :, None, None]  # [4·Cout,Cin,1,1]
+            return pixel_shuffle_add(conv2d_same(x, phases * scale, bias.repeat_interleave(4)), addend)
+        # the transposed convolution's layout [Cin,Cout,k,k], stored so, so that no call copies it
+        scale = (per_in[:, None] * per_out[None, :])[:, :, None, None]
+        weight = self._derived_weight("weight_t", lambda w: w.transpose(0, 1).contiguous()) * scale
+        out = self.blur(F.conv_transpose2d(x, weight, stride=2), "fast")
+        return out.add_(bias.view(1, -1, 1, 1)).add_(addend)
+
+    def _derived_weight(self, name: str, derive) -> torch.Tensor:
+        """``derive(scale·W)``, cached until the weight changes: a new tensor, device, dtype, a loaded state dict
+        or an in-place update (inference tensors have no version counter, but they cannot be updated in place
+        outside inference mode, where nothing trains; loading a state dict clears the cache)."""
+        w = self.weight
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.device, w.dtype)
+        cached = self._derived.get(name)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, derive(self.scale * w[0]))
+            self._derived[name] = cached
+        return cached[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._derived.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _forward_shared_weight(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Modulate activations instead of weights: ``conv(x·s, W)·demod`` equals ``conv(x, W·s·demod)`` and
@@ -172,6 +224,9 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        if impl == "fast" and folds_into_weights(x):
+            out = self.conv.forward_folded(x, s, self.activate.bias * SQRT2, SQRT2, noise * (self.noise.weight * SQRT2))
+            return F.leaky_relu_(out, 0.2)
         out = self.conv(x, s, impl)
         if impl == "ref":
             return self.activate(self.noise(out, noise), impl)
@@ -298,6 +353,9 @@ class Generator(nn.Module):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
         impl = self.impl
+        if impl == "fast" and styles[0].shape[0] > 1 and folds_into_weights(styles[0][:1]):
+            # one sample at a time: each runs the folded path, and only one image's activations are alive
+            return torch.cat([self.synthesize([s[i:i + 1] for s in styles]) for i in range(styles[0].shape[0])])
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         x = self.input(styles[0].shape[0])
         x = self.conv1(x, styles[0], noise[0], impl)

@@ -3,6 +3,7 @@ and the golden fixtures (256 by default, 1024 marked slow) match the reference i
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.golden import Fixture
 from pipeline.golden import stylegan2 as golden
-from pipeline.stylegan2 import Generator, load_generator, save_generator
+from pipeline.ops import NNPACK_MIN_SIZE
+from pipeline.stylegan2 import UPSAMPLE_PHASES_MIN_SIZE, Generator, load_generator, save_generator
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden"))
 needs_golden = pytest.mark.skipif(not (GOLDEN / "meta.json").is_file(), reason=f"no golden fixture at {GOLDEN}")
@@ -71,6 +73,52 @@ def test_fast_equals_ref(tiny):
         out[impl] = (tiny(wplus), tiny(wplus[:1]), tiny.mapping(wplus[:, 0]))
     for fast, ref in zip(out["fast"], out["ref"], strict=False):
         assert rel_err(fast, ref) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def wide() -> Generator:
+    """Big enough for every branch of the fast path: NNPACK convolutions (≥32²) and phase upsampling (≥64²)."""
+    torch.manual_seed(1)
+    g = Generator(128, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 12, 64: 8, 128: 8}).eval()
+    assert 128 // 2 >= UPSAMPLE_PHASES_MIN_SIZE >= NNPACK_MIN_SIZE
+    with torch.no_grad():
+        for conv in [g.conv1, *g.convs]:
+            conv.noise.weight.fill_(0.3)
+            conv.activate.bias.normal_(0, 0.1)
+    return g
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_folded_cpu_path_equals_ref(wide, batch):
+    wplus = wplus_for(wide, batch, seed=7).detach()
+    wide.impl = "ref"
+    with torch.inference_mode():
+        ref = wide(wplus)
+    wide.impl = "fast"
+    with torch.inference_mode():
+        folded = wide(wplus)
+    unfolded = wide(wplus)  # autograd on: the batched shared-weight / grouped path
+    assert rel_err(folded, ref) < 1e-5 and rel_err(unfolded.detach(), ref) < 1e-5
+
+
+def test_folded_path_sees_weight_changes(wide):
+    """The folded path caches weight-derived tensors; an in-place update or a loaded state must not go stale."""
+    g = copy.deepcopy(wide)
+    g.impl = "fast"
+    wplus = wplus_for(g, 1, seed=8).detach()
+    layer = g.convs[8].conv  # an upsampling layer on the phase path
+    with torch.inference_mode():
+        before = g(wplus)
+    with torch.no_grad():
+        layer.weight.mul_(1.5).add_(0.1)
+    with torch.inference_mode():
+        after_inplace = g(wplus)
+    g.impl = "ref"
+    with torch.inference_mode():
+        assert rel_err(after_inplace, g(wplus)) < 1e-5 and rel_err(after_inplace, before) > 1e-3
+        g.load_state_dict(wide.state_dict())  # inference tensors have no version counter: the load clears
+        g.impl = "fast"
+        assert rel_err(g(wplus), before) < 1e-6
 
 
 @torch.inference_mode()
