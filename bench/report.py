@@ -73,7 +73,11 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
     lines += ["", "## Fast vs reference ops", "",
               "The reference is a plain port of rosinality's ops (`impl=\"ref\"`: zero-insertion + pad + one-channel "
               "convolution for upfirdn2d, one grouped convolution per sample for the modulated conv), measured in "
-              "the same run on the same weights and input.", "",
+              "the same run on the same weights and input. The fast path on a CPU (`impl=\"fast\"`, see "
+              "`pipeline/stylegan2.py`): the style and demodulation scale the weights rather than the activations, "
+              "3×3 convolutions from 32² up run as NNPACK Winograd, upsampling layers from 64² up run as four "
+              "3×3 phase convolutions with the blur folded in, and the noise is added in the pass that interleaves "
+              "the phases; a batch renders one sample at a time. The golden checks hold both paths to the fixtures.", "",
               "| device | fast | reference | fast / reference | goal |", "|---|---:|---:|---:|---|"]
     for d in devices:
         dev = result["devices"][d]

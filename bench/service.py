@@ -38,17 +38,17 @@ def _redis_url(tmp: Path) -> Iterator[str]:
     try:
         yield f"redis+socket://{server.socket_file}"
     finally:
-        server.shutdown(save=False, now=True, force=True)
+        server.shutdown(nosave=True)
 
 
 def bench_submit(photo: bytes, n: int) -> dict[str, object]:
     """p50/p99/mean seconds of ``n`` edit submits (after one untimed), and the image upload's seconds."""
     from fastapi.testclient import TestClient
-    from redis import Redis
 
     from api.keys import create_key
     from api.main import create_app
     from common.db import upgrade
+    from common.redis_client import redis_client
     from common.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name:
@@ -71,7 +71,7 @@ def bench_submit(photo: bytes, n: int) -> dict[str, object]:
                     return _submit_loop(client, headers, photo, n)
             finally:
                 app.state.engine.dispose()
-                client_redis = Redis.from_url(redis_url)
+                client_redis = redis_client(redis_url)
                 for queue in (settings.edits_queue, settings.io_queue):
                     client_redis.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
                 client_redis.close()

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.models import Edit
+from common.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ class RateLimiter:
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter:
-        if url.startswith("redis+socket://"):  # Kombu's unix-socket form (the embedded dev Redis)
-            url = "unix://" + url.removeprefix("redis+socket://")
-        return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0))
+        return cls(redis_client(url, timeout=1.0))
 
     def take(self, namespace: str, subject: str, rate: Rate, cost: int = 1) -> Decision:
         """Spend `cost` tokens from the bucket; refuse with the wait until they would be there."""

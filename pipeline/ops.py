@@ -4,6 +4,10 @@
 and the ``fused_leaky_relu`` fallback): it is the spec and the test oracle. ``impl="fast"`` computes the same
 function with fewer passes over memory: FIR filtering as a depthwise convolution (strided for downsampling,
 transposed for upsampling) instead of zero-stuffing and one-channel convolutions over permuted copies.
+
+The last section holds the dense pieces of the generator's CPU inference path: ``conv2d_same`` (NNPACK's
+Winograd where it wins), ``upsample_conv_phases`` (transposed conv + blur as four stride-1 convolutions) and
+``pixel_shuffle_add``.
 """
 
 from __future__ import annotations

@@ -21,8 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
-from pipeline.ops import (SQRT2, Impl, check_impl, conv2d_same, fused_leaky_relu, make_kernel, pixel_shuffle_add,
-                          upfirdn2d, upsample_conv_phases)
+from pipeline.ops import (
+    SQRT2,
+    Impl,
+    check_impl,
+    conv2d_same,
+    fused_leaky_relu,
+    make_kernel,
+    pixel_shuffle_add,
+    upfirdn2d,
+    upsample_conv_phases,
+)
 
 BLUR_TAPS = [1, 3, 3, 1]
 # From this input size up, an upsampling layer runs as four 3×3 convolutions (one per output phase) through

@@ -15,13 +15,13 @@ import json
 import logging
 from datetime import timedelta
 
-import redis
 from celery import Celery
 from sqlalchemy import select
 
 from common import lifecycle
 from common.models import Edit, utcnow
 from common.queue import REAP_TASK, enqueue_edit
+from common.redis_client import redis_client
 from worker.app import app
 from worker.runtime import Runtime, get_runtime
 
@@ -33,9 +33,7 @@ RESEND_GRACE = timedelta(seconds=10)
 
 def queued_task_ids(redis_url: str, queue: str) -> set[str]:
     """Task ids waiting in the Redis list of `queue` or reserved by a worker (kombu's `unacked`)."""
-    if redis_url.startswith("redis+socket://"):
-        redis_url = "unix://" + redis_url.removeprefix("redis+socket://")
-    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(redis_url, timeout=5)
     try:
         ids = {json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)}
         ids |= {json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")}

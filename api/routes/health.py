@@ -5,23 +5,16 @@ from __future__ import annotations
 from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.schemas import Health
+from common.redis_client import redis_client
 from common.settings import Settings
 
 router = APIRouter(tags=["health"])
-
-
-def redis_client(url: str, timeout: float = 2.0) -> Redis:
-    """A redis-py client for a Celery broker URL (`redis+socket://` is Kombu's unix-socket form)."""
-    if url.startswith("redis+socket://"):
-        url = "unix://" + url.removeprefix("redis+socket://")
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def _check_broker(settings: Settings) -> None:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
-from pipeline.ops import (NNPACK_MIN_SIZE, conv2d_same, fused_leaky_relu, make_kernel, nnpack_available,
-                          pixel_shuffle_add, upfirdn2d, upsample_conv_phases)
+from pipeline.ops import (
+    NNPACK_MIN_SIZE,
+    conv2d_same,
+    fused_leaky_relu,
+    make_kernel,
+    nnpack_available,
+    pixel_shuffle_add,
+    upfirdn2d,
+    upsample_conv_phases,
+)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
