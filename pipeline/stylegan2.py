@@ -31,7 +31,9 @@ from pipeline.ops import (
     pixel_shuffle_add,
     upfirdn2d,
     upsample_conv_phases,
+    upsample_fir_phases,
 )
+from pipeline.scratch import Scratch
 
 BLUR_TAPS = [1, 3, 3, 1]
 # From this input size up, an upsampling layer runs as four 3×3 convolutions (one per output phase) through
@@ -140,22 +142,30 @@ class ModulatedConv2d(nn.Module):
         return out.view(batch, cout, *out.shape[2:])
 
     def forward_folded(self, x: torch.Tensor, s: torch.Tensor, bias: torch.Tensor, gain: float,
-                       addend: torch.Tensor) -> torch.Tensor:
+                       addend: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """``gain·conv(x, W·s·demod) + bias + addend`` for one sample without autograd (``folds_into_weights``).
 
         Style, demodulation and gain scale the weight (thousands of multiplications, not a pass over a
         million-pixel feature map), the bias rides in the convolution, and ``addend`` (the noise) is added in the
-        pass that interleaves the upsampling phases. Large layers go through NNPACK (``conv2d_same``)."""
+        pass that interleaves the upsampling phases. Large layers go through NNPACK (``conv2d_same``). With
+        ``scratch`` the large outputs are written into its buffers: the result is only valid until the next
+        layer of the same kind runs."""
         per_in = s[0]
         per_out = gain * (torch.rsqrt(self._derived_weight("sq", lambda w: w.pow(2).sum([2, 3])) @ per_in.pow(2) + 1e-8)
                           if self.demodulate else torch.ones_like(bias))
         if not self.upsample:
             scale = (per_out[:, None] * per_in[None, :])[:, :, None, None]  # [Cout,Cin,1,1]
-            return conv2d_same(x, self._derived_weight("weight", lambda w: w) * scale, bias).add_(addend)
+            weight = self._derived_weight("weight", lambda w: w) * scale
+            out = scratch.take("conv", (1, self.out_channel, *x.shape[2:]), x) if scratch else None
+            return conv2d_same(x, weight, bias, out=out).add_(addend)
         if self.kernel_size == 3 and min(x.shape[-2:]) >= UPSAMPLE_PHASES_MIN_SIZE:
             phases = self._derived_weight("phases", lambda w: upsample_conv_phases(w.transpose(0, 1), self.blur.kernel))
             scale = (per_out.repeat_interleave(4)[:, None] * per_in[None, :])[:, :, None, None]  # [4·Cout,Cin,1,1]
-            return pixel_shuffle_add(conv2d_same(x, phases * scale, bias.repeat_interleave(4)), addend)
+            height, width = x.shape[2:]
+            out = scratch.take("phases", (1, 4 * self.out_channel, height, width), x) if scratch else None
+            out = conv2d_same(x, phases * scale, bias.repeat_interleave(4), out=out)
+            shuffled = scratch.take("shuffled", (1, self.out_channel, 2 * height, 2 * width), x) if scratch else None
+            return pixel_shuffle_add(out, addend, out=shuffled)
         # the transposed convolution's layout [Cin,Cout,k,k], stored so, so that no call copies it
         scale = (per_in[:, None] * per_out[None, :])[:, :, None, None]
         weight = self._derived_weight("weight_t", lambda w: w.transpose(0, 1).contiguous()) * scale
@@ -232,9 +242,11 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref",
+                scratch: Scratch | None = None) -> torch.Tensor:
         if impl == "fast" and folds_into_weights(x):
-            out = self.conv.forward_folded(x, s, self.activate.bias * SQRT2, SQRT2, noise * (self.noise.weight * SQRT2))
+            out = self.conv.forward_folded(x, s, self.activate.bias * SQRT2, SQRT2, noise * (self.noise.weight * SQRT2),
+                                           scratch)
             return F.leaky_relu_(out, 0.2)
         out = self.conv(x, s, impl)
         if impl == "ref":
@@ -261,9 +273,23 @@ class ToRGB(nn.Module):
         else:  # a 1×1 modulated conv is a batched matmul: [B,3,Cin] @ [B,Cin,HW]
             weight = (self.conv.scale * self.conv.weight[0, :, :, 0, 0])[None] * s[:, None, :]
             out = torch.baddbmm(self.bias.view(1, 3, 1), weight, x.flatten(2)).view(x.shape[0], 3, *x.shape[2:])
-        if skip is not None:
-            out = out + self.upsample(skip, impl)
-        return out
+        if skip is None:
+            return out
+        if impl == "ref":
+            return out + self.upsample(skip, impl)
+        # the skip image upsampled as four 3×3 filters on its own grid, interleaved in the pass that adds it
+        channels = skip.shape[1]
+        phases = self._skip_phases(skip).repeat(channels, 1, 1, 1)
+        return pixel_shuffle_add(F.conv2d(skip, phases, padding=1, groups=channels), out)
+
+    def _skip_phases(self, skip: torch.Tensor) -> torch.Tensor:
+        """``upsample_fir_phases`` of the fixed upsampling filter, made once per device and dtype."""
+        key = (skip.device, skip.dtype)
+        if getattr(self, "_phases_key", None) != key:
+            with torch.no_grad():
+                self._phases = upsample_fir_phases(self.upsample.kernel, self.upsample.pad).to(skip.dtype)
+            self._phases_key = key
+        return self._phases
 
 
 class Generator(nn.Module):
@@ -306,6 +332,8 @@ class Generator(nn.Module):
         self.n_latent = self.log_size * 2 - 2
         # not part of g_ema: the checkpoint's mean W, kept beside the weights (moves with .to())
         self.register_buffer("latent_avg", torch.zeros(0), persistent=False)
+        # the CPU path's large intermediates, reused from render to render (``scratch.clear()`` frees them)
+        self.scratch = Scratch()
 
         # style space, in execution order: (name, module, W+ row)
         layers: list[tuple[str, ModulatedConv2d, int]] = [("conv1", self.conv1.conv, 0), ("to_rgb1", self.to_rgb1.conv, 1)]
@@ -361,19 +389,23 @@ class Generator(nn.Module):
         for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=True)):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
-        impl = self.impl
-        if impl == "fast" and styles[0].shape[0] > 1 and folds_into_weights(styles[0][:1]):
-            # one sample at a time: each runs the folded path, and only one image's activations are alive
-            return torch.cat([self.synthesize([s[i:i + 1] for s in styles]) for i in range(styles[0].shape[0])])
+        if self.impl == "fast" and folds_into_weights(styles[0][:1]):
+            # one sample at a time through the folded path, its large intermediates in the reused buffers
+            with self.scratch.lock:
+                return torch.cat([self._render([s[i:i + 1] for s in styles], "fast", self.scratch)
+                                  for i in range(styles[0].shape[0])])
+        return self._render(styles, self.impl, None)
+
+    def _render(self, styles: list[torch.Tensor], impl: Impl, scratch: Scratch | None) -> torch.Tensor:
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         x = self.input(styles[0].shape[0])
-        x = self.conv1(x, styles[0], noise[0], impl)
+        x = self.conv1(x, styles[0], noise[0], impl, scratch)
         skip = self.to_rgb1(x, styles[1], None, impl)
         for k, to_rgb in enumerate(self.to_rgbs):
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
-            x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl)
-            x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl)
-            skip = to_rgb(x, s_rgb, skip, impl)
+            x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl, scratch)  # may live in scratch "shuffled"
+            x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl, scratch)  # may live in scratch "conv"
+            skip = to_rgb(x, s_rgb, skip, impl)  # a new tensor: nothing returned aliases the scratch buffers
         return skip
 
 

@@ -216,3 +216,15 @@ def test_golden_256(assert_golden):
 @pytest.mark.slow
 def test_golden_1024(assert_golden):
     run_golden(assert_golden, "stylegan2_1024")
+
+
+@torch.inference_mode()
+def test_what_synthesize_returns_outlives_the_next_render(wide):
+    """The folded path reuses buffers between renders; none of them may be what the caller gets back."""
+    wide.impl = "fast"
+    styles = [wide.styles(wplus_for(wide, 1, seed=seed)) for seed in (9, 10)]
+    first = wide.synthesize(styles[0])
+    kept = first.clone()
+    second = wide.synthesize(styles[1])
+    assert torch.equal(first, kept) and rel_err(first, second) > 1e-2
+    assert wide.scratch.nbytes() > 0

@@ -1,0 +1,130 @@
+"""NNPACK's Winograd 3×3 convolution called directly, so that its output lands in a buffer the caller reuses.
+
+PyTorch ships NNPACK inside ``libtorch_cpu`` and exposes it as ``torch._nnpack_spatial_convolution``, which
+allocates a fresh output on every call. On a 1024² synthesis the fresh 64–128 MB outputs cost ~40 ms each in
+page faults on first touch: about 15 % of the whole render. This module binds NNPACK's C API
+(``nnp_convolution_inference`` from ``nnp.h``, stable since 2017) with ctypes, keeps one grow-only workspace and
+one thread pool per process, and writes into an output tensor the caller owns.
+
+It checks itself once per process against ``torch._nnpack_spatial_convolution`` (the same library and
+algorithm, so the results are bit-identical). Missing symbols, a failed self-test or any non-success status and
+``available()`` is False: callers fall back to PyTorch's own calls, which compute the same function.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+_WT8X8 = 3  # nnp_convolution_algorithm_wt8x8: Winograd F(6×6, 3×3), what PyTorch's "auto" picks for 3×3
+_COMPUTE = 1  # nnp_convolution_transform_strategy_compute: transform the kernel on each call (it changes)
+_IDENTITY = 0  # nnp_activation_identity
+_SUCCESS = 0
+
+
+class _Size(ctypes.Structure):
+    _fields_ = [("width", ctypes.c_size_t), ("height", ctypes.c_size_t)]
+
+
+class _Padding(ctypes.Structure):
+    _fields_ = [("top", ctypes.c_size_t), ("right", ctypes.c_size_t), ("bottom", ctypes.c_size_t),
+                ("left", ctypes.c_size_t)]
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """``libtorch_cpu`` with the NNPACK entry points typed, or None when this build lacks them."""
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        lib = ctypes.CDLL(str(path))
+        conv, init, create = lib.nnp_convolution_inference, lib.nnp_initialize, lib.pthreadpool_create
+    except (OSError, AttributeError):
+        return None
+    conv.restype = ctypes.c_int
+    conv.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, _Size, _Padding, _Size, _Size,
+                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                     ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_void_p,
+                     ctypes.c_void_p, ctypes.c_void_p]
+    init.restype = ctypes.c_int
+    create.restype, create.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    return lib
+
+
+class _Process:
+    """The per-process state: a thread pool (threads do not survive a fork, so never inherit one) and the
+    workspace, grown to the largest convolution seen and kept, as PyTorch's own NNPACK wrapper does."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.pid = os.getpid()
+        self.pool = lib.pthreadpool_create(torch.get_num_threads())
+        self.workspace = torch.empty(0, dtype=torch.uint8)
+        self.lock = threading.Lock()
+
+
+_state: _Process | None = None
+
+
+def _process(lib: ctypes.CDLL) -> _Process:
+    global _state
+    if _state is None or _state.pid != os.getpid():
+        _state = _Process(lib)
+    return _state
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> int:
+    cin, height, width = x.shape[1:]
+    state = _process(lib)
+
+    def call(workspace: int | None, size: ctypes.c_size_t) -> int:
+        return lib.nnp_convolution_inference(
+            _WT8X8, _COMPUTE, cin, weight.shape[0], _Size(width, height), _Padding(1, 1, 1, 1), _Size(3, 3),
+            _Size(1, 1), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), workspace,
+            ctypes.byref(size), _IDENTITY, None, state.pool, None)
+
+    with state.lock:
+        size = ctypes.c_size_t(0)
+        status = call(None, size)  # no workspace: NNPACK only reports the size it needs
+        if status != _SUCCESS:
+            return status
+        if state.workspace.numel() < size.value + 64:
+            state.workspace = torch.empty(size.value + 64, dtype=torch.uint8)  # +64: room to align
+        base = state.workspace.data_ptr()
+        return call(base + (-base % 64), size)
+
+
+@functools.cache
+def _self_test() -> bool:
+    lib = _library()
+    if lib is None or lib.nnp_initialize() != _SUCCESS or not torch._nnpack_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(1, 5, 13, 11, generator=gen), torch.randn(7, 5, 3, 3, generator=gen), \
+        torch.randn(7, generator=gen)
+    out = torch.full((1, 7, 13, 11), float("nan"))
+    if _run(lib, x, weight, bias, out) != _SUCCESS:
+        return False
+    return bool(torch.equal(out, torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])))
+
+
+def available() -> bool:
+    """Whether the direct call works in this process (checked once against PyTorch's own NNPACK call)."""
+    return _self_test()
+
+
+def conv3x3_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> bool:
+    """``out ← conv2d(x, weight, bias, padding=1)`` for one float32 CPU image; False (``out`` untouched or
+    partly written) when the direct call does not apply or fails, so that the caller computes it otherwise."""
+    lib = _library()
+    cout, cin = weight.shape[:2]
+    if (lib is None or not available() or x.dtype != torch.float32 or x.device.type != "cpu"
+            or x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != cin or weight.shape[2:] != (3, 3)
+            or out.shape != (1, cout, *x.shape[2:]) or bias.shape != (cout,)
+            or not all(t.is_contiguous() and t.dtype == torch.float32 for t in (x, weight, bias, out))
+            or out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()):
+        return False
+    return _run(lib, x, weight, bias, out) == _SUCCESS
