@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.timing import Timing, measure
+from bench.timing import Timing, measure, measure_interleaved
 
 NEUTRAL, TARGET = "a face", "a face with a beard"
 
@@ -148,20 +148,24 @@ def bench_text(models: Models, repeats: int, budget_s: float) -> dict[str, Timin
                                                budget_s)}
 
 
-def bench_synthesis(models: Models, codes: torch.Tensor, impl: str, repeats: int, budget_s: float) -> Timing:
-    """One image from its style vectors (``Generator.synthesize``) at batch 1 with ``impl``."""
+def bench_synthesis(models: Models, codes: torch.Tensor, repeats: int, budget_s: float) -> dict[str, Timing]:
+    """One image from its style vectors (``Generator.synthesize``) at batch 1 with the fast and the reference
+    ops, measured in alternation (``measure_interleaved``): ``{"fast": …, "ref": …}``."""
     g = models.generator
     with torch.no_grad():
         styles = [s.to(models.dtype) for s in g.styles(codes.to(models.dtype))]
-    previous, g.impl = g.impl, impl
-    try:
-        def run():
-            with torch.no_grad():
-                g.synthesize(styles)
 
-        return measure(run, repeats, budget_s, models.device)
-    finally:
-        g.impl = previous
+    def render(impl: str):
+        def run():
+            previous, g.impl = g.impl, impl
+            try:
+                with torch.no_grad():
+                    g.synthesize(styles)
+            finally:
+                g.impl = previous
+        return run
+
+    return measure_interleaved({"fast": render("fast"), "ref": render("ref")}, repeats, budget_s, models.device)
 
 
 def reduced_precision(models: Models, codes: torch.Tensor, tol: float) -> tuple[torch.dtype, dict[str, float]]:

@@ -12,7 +12,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "text_direction_cached_s": ("text direction, cached", "s"),
     "synthesis_1024_s": ("synthesis from style vectors, batch 1 (fast)", "s"),
     "synthesis_1024_ref_s": ("synthesis, reference ops (pad+conv upfirdn, grouped conv)", "s"),
-    "synthesis_fast_over_ref": ("fast / reference (goal ≤ 0.4)", "ratio"),
+    "synthesis_fast_over_ref": ("fast / reference, median of paired runs (goal ≤ 0.4)", "ratio"),
     "edit_cached_1024_s": ("cached edit, 1 alpha: boundary + synthesis + paste-back", "s"),
     "edit_cached_1024_4_s": ("cached edit, 4 alphas", "s"),
     "edit_cached_1024_16_s": ("cached edit, 16 alphas", "s"),

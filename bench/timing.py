@@ -62,6 +62,27 @@ def measure(fn: Callable[[], object], repeats: int, budget_s: float, device: tor
     return Timing(tuple(runs), warm)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float,
+                        device: torch.device = torch.device("cpu")) -> dict[str, Timing]:
+    """``measure`` for several functions whose times are compared: one untimed call of each, then rounds that
+    run each once in turn, so load that drifts during the measurement (other work on a shared machine) hits
+    them alike. The rounds stop at ``repeats`` or once they have used ``budget_s``; at least one round runs."""
+    warm = {name: _timed(fn, device) for name, fn in fns.items()}
+    per_round = sum(warm.values())
+    if per_round > 0:
+        repeats = max(1, min(repeats, int(budget_s // per_round)))
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            runs[name].append(_timed(fn, device))
+    return {name: Timing(tuple(runs[name]), warm[name]) for name in fns}
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """Median over rounds of ``a``'s time over ``b``'s in the same round (see ``measure_interleaved``)."""
+    return statistics.median(x / y for x, y in zip(a.runs, b.runs, strict=True))
+
+
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
