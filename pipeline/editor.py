@@ -112,6 +112,10 @@ class Editor:
 
             identity = load_arcface(self.bundle.path("identity"), self.device)
         self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
+        # one untimed render, so that its one-off costs (weight-derived kernels, the CPU path's buffers, the
+        # NNPACK self-check: ~1.5 s at 1024² on two cores) fall at load time, not on the first user's edit
+        with torch.inference_mode():
+            generator(torch.zeros(1, generator.style_dim, device=self.device))
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),

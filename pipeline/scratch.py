@@ -26,7 +26,8 @@ class Scratch:
         buf = self._buffers.get(role)
         if buf is None or buf.numel() < numel or buf.device != like.device or buf.dtype != like.dtype:
             self._buffers.pop(role, None)  # free the old one before allocating its successor
-            buf = self._buffers[role] = torch.empty(numel, device=like.device, dtype=like.dtype)
+            with torch.inference_mode(False):  # a normal tensor: later renders may run outside inference mode
+                buf = self._buffers[role] = torch.empty(numel, device=like.device, dtype=like.dtype)
         return buf[:numel].view(shape)
 
     def clear(self) -> None:

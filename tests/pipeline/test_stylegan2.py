@@ -228,3 +228,16 @@ def test_what_synthesize_returns_outlives_the_next_render(wide):
     second = wide.synthesize(styles[1])
     assert torch.equal(first, kept) and rel_err(first, second) > 1e-2
     assert wide.scratch.nbytes() > 0
+
+
+def test_renders_in_and_out_of_inference_mode_share_the_buffers(wide):
+    """The worker renders under inference mode, the golden runner and tools under no_grad: either may come first."""
+    g = copy.deepcopy(wide)
+    g.impl = "fast"
+    wplus = wplus_for(g, 1, seed=11).detach()
+    with torch.inference_mode():
+        first = g(wplus)
+    with torch.no_grad():
+        assert torch.equal(g(wplus), first)
+    with torch.inference_mode():
+        assert torch.equal(g(wplus), first)
