@@ -77,7 +77,10 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
               "`pipeline/stylegan2.py`): the style and demodulation scale the weights rather than the activations, "
               "3×3 convolutions from 32² up run as NNPACK Winograd, upsampling layers from 64² up run as four "
               "3×3 phase convolutions with the blur folded in, and the noise is added in the pass that interleaves "
-              "the phases; a batch renders one sample at a time. The golden checks hold both paths to the fixtures.", "",
+              "the phases; the large intermediates go to buffers reused from render to render (NNPACK called directly, "
+              "`pipeline/nnpack.py`, so a fresh 128 MB output does not cost its page faults every time); a batch "
+              "renders one sample at a time. The golden checks hold both paths to the fixtures. Fast and "
+              "reference runs alternate, and the ratio is the median of the per-pair ratios.", "",
               "| device | fast | reference | fast / reference | goal |", "|---|---:|---:|---:|---|"]
     for d in devices:
         dev = result["devices"][d]
