@@ -68,7 +68,9 @@ class EditCreate(BaseModel):
     mode: EditMode = "global"
     output_format: OutputFormat = "jpeg"
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")
-    webhook_events_filter: list[WebhookEvent] | None = Field(None, max_length=4)
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None, max_length=4, description="events to notify (default all); `logs` is accepted for Replicate "
+                                        "compatibility but never sent: progress is in the edit resource")
 
     @field_validator("neutral", "target")
     @classmethod
