@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -102,6 +105,29 @@ class QueueCaps:
     per_owner: int
     total: int
     retry_after_s: int = 5
+
+
+# "faceedit" as a bigint: the key of the PostgreSQL advisory lock that submits take
+SUBMIT_LOCK_KEY = int.from_bytes(b"faceedit", "big") & (2**63 - 1)
+_submit_lock = threading.Lock()
+
+
+@contextmanager
+def serialized_submits(session: Session) -> Iterator[None]:
+    """Hold one lock from counting the queue to committing the new edit, so that concurrent submits cannot all
+    pass the caps: a transaction-scoped advisory lock on PostgreSQL (every API replica; the commit or rollback
+    releases it), a process lock elsewhere (SQLite serves one development process). On an error the
+    transaction is rolled back here, which releases the lock at once."""
+    if session.get_bind().dialect.name == "postgresql":
+        try:
+            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
+            yield
+        except BaseException:
+            session.rollback()
+            raise
+        return
+    with _submit_lock:
+        yield
 
 
 def queue_decision(session: Session, owner: str, caps: QueueCaps) -> Decision:

@@ -24,6 +24,7 @@ from common import lifecycle
 from common.errors import ApiError
 from common.models import Edit, new_id, utcnow
 from common.queue import enqueue_edit
+from common.ratelimit import serialized_submits
 from common.settings import Settings
 from common.storage import Storage
 
@@ -119,6 +120,18 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     load_image(session, owner, body.image)
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
+    with serialized_submits(session):  # count and insert as one step: concurrent submits respect the caps
+        edit = _queue_row(session, owner, body, settings)
+    try:
+        enqueue_edit(celery, settings, edit.id)
+    except BrokerError:
+        session.delete(edit)
+        session.commit()
+        raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
+    return edit
+
+
+def _queue_row(session: Session, owner: str, body: EditCreate, settings: Settings) -> Edit:
     enforce_queue_caps(session, owner, settings)
     now = utcnow()
     edit = Edit(
@@ -140,12 +153,6 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     )
     session.add(edit)
     session.commit()  # the row must exist before a worker can receive its id
-    try:
-        enqueue_edit(celery, settings, edit.id)
-    except BrokerError:
-        session.delete(edit)
-        session.commit()
-        raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
     return edit
 
 

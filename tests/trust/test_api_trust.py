@@ -1,11 +1,13 @@
 """Keys, isolation, idempotency, limits, webhook endpoints and erasure through the real HTTP API."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
 
+from common.db import upgrade
 from common.models import Edit, Image
 from common.storage import LocalStorage
 from tests.trust import hostile
@@ -135,3 +137,30 @@ def test_rate_limit_and_queue_caps(fresh_pg_url, tmp_path):
         assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
         assert int(limited.headers["retry-after"]) >= 1
         assert service.client.get("/v1/edits", headers=service.auth("bob")).status_code == 200  # per key
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_concurrent_submits_cannot_overshoot_the_queue_cap(database, request, tmp_path):
+    """Ten submits at once against a cap of three: each counts the queue and inserts under one lock, so exactly
+    three are accepted (without it, all ten could count zero and all ten be queued)."""
+    cap, n = 3, 10
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'edits.db'}"
+        upgrade(url)
+    else:
+        url = request.getfixturevalue("fresh_pg_url")
+    settings = trust_settings(url, tmp_path / "s", max_queued_per_owner=cap)
+    with running_service(settings) as service:
+        image_id = service.upload().json()["id"]
+        barrier = threading.Barrier(n)
+
+        def submit(_):
+            barrier.wait()
+            return service.submit(image_id)
+
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(submit, range(n)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [201] * cap + [429] * (n - cap), [r.text for r in responses if r.status_code != 201]
+        assert {r.json()["code"] for r in responses if r.status_code == 429} == {"queue_full"}
+        assert _count(service, Edit, Edit.owner == "alice") == cap
