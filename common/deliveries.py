@@ -3,13 +3,14 @@ per (edit, event), and the scan that finds events nobody recorded yet.
 
 Events are derived from the edit row itself (`started_at` set → `start`; `succeeded` → `output`;
 terminal → `completed`), and the unique (edit, event) constraint makes recording idempotent. So the
-worker may record an event right away for low latency, and a periodic sweep records whatever was
-missed (an API-side cancel, a reaper timeout, a worker killed between its commit and its send)
+worker (and the API's cancel) record and send events right away (`push_events`), and a periodic sweep records
+whatever was missed (an API-side cancel, a reaper timeout, a worker killed between its commit and its send)
 without ever producing a second delivery. Delivery itself is `worker.webhooks`.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from common import webhooks
 from common.models import Base, Edit, new_id, utcnow
+
+log = logging.getLogger("webhooks")
 
 DELIVER_TASK = "worker.webhooks.deliver"
 SWEEP_TASK = "worker.webhooks.sweep"
@@ -161,6 +164,24 @@ def due_deliveries(session: Session, now: datetime, limit: int = 200) -> list[st
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
     ))
+
+
+def push_events(session: Session, celery_app, edit_id: str, api_base: str, queue: str) -> list[str]:
+    """Record the edit's due events and send their deliveries now, right after its state changed: the sweep
+    (every `webhook_sweep_seconds`) would find them too, but later. The unique (edit, event) row keeps it to one
+    delivery either way. Never raises: an edit's outcome does not depend on its webhook, and what fails here
+    the sweep picks up. Returns the ids sent."""
+    try:
+        edit = session.get(Edit, edit_id, populate_existing=True)
+        if edit is None or not edit.webhook:
+            return []
+        created = record_events(session, edit, api_base)
+        dispatch(celery_app, created, queue)
+        return created
+    except Exception:  # noqa: BLE001 - the sweep is the fallback for any failure here
+        session.rollback()
+        log.warning("webhook events of %s left to the sweep", edit_id, exc_info=True)
+        return []
 
 
 def dispatch(celery_app, delivery_ids: list[str], queue: str) -> None:

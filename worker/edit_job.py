@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
+from common.deliveries import push_events
 from common.lifecycle import Claim
 from common.metrics import observe_edit
 from common.models import Edit
@@ -116,12 +117,21 @@ def run_edit(runtime: Runtime, edit_id: str, token: str | None = None) -> str:
     if claim is not Claim.CLAIMED:
         log.info("edit %s not processed: %s", edit_id, claim.value)
         return claim.value
+    _push_webhooks(runtime, edit_id)  # `start`
     heartbeat = Heartbeat(runtime, edit_id, token)
     heartbeat.start()
     try:
         return _process(runtime, edit_id, token, heartbeat)
     finally:
         heartbeat.stop()
+        _push_webhooks(runtime, edit_id)  # `output` and `completed`, whatever the outcome
+
+
+def _push_webhooks(runtime: Runtime, edit_id: str) -> None:
+    from worker.app import app
+
+    with runtime.session_factory() as session:
+        push_events(session, app, edit_id, runtime.settings.public_base_url, runtime.settings.io_queue)
 
 
 def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -> str:

@@ -21,6 +21,7 @@ from api.routes.images import load_image
 from api.schemas import EditCreate, EditInput, EditList, EditOut, EditUrls, ErrorBody
 from api.webhook_url import check_webhook_url
 from common import lifecycle
+from common.deliveries import push_events
 from common.errors import ApiError
 from common.models import Edit, new_id, utcnow
 from common.queue import enqueue_edit
@@ -239,7 +240,8 @@ def get_edit(
 
 @router.post("/{edit_id}/cancel", response_model=EditOut, responses=_ERRORS)
 def cancel_edit(
-    edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+    edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep,
+    celery: CeleryDep,
 ) -> EditOut:
     """Cancel a queued or running edit (a running one stops within a fraction of a second)."""
     edit = load_edit(session, owner, edit_id)
@@ -247,6 +249,9 @@ def cancel_edit(
     session.refresh(edit)
     if edit.status in (lifecycle.SUCCEEDED, lifecycle.FAILED):
         raise ApiError("not_cancelable", f"the edit already {edit.status}")
+    if edit.status == lifecycle.CANCELED:  # a queued edit ends here; a running one ends in its worker
+        push_events(session, celery, edit.id, settings.public_base_url, settings.io_queue)
+        session.refresh(edit)
     return edit_out(edit, session, request, storage, settings)
 
 

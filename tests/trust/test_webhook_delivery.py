@@ -1,11 +1,14 @@
 """Webhook delivery against a real receiver on loopback and real PostgreSQL: signatures the reference
 verifier accepts, retries with backoff, 410, SSRF at send time, redirects, sweep, no double sends."""
 
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import redis
+from celery import Celery
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 from standardwebhooks.webhooks import Webhook
@@ -13,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from common import deliveries, netguard
 from common.deliveries import WebhookDelivery
 from common.models import Edit, Image, new_id, utcnow
+from tests.trust.harness import REDIS_URL
 from tests.trust.receiver import Receiver
 from worker.webhooks import DeliveryConfig, attempt, backoff_seconds, sweep_once
 
@@ -165,3 +169,27 @@ def test_backoff_grows_exponentially_with_jitter():
         full = min(86400, 5 * 4 ** (n - 1))
         assert full / 2 <= d <= full
     assert backoff_seconds(30, 5, 100, rng) <= 100
+
+
+def test_push_records_and_sends_the_events_at_once(factory):
+    """What the worker and the API's cancel call right after a state change: the deliveries are recorded and
+    their tasks are on the io queue now (not at the next sweep), once."""
+    queue = f"io-push-{new_id('q')}"
+    app = Celery(broker=REDIS_URL)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        edit = _edit(factory, "http://127.0.0.1:9/hook")  # succeeded: start, output and completed are due
+        with factory() as s:
+            sent = deliveries.push_events(s, app, edit.id, "", queue)
+        assert [_row(factory, i).event for i in sent] == ["start", "output", "completed"]
+        messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+        assert sorted(m["headers"]["task"] for m in messages) == [deliveries.DELIVER_TASK] * 3
+        assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted(repr([i]) for i in sent)
+        with factory() as s:  # recorded already: nothing new is sent
+            assert deliveries.push_events(s, app, edit.id, "", queue) == []
+            quiet = _edit(factory, None)
+            assert deliveries.push_events(s, app, quiet.id, "", queue) == []
+        assert client.llen(queue) == 3
+    finally:
+        client.delete(queue)
+        client.close()
