@@ -128,10 +128,8 @@ def run_edit(runtime: Runtime, edit_id: str, token: str | None = None) -> str:
 
 
 def _push_webhooks(runtime: Runtime, edit_id: str) -> None:
-    from worker.app import app
-
     with runtime.session_factory() as session:
-        push_events(session, app, edit_id, runtime.settings.public_base_url, runtime.settings.io_queue)
+        push_events(session, runtime.celery, edit_id, runtime.settings.public_base_url, runtime.settings.io_queue)
 
 
 def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -> str:

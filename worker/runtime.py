@@ -18,6 +18,8 @@ from common.settings import Settings, get_settings
 from common.storage import Storage, make_storage
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from pipeline import Editor
 
 log = logging.getLogger("worker")
@@ -29,8 +31,18 @@ class Runtime:
         self.session_factory: sessionmaker[Session] = make_session_factory(make_engine(settings.database_url))
         self.storage: Storage = make_storage(settings)
         self._editor: Editor | None = None
+        self._celery: Celery | None = None
         self._stamp: tuple[int, int] | None = None  # the loaded manifest's (mtime_ns, size)
         self._lock = threading.Lock()
+
+    @property
+    def celery(self) -> Celery:
+        """A Celery app on this runtime's broker, for the messages a job sends itself (webhook deliveries)."""
+        if self._celery is None:
+            from common.queue import make_celery
+
+            self._celery = make_celery(self.settings, name="faceedit-worker")
+        return self._celery
 
     @property
     def model_dir(self) -> Path:

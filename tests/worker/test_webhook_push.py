@@ -1,0 +1,49 @@
+"""A job sends its own webhook events the moment its state changes, instead of leaving them to the sweep."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from redis import Redis
+from sqlalchemy import select
+
+from common.db import upgrade
+from common.deliveries import DELIVER_TASK, PENDING, WebhookDelivery
+from common.models import Edit, Image, new_id, utcnow
+from common.settings import Settings
+from common.storage import original_key
+from tests.conftest import face_jpeg
+from worker.edit_job import run_edit
+from worker.runtime import Runtime
+
+
+def test_a_finished_job_has_queued_its_start_output_and_completed_deliveries(dev_bundle, redis_url, tmp_path):
+    database = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(database)
+    tag = uuid.uuid4().hex[:8]
+    runtime = Runtime(Settings(database_url=database, storage_dir=tmp_path / "store", model_dir=dev_bundle,
+                               redis_url=redis_url, io_queue=f"io-{tag}", edits_queue=f"edits-{tag}"))
+    photo = face_jpeg()
+    image = Image(id=new_id("img"), owner="alice", format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
+    runtime.storage.put(original_key(image.id), photo, "image/jpeg")
+    edit = Edit(id=new_id("edt"), owner="alice", image_id=image.id, neutral="a face", target="a smiling face",
+                alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", webhook="https://hooks.example/edits",
+                status="starting", attempt=0, deadline_at=utcnow() + timedelta(minutes=10))
+    with runtime.session_factory() as session:
+        session.add(image)
+        session.flush()
+        session.add(edit)
+        session.commit()
+    broker = Redis.from_url(redis_url)
+    try:
+        assert run_edit(runtime, edit.id) == "succeeded"
+        with runtime.session_factory() as session:
+            rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.edit_id == edit.id)).all()
+        assert sorted(r.event for r in rows) == ["completed", "output", "start"]
+        assert {r.status for r in rows} == {PENDING} and {r.url for r in rows} == {edit.webhook}
+        queued = broker.lrange(f"io-{tag}", 0, -1)
+        assert len(queued) == 3 and all(DELIVER_TASK.encode() in message for message in queued)
+    finally:
+        broker.delete(f"io-{tag}")
+        broker.close()
