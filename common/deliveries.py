@@ -4,7 +4,8 @@ per (edit, event), and the scan that finds events nobody recorded yet.
 Events are derived from the edit row itself (`started_at` set → `start`; `succeeded` → `output`;
 terminal → `completed`), and the unique (edit, event) constraint makes recording idempotent. So the
 worker (and the API's cancel) record and send events right away (`push_events`), and a periodic sweep records
-whatever was missed (an API-side cancel, a reaper timeout, a worker killed between its commit and its send)
+whatever was missed (a reaper timeout, a broker that refused the send, a worker killed between its commit and
+its send)
 without ever producing a second delivery. Delivery itself is `worker.webhooks`.
 """
 
@@ -178,7 +179,7 @@ def push_events(session: Session, celery_app, edit_id: str, api_base: str, queue
         created = record_events(session, edit, api_base)
         dispatch(celery_app, created, queue)
         return created
-    except Exception:  # noqa: BLE001 - the sweep is the fallback for any failure here
+    except Exception:  # any failure here: the sweep is the fallback
         session.rollback()
         log.warning("webhook events of %s left to the sweep", edit_id, exc_info=True)
         return []

@@ -98,9 +98,16 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 @functools.cache
+def in_pytorch() -> bool:
+    """Whether this PyTorch build has NNPACK and it initializes on this CPU (the call also initializes it, which
+    ``torch._nnpack_spatial_convolution`` needs before its first use)."""
+    return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch._nnpack_available())
+
+
+@functools.cache
 def _self_test() -> bool:
     lib = _library()
-    if lib is None or lib.nnp_initialize() != _SUCCESS or not torch._nnpack_available():
+    if lib is None or lib.nnp_initialize() != _SUCCESS or not in_pytorch():
         return False
     gen = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(1, 5, 13, 11, generator=gen), torch.randn(7, 5, 3, 3, generator=gen), \

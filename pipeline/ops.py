@@ -12,7 +12,6 @@ Winograd where it wins), ``upsample_conv_phases`` (transposed conv + blur as fou
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
@@ -114,13 +113,6 @@ def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None = None, negative
 NNPACK_MIN_SIZE = 32
 
 
-@functools.cache
-def nnpack_available() -> bool:
-    """Whether this PyTorch build has NNPACK and it initializes on this CPU (the call also initializes it, which
-    ``torch._nnpack_spatial_convolution`` needs before its first use)."""
-    return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch._nnpack_available())
-
-
 def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """A stride-1 convolution with "same" padding for an odd square kernel, for inference; returns ``out``
@@ -131,7 +123,7 @@ def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     NNPACK itself for batches of 16 and more). Same function, results within float32 rounding of Winograd."""
     k = weight.shape[-1]
     if (x.device.type == "cpu" and x.dtype == torch.float32 and k == 3 and min(x.shape[-2:]) >= NNPACK_MIN_SIZE
-            and not torch.is_grad_enabled() and nnpack_available()):
+            and not torch.is_grad_enabled() and nnpack.in_pytorch()):
         x, weight = x.contiguous(), weight.contiguous()
         bias = x.new_zeros(weight.shape[0]) if bias is None else bias.contiguous()
         if out is not None and nnpack.conv3x3_into(x, weight, bias, out):

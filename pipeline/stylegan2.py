@@ -266,6 +266,7 @@ class ToRGB(nn.Module):
             self.upsample = FIRFilter(pad=(2, 1), up=2, gain=4.0)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self._skip_phases_cache: tuple[tuple, torch.Tensor] | None = None  # (device, dtype), phases
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None, impl: Impl = "ref") -> torch.Tensor:
         if impl == "ref":
@@ -285,11 +286,11 @@ class ToRGB(nn.Module):
     def _skip_phases(self, skip: torch.Tensor) -> torch.Tensor:
         """``upsample_fir_phases`` of the fixed upsampling filter, made once per device and dtype."""
         key = (skip.device, skip.dtype)
-        if getattr(self, "_phases_key", None) != key:
+        if self._skip_phases_cache is None or self._skip_phases_cache[0] != key:
             with torch.no_grad():
-                self._phases = upsample_fir_phases(self.upsample.kernel, self.upsample.pad).to(skip.dtype)
-            self._phases_key = key
-        return self._phases
+                phases = upsample_fir_phases(self.upsample.kernel, self.upsample.pad).to(skip.dtype)
+            self._skip_phases_cache = (key, phases)
+        return self._skip_phases_cache[1]
 
 
 class Generator(nn.Module):

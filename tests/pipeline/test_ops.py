@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import nnpack
 from pipeline.ops import (
     NNPACK_MIN_SIZE,
     conv2d_same,
     fused_leaky_relu,
     make_kernel,
-    nnpack_available,
     pixel_shuffle_add,
     upfirdn2d,
     upsample_conv_phases,
@@ -84,7 +84,7 @@ def test_conv2d_same_equals_a_padded_convolution(size):
 
 def test_nnpack_is_used_where_it_is_available():
     """On this project's CPUs NNPACK is what makes the fast path fast: a build without it should be noticed."""
-    assert nnpack_available()
+    assert nnpack.in_pytorch()
 
 
 def test_conv2d_same_keeps_autograd():
