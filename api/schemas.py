@@ -64,7 +64,8 @@ class EditCreate(BaseModel):
     neutral: Prompt = Field(description="text describing the photo as it is, e.g. `a face`")
     target: Prompt = Field(description="text describing the wanted result, e.g. `a face with glasses`")
     alphas: list[Alpha] = Field(min_length=1, description="edit strengths; one output image per alpha")
-    beta: float = Field(gt=0, lt=1, allow_inf_nan=False, description="disentanglement threshold (~0.1-0.2)")
+    beta: float = Field(0.15, gt=0, lt=1, allow_inf_nan=False,
+                        description="disentanglement threshold (~0.1-0.2; StyleCLIP's 0.15 when left out)")
     mode: EditMode = "global"
     output_format: OutputFormat = "jpeg"
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")

@@ -66,6 +66,15 @@ def test_invalid_parameters_are_422(queued, changes):
     assert response.json()["code"] == "validation_error" and response.json()["message"]
 
 
+def test_beta_defaults_to_styleclips_value(queued):
+    api, image_id = queued
+    body = _body(image_id)
+    del body["beta"]
+    response = api.post("/v1/edits", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["input"]["beta"] == 0.15
+
+
 def test_malformed_json_and_unknown_image(queued):
     api, _ = queued
     broken = api.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"})
