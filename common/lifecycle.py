@@ -18,10 +18,23 @@ from sqlalchemy.orm import Session
 
 from common.models import Edit, utcnow
 
-STARTING, PROCESSING = "starting", "processing"
-SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
-ACTIVE = (STARTING, PROCESSING)
+
+class EditStatus(enum.StrEnum):
+    """An edit's status: the only definition (the API schema, metrics and webhooks read it from here)."""
+
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({EditStatus.SUCCEEDED, EditStatus.FAILED, EditStatus.CANCELED})
+ACTIVE = (EditStatus.STARTING, EditStatus.PROCESSING)
+
+# Old names, kept until every user reads EditStatus (then removed).
+STARTING, PROCESSING = EditStatus.STARTING, EditStatus.PROCESSING
+SUCCEEDED, FAILED, CANCELED = EditStatus.SUCCEEDED, EditStatus.FAILED, EditStatus.CANCELED
 
 # Job error codes the service adds to the pipeline's own (see docs/API.md).
 TIMEOUT = "timeout"
@@ -46,7 +59,8 @@ def _apply(session: Session, edit_id: str, condition, **values: Any) -> bool:
 
 
 def _claimable(now: datetime):
-    return or_(Edit.status == STARTING, and_(Edit.status == PROCESSING, Edit.lease_expires_at < now))
+    expired = and_(Edit.status == EditStatus.PROCESSING, Edit.lease_expires_at < now)
+    return or_(Edit.status == EditStatus.STARTING, expired)
 
 
 def claim(session: Session, edit_id: str, token: str, lease_seconds: float, max_attempts: int) -> Claim:
@@ -56,7 +70,7 @@ def claim(session: Session, edit_id: str, token: str, lease_seconds: float, max_
         session,
         edit_id,
         and_(_claimable(now), Edit.attempt < max_attempts, Edit.deadline_at > now),
-        status=PROCESSING,
+        status=EditStatus.PROCESSING,
         worker=token,
         attempt=Edit.attempt + 1,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -69,7 +83,7 @@ def claim(session: Session, edit_id: str, token: str, lease_seconds: float, max_
         session,
         edit_id,
         and_(_claimable(now), Edit.attempt >= max_attempts),
-        status=FAILED,
+        status=EditStatus.FAILED,
         error_code=WORKER_LOST,
         error_message=f"the job was interrupted {max_attempts} times (its worker died each time)",
         completed_at=now,
@@ -83,7 +97,7 @@ def claim(session: Session, edit_id: str, token: str, lease_seconds: float, max_
 
 def _timeout_values(now: datetime) -> dict[str, Any]:
     return {
-        "status": FAILED,
+        "status": EditStatus.FAILED,
         "error_code": TIMEOUT,
         "error_message": "the edit did not finish before its deadline",
         "completed_at": now,
@@ -92,7 +106,7 @@ def _timeout_values(now: datetime) -> dict[str, Any]:
 
 
 def _held_by(token: str):
-    return and_(Edit.status == PROCESSING, Edit.worker == token)
+    return and_(Edit.status == EditStatus.PROCESSING, Edit.worker == token)
 
 
 def renew_lease(session: Session, edit_id: str, token: str, lease_seconds: float) -> bool:
@@ -111,7 +125,7 @@ def still_held(session: Session, edit_id: str, token: str) -> bool:
     """True while `token` holds the row in `processing` (a cancel or a reap ends that)."""
     row = session.execute(select(Edit.status, Edit.worker).where(Edit.id == edit_id)).one_or_none()
     session.rollback()  # end the read transaction so the next read sees fresh data
-    return row is not None and row.status == PROCESSING and row.worker == token
+    return row is not None and row.status == EditStatus.PROCESSING and row.worker == token
 
 
 def succeed(
@@ -126,7 +140,7 @@ def succeed(
         session,
         edit_id,
         _held_by(token),
-        status=SUCCEEDED,
+        status=EditStatus.SUCCEEDED,
         output_keys=output_keys,
         metrics=metrics,
         model=model,
@@ -149,7 +163,7 @@ def fail(
         session,
         edit_id,
         _held_by(token),
-        status=FAILED,
+        status=EditStatus.FAILED,
         error_code=code,
         error_message=message,
         metrics=metrics,
@@ -165,7 +179,7 @@ def cancel(session: Session, edit_id: str) -> bool:
         session,
         edit_id,
         Edit.status.in_(ACTIVE),
-        status=CANCELED,
+        status=EditStatus.CANCELED,
         completed_at=utcnow(),
         lease_expires_at=None,
     )
@@ -174,7 +188,12 @@ def cancel(session: Session, edit_id: str) -> bool:
 def release_canceled(session: Session, edit_id: str, token: str) -> bool:
     """A worker whose pipeline raised Canceled while still holding the row marks it canceled."""
     return _apply(
-        session, edit_id, _held_by(token), status=CANCELED, completed_at=utcnow(), lease_expires_at=None
+        session,
+        edit_id,
+        _held_by(token),
+        status=EditStatus.CANCELED,
+        completed_at=utcnow(),
+        lease_expires_at=None,
     )
 
 
@@ -184,8 +203,8 @@ def requeue_if_lost(session: Session, edit_id: str, max_attempts: int) -> bool:
     return _apply(
         session,
         edit_id,
-        and_(Edit.status == PROCESSING, Edit.lease_expires_at < now, Edit.attempt < max_attempts),
-        status=STARTING,
+        and_(Edit.status == EditStatus.PROCESSING, Edit.lease_expires_at < now, Edit.attempt < max_attempts),
+        status=EditStatus.STARTING,
         worker=None,
         lease_expires_at=None,
     )
@@ -194,7 +213,9 @@ def requeue_if_lost(session: Session, edit_id: str, max_attempts: int) -> bool:
 def lost_edit_ids(session: Session, limit: int = 100) -> list[str]:
     """Processing rows whose lease expired (their worker died or hangs)."""
     ids = session.scalars(
-        select(Edit.id).where(Edit.status == PROCESSING, Edit.lease_expires_at < utcnow()).limit(limit)
+        select(Edit.id)
+        .where(Edit.status == EditStatus.PROCESSING, Edit.lease_expires_at < utcnow())
+        .limit(limit)
     ).all()
     session.rollback()
     return list(ids)
@@ -206,8 +227,8 @@ def fail_exhausted(session: Session, edit_id: str, max_attempts: int) -> bool:
     return _apply(
         session,
         edit_id,
-        and_(Edit.status == PROCESSING, Edit.lease_expires_at < now, Edit.attempt >= max_attempts),
-        status=FAILED,
+        and_(Edit.status == EditStatus.PROCESSING, Edit.lease_expires_at < now, Edit.attempt >= max_attempts),
+        status=EditStatus.FAILED,
         error_code=WORKER_LOST,
         error_message=f"the job was interrupted {max_attempts} times (its worker died each time)",
         completed_at=now,
