@@ -1,5 +1,5 @@
-"""Per-key request rate limits (ASGI middleware) and the queued-jobs cap checked when an edit is
-submitted. Both answer 429 `{code, message}` with `Retry-After`.
+"""Per-key request rate limits (ASGI middleware): 429 `{code, message}` with `Retry-After`. The cap on
+queued edits is `common.queue_caps`, checked when an edit is submitted.
 
 Buckets are per API key (its SHA-256, the same value stored in `api_keys.key_hash`), or per client
 address for requests without a key, so key guessing is throttled too. Submissions (POST) spend from
@@ -12,12 +12,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import ApiError
-from common.ratelimit import QueueCaps, Rate, RateLimiter, queue_decision
+from common.ratelimit import Rate, RateLimiter
 from common.settings import Settings
 
 
@@ -66,12 +65,3 @@ class RateLimitMiddleware:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
-
-
-def enforce_queue_caps(session: Session, owner: str, settings: Settings) -> None:
-    """Raise 429 `queue_full` when the owner, or everyone together, has too many unfinished edits."""
-    caps = QueueCaps(per_owner=settings.max_queued_per_owner, total=settings.max_queued_total)
-    decision = queue_decision(session, owner, caps)
-    if not decision.allowed:
-        raise ApiError("queue_full", "too many unfinished edits; wait for some to finish",
-                       headers={"Retry-After": str(decision.retry_after_s)})

@@ -1,4 +1,4 @@
-"""Per-key request rate limits (Redis token bucket) and caps on queued jobs (SQL count).
+"""Per-key request rate limits (Redis token bucket); the caps on queued edits are `common.queue_caps`.
 
 The bucket lives in Redis so every API replica shares it, and the refill uses Redis' own clock
 (`TIME`) so replicas with skewed clocks agree. If Redis cannot be reached the limiter lets the
@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from common.models import Edit
 from common.redis_client import redis_client
 
 log = logging.getLogger(__name__)
-
-ACTIVE_STATUSES = ("starting", "processing")
 
 # KEYS[1] = bucket; ARGV = rate (tokens/s), burst, cost. Returns {allowed, wait_ms, tokens_left}.
 _TOKEN_BUCKET = """
@@ -96,47 +88,3 @@ class RateLimiter:
 
     def close(self) -> None:
         self._redis.close()
-
-
-@dataclass(frozen=True)
-class QueueCaps:
-    """At most `per_owner` unfinished edits per owner and `total` overall."""
-
-    per_owner: int
-    total: int
-    retry_after_s: int = 5
-
-
-# "faceedit" as a bigint: the key of the PostgreSQL advisory lock that submits take
-SUBMIT_LOCK_KEY = int.from_bytes(b"faceedit", "big") & (2**63 - 1)
-_submit_lock = threading.Lock()
-
-
-@contextmanager
-def serialized_submits(session: Session) -> Iterator[None]:
-    """Hold one lock from counting the queue to committing the new edit, so that concurrent submits cannot all
-    pass the caps: a transaction-scoped advisory lock on PostgreSQL (every API replica; the commit or rollback
-    releases it), a process lock elsewhere (SQLite serves one development process). On an error the
-    transaction is rolled back here, which releases the lock at once."""
-    if session.get_bind().dialect.name == "postgresql":
-        try:
-            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
-            yield
-        except BaseException:
-            session.rollback()
-            raise
-        return
-    with _submit_lock:
-        yield
-
-
-def queue_decision(session: Session, owner: str, caps: QueueCaps) -> Decision:
-    """Whether one more edit may be queued for `owner` (counts `starting` and `processing` rows)."""
-    active = Edit.status.in_(ACTIVE_STATUSES)
-    mine = session.scalar(select(func.count()).select_from(Edit).where(active, Edit.owner == owner))
-    if mine >= caps.per_owner:
-        return Decision(allowed=False, retry_after_s=caps.retry_after_s)
-    everyone = session.scalar(select(func.count()).select_from(Edit).where(active))
-    if everyone >= caps.total:
-        return Decision(allowed=False, retry_after_s=caps.retry_after_s)
-    return Decision(allowed=True, remaining=min(caps.per_owner - mine, caps.total - everyone) - 1)

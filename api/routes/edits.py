@@ -16,7 +16,6 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
-from api.rate_limit import enforce_queue_caps
 from api.routes.images import load_image
 from api.schemas import EditCreate, EditInput, EditList, EditOut, EditUrls, ErrorBody
 from api.webhook_url import check_webhook_url
@@ -25,7 +24,7 @@ from common.deliveries import push_events
 from common.errors import ApiError
 from common.models import Edit, new_id, utcnow
 from common.queue import enqueue_edit
-from common.ratelimit import serialized_submits
+from common.queue_caps import QueueCaps, admit
 from common.settings import Settings
 from common.storage import Storage
 
@@ -121,8 +120,8 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     load_image(session, owner, body.image)
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
-    with serialized_submits(session):  # count and insert as one step: concurrent submits respect the caps
-        edit = _queue_row(session, owner, body, settings)
+    edit = _new_edit(owner, body, settings)
+    admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
     try:
         enqueue_edit(celery, settings, edit.id)
     except BrokerError:
@@ -132,10 +131,9 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     return edit
 
 
-def _queue_row(session: Session, owner: str, body: EditCreate, settings: Settings) -> Edit:
-    enforce_queue_caps(session, owner, settings)
+def _new_edit(owner: str, body: EditCreate, settings: Settings) -> Edit:
     now = utcnow()
-    edit = Edit(
+    return Edit(
         id=new_id("edt"),
         owner=owner,
         image_id=body.image,
@@ -152,9 +150,6 @@ def _queue_row(session: Session, owner: str, body: EditCreate, settings: Setting
         created_at=now,
         deadline_at=now + timedelta(seconds=settings.job_deadline_seconds),
     )
-    session.add(edit)
-    session.commit()  # the row must exist before a worker can receive its id
-    return edit
 
 
 def _status(factory: sessionmaker[Session], edit_id: str) -> str | None:

@@ -1,17 +1,13 @@
-"""Token bucket against the real Redis, queue caps against a real (SQLite) database."""
+"""Token bucket against the real Redis (queue caps: tests/common/test_queue_caps.py)."""
 
 import os
 import time
 import uuid
-from datetime import timedelta
 
 import pytest
 import redis
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
-from common.models import Base, Edit, Image, new_id, utcnow
-from common.ratelimit import QueueCaps, Rate, RateLimiter, queue_decision
+from common.ratelimit import Rate, RateLimiter
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -56,30 +52,3 @@ def test_redis_down_lets_requests_through():
 def test_rate_validation():
     with pytest.raises(ValueError):
         Rate(per_second=0, burst=1)
-
-
-def _edit(session: Session, owner: str, status: str) -> None:
-    image = Image(id=new_id("img"), owner=owner, format="jpeg", width=8, height=8, bytes=1, sha256="0" * 64)
-    session.add(image)
-    session.add(Edit(id=new_id("ed"), owner=owner, image_id=image.id, neutral="a", target="b", alphas=[1],
-                     beta=0.1, mode="global", output_format="jpeg", status=status,
-                     deadline_at=utcnow() + timedelta(hours=1)))
-
-
-def test_queue_caps_per_owner_and_total():
-    engine = create_engine("sqlite://")
-    Base.metadata.create_all(engine)
-    caps = QueueCaps(per_owner=2, total=3, retry_after_s=7)
-    with Session(engine) as session:
-        _edit(session, "alice", "starting")
-        _edit(session, "alice", "succeeded")  # finished jobs do not count
-        session.flush()
-        assert queue_decision(session, "alice", caps).allowed
-        _edit(session, "alice", "processing")
-        session.flush()
-        refused = queue_decision(session, "alice", caps)
-        assert not refused.allowed and refused.retry_after_s == 7
-        assert queue_decision(session, "bob", caps).allowed
-        _edit(session, "bob", "starting")
-        session.flush()
-        assert not queue_decision(session, "carol", caps).allowed  # 3 active overall
