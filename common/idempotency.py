@@ -15,34 +15,16 @@ import enum
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from common.models import Base, utcnow
+from common.models import IdempotencyRecord, utcnow
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_LENGTH = IdempotencyRecord.__table__.c.key.type.length  # 255, the column's width
 DEFAULT_TTL = timedelta(hours=24)
 DEFAULT_LOCK = timedelta(minutes=5)
-
-
-class IdempotencyRecord(Base):
-    """One key per caller: the request fingerprint and, once done, the response to replay."""
-
-    __tablename__ = "idempotency_keys"
-
-    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(10))  # in_flight | done
-    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
-    response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    locked_until: Mapped[datetime]
-    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Outcome(enum.Enum):

@@ -1,4 +1,5 @@
-"""SQLAlchemy models: API keys, photos, presigned uploads and edit jobs.
+"""SQLAlchemy models, every table in one metadata (so Alembic autogenerate sees them all): API keys, photos,
+presigned uploads, edit jobs, idempotency keys and webhook bookkeeping.
 
 The `edits` row is the single source of truth for a job; Celery only carries its id. State changes
 go through `common.lifecycle` (one conditional UPDATE each).
@@ -11,7 +12,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -135,3 +147,20 @@ class Edit(Base):
         Index("ix_edits_owner_created", "owner", "created_at", "id"),
         Index("ix_edits_status_created", "status", "created_at"),
     )
+
+
+class IdempotencyRecord(Base):
+    """One key per caller: the request fingerprint and, once done, the response to replay."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10))  # in_flight | done
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
