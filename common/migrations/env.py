@@ -28,6 +28,8 @@ def run_online() -> None:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
+            compare_type=True,
+            compare_server_default=True,  # autogenerate (and tests/common/test_migrations.py) see defaults too
         )
         with context.begin_transaction():
             context.run_migrations()
