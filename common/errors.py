@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unsupported_media_type": 415,
     "unsupported_format": 415,
     "validation_error": 422,
+    "invalid_cursor": 422,
     "invalid_image": 422,
     "image_too_small": 422,
     "rate_limited": 429,

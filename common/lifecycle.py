@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from common.models import Edit, utcnow
 
@@ -107,6 +107,23 @@ def _timeout_values(now: datetime) -> dict[str, Any]:
 
 def _held_by(token: str):
     return and_(Edit.status == EditStatus.PROCESSING, Edit.worker == token)
+
+
+def queue_positions(session: Session, edits: list[Edit]) -> dict[str, int]:
+    """How many `starting` edits (of everyone) were created before each of `edits` still `starting`, by id:
+    one grouped count for a whole page, whatever its size."""
+    waiting = [edit.id for edit in edits if edit.status == EditStatus.STARTING]
+    if not waiting:
+        return {}
+    ahead = aliased(Edit)
+    before = and_(ahead.status == EditStatus.STARTING, ahead.created_at < Edit.created_at)
+    counts = session.execute(
+        select(Edit.id, func.count(ahead.id))
+        .outerjoin(ahead, before)
+        .where(Edit.id.in_(waiting))
+        .group_by(Edit.id)
+    )
+    return {edit_id: count for edit_id, count in counts}
 
 
 def renew_lease(session: Session, edit_id: str, token: str, lease_seconds: float) -> bool:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import logging
+import re
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
@@ -22,15 +23,18 @@ from api.webhook_url import check_webhook_url
 from common import lifecycle
 from common.deliveries import push_events
 from common.errors import ApiError
+from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
 from common.queue import enqueue_edit
 from common.queue_caps import QueueCaps, admit
 from common.settings import Settings
-from common.storage import Storage
+from common.storage import ObjectNotFound, Storage
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 429, 503)}
+_CURSOR_ID = re.compile(r"[0-9a-z_]{1,40}")  # the shape of `common.models.new_id`
 _MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -42,15 +46,8 @@ def load_edit(session: Session, owner: str, edit_id: str) -> Edit:
     return edit
 
 
-def _queue_position(session: Session, edit: Edit) -> int | None:
-    if edit.status != lifecycle.STARTING:
-        return None
-    ahead = select(func.count()).where(Edit.status == lifecycle.STARTING, Edit.created_at < edit.created_at)
-    return session.scalar(ahead)
-
-
 def _output_urls(edit: Edit, request: Request, storage: Storage, settings: Settings) -> list[str] | None:
-    if edit.status != lifecycle.SUCCEEDED or not edit.output_keys:
+    if edit.status != EditStatus.SUCCEEDED or not edit.output_keys:
         return None
     expiry = timedelta(seconds=settings.output_url_expiry_seconds)
     urls = []
@@ -61,8 +58,10 @@ def _output_urls(edit: Edit, request: Request, storage: Storage, settings: Setti
     return urls
 
 
-def edit_out(edit: Edit, session: Session, request: Request, storage: Storage, settings: Settings) -> EditOut:
-    """The public resource of an edit row."""
+def edit_out(
+    edit: Edit, queue_position: int | None, request: Request, storage: Storage, settings: Settings
+) -> EditOut:
+    """The public resource of an edit row (`queue_position` from `lifecycle.queue_positions`)."""
     metrics = dict(edit.metrics or {})
     if edit.started_at and "queue_seconds" not in metrics:
         metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
@@ -83,8 +82,8 @@ def edit_out(edit: Edit, session: Session, request: Request, storage: Storage, s
         error=error,
         metrics=metrics,
         model=edit.model,
-        progress=edit.progress if edit.status == lifecycle.PROCESSING else None,
-        queue_position=_queue_position(session, edit),
+        progress=edit.progress if edit.status == EditStatus.PROCESSING else None,
+        queue_position=queue_position,
         webhook=edit.webhook,
         webhook_events_filter=edit.webhook_events_filter,
         created_at=edit.created_at,
@@ -95,6 +94,12 @@ def edit_out(edit: Edit, session: Session, request: Request, storage: Storage, s
             cancel=str(request.url_for("cancel_edit", edit_id=edit.id)),
         ),
     )
+
+
+def _out(edit: Edit, session: Session, request: Request, storage: Storage, settings: Settings) -> EditOut:
+    """One edit's resource, its queue position read alongside."""
+    position = lifecycle.queue_positions(session, [edit]).get(edit.id)
+    return edit_out(edit, position, request, storage, settings)
 
 
 def parse_prefer_wait(header: str | None, cap: int) -> int | None:
@@ -145,7 +150,7 @@ def _new_edit(owner: str, body: EditCreate, settings: Settings) -> Edit:
         output_format=body.output_format,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
-        status=lifecycle.STARTING,
+        status=EditStatus.STARTING,
         attempt=0,
         created_at=now,
         deadline_at=now + timedelta(seconds=settings.job_deadline_seconds),
@@ -185,7 +190,7 @@ async def create_edit(
         await run_in_threadpool(session.refresh, edit)
         response.headers["Preference-Applied"] = f"wait={wait}"
     response.headers["Location"] = str(request.url_for("get_edit", edit_id=edit.id))
-    return await run_in_threadpool(edit_out, edit, session, request, storage, settings)
+    return await run_in_threadpool(_out, edit, session, request, storage, settings)
 
 
 def _encode_cursor(edit: Edit) -> str:
@@ -193,12 +198,18 @@ def _encode_cursor(edit: Edit) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at in UTC, id) a `next` cursor names. Anything else is 422 `invalid_cursor`, never a 500:
+    a date at the end of the calendar that overflows when shifted to UTC, a naive one, an id that no edit
+    can have (a NUL byte would make PostgreSQL refuse the query)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, edit_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), edit_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError("bad_request", "invalid cursor: pass the `next` value of a previous page") from None
+        created_text, edit_id = raw.split("|", 1)
+        created = datetime.fromisoformat(created_text)
+        if created.tzinfo is None or not _CURSOR_ID.fullmatch(edit_id):
+            raise ValueError("not a cursor this API wrote")
+        return created.astimezone(UTC), edit_id
+    except (ValueError, OverflowError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ApiError("invalid_cursor", "invalid cursor: pass the `next` value of a previous page") from None
 
 
 @router.get("", response_model=EditList, responses=_ERRORS)
@@ -215,13 +226,12 @@ def list_edits(
     query = select(Edit).where(Edit.owner == owner)
     if cursor:
         created, edit_id = _decode_cursor(cursor)
-        if created.tzinfo is None:
-            raise ApiError("bad_request", "invalid cursor: pass the `next` value of a previous page")
         query = query.where(or_(Edit.created_at < created, and_(Edit.created_at == created, Edit.id < edit_id)))
     rows = list(session.scalars(query.order_by(Edit.created_at.desc(), Edit.id.desc()).limit(limit + 1)))
     page = rows[:limit]
+    positions = lifecycle.queue_positions(session, page)  # one query for the page
     return EditList(
-        results=[edit_out(edit, session, request, storage, settings) for edit in page],
+        results=[edit_out(edit, positions.get(edit.id), request, storage, settings) for edit in page],
         next=_encode_cursor(page[-1]) if len(rows) > limit else None,
     )
 
@@ -230,7 +240,7 @@ def list_edits(
 def get_edit(
     edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> EditOut:
-    return edit_out(load_edit(session, owner, edit_id), session, request, storage, settings)
+    return _out(load_edit(session, owner, edit_id), session, request, storage, settings)
 
 
 @router.post("/{edit_id}/cancel", response_model=EditOut, responses=_ERRORS)
@@ -242,12 +252,12 @@ def cancel_edit(
     edit = load_edit(session, owner, edit_id)
     lifecycle.cancel(session, edit.id)
     session.refresh(edit)
-    if edit.status in (lifecycle.SUCCEEDED, lifecycle.FAILED):
+    if edit.status in (EditStatus.SUCCEEDED, EditStatus.FAILED):
         raise ApiError("not_cancelable", f"the edit already {edit.status}")
-    if edit.status == lifecycle.CANCELED:  # a queued edit ends here; a running one ends in its worker
+    if edit.status == EditStatus.CANCELED:  # a queued edit ends here; a running one ends in its worker
         push_events(session, celery, edit.id, settings.public_base_url, settings.io_queue)
         session.refresh(edit)
-    return edit_out(edit, session, request, storage, settings)
+    return _out(edit, session, request, storage, settings)
 
 
 @router.get("/{edit_id}/outputs/{index}", response_class=Response, responses=_ERRORS)
@@ -257,7 +267,12 @@ def get_edit_output(
     """One result image (the URL form used with local storage; S3 hands out presigned URLs)."""
     edit = load_edit(session, owner, edit_id)
     keys = edit.output_keys or []
-    if edit.status != lifecycle.SUCCEEDED or not 0 <= index < len(keys):
+    if edit.status != EditStatus.SUCCEEDED or not 0 <= index < len(keys):
         raise ApiError("output_not_found", f"edit {edit_id!r} has no output {index}")
+    try:
+        body = storage.get(keys[index])
+    except ObjectNotFound:  # deleted under us (retention, erasure) or lost by the store
+        log.warning("edit %s output %d: stored object %s is missing", edit_id, index, keys[index])
+        raise ApiError("output_not_found", f"edit {edit_id!r} output {index} is no longer stored") from None
     media_type = _MEDIA_TYPES.get(keys[index].rsplit(".", 1)[-1], "application/octet-stream")
-    return Response(storage.get(keys[index]), media_type=media_type, headers={"Cache-Control": "private"})
+    return Response(body, media_type=media_type, headers={"Cache-Control": "private"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import face_jpeg, make_api
 
@@ -113,8 +114,40 @@ def test_list_pages_with_a_cursor(queued_settings):
     second = api.get("/v1/edits", params={"limit": 2, "cursor": first["next"]}).json()
     assert [e["id"] for e in first["results"] + second["results"]] == ids[::-1]
     assert second["next"] is None
-    assert api.get("/v1/edits", params={"cursor": "garbage!"}).json()["code"] == "bad_request"
+    garbage = api.get("/v1/edits", params={"cursor": "garbage!"})
+    assert (garbage.status_code, garbage.json()["code"]) == (422, "invalid_cursor")
     assert api.get("/v1/edits", params={"limit": 0}).status_code == 422
+
+
+def _statements(api, call) -> tuple[int, object]:
+    """How many SQL statements the API's engine ran while `call()` ran, and its result."""
+    engine, seen = api.client.app.state.engine, []
+
+    def count(*_args) -> None:
+        seen.append(1)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        result = call()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen), result
+
+
+def test_a_page_costs_the_same_statements_whatever_its_size(queued_settings):
+    """Queue positions are read for the whole page at once (was one count per row)."""
+    api = make_api(queued_settings, name="pager")
+    image_id = api.upload(face_jpeg())["id"]
+    for _ in range(12):
+        assert api.post("/v1/edits", json=_body(image_id)).status_code == 201
+    few, small = _statements(api, lambda: api.get("/v1/edits", params={"limit": 2}))
+    many, large = _statements(api, lambda: api.get("/v1/edits", params={"limit": 12}))
+    assert small.status_code == large.status_code == 200
+    assert many == few, (few, many)
+    positions = [edit["queue_position"] for edit in large.json()["results"]]  # newest first, all starting
+    assert all(a - b == 1 for a, b in zip(positions, positions[1:], strict=False)) and positions[-1] >= 0
+    one = api.get(f"/v1/edits/{large.json()['results'][0]['id']}").json()
+    assert one["queue_position"] == positions[0]
 
 
 def test_someone_elses_edit_is_a_404(queued, queued_settings):
