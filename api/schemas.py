@@ -63,7 +63,9 @@ class EditCreate(BaseModel):
     image: str = Field(min_length=1, max_length=64, description="id of an image from `POST /v1/images`")
     neutral: Prompt = Field(description="text describing the photo as it is, e.g. `a face`")
     target: Prompt = Field(description="text describing the wanted result, e.g. `a face with glasses`")
-    alphas: list[Alpha] = Field(min_length=1, description="edit strengths; one output image per alpha")
+    # max_length: the pipeline's own ceiling (MAX_ALPHAS, at most 16, is checked by the route); a cap here
+    # stops a long list at validation, before it becomes thousands of objects.
+    alphas: list[Alpha] = Field(min_length=1, max_length=16, description="edit strengths; one output image per alpha")
     beta: float = Field(0.15, gt=0, lt=1, allow_inf_nan=False,
                         description="disentanglement threshold (~0.1-0.2; StyleCLIP's 0.15 when left out)")
     mode: EditMode = "global"
