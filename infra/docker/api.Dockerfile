@@ -26,4 +26,5 @@ USER 10001
 
 ENV WEB_DIR=/app/web
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+# X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (default 127.0.0.1; uvicorn and the app read it).
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
