@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.lifecycle import EditStatus
+
 # Same bounds as the pipeline (pipeline.directions), so a bad value is a 422 now, not a failed job later.
 Alpha = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]
 Prompt = Annotated[str, Field(min_length=1, max_length=300)]
@@ -14,7 +16,6 @@ EditMode = Literal["global", "optimize"]
 OutputFormat = Literal["jpeg", "png", "webp"]
 # Same event names as Replicate's `webhook_events_filter`; delivery lives in worker/ (webhooks).
 WebhookEvent = Literal["start", "output", "logs", "completed"]
-EditStatus = Literal["starting", "processing", "succeeded", "failed", "canceled"]
 
 
 class ErrorBody(BaseModel):

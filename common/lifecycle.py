@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, aliased
 from common.models import Edit, utcnow
 
 
+# The one definition of the statuses: the API schema, the worker, metrics and webhooks all read it from here.
 class EditStatus(enum.StrEnum):
-    """An edit's status: the only definition (the API schema, metrics and webhooks read it from here)."""
+    """An edit's state: `starting` (queued) → `processing` → `succeeded` | `failed` | `canceled`."""
 
     STARTING = "starting"
     PROCESSING = "processing"
