@@ -29,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from common.lifecycle import EditStatus
+
 # Edits take from a fraction of a second (cached inversion, small output) to minutes (optimize mode
 # on CPU); the buckets cover that range with about two per decade.
 _JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 600, 1800)
@@ -98,7 +100,7 @@ def start_exporter(port: int, addr: str = "0.0.0.0") -> None:
 
 
 def observe_edit(
-    metrics: Mapping[str, Any], outcome: str, error_code: str | None = None
+    metrics: Mapping[str, Any], outcome: EditStatus, error_code: str | None = None
 ) -> None:
     """Record one finished edit from its resource's `metrics` object (see docs/ARCHITECTURE.md).
 
@@ -113,7 +115,7 @@ def observe_edit(
     if isinstance(cached, bool):
         INVERSION_CACHE.labels(result="hit" if cached else "miss").inc()
     JOBS.labels(outcome=outcome).inc()
-    if outcome == "failed":
+    if outcome == EditStatus.FAILED:
         JOB_FAILURES.labels(code=error_code or "internal").inc()
 
 

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from common import metrics
+from common.lifecycle import EditStatus
 
 
 def _value(name: str, **labels: str) -> float:
@@ -48,7 +49,7 @@ def test_observe_edit_records_stages_queue_wait_and_failure_code() -> None:
     metrics.observe_edit(
         {"queue_seconds": 1.5, "align_seconds": 0.2, "invert_seconds": 3.0, "direction_seconds": None,
          "total_seconds": 4.0, "inversion_cached": True},
-        outcome="failed", error_code="no_face",
+        outcome=EditStatus.FAILED, error_code="no_face",
     )
     assert _value("faceedit_job_stage_seconds_count", stage="invert") == before + 1
     assert _value("faceedit_job_failures_total", code="no_face") == before_fail + 1
