@@ -1,8 +1,63 @@
-"""Helpers for tests that run real subprocesses (workers, Flower)."""
+"""Helpers for tests that run real subprocesses (services, workers, Flower): start them so they cannot
+outlive the test session, find their children, stop them."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import socket
 import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive `sig` when the test process dies, however it dies
+    (Linux `PR_SET_PDEATHSIG`; None elsewhere). Start such children from the main thread: the signal
+    follows the death of the thread that forked them."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+
+    return arm
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (empty when it is gone)."""
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = task / "children"
+        if children.is_file():
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a process group started with `start_new_session=True` (whatever of it is left)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def stop_process(process: subprocess.Popen) -> str:

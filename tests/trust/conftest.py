@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://faceedit:faceedit@127.0.0.1:5432/faceedit_test")
+from tests.services.postgres import private_database
+from tests.services.provision import require
+
 COUNTS: Counter[str] = Counter()
 COUNT_NAMES = ("cases tried", "5xx seen", "jobs checked", "jobs lost", "jobs duplicated", "worker kills")
 
@@ -24,25 +22,9 @@ def count(name: str, n: int = 1) -> None:
     COUNTS[name] += n
 
 
-@contextlib.contextmanager
 def pg_database():
-    """A new PostgreSQL database migrated to head (skips without PostgreSQL); dropped afterwards."""
-    from common.db import upgrade
-
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"trust_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # noqa: BLE001 - any connection failure means "no PostgreSQL here"
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {type(e).__name__}")
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """A new PostgreSQL database migrated to head, dropped afterwards (tests/services/postgres.py)."""
+    return private_database(require("postgresql"), prefix="trust")
 
 
 @pytest.fixture

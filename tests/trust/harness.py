@@ -1,11 +1,11 @@
-"""The API as the trust tests drive it: real PostgreSQL (a private database), real Redis (a private
-queue name), local-folder storage, two accounts (alice, bob) and a revoked key."""
+"""The API as the trust tests drive it: real PostgreSQL (a private database), real Redis (private
+queue names), local-folder storage, two accounts (alice, bob) and a revoked key. Settings come from the
+shared builder (tests/services/settings.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.keys import create_key, revoke_key
 from api.main import create_app
 from common.settings import Settings
+from tests.services.settings import GENEROUS_LIMITS, build_settings
+from tests.services.settings import drop_queues as drop_private_queues
 from tests.trust import hostile
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Decided by the session before this module is imported (tests/services/provision.py).
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 GOOD_EDIT = {"neutral": "a face", "target": "a smiling face", "alphas": [0, 2], "beta": 0.15}
 
 
@@ -50,30 +53,13 @@ class Service:
             client.close()
 
 
-GENEROUS_LIMITS = dict(
-    rate_limit_per_second=1000.0,
-    rate_limit_burst=10000,
-    submit_rate_per_second=1000.0,
-    submit_rate_burst=10000,
-    max_queued_per_owner=10000,
-    max_queued_total=100000,
-)
+__all__ = ["GENEROUS_LIMITS", "GOOD_EDIT", "REDIS_URL", "Service", "running_service", "trust_settings"]
 
 
 def trust_settings(database_url: str, storage_dir: Path, **overrides) -> Settings:
     """Settings for a test service; generous limits unless a test asks for tight ones."""
-    values = dict(
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        storage_backend="local",
-        storage_dir=storage_dir,
-        edits_queue=f"edits-trust-{uuid.uuid4().hex[:8]}",
-        io_queue=f"io-trust-{uuid.uuid4().hex[:8]}",
-        web_dir=storage_dir / "no-web",
-        **GENEROUS_LIMITS,
-    )
-    values.update(overrides)
-    return Settings(**values)
+    redis_url = overrides.pop("redis_url", REDIS_URL)
+    return build_settings(database_url, redis_url, storage_dir=storage_dir, tag="trust-", **overrides)
 
 
 @contextlib.contextmanager
@@ -97,6 +83,4 @@ def running_service(settings: Settings, owner_suffix: str = "", drop_queues: boo
         app.state.engine.dispose()
         engine.dispose()
         if drop_queues:
-            queue = redis.Redis.from_url(settings.redis_url)
-            queue.delete(settings.edits_queue, settings.io_queue)
-            queue.close()
+            drop_private_queues(settings)

@@ -4,10 +4,6 @@ in its parent, see preloaded_worker.py) with beat, local storage, and a webhook 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,69 +19,29 @@ from api.main import create_app
 from common.models import Edit
 from common.settings import Settings
 from common.storage import LocalStorage
-from tests.conftest import REPO_ROOT, settings_env
+from tests.services.settings import FAULT_TIMINGS, build_settings
+from tests.services.worker import WorkerProcess
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def fault_settings(database_url: str, redis_url: str, storage_dir: Path, model_dir: Path, **overrides) -> Settings:
     """Short leases and fast beat so kills and restarts are recovered within seconds."""
-    tag = uuid.uuid4().hex[:8]
-    values = dict(
-        database_url=database_url, redis_url=redis_url, storage_backend="local", storage_dir=storage_dir,
-        model_dir=model_dir, edits_queue=f"edits-f{tag}", io_queue=f"io-f{tag}", web_dir=storage_dir / "no-web",
-        lease_seconds=2.0, heartbeat_seconds=0.5, reaper_interval_seconds=0.5, cancel_check_seconds=0.2,
-        progress_write_seconds=0.2, job_deadline_seconds=600, max_attempts=6,
-        webhook_allow_networks="127.0.0.0/8", webhook_sweep_seconds=0.5, webhook_retry_base_seconds=0.3,
-        webhook_retry_max_seconds=2.0, webhook_timeout_seconds=2.0, webhook_max_attempts=30,
-        rate_limit_per_second=1000.0, rate_limit_burst=10000, submit_rate_per_second=1000.0,
-        submit_rate_burst=10000, max_queued_per_owner=1000, max_queued_total=10000,
-    )
-    values.update(overrides)
-    return Settings(**values)
+    return build_settings(database_url, redis_url, storage_dir=storage_dir, model_dir=model_dir, tag="f",
+                          **{**FAULT_TIMINGS, **overrides})
 
 
-class Worker:
-    """`python -m tests.trust.preloaded_worker` with beat, logging to a file of its own."""
+class Worker(WorkerProcess):
+    """The preloaded prefork worker (tests/trust/preloaded_worker.py) with beat, a log file per start."""
 
     def __init__(self, settings: Settings, log_dir: Path):
-        self.settings, self.log_dir = settings, log_dir
-        self.process: subprocess.Popen | None = None
-        self.log_path: Path | None = None
+        super().__init__(settings, log_dir / "worker.log", beat=True, preloaded=True)
+        self.log_dir = log_dir
 
     def start(self, timeout: float = 300) -> Worker:
         self.log_path = self.log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-        queues = f"{self.settings.edits_queue},{self.settings.io_queue}"
-        command = [sys.executable, "-m", "tests.trust.preloaded_worker", "-Q", queues, "-B",
-                   "--schedule", str(self.log_path.with_suffix(".beat")), "-n", f"fault-{uuid.uuid4().hex[:6]}@%h",
-                   "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-        env = {**settings_env(self.settings), "OMP_NUM_THREADS": "1"}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if " ready." in text:
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited ({self.process.returncode}):\n{text[-3000:]}")
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # a child the parent did not reap
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        super().start(timeout)
+        return self
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Browser-test fixtures: the real service (`python -m api dev`, dev bundle) and Debian's Chromium.
+"""Browser-test fixtures: the real service (`python -m api dev`, dev bundle) and Debian's Chromium
+(found, or installed once where we are root: tests/services/browser.py; missing, the tests fail naming
+the command that gets it).
 
 `FACEEDIT_WEB_URL=http://host:port` points the tests at a service that is already running instead (its
 `/app-config.json` must hand out a development key). `WEB_SCREENSHOTS=docs/screenshots` keeps the phone-size
@@ -11,7 +13,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +26,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page
 
+from tests.processes import die_with_parent, free_port, kill_group
+from tests.services.browser import require_chromium
+
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -48,12 +51,6 @@ class Service:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, process: subprocess.Popen | None, log: Path) -> None:
@@ -82,7 +79,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         return
     bundle = request.getfixturevalue("dev_bundle")  # tests/conftest.py: written once per session
     data = tmp_path_factory.mktemp("service")
-    port = _free_port()
+    port = free_port()
     env = {
         key: value for key, value in os.environ.items()
         if key not in ("REDIS_URL", "DEV_API_KEY", "STORAGE_BACKEND")  # the launcher's embedded defaults
@@ -98,6 +95,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         process = subprocess.Popen(
             [sys.executable, "-m", "api", "dev"], cwd=data, env={**env, "PYTHONPATH": str(REPO)},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),  # the launcher stops its worker and Redis itself
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -110,16 +108,19 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
         # ...and whatever of its session is left (a worker in warm shutdown) must not outlive the tests.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_group(process.pid)
         process.wait()
 
 
 @pytest.fixture(scope="session")
-def browser_type():
-    """Playwright's Chromium driver, pointed at Debian's chromium (never `playwright install`)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+def chromium() -> Path:
+    """Debian's Chromium binary (Playwright drives it; never `playwright install`)."""
+    return require_chromium()
+
+
+@pytest.fixture(scope="session")
+def browser_type(chromium):
+    """Playwright's Chromium driver, pointed at Debian's chromium."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -127,8 +128,8 @@ def browser_type():
 
 
 @pytest.fixture(scope="session")
-def browser(browser_type):
-    browser = browser_type.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+def browser(browser_type, chromium):
+    browser = browser_type.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
     yield browser
     browser.close()
 
@@ -158,10 +159,10 @@ def phone(new_phone) -> Page:
 
 
 @pytest.fixture
-def profile_phone(browser_type, tmp_path: Path) -> Iterator[Page]:
+def profile_phone(browser_type, chromium, tmp_path: Path) -> Iterator[Page]:
     """A phone page in a persistent profile: Chromium never offers to install from an incognito context."""
     context = browser_type.launch_persistent_context(tmp_path / "profile", viewport=PHONE, is_mobile=True,
-                                                     executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                                                     executable_path=str(chromium), args=CHROMIUM_ARGS)
     yield context.pages[0] if context.pages else context.new_page()
     context.close()
 

@@ -1,0 +1,95 @@
+"""The one worker launcher of the tests: a real Celery worker process for a test deployment.
+
+Two flavours, same options: the production `celery worker -P solo` (models load in the process that
+runs jobs), and `preloaded=True`, `python -m tests.trust.preloaded_worker`, a prefork worker whose parent
+loads the models once so a SIGKILLed child is replaced in a moment (the fault tests kill it many
+times). Each worker runs in a process group of its own, so stopping or killing it takes its embedded
+beat and pool children along.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.processes import child_pids, die_with_parent, kill_group, kill_pids
+from tests.services.settings import REPO_ROOT, queues, settings_env
+
+
+class WorkerProcess:
+    """A worker consuming every queue of `settings` (with beat: the reaper, sweeps, retention), its
+    output in `log_path`. `start()` returns once it is ready (models loaded)."""
+
+    def __init__(self, settings, log_path: Path, beat: bool = True, preloaded: bool = False):
+        self.settings, self.log_path, self.beat, self.preloaded = settings, Path(log_path), beat, preloaded
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        name = f"{'fault' if self.preloaded else 'test'}-{uuid.uuid4().hex[:6]}@%h"
+        if self.preloaded:
+            command = [sys.executable, "-m", "tests.trust.preloaded_worker"]
+        else:
+            command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-c", "1"]
+        command += ["-Q", ",".join(queues(self.settings)), "-n", name, "--loglevel", "INFO",
+                    "--without-gossip", "--without-mingle"]
+        if self.beat:
+            command += ["-B", "--schedule", str(self.log_path.with_suffix(".beat"))]
+        return command
+
+    def _ready(self, text: str) -> bool:
+        if self.preloaded:  # models are loaded before Celery starts
+            return " ready." in text
+        return "models ready" in text or "models not loaded" in text
+
+    def start(self, timeout: float = 300) -> WorkerProcess:
+        env = settings_env(self.settings)
+        if self.preloaded:
+            env["OMP_NUM_THREADS"] = "1"  # a parent that never started an OpenMP pool forks safely
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if self._ready(text):
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.process.returncode}):\n{text[-3000:]}")
+            time.sleep(0.2)
+        self.kill()
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no ack; exactly what an OOM kill does (its beat and pool go too)."""
+        if self.process is None:
+            return
+        children = child_pids(self.process.pid)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        kill_group(self.process.pid)
+        kill_pids(children)  # a child that left the group
+
+    def stop(self) -> None:
+        """SIGTERM (warm shutdown) for up to 20 s, then SIGKILL; nothing of it is left running."""
+        if self.process is None:
+            return
+        children = child_pids(self.process.pid)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        kill_pids(children)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
