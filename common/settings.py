@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         40_000_000, ge=4096, description="Largest accepted photo, width × height (checked before decoding)."
     )
     min_image_side: int = Field(64, ge=1, description="Smallest accepted photo side in pixels.")
+    max_json_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest body of every request that does not carry a photo (JSON, or none); photos go to "
+        "multipart `POST /v1/images` or `PUT /v1/uploads/{id}`, limited by MAX_UPLOAD_BYTES.",
+    )
     max_alphas: int = Field(
         8, ge=1, le=16, description="Most edit strengths (output images) per edit (the pipeline allows 16)."
     )
@@ -127,6 +134,17 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Sustained POSTs (uploads, images, edits) per second per API key."
     )
     submit_rate_burst: int = Field(20, ge=1, description="Burst of POSTs per key above the sustained rate.")
+    auth_failure_per_second: float = Field(
+        1.0, gt=0, description="Sustained /v1 requests without a valid key (none, malformed, unknown, revoked) "
+        "per client address; refused with 401, then 429 once the burst is spent."
+    )
+    auth_failure_burst: int = Field(60, ge=1, description="Burst of /v1 requests without a valid key per address.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses or CIDRs of the proxies whose `X-Forwarded-For` names the client "
+        "(the address keyless requests are limited by, and the dev key's loopback check); empty: none. The "
+        "variable uvicorn reads too. Never `*` where clients can reach the API directly.",
+    )
     max_queued_per_owner: int = Field(
         20, ge=1, description="Unfinished edits one account may have; one more is refused with 429 `queue_full`."
     )
