@@ -1,18 +1,21 @@
 """ASGI middleware applying `Idempotency-Key` to every authenticated POST under /v1 (see
-common.idempotency for the semantics). It sits inside the body-size limit and outside the routes,
-so no route needs to know about it: the first request runs normally and its 2xx answer is stored;
-a retry with the same key gets that answer back with `Idempotent-Replayed: true`.
+common.idempotency for the semantics). It sits inside the key check, the rate limiter and the
+body-size limit and outside the routes, so no route needs to know about it: the first request runs
+normally and its 2xx answer is stored; a retry with the same key gets that answer back with
+`Idempotent-Replayed: true`. Being inside the key check, a replay needs a key that is valid *now*
+(a revoked key gets 401, not its stored 201), and no body is read for an unauthenticated caller.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi import header, send_error
+from api.auth import principal_of
 from common import idempotency as idem
 from common.errors import ApiError
 
@@ -21,16 +24,6 @@ log = logging.getLogger(__name__)
 HEADER = b"idempotency-key"
 # Response headers worth replaying (not Date, Server, or per-connection ones).
 _KEPT_HEADERS = {"content-type", "location", "preference-applied"}
-
-
-def _bearer(headers: dict[bytes, bytes]) -> str | None:
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-async def _send_json(send: Send, error: ApiError) -> None:
-    body = json.dumps(error.body()).encode()
-    await _send_raw(send, error.status, {"content-type": "application/json", **(error.headers or {})}, body)
 
 
 async def _send_raw(send: Send, status: int, headers: dict[str, str], body: bytes, replayed: bool = False) -> None:
@@ -51,38 +44,37 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        raw_key = headers.get(HEADER)
-        token = _bearer(headers)
-        if raw_key is None or token is None:  # no key, or unauthenticated (the route answers 401)
+        raw_key = header(scope, HEADER)
+        principal = principal_of(scope)
+        if raw_key is None or principal is None:  # no key, or unauthenticated (the gate answered 401)
             await self.app(scope, receive, send)
             return
         try:
             key = idem.parse_key(raw_key.decode("latin-1"))
         except idem.InvalidKey as e:
-            await _send_json(send, ApiError("invalid_idempotency_key", str(e)))
+            await send_error(send, ApiError("invalid_idempotency_key", str(e)))
             return
         try:
             body = await self._read_body(receive)
         except ApiError as e:  # the body-size limit refuses while we read; routes are not reached
-            await _send_json(send, e)
+            await send_error(send, e)
             return
         fp = idem.fingerprint(scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"),
-                              headers.get(b"content-type", b"").decode("latin-1"), body)
-        key_scope = idem.scope_for(token)
+                              (header(scope, b"content-type") or b"").decode("latin-1"), body)
+        key_scope = principal.key_hash
         factory = scope["app"].state.session_factory
         try:
             begun = await run_in_threadpool(self._begin, factory, key_scope, key, fp)
         except SQLAlchemyError:
-            await _send_json(send, ApiError("service_unavailable", "the database is unreachable; retry shortly",
+            await send_error(send, ApiError("service_unavailable", "the database is unreachable; retry shortly",
                                             headers={"Retry-After": "2"}))
             return
         if begun.outcome is idem.Outcome.MISMATCH:
-            await _send_json(send, ApiError(
+            await send_error(send, ApiError(
                 "idempotency_key_reused", "this Idempotency-Key was used with a different request"))
             return
         if begun.outcome is idem.Outcome.IN_FLIGHT:
-            await _send_json(send, ApiError(
+            await send_error(send, ApiError(
                 "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed",
                 headers={"Retry-After": "1"}))
             return

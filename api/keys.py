@@ -14,6 +14,8 @@ KEY_PREFIX = "fe_"
 
 
 def hash_key(key: str) -> str:
+    """The only hash of a credential: stored in `api_keys.key_hash`, the rate-limit bucket and the
+    idempotency scope of the key (api.auth computes it once per request)."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -28,11 +30,9 @@ def create_key(session: Session, name: str, owner: str | None = None) -> tuple[A
     return row, key
 
 
-def owner_for_key(session: Session, key: str) -> str | None:
-    """The owner of a live (not revoked) key, or None."""
-    return session.scalar(
-        select(ApiKey.owner).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
+def owner_for_hash(session: Session, key_hash: str) -> str | None:
+    """The owner of a live (not revoked) key given its `hash_key`, or None (one indexed lookup)."""
+    return session.scalar(select(ApiKey.owner).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
 
 
 def revoke_key(session: Session, key_id: str) -> bool:

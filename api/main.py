@@ -2,6 +2,14 @@
 
 Every error leaves as `{"code", "message"}`: our ApiErrors, FastAPI's validation errors, Starlette's
 404/405, and unexpected exceptions (500 `internal_error`, no stack trace in the body).
+
+A request passes these layers, outermost first, and each may answer before the next runs:
+
+    metrics → security headers → client address (X-Forwarded-For from FORWARDED_ALLOW_IPS only)
+    → key check (api.auth: headers only, 401 charged to the address) → per-key rate limits (429)
+    → body limit (64 KiB unless the route takes a photo: 413) → Idempotency-Key → the route
+
+so nothing reads a body before the caller is known and within its limits (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -14,12 +22,15 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from api.auth import AuthGate
 from api.body_limit import BodySizeLimit
 from api.idempotency import IdempotencyMiddleware
 from api.photo_check import enable_heif
 from api.rate_limit import RateLimitMiddleware, RateLimits
-from api.routes import app_config, edits, health, images, me, metrics, uploads, webhooks
+from api.routes import app_config, docs, edits, health, images, me, metrics, uploads, webhooks
+from api.security_headers import SecurityHeaders
 from common.db import make_engine, make_session_factory
 from common.errors import ApiError
 from common.logging import configure_logging
@@ -98,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="faceedit",
         version="1",
         description="Text-driven face editing (StyleCLIP global directions) as an asynchronous job API.",
+        docs_url=None,  # api.routes.docs serves it without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
@@ -106,17 +119,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings, name="faceedit-api")
 
     install_error_handlers(app)
-    # Inside the body limit (it reads the body it fingerprints), outside the routes (docs/SECURITY.md).
+    # Added innermost first: each add_middleware wraps the ones before it (the order is in the docstring).
     app.add_middleware(IdempotencyMiddleware, ttl_hours=settings.idempotency_ttl_hours)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_OVERHEAD)
-    # Floods are refused before their bodies are read.
+    app.add_middleware(BodySizeLimit, json_max_bytes=settings.max_json_body_bytes,
+                       photo_max_bytes=settings.max_upload_bytes + _MULTIPART_OVERHEAD)
     limiter = RateLimiter.from_url(settings.redis_url) if settings.redis_url else None
     app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=RateLimits.from_settings(settings))
+    app.add_middleware(AuthGate, settings=settings, session_factory=app.state.session_factory, limiter=limiter)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    app.add_middleware(SecurityHeaders)
     # Outermost, so the latency covers the other middlewares and errors they turn into responses.
     app.add_middleware(HttpMetricsMiddleware)
 
-    for module in (health, metrics, app_config, images, uploads, edits, webhooks, me):
+    for module in (health, metrics, app_config, docs, images, uploads, edits, webhooks, me):
         app.include_router(module.router)
+    docs.mount_assets(app)
     if settings.web_dir.is_dir():
         # Last, so API routes win; unknown paths still get the JSON 404 through the handler above.
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")

@@ -18,6 +18,9 @@ from common.errors import ApiError
 
 # Pillow format name → the name the API reports.
 ALLOWED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "HEIF": "heif"}
+# Phones write JPEGs with a Multi-Picture (MPF) segment (a depth map, a preview): Pillow's JPEG opener
+# returns those as "MPO". They are JPEG files and the first frame is the photo.
+_REPORTED_FORMATS = ALLOWED_FORMATS | {"MPO": "jpeg"}
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heif": "image/heif"}
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
@@ -68,7 +71,7 @@ def inspect_photo(data: bytes, max_pixels: int, min_side: int) -> PhotoInfo:
                 raise ApiError("invalid_image", f"the photo could not be decoded ({error})") from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ApiError("image_too_large", f"the photo has more than {max_pixels} pixels") from None
-            kind = ALLOWED_FORMATS[image.format]
+            kind = _REPORTED_FORMATS[image.format]
     if orientation in _ROTATED_ORIENTATIONS:
         width, height = height, width
     if min(width, height) < min_side:

@@ -1,20 +1,21 @@
 """Per-key request rate limits (ASGI middleware): 429 `{code, message}` with `Retry-After`. The cap on
 queued edits is `common.queue_caps`, checked when an edit is submitted.
 
-Buckets are per API key (its SHA-256, the same value stored in `api_keys.key_hash`), or per client
-address for requests without a key, so key guessing is throttled too. Submissions (POST) spend from
-a second, smaller bucket as well: they create work; reads do not.
+Buckets are per API key: the hash `api.auth.AuthGate` computed and resolved, read from the scope (never
+from the headers again, so the key that was checked is the key that pays). Requests without a valid
+key never get here: the gate refuses them and charges the client address. Submissions (POST) spend
+from a second, smaller bucket as well: they create work; reads do not.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.asgi import send_error
+from api.auth import principal_of
 from common.errors import ApiError
 from common.ratelimit import Rate, RateLimiter
 from common.settings import Settings
@@ -31,14 +32,6 @@ class RateLimits:
                    submits=Rate(settings.submit_rate_per_second, settings.submit_rate_burst))
 
 
-def _subject(scope: Scope) -> str:
-    scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()
-    client = scope.get("client") or ("unknown", 0)
-    return f"addr:{client[0]}"
-
-
 class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, limiter: RateLimiter | None, limits: RateLimits):
         self.app = app
@@ -46,22 +39,19 @@ class RateLimitMiddleware:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.limiter is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        principal = principal_of(scope) if scope["type"] == "http" else None
+        if self.limiter is None or principal is None:  # not /v1, or refused (and charged) by the gate
             await self.app(scope, receive, send)
             return
-        subject = _subject(scope)
+        subject = "key:" + principal.key_hash
         checks = [("requests", self.limits.requests)]
         if scope["method"] == "POST":
             checks.append(("submits", self.limits.submits))
         for namespace, rate in checks:
             decision = await run_in_threadpool(self.limiter.take, namespace, subject, rate)
             if not decision.allowed:
-                error = ApiError("rate_limited", f"too many {namespace} for this key; retry in "
-                                 f"{decision.retry_after_s} s", headers={"Retry-After": str(decision.retry_after_s)})
-                body = json.dumps(error.body()).encode()
-                await send({"type": "http.response.start", "status": 429, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(decision.retry_after_s).encode())]})
-                await send({"type": "http.response.body", "body": body})
+                wait = str(decision.retry_after_s)
+                await send_error(send, ApiError("rate_limited", f"too many {namespace} for this key; retry in "
+                                                f"{wait} s", headers={"Retry-After": wait}))
                 return
         await self.app(scope, receive, send)

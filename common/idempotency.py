@@ -58,11 +58,6 @@ def parse_key(header: str) -> str:
     return value
 
 
-def scope_for(credential: str) -> str:
-    """The namespace of a caller's keys: SHA-256 of its bearer credential (never stored in clear)."""
-    return hashlib.sha256(credential.encode()).hexdigest()
-
-
 def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
     """A hash of what makes two requests "the same". A multipart boundary is random per attempt, so
     it is removed from both the content type and the body before hashing."""

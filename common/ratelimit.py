@@ -1,22 +1,34 @@
 """Per-key request rate limits (Redis token bucket); the caps on queued edits are `common.queue_caps`.
 
 The bucket lives in Redis so every API replica shares it, and the refill uses Redis' own clock
-(`TIME`) so replicas with skewed clocks agree. If Redis cannot be reached the limiter lets the
-request through: rate limiting protects capacity, and refusing everything while the broker restarts
-would turn a blip into an outage (the submission itself still fails cleanly if the broker is down).
+(`TIME`) so replicas with skewed clocks agree. If Redis cannot be reached the limiter neither refuses
+everything (a broker restart would become an outage) nor lets everything through (a flood timed with
+an outage would be unlimited): it falls back to the same buckets kept in this process (`LocalBuckets`,
+per replica, so N replicas allow up to N times the rate), logs that once, and tries Redis again only
+every `REDIS_RETRY_SECONDS` (a circuit breaker: calls in between do not each wait for a timeout).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from common.redis_client import redis_client
+from common.redis_client import redis_py_url
 
 log = logging.getLogger(__name__)
+
+REDIS_RETRY_SECONDS = 5.0  # while Redis is down, how often one call tries it again
+REDIS_TIMEOUT_SECONDS = 0.5  # the longest a request waits for Redis before the fallback answers
 
 # KEYS[1] = bucket; ARGV = rate (tokens/s), burst, cost. Returns {allowed, wait_ms, tokens_left}.
 _TOKEN_BUCKET = """
@@ -62,26 +74,74 @@ class Decision:
     remaining: int = 0
 
 
-class RateLimiter:
-    """Token buckets in Redis keyed by `<namespace>:<subject>` (subject = key hash or client address)."""
+class LocalBuckets:
+    """The token buckets of `_TOKEN_BUCKET`, in this process: the fallback while Redis is unreachable.
+    At most `max_buckets` are kept (least recently used dropped), so random subjects cannot grow it."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ratelimit"):
+    def __init__(self, max_buckets: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._max = max_buckets
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate: Rate, cost: int = 1) -> Decision:
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.pop(key, (float(rate.burst), now))
+            tokens = min(rate.burst, tokens + max(0.0, now - at) * rate.per_second)
+            allowed = tokens >= cost
+            if allowed:
+                tokens -= cost
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        if allowed:
+            return Decision(allowed=True, remaining=math.floor(tokens))
+        return Decision(allowed=False, retry_after_s=max(1, math.ceil((cost - tokens) / rate.per_second)))
+
+
+class RateLimiter:
+    """Token buckets in Redis keyed by `<namespace>:<subject>` (subject = key hash or client address),
+    in-process ones while Redis is unreachable."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "ratelimit", clock: Callable[[], float] = time.monotonic):
         self._redis = client
         self._prefix = prefix
         self._script = client.register_script(_TOKEN_BUCKET)
+        self._local = LocalBuckets(clock=clock)
+        self._clock = clock
+        self._retry_redis_at = 0.0  # while in the future: Redis is considered down
+        self._degraded = False
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter:
-        return cls(redis_client(url, timeout=1.0))
+        """A limiter on the broker's Redis that gives up on it after one short timeout: redis-py's default
+        retries with backoff would hold a request ~10 s before the fallback takes over."""
+        return cls(Redis.from_url(redis_py_url(url), socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                  socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)))
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the last decisions came from the in-process fallback."""
+        return self._degraded
 
     def take(self, namespace: str, subject: str, rate: Rate, cost: int = 1) -> Decision:
         """Spend `cost` tokens from the bucket; refuse with the wait until they would be there."""
         key = f"{self._prefix}:{namespace}:{subject}"
+        if self._clock() < self._retry_redis_at:
+            return self._local.take(key, rate, cost)
         try:
             allowed, wait_ms, left = self._script(keys=[key], args=[rate.per_second, rate.burst, cost])
         except redis.RedisError as e:
-            log.warning("rate limiter unavailable, letting the request through: %s", type(e).__name__)
-            return Decision(allowed=True)
+            self._retry_redis_at = self._clock() + REDIS_RETRY_SECONDS
+            if not self._degraded:
+                self._degraded = True
+                log.warning("rate limiter: Redis unreachable (%s); using in-process buckets, retrying Redis every "
+                            "%.0f s", type(e).__name__, REDIS_RETRY_SECONDS)
+            return self._local.take(key, rate, cost)
+        if self._degraded:
+            self._degraded = False
+            log.warning("rate limiter: Redis answers again; buckets are shared again")
         if allowed:
             return Decision(allowed=True, remaining=int(left))
         return Decision(allowed=False, retry_after_s=max(1, math.ceil(int(wait_ms) / 1000)), remaining=0)

@@ -20,7 +20,7 @@ from common.errors import ApiError
 from common.models import Image, Upload, new_id
 from common.retention import purge_image
 from common.settings import Settings
-from common.storage import Storage, original_key, upload_key
+from common.storage import ObjectNotFound, Storage, original_key, upload_key
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -39,7 +39,7 @@ _UPLOAD_BODY = {
         },
     }
 }
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422, 429)}
 
 
 def load_image(session: Session, owner: str, image_id: str) -> Image:
@@ -102,7 +102,11 @@ def _claim_upload(session: Session, storage: Storage, settings: Settings, owner:
     if size > upload.max_bytes:
         storage.delete_prefix(upload_key(upload_id))
         raise ApiError("payload_too_large", f"the upload exceeds {upload.max_bytes} bytes")
-    image = store_image(session, storage, settings, owner, storage.get(upload_key(upload_id)))
+    try:
+        data = storage.get(upload_key(upload_id))
+    except ObjectNotFound:  # deleted between the size check and the read (the expiry sweep)
+        raise ApiError("upload_missing", "the uploaded file is gone: send it to the upload URL again") from None
+    image = store_image(session, storage, settings, owner, data)
     consumed = session.execute(
         update(Upload).where(Upload.id == upload_id, Upload.image_id.is_(None)).values(image_id=image.id)
     )
@@ -151,8 +155,12 @@ def get_image(
 def get_image_file(image_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """The original photo bytes, as uploaded."""
     image = load_image(session, owner, image_id)
+    try:
+        data = storage.get(original_key(image.id))
+    except ObjectNotFound:  # the row outlived its object (a purge in progress, a lost bucket): not our crash
+        raise ApiError("image_file_missing", f"the stored photo of {image_id!r} is gone; upload it again") from None
     return Response(
-        storage.get(original_key(image.id)),
+        data,
         media_type=CONTENT_TYPES[image.format],
         headers={"Cache-Control": "private, max-age=3600"},
     )

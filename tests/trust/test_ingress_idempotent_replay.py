@@ -1,0 +1,31 @@
+"""Low: an idempotent replay needs a key that is valid now. The replay used to be answered before the
+key was checked, so a revoked key still got its stored 201 (and the body was read for anyone)."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.keys import create_key, revoke_key
+from tests.trust import hostile
+from tests.trust.conftest import count
+from tests.trust.harness import running_service, trust_settings
+
+pytestmark = pytest.mark.services
+
+
+def test_a_revoked_key_cannot_replay_its_stored_response(fresh_pg_url, tmp_path):
+    with running_service(trust_settings(fresh_pg_url, tmp_path / "storage")) as svc:
+        with svc.factory() as session:
+            row, key = create_key(session, "soon-revoked", owner="alice")
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "upload-1"}
+        files = {"file": ("face.jpg", hostile.photo("JPEG", (128, 128)), "image/jpeg")}
+        stored = svc.client.post("/v1/images", files=files, headers=headers)
+        replay = svc.client.post("/v1/images", files=files, headers=headers)
+        assert (stored.status_code, replay.status_code) == (201, 201)
+        assert replay.headers["idempotent-replayed"] == "true"
+        with svc.factory() as session:
+            assert revoke_key(session, row.id)
+        after = svc.client.post("/v1/images", files=files, headers=headers)
+        count("cases tried", 3)
+        assert (after.status_code, after.json()["code"]) == (401, "unauthorized")
+        assert "idempotent-replayed" not in after.headers
