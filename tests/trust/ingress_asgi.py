@@ -43,7 +43,7 @@ def call(app, method: str, path: str, headers: list[tuple[str, str | bytes]] = (
 
 
 async def _call(app, method, path, headers, chunks, client) -> Answer:
-    pending = chunks or [b""]
+    pending = list(chunks) or [b""]
     read = 0
     messages: list[dict] = []
 
