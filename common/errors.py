@@ -40,6 +40,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "url_invalid": 422,
     "url_scheme_forbidden": 422,
     "url_forbidden_address": 422,
+    "url_forbidden_port": 422,
     "url_unresolvable": 422,
     "service_unavailable": 503,
     "internal_error": 500,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -164,3 +165,44 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     locked_until: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebhookSecret(Base):
+    """An account's `whsec_` signing secret. After a rotation the previous one keeps signing (a second
+    signature) until `previous_expires_at`, so receivers can switch without losing messages."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """One event of one edit to one URL; its id is the `webhook-id` header (stable across retries).
+    `status` is a `common.webhooks.outbox.DeliveryStatus`."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    edit_id: Mapped[str] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    event: Mapped[str] = mapped_column(String(20))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the exact bytes every attempt signs and sends
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    log: Mapped[list[Any]] = mapped_column(default=list)  # [{attempt, at, status_code, error, duration_ms}]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        UniqueConstraint("edit_id", "event", name="uq_webhook_deliveries_edit_event"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )

@@ -4,11 +4,18 @@ Validate-then-fetch is not enough: a hostname can resolve to a public address wh
 127.0.0.1 a moment later (DNS rebinding). So `resolve()` checks every address the name has and
 returns one pinned address, and `post()` connects to that address while sending the original
 `Host` header and TLS server name. Redirects are never followed (a 3xx is a failed delivery).
+
+`post()` has one wall-clock deadline for the whole exchange (connect, TLS, send, status line and
+headers): per-read timeouts would let a receiver that trickles a byte a second hold a worker for
+ever. The answer's body is never read. It uses httpcore directly, which logs no URLs (httpx logs
+every request's full URL, query secrets included, at INFO).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from urllib.parse import urlsplit
 
-import httpx
+import httpcore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,10 +33,13 @@ MAX_URL_LENGTH = 2048
 
 # Cloud metadata endpoints stay refused even when an operator allowlists private ranges
 # (a webhook to them would hand out instance credentials).
+# AWS IMDS (IPv4, IPv6), ECS task credentials, EKS Pod Identity (IPv4, IPv6), Alibaba Cloud.
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "169.254.170.23", "fd00:ec2::23",
+              "100.100.100.200")
 )
+DEFAULT_PORTS = frozenset({80, 443})
 # Ranges Python's `is_global` does not flag (3.11) but that are not routable public unicast.
 _EXTRA_BLOCKED = tuple(
     ipaddress.ip_network(n)
@@ -47,19 +57,53 @@ class UnsafeURL(ValueError):
         self.message = message
 
 
+class SendError(Exception):
+    """No answer came back; `kind` is `timeout` (the deadline passed) or `connection` (refused, reset, TLS,
+    not HTTP), `message` says more (no URL in it: it is shown to the webhook's owner and logged)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+_PORT_RANGE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")  # ASCII digits only
+
+
+def parse_ports(spec: str) -> tuple[tuple[int, int], ...]:
+    """"8080, 9000-9100" → ((8080, 8080), (9000, 9100)); ValueError for anything else."""
+    ranges = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        match = _PORT_RANGE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"port {part!r} is not a number or a range like 9000-9100")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if not 0 < first <= last < 65536:
+            raise ValueError(f"port range {part!r} is not within 1-65535")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
 @dataclass(frozen=True)
 class NetPolicy:
-    """What outbound URLs may reach. `allow` lists networks exempt from the private-range ban."""
+    """What outbound URLs may reach. `allow` lists networks exempt from the private-range ban; ports other
+    than 80 and 443 must be in `ports` (ranges); `deadline_s` bounds one whole request."""
 
     allow: tuple[IPNetwork, ...] = ()
+    ports: tuple[tuple[int, int], ...] = ()
     schemes: tuple[str, ...] = ("http", "https")
-    timeout_s: float = 10.0
+    deadline_s: float = 10.0
 
     @classmethod
-    def from_strings(cls, allow: Iterable[str] = (), **kwargs) -> NetPolicy:
-        """Build from CIDR strings such as "127.0.0.0/8" or "::1/128" (settings use this)."""
+    def from_strings(cls, allow: Iterable[str] = (), ports: str = "", **kwargs) -> NetPolicy:
+        """Build from CIDR strings such as "127.0.0.0/8" or "::1/128" and a port list "8080,9000-9100"."""
         return cls(allow=tuple(ipaddress.ip_network(a.strip(), strict=False) for a in allow if a.strip()),
-                   **kwargs)
+                   ports=parse_ports(ports), **kwargs)
+
+    def port_allowed(self, port: int) -> bool:
+        return port in DEFAULT_PORTS or any(first <= port <= last for first, last in self.ports)
 
 
 @dataclass(frozen=True)
@@ -121,17 +165,21 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return next((name for name, hit in checks if hit), None)
 
 
+# The refusal names neither the address nor the kind of range: a host name's internal address is exactly what
+# someone probing the network would like to learn from the 422 (or from the delivery log).
+FORBIDDEN_ADDRESS = "the host resolves to a private/reserved address"
+
+
 def check_address(ip: IPAddress, policy: NetPolicy) -> None:
     """Raise UnsafeURL unless `ip` is public or inside the operator allowlist (metadata never)."""
     if ip in METADATA_ADDRESSES or (
         isinstance(ip, ipaddress.IPv6Address) and _embedded_ipv4(ip) in METADATA_ADDRESSES
     ):
-        raise UnsafeURL("url_forbidden_address", f"{ip} is a cloud metadata address")
+        raise UnsafeURL("url_forbidden_address", FORBIDDEN_ADDRESS)
     if any(ip.version == n.version and ip in n for n in policy.allow):
         return
-    reason = blocked_reason(ip)
-    if reason:
-        raise UnsafeURL("url_forbidden_address", f"{ip} is not allowed ({reason})")
+    if blocked_reason(ip):
+        raise UnsafeURL("url_forbidden_address", FORBIDDEN_ADDRESS)
 
 
 def parse(url: str, policy: NetPolicy) -> tuple[str, str, int, str]:
@@ -183,6 +231,9 @@ def resolve(url: str, policy: NetPolicy, resolver: Resolver = system_resolver) -
         raise UnsafeURL("url_unresolvable", f"host {host!r} has no addresses")
     for ip in addresses:
         check_address(ip, policy)
+    if not policy.port_allowed(port):
+        raise UnsafeURL("url_forbidden_port", f"port {port} is not allowed (80 and 443 are; an operator can allow "
+                        "others with WEBHOOK_ALLOW_PORTS)")
     return Target(url=url, scheme=scheme, host=host, port=port, ip=addresses[0], path=path)
 
 
@@ -192,32 +243,39 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def post(
-    target: Target,
-    content: bytes,
-    headers: Mapping[str, str],
-    policy: NetPolicy,
-    max_response_bytes: int = 64 * 1024,
-) -> tuple[httpx.Response, bytes]:
-    """POST `content` to the pinned address of `target`; returns the response and its first bytes.
+@dataclass(frozen=True)
+class Answer:
+    """The status line and headers of a response (names lower-cased); its body is never read."""
 
-    No redirects, no proxies from the environment, TLS verified against the original host name.
+    status_code: int
+    headers: dict[str, str]
+
+
+def post(target: Target, content: bytes, headers: Mapping[str, str], policy: NetPolicy) -> Answer:
+    """POST `content` to the pinned address of `target` within `policy.deadline_s` seconds, wall clock.
+
+    No redirects, no proxies, TLS verified against the original host name. Raises SendError.
     """
-    send_headers = dict(headers)
-    send_headers["Host"] = target.host_header
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    with httpx.Client(follow_redirects=False, trust_env=False, timeout=policy.timeout_s,
-                      verify=_tls_context()) as client:
-        request = client.build_request(
-            "POST", target.pinned_url, content=content, headers=send_headers, extensions=extensions
-        )
-        response = client.send(request, stream=True)
-        try:
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) >= max_response_bytes:
-                    break
-        finally:
-            response.close()
-    return response, body[:max_response_bytes]
+    return asyncio.run(_post(target, content, headers, policy.deadline_s))
+
+
+async def _post(target: Target, content: bytes, headers: Mapping[str, str], deadline_s: float) -> Answer:
+    send_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+                    if k.lower() not in ("host", "content-length")]
+    send_headers.insert(0, (b"Host", target.host_header.encode("ascii")))
+    send_headers.append((b"Content-Length", str(len(content)).encode()))
+    extensions: dict = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), deadline_s)}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
+    try:
+        async with asyncio.timeout(deadline_s):
+            async with httpcore.AsyncConnectionPool(ssl_context=_tls_context(), max_connections=1) as pool:
+                async with pool.stream("POST", target.pinned_url, headers=send_headers, content=content,
+                                       extensions=extensions) as response:
+                    names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+                    return Answer(response.status, names)
+    except (TimeoutError, httpcore.TimeoutException):
+        raise SendError("timeout", f"no answer within {deadline_s:g} s") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError,
+            OSError) as e:
+        raise SendError("connection", f"{type(e).__name__}: {e}"[:300]) from None

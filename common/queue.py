@@ -11,9 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-from common.deliveries import DELIVER_TASK, SWEEP_TASK
 from common.retention import EXPIRE_TASK
 from common.settings import Settings
+from common.webhooks.outbox import DELIVER_TASK, SWEEP_TASK
 
 EDIT_TASK = "worker.tasks.process_edit"
 REAP_TASK = "worker.reaper.reap"
@@ -41,7 +41,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.io_queue,
         "task_routes": {
             EDIT_TASK: {"queue": settings.edits_queue},
-            **{task: {"queue": settings.io_queue} for task in (REAP_TASK, DELIVER_TASK, SWEEP_TASK, EXPIRE_TASK)},
+            # Deliveries wait on other people's servers: their own queue, so a slow receiver never holds up
+            # the reaper, the sweep or retention (each attempt is bounded by WEBHOOK_TIMEOUT_SECONDS anyway).
+            DELIVER_TASK: {"queue": settings.webhooks_queue},
+            **{task: {"queue": settings.io_queue} for task in (REAP_TASK, SWEEP_TASK, EXPIRE_TASK)},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -56,7 +59,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.reaper_interval_seconds,
                 "options": {"expires": settings.reaper_interval_seconds},
             },
-            # Webhook retries that are due and events nobody recorded (worker/webhooks.py).
+            # Webhook retries that are due and events nobody recorded (worker/deliveries.py).
             "webhooks": {
                 "task": SWEEP_TASK,
                 "schedule": settings.webhook_sweep_seconds,

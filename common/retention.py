@@ -15,9 +15,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from common import idempotency, lifecycle
-from common.deliveries import WebhookDelivery
 from common.idempotency import IdempotencyRecord
-from common.models import ApiKey, Edit, Image, Upload, utcnow
+from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, utcnow
 from common.storage import Storage, original_key, upload_key
 
 UPLOAD_GRACE = timedelta(hours=1)

@@ -83,7 +83,12 @@ class Settings(BaseSettings):
 
     # --- jobs --------------------------------------------------------------------------------
     edits_queue: str = Field("edits", description="Celery queue of edit jobs (model workers consume it).")
-    io_queue: str = Field("io", description="Celery queue of light jobs: reaper, webhooks, retention.")
+    io_queue: str = Field("io", description="Celery queue of light jobs: reaper, webhook sweep, retention.")
+    webhooks_queue: str = Field(
+        "webhooks",
+        description="Celery queue of webhook deliveries, apart from `io` so a slow receiver never holds up the "
+        "reaper or retention (the io workers consume both).",
+    )
     device: str = Field("cpu", description="Torch device of the worker's models (`cpu`, `cuda`, `cuda:1`).")
     job_deadline_seconds: int = Field(
         1800, ge=5, description="An edit not finished this long after submission fails with `timeout`."
@@ -163,7 +168,22 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs webhooks may reach although not public (e.g. `127.0.0.0/8` for "
         "tests). Cloud metadata addresses stay refused.",
     )
-    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="Timeout of one webhook POST.")
+    webhook_allow_ports: str = Field(
+        "",
+        pattern=r"^\s*([0-9]{1,5}(-[0-9]{1,5})?\s*(,\s*[0-9]{1,5}(-[0-9]{1,5})?\s*)*)?$",
+        description="Ports webhooks may use besides 80 and 443: comma-separated numbers or ranges "
+        "(e.g. `8080,9000-9100`).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60,
+        description="Wall-clock deadline of one webhook attempt (connect, send, status line and headers; the "
+        "answer's body is never read).",
+    )
+    webhook_secret_grace_hours: float = Field(
+        24.0, ge=0,
+        description="After `POST /v1/webhooks/secret/rotate`, how long deliveries are also signed with the "
+        "previous secret.",
+    )
     webhook_max_attempts: int = Field(
         10, ge=1, le=30, description="Attempts per webhook message before it is marked failed."
     )

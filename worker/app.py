@@ -1,4 +1,5 @@
-"""The Celery app of the workers: `celery -A worker.app worker -P solo -c 1 -Q edits,io`.
+"""The Celery app of the workers: `celery -A worker.app worker -P solo -c 1 -Q edits` for a model worker,
+`-Q io,webhooks` for the light one (reaper, webhook sweep, retention; webhook deliveries).
 
 One process per accelerator (`-P solo`), one message at a time, late acknowledgement: see
 `common.queue` for the settings and `common.lifecycle` for why a redelivered job is harmless.
@@ -21,7 +22,7 @@ from worker import liveness
 log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="faceedit-worker")
-app.conf.include = ["worker.tasks", "worker.reaper", "worker.webhooks", "worker.retention"]
+app.conf.include = ["worker.tasks", "worker.reaper", "worker.deliveries", "worker.retention"]
 # Heartbeats for `python -m worker.liveness check`, the probe that notices a worker that stopped consuming.
 liveness.install(app, liveness.config_from_settings())
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
-from common.deliveries import push_events
 from common.lifecycle import Claim
 from common.metrics import observe_edit
 from common.models import Edit
 from common.storage import ObjectNotFound, inversion_key, original_key, result_key
+from common.webhooks.outbox import push_events
 from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def run_edit(runtime: Runtime, edit_id: str, token: str | None = None) -> str:
 
 def _push_webhooks(runtime: Runtime, edit_id: str) -> None:
     with runtime.session_factory() as session:
-        push_events(session, runtime.celery, edit_id, runtime.settings.public_base_url, runtime.settings.io_queue)
+        push_events(session, runtime.celery, edit_id, runtime.settings.public_base_url, runtime.settings.webhooks_queue)
 
 
 def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -> str:

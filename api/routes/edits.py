@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.routes.images import load_image
-from api.schemas import EditCreate, EditInput, EditList, EditOut, EditUrls, ErrorBody
-from api.webhook_url import check_webhook_url
+from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
-from common.deliveries import push_events
+from common.edit_resource import edit_resource
 from common.errors import ApiError
 from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
@@ -29,6 +28,8 @@ from common.queue import enqueue_edit
 from common.queue_caps import QueueCaps, admit
 from common.settings import Settings
 from common.storage import ObjectNotFound, Storage
+from common.webhooks.outbox import push_events
+from common.webhooks.urls import check_webhook_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
@@ -46,54 +47,16 @@ def load_edit(session: Session, owner: str, edit_id: str) -> Edit:
     return edit
 
 
-def _output_urls(edit: Edit, request: Request, storage: Storage, settings: Settings) -> list[str] | None:
-    if edit.status != EditStatus.SUCCEEDED or not edit.output_keys:
-        return None
-    expiry = timedelta(seconds=settings.output_url_expiry_seconds)
-    urls = []
-    for index, key in enumerate(edit.output_keys):
-        media_type = _MEDIA_TYPES.get(key.rsplit(".", 1)[-1])
-        presigned = storage.presigned_get(key, expiry, media_type)
-        urls.append(presigned or str(request.url_for("get_edit_output", edit_id=edit.id, index=index)))
-    return urls
-
-
 def edit_out(
     edit: Edit, queue_position: int | None, request: Request, storage: Storage, settings: Settings
 ) -> EditOut:
-    """The public resource of an edit row (`queue_position` from `lifecycle.queue_positions`)."""
-    metrics = dict(edit.metrics or {})
-    if edit.started_at and "queue_seconds" not in metrics:
-        metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
-    error = ErrorBody(code=edit.error_code, message=edit.error_message or "") if edit.error_code else None
-    return EditOut(
-        id=edit.id,
-        status=edit.status,
-        input=EditInput(
-            image=edit.image_id,
-            neutral=edit.neutral,
-            target=edit.target,
-            alphas=edit.alphas,
-            beta=edit.beta,
-            mode=edit.mode,
-            output_format=edit.output_format,
-        ),
-        output=_output_urls(edit, request, storage, settings),
-        error=error,
-        metrics=metrics,
-        model=edit.model,
-        progress=edit.progress if edit.status == EditStatus.PROCESSING else None,
-        queue_position=queue_position,
-        webhook=edit.webhook,
-        webhook_events_filter=edit.webhook_events_filter,
-        created_at=edit.created_at,
-        started_at=edit.started_at,
-        completed_at=edit.completed_at,
-        urls=EditUrls(
-            get=str(request.url_for("get_edit", edit_id=edit.id)),
-            cancel=str(request.url_for("cancel_edit", edit_id=edit.id)),
-        ),
-    )
+    """The public resource of an edit row (`queue_position` from `lifecycle.queue_positions`): the one
+    serializer `common.edit_resource`, which the webhook messages use too."""
+    expiry = timedelta(seconds=settings.output_url_expiry_seconds)
+    return EditOut.model_validate(edit_resource(
+        edit, base_url=str(request.base_url), queue_position=queue_position,
+        presign=lambda key, media_type: storage.presigned_get(key, expiry, media_type),
+    ))
 
 
 def _out(edit: Edit, session: Session, request: Request, storage: Storage, settings: Settings) -> EditOut:
@@ -255,7 +218,7 @@ def cancel_edit(
     if edit.status in (EditStatus.SUCCEEDED, EditStatus.FAILED):
         raise ApiError("not_cancelable", f"the edit already {edit.status}")
     if edit.status == EditStatus.CANCELED:  # a queued edit ends here; a running one ends in its worker
-        push_events(session, celery, edit.id, settings.public_base_url, settings.io_queue)
+        push_events(session, celery, edit.id, settings.public_base_url, settings.webhooks_queue)
         session.refresh(edit)
     return _out(edit, session, request, storage, settings)
 

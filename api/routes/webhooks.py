@@ -1,18 +1,20 @@
-"""Webhooks seen from the API: the owner's signing secret and the delivery log of an edit."""
+"""Webhooks seen from the API: the account's signing secret, its rotation, and the delivery log of an edit."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from api.deps import OwnerDep, SessionDep
+from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.routes.edits import load_edit
 from api.schemas import ErrorBody
-from common.deliveries import WebhookDelivery, secret_for
+from common.models import WebhookDelivery
+from common.webhooks import signing_secrets
+from common.webhooks.outbox import DeliveryStatus
 
 router = APIRouter(tags=["webhooks"])
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
@@ -20,6 +22,11 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
 
 class WebhookSecretOut(BaseModel):
     key: str = Field(description="`whsec_...`: verify `webhook-signature` with it (see docs/SECURITY.md)")
+    created_at: datetime = Field(description="when this secret was created (first use or last rotation)")
+    previous_expires_at: datetime | None = Field(
+        description="after a rotation: until then each message also carries a signature made with the previous "
+        "secret (one `v1,` signature per secret in `webhook-signature`); null when no previous secret signs"
+    )
 
 
 class DeliveryAttempt(BaseModel):
@@ -35,7 +42,8 @@ class DeliveryOut(BaseModel):
     id: str = Field(description="the `webhook-id` header (the same on every retry)")
     event: str
     url: str
-    status: str = Field(description="pending | delivered | failed | disabled (410) | refused (SSRF guard)")
+    status: DeliveryStatus = Field(
+        description="pending | delivered | failed | disabled (410) | refused (SSRF guard)")
     attempts: int
     last_status_code: int | None
     last_error: str | None
@@ -49,10 +57,24 @@ class DeliveryList(BaseModel):
     results: list[DeliveryOut]
 
 
+def _secret_out(state: signing_secrets.SecretState) -> WebhookSecretOut:
+    return WebhookSecretOut(key=state.key, created_at=state.created_at,
+                            previous_expires_at=state.previous_expires_at)
+
+
 @router.get("/v1/webhooks/secret", response_model=WebhookSecretOut, responses=_ERRORS)
 def get_webhook_secret(owner: OwnerDep, session: SessionDep) -> WebhookSecretOut:
     """The secret this account's webhooks are signed with (Standard Webhooks, HMAC-SHA256)."""
-    return WebhookSecretOut(key=secret_for(session, owner))
+    return _secret_out(signing_secrets.current(session, owner))
+
+
+@router.post("/v1/webhooks/secret/rotate", response_model=WebhookSecretOut, responses=_ERRORS)
+def rotate_webhook_secret(owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> WebhookSecretOut:
+    """Replace the signing secret. The previous one keeps signing beside it for WEBHOOK_SECRET_GRACE_HOURS
+    (`previous_expires_at`), so receivers can switch without dropping a message. Send an `Idempotency-Key`:
+    a retried request then answers the same new secret instead of rotating twice."""
+    grace = timedelta(hours=settings.webhook_secret_grace_hours)
+    return _secret_out(signing_secrets.rotate(session, owner, grace))
 
 
 def _out(row: WebhookDelivery) -> DeliveryOut:
@@ -60,7 +82,7 @@ def _out(row: WebhookDelivery) -> DeliveryOut:
     return DeliveryOut(
         id=row.id, event=row.event, url=row.url, status=row.status, attempts=row.attempts,
         last_status_code=row.last_status_code, last_error=row.last_error,
-        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
         created_at=row.created_at, delivered_at=row.delivered_at,
         log=[DeliveryAttempt(**{k: v for k, v in entry.items() if k in DeliveryAttempt.model_fields})
              for entry in log],

@@ -16,8 +16,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from common.deliveries import WebhookDelivery
-from common.models import Edit
+from common.models import Edit, WebhookDelivery
 from tests.conftest import face_jpeg
 from tests.trust.conftest import count, pg_database
 from tests.trust.private_services import PrivatePostgres, PrivateRedis

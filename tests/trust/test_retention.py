@@ -7,12 +7,12 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from common import deliveries, idempotency
-from common.deliveries import WebhookDelivery
+from common import idempotency
 from common.idempotency import IdempotencyRecord
-from common.models import ApiKey, Edit, Image, Upload, new_id, utcnow
+from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, new_id, utcnow
 from common.retention import expire, purge_owner
 from common.storage import LocalStorage, original_key, result_key, upload_key
+from common.webhooks import outbox
 from worker.retention import run_expiry
 
 pytestmark = pytest.mark.services
@@ -39,7 +39,7 @@ def _photo_with_edit(factory, storage, owner, age=timedelta(0)):
                     output_keys=[result_key("x", 0, "jpeg")])
         s.add(edit)
         s.commit()
-        deliveries.record_events(s, edit)
+        outbox.record_events(s, edit)
     storage.put(original_key(image.id), b"img")
     storage.put(f"inversions/{image.id}/enc.npz", b"inv")
     storage.put(result_key(edit.id, 0, "jpeg"), b"res")

@@ -13,16 +13,17 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from common import deliveries, netguard
-from common.deliveries import WebhookDelivery
-from common.models import Edit, Image, new_id, utcnow
+from common import netguard
+from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
+from common.webhooks import outbox
+from common.webhooks.signing_secrets import current
 from tests.trust.harness import REDIS_URL
 from tests.trust.receiver import Receiver
-from worker.webhooks import DeliveryConfig, attempt, backoff_seconds, sweep_once
+from worker.deliveries import DeliveryConfig, attempt, backoff_seconds, retry_after_seconds, sweep_once
 
 pytestmark = pytest.mark.services
 
-LOOPBACK = netguard.NetPolicy.from_strings(["127.0.0.0/8"], timeout_s=3)
+LOOPBACK = netguard.NetPolicy.from_strings(["127.0.0.0/8"], ports="1024-65535", deadline_s=3)
 CONFIG = DeliveryConfig(policy=LOOPBACK, max_attempts=3, retry_base_s=0.0, retry_max_s=0.0)
 
 
@@ -52,7 +53,7 @@ def _edit(factory, url, status="succeeded", events=None, owner=None):
 
 def _record(factory, edit):
     with factory() as s:
-        return deliveries.record_events(s, s.get(Edit, edit.id))
+        return outbox.record_events(s, s.get(Edit, edit.id))
 
 
 def _row(factory, delivery_id):
@@ -69,7 +70,7 @@ def test_delivered_signed_and_verifiable_with_reference_library(factory):
     assert row.status == "delivered" and row.attempts == 1 and row.log[0]["status_code"] == 200
     (got,) = rx.requests
     with factory() as s:
-        secret = deliveries.secret_for(s, edit.owner)
+        secret = current(s, edit.owner).key
     message = Webhook(secret).verify(got.body, got.headers)
     assert message["type"] == "edit.completed" and message["data"]["id"] == edit.id
     assert got.headers["webhook-id"] == delivery_id
@@ -108,7 +109,7 @@ def test_receiver_down_exhausts_attempts_then_failed(factory):
     for _ in range(3):
         attempt(factory, CONFIG, delivery_id)
     row = _row(factory, delivery_id)
-    assert row.status == "failed" and row.attempts == 3 and "ConnectError" in row.log[-1]["error"]
+    assert row.status == "failed" and row.attempts == 3 and row.log[-1]["error"].startswith("connection: ")
 
 
 def test_gone_disables_the_endpoint(factory):
@@ -173,23 +174,50 @@ def test_backoff_grows_exponentially_with_jitter():
 
 def test_push_records_and_sends_the_events_at_once(factory):
     """What the worker and the API's cancel call right after a state change: the deliveries are recorded and
-    their tasks are on the io queue now (not at the next sweep), once."""
-    queue = f"io-push-{new_id('q')}"
+    their tasks are on the webhooks queue now (not at the next sweep), once."""
+    queue = f"webhooks-push-{new_id('q')}"
     app = Celery(broker=REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     try:
         edit = _edit(factory, "http://127.0.0.1:9/hook")  # succeeded: start, output and completed are due
         with factory() as s:
-            sent = deliveries.push_events(s, app, edit.id, "", queue)
+            sent = outbox.push_events(s, app, edit.id, "", queue)
         assert [_row(factory, i).event for i in sent] == ["start", "output", "completed"]
         messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
-        assert sorted(m["headers"]["task"] for m in messages) == [deliveries.DELIVER_TASK] * 3
+        assert sorted(m["headers"]["task"] for m in messages) == [outbox.DELIVER_TASK] * 3
         assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted(repr([i]) for i in sent)
         with factory() as s:  # recorded already: nothing new is sent
-            assert deliveries.push_events(s, app, edit.id, "", queue) == []
+            assert outbox.push_events(s, app, edit.id, "", queue) == []
             quiet = _edit(factory, None)
-            assert deliveries.push_events(s, app, quiet.id, "", queue) == []
+            assert outbox.push_events(s, app, quiet.id, "", queue) == []
         assert client.llen(queue) == 3
     finally:
         client.delete(queue)
         client.close()
+
+
+@pytest.mark.parametrize("value", ["²", "¹²", "1e3", "-5", "soon", "Wed, 99 Foo 2026 07:28:00 GMT"])
+def test_a_malformed_retry_after_is_ignored_not_a_crash(factory, value):
+    """`isdigit()` accepted "²", then float() raised a bare ValueError inside the task with the lease held."""
+    with Receiver(statuses=[503], headers={"Retry-After": value}) as rx:
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        assert attempt(factory, CONFIG, delivery_id) == 0.0  # the backoff alone (base 0 here)
+    row = _row(factory, delivery_id)
+    assert row.status == "pending" and row.lease_until is None and row.log[0]["status_code"] == 503
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    now = utcnow()
+    assert retry_after_seconds("120", now) == 120.0
+    later = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 88 <= retry_after_seconds(later, now) <= 90
+    assert retry_after_seconds("Thu, 01 Jan 2015 00:00:00 GMT", now) == 0.0
+    assert retry_after_seconds(None, now) == retry_after_seconds("", now) == 0.0
+
+
+def test_retry_after_is_honoured(factory):
+    with Receiver(statuses=[429], headers={"Retry-After": "42"}) as rx:
+        edit = _edit(factory, rx.url, events=["completed"])
+        (delivery_id,) = _record(factory, edit)
+        assert attempt(factory, DeliveryConfig(policy=LOOPBACK, retry_base_s=0.0, retry_max_s=3600), delivery_id) == 42

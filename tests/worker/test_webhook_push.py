@@ -9,10 +9,10 @@ from redis import Redis
 from sqlalchemy import select
 
 from common.db import upgrade
-from common.deliveries import DELIVER_TASK, PENDING, WebhookDelivery
-from common.models import Edit, Image, new_id, utcnow
+from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
 from common.settings import Settings
 from common.storage import original_key
+from common.webhooks.outbox import DELIVER_TASK, DeliveryStatus
 from tests.conftest import face_jpeg
 from worker.edit_job import run_edit
 from worker.runtime import Runtime
@@ -23,7 +23,8 @@ def test_a_finished_job_has_queued_its_start_output_and_completed_deliveries(dev
     upgrade(database)
     tag = uuid.uuid4().hex[:8]
     runtime = Runtime(Settings(database_url=database, storage_dir=tmp_path / "store", model_dir=dev_bundle,
-                               redis_url=redis_url, io_queue=f"io-{tag}", edits_queue=f"edits-{tag}"))
+                               redis_url=redis_url, io_queue=f"io-{tag}", edits_queue=f"edits-{tag}",
+                               webhooks_queue=f"webhooks-{tag}"))
     photo = face_jpeg()
     image = Image(id=new_id("img"), owner="alice", format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
     runtime.storage.put(original_key(image.id), photo, "image/jpeg")
@@ -41,9 +42,10 @@ def test_a_finished_job_has_queued_its_start_output_and_completed_deliveries(dev
         with runtime.session_factory() as session:
             rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.edit_id == edit.id)).all()
         assert sorted(r.event for r in rows) == ["completed", "output", "start"]
-        assert {r.status for r in rows} == {PENDING} and {r.url for r in rows} == {edit.webhook}
-        queued = broker.lrange(f"io-{tag}", 0, -1)
+        assert {r.status for r in rows} == {DeliveryStatus.PENDING} and {r.url for r in rows} == {edit.webhook}
+        queued = broker.lrange(f"webhooks-{tag}", 0, -1)  # their own queue: never `io`, never a model worker's
         assert len(queued) == 3 and all(DELIVER_TASK.encode() in message for message in queued)
+        assert broker.llen(f"io-{tag}") == 0
     finally:
-        broker.delete(f"io-{tag}")
+        broker.delete(f"io-{tag}", f"webhooks-{tag}")
         broker.close()

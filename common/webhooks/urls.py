@@ -1,4 +1,5 @@
-"""Refuse unsafe webhook URLs when an edit is submitted (the delivery checks again at every send)."""
+"""Where webhooks may go: the SSRF guard's policy built from the settings, and the check at submission
+(the delivery checks again at every send, `worker.deliveries`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from common.settings import Settings
 
 
 def webhook_policy(settings: Settings) -> netguard.NetPolicy:
-    allow = [a for a in settings.webhook_allow_networks.split(",") if a.strip()]
-    return netguard.NetPolicy.from_strings(allow, timeout_s=settings.webhook_timeout_seconds)
+    """WEBHOOK_ALLOW_NETWORKS, WEBHOOK_ALLOW_PORTS and the per-attempt deadline WEBHOOK_TIMEOUT_SECONDS."""
+    return netguard.NetPolicy.from_strings(
+        settings.webhook_allow_networks.split(","), ports=settings.webhook_allow_ports,
+        deadline_s=settings.webhook_timeout_seconds,
+    )
 
 
 def check_webhook_url(url: str, settings: Settings) -> None:

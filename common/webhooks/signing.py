@@ -1,9 +1,10 @@
-"""Standard Webhooks (https://www.standardwebhooks.com) signing, verification and event payloads.
+"""Standard Webhooks (https://www.standardwebhooks.com) signing and verification.
 
-Sender side: `secret = generate_secret()`, `signed_headers(secret, msg_id, body)` on every attempt
-(fresh timestamp, same `webhook-id`). Receiver side, in your own service:
+Sender side: `secret = generate_secret()`, `signed_headers(secrets, msg_id, body)` on every attempt
+(fresh timestamp, same `webhook-id`; several secrets during a rotation give several signatures).
+Receiver side, in your own service:
 
-    from common.webhooks import verify, WebhookVerificationError
+    from common.webhooks.signing import verify, WebhookVerificationError
     event = verify(secret, request.headers, raw_body)     # raises on a bad or stale message
 
 `verify` checks the timestamp against a 5-minute tolerance by default (replay protection is on
@@ -18,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -29,7 +31,8 @@ from standardwebhooks.webhooks import Webhook
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 DEFAULT_TOLERANCE_S = 300
-EVENTS = ("start", "output", "completed")
+# ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses or reads differently.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class WebhookVerificationError(ValueError):
@@ -66,6 +69,8 @@ def signed_headers(
     """The three Standard Webhooks headers; several secrets (rotation) give several signatures."""
     timestamp = int(now if now is not None else time.time())
     keys = [secrets_] if isinstance(secrets_, str) else list(secrets_)
+    if not keys:
+        raise ValueError("at least one secret is needed to sign")
     signature = " ".join(sign(s, msg_id, timestamp, body) for s in keys)
     return {
         "webhook-id": msg_id,
@@ -93,8 +98,8 @@ def verify(
     signatures = lower.get("webhook-signature")
     if not (msg_id and stamp and signatures):
         raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
-    if not stamp.isdigit() or len(stamp) > 12:
-        raise WebhookVerificationError("webhook-timestamp is not an integer")
+    if not _TIMESTAMP.fullmatch(stamp):
+        raise WebhookVerificationError("webhook-timestamp is not an integer of ASCII digits")
     timestamp = int(stamp)
     if tolerance_s is not None:
         current = now if now is not None else time.time()
@@ -115,26 +120,3 @@ def verify(
             except ValueError as e:
                 raise WebhookVerificationError("body is not JSON") from e
     raise WebhookVerificationError("no matching signature")
-
-
-def normalize_filter(events: Iterable[str] | None) -> tuple[str, ...]:
-    """The events a subscriber gets: all of EVENTS when no filter was given."""
-    if events is None:
-        return EVENTS
-    chosen = set(events)
-    unknown = chosen - set(EVENTS)
-    if unknown:
-        raise ValueError(f"unknown webhook events {sorted(unknown)}; allowed: {list(EVENTS)}")
-    return tuple(e for e in EVENTS if e in chosen)
-
-
-def payload(event: str, data: Mapping[str, Any], now: datetime | None = None) -> bytes:
-    """The message body: `{"type": "edit.<event>", "timestamp": ISO-8601, "data": <edit resource>}`.
-
-    Serialized once and stored, so every retry sends (and signs) the exact same bytes.
-    """
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}")
-    when = (now or datetime.now(UTC)).isoformat()
-    message = {"type": f"edit.{event}", "timestamp": when, "data": data}
-    return json.dumps(message, separators=(",", ":"), sort_keys=True, default=str).encode()

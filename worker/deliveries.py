@@ -1,29 +1,36 @@
-"""Webhook delivery on the Celery queue `io` (never on a GPU worker): sign, POST through the SSRF
-guard, log every attempt, retry with exponential backoff and jitter, stop on 410.
+"""Webhook delivery, on its own Celery queue (WEBHOOKS_QUEUE; never a model worker, and apart from the reaper
+and retention on `io`): sign, POST through the SSRF guard within a wall-clock deadline, log every attempt,
+retry with exponential backoff and jitter, stop on 410.
 
-`deliver(id)` makes one attempt; short retries are re-sent with a countdown, and `sweep()` (beat)
-re-dispatches anything due that a lost message or a restart left behind, and records events the
-edit rows show but nobody recorded (see common.deliveries). A conditional UPDATE (the lease) makes
-sure two copies of the same message never deliver the same attempt twice.
+`deliver(id)` makes one attempt; short retries are re-sent with a countdown, and `sweep()` (beat, on `io`)
+re-dispatches anything due that a lost message or a restart left behind, and records events the edit rows
+show but nobody recorded (common.webhooks.outbox). A conditional UPDATE (the lease) makes sure two copies of
+the same message never deliver the same attempt twice; the lease outlasts the attempt's deadline, so the
+sweep never re-sends a message whose attempt is still running.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 
-import httpx
 from celery import shared_task
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import deliveries, netguard, webhooks
-from common.deliveries import DELIVERED, DISABLED, FAILED, PENDING, REFUSED, WebhookDelivery
-from common.models import utcnow
+from common import netguard
+from common.models import WebhookDelivery, utcnow
+from common.webhooks import outbox
+from common.webhooks.outbox import DeliveryStatus
+from common.webhooks.signing import signed_headers
+from common.webhooks.signing_secrets import signing_secrets
+from common.webhooks.urls import webhook_policy
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,10 @@ MAX_LOG_ENTRIES = 25
 # Retries sooner than this are re-sent with a Celery countdown; later ones wait for the sweep
 # (long ETAs on Redis collide with the visibility timeout).
 INLINE_RETRY_MAX_S = 60.0
+# The lease is the attempt's deadline plus this: room for the database writes around the POST. Only a worker
+# that died mid-attempt lets a lease run out, and only then does the sweep send the message again.
+LEASE_MARGIN_S = 60.0
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -44,14 +55,17 @@ class DeliveryConfig:
 
     @classmethod
     def from_settings(cls, settings) -> DeliveryConfig:
-        allow = [a for a in settings.webhook_allow_networks.split(",") if a.strip()]
         return cls(
-            policy=netguard.NetPolicy.from_strings(allow, timeout_s=settings.webhook_timeout_seconds),
+            policy=webhook_policy(settings),
             max_attempts=settings.webhook_max_attempts,
             retry_base_s=settings.webhook_retry_base_seconds,
             retry_max_s=settings.webhook_retry_max_seconds,
             api_base=settings.public_base_url,
         )
+
+    @property
+    def lease_s(self) -> float:
+        return self.policy.deadline_s + LEASE_MARGIN_S
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -60,15 +74,24 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | 
     return (rng or random).uniform(delay / 2, delay)
 
 
-def _retry_after(response: httpx.Response | None) -> float:
-    value = response.headers.get("retry-after", "") if response is not None else ""
-    return float(value) if value.isdigit() else 0.0
+def retry_after_seconds(value: str | None, now: datetime) -> float:
+    """`Retry-After` as seconds: ASCII digits or an HTTP date (RFC 9110); 0 for anything else."""
+    value = (value or "").strip()
+    if _SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000" dates: UTC by RFC 5322
+        return 0.0
+    return max(0.0, (when - now).total_seconds())
 
 
 def _claim(session: Session, delivery_id: str, now: datetime, lease_s: float) -> WebhookDelivery | None:
     claimed = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING,
                WebhookDelivery.next_attempt_at <= now,
                WebhookDelivery.lease_until.is_(None) | (WebhookDelivery.lease_until < now))
         .values(lease_until=now + timedelta(seconds=lease_s), attempts=WebhookDelivery.attempts + 1),
@@ -93,48 +116,49 @@ def attempt(factory: sessionmaker[Session], config: DeliveryConfig, delivery_id:
     """Make one delivery attempt if it is due and free. Returns seconds until the retry, or None."""
     with factory() as session:
         now = utcnow()
-        delivery = _claim(session, delivery_id, now, config.policy.timeout_s + 5)
+        delivery = _claim(session, delivery_id, now, config.lease_s)
         if delivery is None:
             return None
         entry: dict = {"attempt": delivery.attempts, "at": now.isoformat(), "status_code": None, "error": None}
         gone = session.scalar(select(exists().where(
             WebhookDelivery.owner == delivery.owner, WebhookDelivery.url == delivery.url,
-            WebhookDelivery.status == DISABLED)))
+            WebhookDelivery.status == DeliveryStatus.DISABLED)))
         if gone:
-            _finish(session, delivery, DISABLED, {**entry, "error": "endpoint answered 410 Gone earlier"})
+            _finish(session, delivery, DeliveryStatus.DISABLED,
+                    {**entry, "error": "endpoint answered 410 Gone earlier"})
             return None
         try:
             target = netguard.resolve(delivery.url, config.policy)
         except netguard.UnsafeURL as e:
-            _finish(session, delivery, REFUSED, {**entry, "error": f"{e.code}: {e.message}"})
+            _finish(session, delivery, DeliveryStatus.REFUSED, {**entry, "error": f"{e.code}: {e.message}"})
             return None
-        secret = deliveries.secret_for(session, delivery.owner)
-        headers = webhooks.signed_headers(secret, delivery.id, delivery.payload)
+        headers = signed_headers(signing_secrets(session, delivery.owner), delivery.id, delivery.payload)
         headers["User-Agent"] = USER_AGENT
         started = time.monotonic()
-        response = None
+        answer = None
         try:
-            response, _ = netguard.post(target, delivery.payload, headers, config.policy)
-            entry["status_code"] = response.status_code
-        except httpx.HTTPError as e:
-            entry["error"] = f"{type(e).__name__}: {e}"[:300]
+            answer = netguard.post(target, delivery.payload, headers, config.policy)
+            entry["status_code"] = answer.status_code
+        except netguard.SendError as e:
+            entry["error"] = str(e)
         entry["duration_ms"] = round((time.monotonic() - started) * 1000)
         code = entry["status_code"]
         if code is not None and 200 <= code < 300:
-            _finish(session, delivery, DELIVERED, entry, delivered_at=utcnow())
+            _finish(session, delivery, DeliveryStatus.DELIVERED, entry, delivered_at=utcnow())
             return None
         if code == 410:
-            _finish(session, delivery, DISABLED, {**entry, "error": "410 Gone: endpoint disabled"})
+            _finish(session, delivery, DeliveryStatus.DISABLED, {**entry, "error": "410 Gone: endpoint disabled"})
             _disable_endpoint(session, delivery)
             return None
         if code is not None and 300 <= code < 400:
             entry["error"] = "redirects are not followed"
         if delivery.attempts >= config.max_attempts:
-            _finish(session, delivery, FAILED, entry)
+            _finish(session, delivery, DeliveryStatus.FAILED, entry)
             return None
+        asked = retry_after_seconds(answer.headers.get("retry-after") if answer else None, utcnow())
         delay = max(backoff_seconds(delivery.attempts, config.retry_base_s, config.retry_max_s, rng),
-                    min(_retry_after(response), config.retry_max_s))
-        _finish(session, delivery, PENDING, {**entry, "retry_in_s": round(delay, 3)},
+                    min(asked, config.retry_max_s))
+        _finish(session, delivery, DeliveryStatus.PENDING, {**entry, "retry_in_s": round(delay, 3)},
                 next_attempt_at=utcnow() + timedelta(seconds=delay))
         return delay
 
@@ -144,8 +168,8 @@ def _disable_endpoint(session: Session, delivery: WebhookDelivery) -> None:
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.owner == delivery.owner, WebhookDelivery.url == delivery.url,
-               WebhookDelivery.status == PENDING, WebhookDelivery.id != delivery.id)
-        .values(status=DISABLED, last_error="endpoint answered 410 Gone to another delivery"),
+               WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.id != delivery.id)
+        .values(status=DeliveryStatus.DISABLED, last_error="endpoint answered 410 Gone to another delivery"),
         execution_options={"synchronize_session": False},
     )
     session.commit()
@@ -154,9 +178,9 @@ def _disable_endpoint(session: Session, delivery: WebhookDelivery) -> None:
 def sweep_once(factory: sessionmaker[Session], config: DeliveryConfig, since: timedelta) -> list[str]:
     """Record missed events, then return the ids of deliveries due now."""
     with factory() as session:
-        for edit in deliveries.unrecorded_edits(session, since):
-            deliveries.record_events(session, edit, config.api_base)
-        return deliveries.due_deliveries(session, utcnow())
+        for edit in outbox.unrecorded_edits(session, since):
+            outbox.record_events(session, edit, config.api_base)
+        return outbox.due_deliveries(session, utcnow())
 
 
 @cache
@@ -169,17 +193,16 @@ def _context():
     return settings, make_session_factory(make_engine(settings.database_url)), DeliveryConfig.from_settings(settings)
 
 
-@shared_task(name=deliveries.DELIVER_TASK, bind=True, ignore_result=True)
+@shared_task(name=outbox.DELIVER_TASK, bind=True, ignore_result=True)
 def deliver(self, delivery_id: str) -> None:
     settings, factory, config = _context()
     delay = attempt(factory, config, delivery_id)
     if delay is not None and delay <= INLINE_RETRY_MAX_S:
-        self.app.send_task(deliveries.DELIVER_TASK, args=[delivery_id], countdown=delay,
-                           queue=settings.io_queue)
+        self.app.send_task(outbox.DELIVER_TASK, args=[delivery_id], countdown=delay, queue=settings.webhooks_queue)
 
 
-@shared_task(name=deliveries.SWEEP_TASK, bind=True, ignore_result=True)
+@shared_task(name=outbox.SWEEP_TASK, bind=True, ignore_result=True)
 def sweep(self) -> None:
     settings, factory, config = _context()
     due = sweep_once(factory, config, since=timedelta(hours=settings.retention_hours))
-    deliveries.dispatch(self.app, due, settings.io_queue)
+    outbox.dispatch(self.app, due, settings.webhooks_queue)

@@ -1,0 +1,75 @@
+"""The edit resource: the one serialization of an edit row, for `GET /v1/edits/{id}` and for the `data` of its
+webhook messages, so both carry the same fields (docs/ARCHITECTURE.md, "Edit resource").
+
+No FastAPI here: the API passes its base URL, the edit's queue position (computed for a whole page in one
+query) and, for storage that hands out presigned URLs, a `presign` function; the webhook passes the configured
+public base URL and links to the authenticated output route (outputs need the API key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from common.lifecycle import EditStatus
+from common.models import Edit
+
+MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+# (storage key, media type) → a presigned URL, or None where the storage has none (local folder).
+Presign = Callable[[str, str | None], str | None]
+
+
+def media_type(key: str) -> str | None:
+    """The media type of a stored result, from its extension."""
+    return MEDIA_TYPES.get(key.rsplit(".", 1)[-1])
+
+
+def edit_url(base_url: str, edit_id: str) -> str:
+    """`{base}/v1/edits/{id}`; an empty base gives the path alone."""
+    return f"{base_url.rstrip('/')}/v1/edits/{edit_id}"
+
+
+def _outputs(edit: Edit, get: str, presign: Presign | None) -> list[str] | None:
+    if edit.status != EditStatus.SUCCEEDED or not edit.output_keys:
+        return None
+    urls = []
+    for index, key in enumerate(edit.output_keys):
+        presigned = presign(key, media_type(key)) if presign is not None else None
+        urls.append(presigned or f"{get}/outputs/{index}")
+    return urls
+
+
+def edit_resource(
+    edit: Edit, base_url: str, queue_position: int | None, presign: Presign | None = None
+) -> dict[str, Any]:
+    """The public resource of an edit row (datetimes as `datetime`; the caller encodes them)."""
+    metrics = dict(edit.metrics or {})
+    if edit.started_at and "queue_seconds" not in metrics:
+        metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
+    get = edit_url(base_url, edit.id)
+    return {
+        "id": edit.id,
+        "status": edit.status,
+        "input": {
+            "image": edit.image_id,
+            "neutral": edit.neutral,
+            "target": edit.target,
+            "alphas": edit.alphas,
+            "beta": edit.beta,
+            "mode": edit.mode,
+            "output_format": edit.output_format,
+        },
+        "output": _outputs(edit, get, presign),
+        "error": {"code": edit.error_code, "message": edit.error_message or ""} if edit.error_code else None,
+        "metrics": metrics,
+        "model": edit.model,
+        "progress": edit.progress if edit.status == EditStatus.PROCESSING else None,
+        "queue_position": queue_position if edit.status == EditStatus.STARTING else None,
+        "webhook": edit.webhook,
+        "webhook_events_filter": edit.webhook_events_filter,
+        "created_at": edit.created_at,
+        "started_at": edit.started_at,
+        "completed_at": edit.completed_at,
+        "urls": {"get": get, "cancel": f"{get}/cancel"},
+    }

@@ -1,0 +1,72 @@
+"""Which webhook events an edit has produced, and the message body of each.
+
+Events are derived from the edit row itself (`started_at` set → `start`; `succeeded` → `output`;
+terminal → `completed`), so whatever changed the row (the worker, the API's cancel, the reaper) the
+events follow from the state. `logs` is accepted in a filter for Replicate compatibility and never sent
+(progress is in the edit resource).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from common.edit_resource import edit_resource
+from common.lifecycle import TERMINAL, EditStatus
+from common.models import Edit
+
+EVENTS = ("start", "output", "completed")
+
+
+def normalize_filter(events: Iterable[str] | None) -> tuple[str, ...]:
+    """The events a subscriber gets: all of EVENTS when no filter was given."""
+    if events is None:
+        return EVENTS
+    chosen = set(events)
+    unknown = chosen - set(EVENTS)
+    if unknown:
+        raise ValueError(f"unknown webhook events {sorted(unknown)}; allowed: {list(EVENTS)}")
+    return tuple(e for e in EVENTS if e in chosen)
+
+
+def due_events(edit: Edit) -> list[str]:
+    """The events the edit's current state has produced, in order, limited by its filter."""
+    if not edit.webhook:
+        return []
+    happened = []
+    if edit.started_at is not None:
+        happened.append("start")
+    if edit.status == EditStatus.SUCCEEDED:
+        happened.append("output")
+    if edit.status in TERMINAL:
+        happened.append("completed")
+    wanted = normalize_filter(
+        [e for e in edit.webhook_events_filter if e in EVENTS] if edit.webhook_events_filter is not None else None
+    )
+    return [e for e in happened if e in wanted]
+
+
+def _json_value(value: Any) -> Any:
+    # The same spelling as the API's JSON (pydantic writes UTC as "Z").
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def payload(event: str, data: Mapping[str, Any], now: datetime | None = None) -> bytes:
+    """The message body: `{"type": "edit.<event>", "timestamp": ISO-8601, "data": <edit resource>}`.
+
+    Serialized once and stored, so every retry sends (and signs) the exact same bytes.
+    """
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    message = {"type": f"edit.{event}", "timestamp": now or datetime.now(UTC), "data": data}
+    return json.dumps(message, separators=(",", ":"), sort_keys=True, default=_json_value).encode()
+
+
+def event_payload(event: str, edit: Edit, api_base: str, now: datetime | None = None) -> bytes:
+    """The message of one event of `edit`: its `data` is the edit resource the API serves (links to the
+    outputs, which need the API key; never image bytes). A queued edit sends no event, so no queue position."""
+    return payload(event, edit_resource(edit, base_url=api_base, queue_position=None), now=now)
