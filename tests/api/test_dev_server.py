@@ -1,129 +1,283 @@
-"""`make run` (`python -m api dev`) on a fresh folder: SQLite, local storage and an embedded Redis,
-one worker; upload → edit → poll → download through the authenticated output URLs; Ctrl-C stops
-everything it started."""
+"""`make run` (`python -m api dev`) on a fresh folder: SQLite, local storage and an embedded Redis, an edit
+worker, a light worker and beat, all supervised. One dev server serves the module's tests (upload → edit →
+download, a hanging webhook receiver, a killed worker, SIGTERM); a second one is SIGKILLed. Nothing either
+started may survive it."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, _child_pids, face_jpeg, free_port
+from tests.conftest import REPO_ROOT, face_jpeg, free_port
 
 _SERVICE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "STORAGE_BACKEND", "STORAGE_DIR", "S3_ENDPOINT_URL")
+KEY = "dev-test-key"
+EDIT = {"neutral": "a face", "target": "a smiling face", "alphas": [-2, 0, 2], "beta": 0.15}
 
 
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _child_pids(pid):
-        found += [child, *_descendants(child)]
-    return found
+# --- /proc ------------------------------------------------------------------------------------------
 
 
-def _running_in(directory: Path) -> list[int]:
+def _children(pid: int) -> list[int]:
     pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            if Path(os.readlink(proc / "cwd")) == directory:
-                pids.append(int(proc.name))
+            pids += [int(p) for p in (task / "children").read_text().split()]
         except OSError:
             pass
     return pids
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
         return False
-    return state != "Z"
 
 
-def _start(dev_bundle, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _running_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is `directory` or below (the children of a dev server run
+    in its folder; its Redis in data/)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if (cwd == directory or directory in cwd.parents) and _alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+# --- one dev server ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DevServer:
+    process: subprocess.Popen
+    folder: Path
+    base: str
+
+    @property
+    def log(self) -> str:
+        return (self.folder / "dev.log").read_text(errors="replace")
+
+    def started(self) -> list[int]:
+        """Every live process this server started: its descendants and whatever runs in its folder."""
+        return sorted({*(p for p in _descendants(self.process.pid) if _alive(p)), *_running_in(self.folder)})
+
+    def child(self, marker: str, timeout: float = 60) -> int:
+        """The pid of the live child whose command line contains `marker`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [p for p in _children(self.process.pid) if marker in _cmdline(p) and _alive(p)]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no child running {marker!r}:\n{self.log[-3000:]}"
+            time.sleep(0.2)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+
+    def stop(self, sig: signal.Signals) -> list[int]:
+        """Send `sig`; returns the processes left running afterwards (and kills them)."""
+        started = self.started()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            pytest.fail(f"the dev server did not stop on {sig.name}:\n{self.log[-3000:]}")
+        leftovers = []
+        deadline = time.monotonic() + 5  # the kernel's parent-death signals and the stops take a moment
+        while time.monotonic() < deadline:
+            leftovers = [p for p in {*started, *self.started()} if _alive(p)]
+            if not leftovers:
+                break
+            time.sleep(0.1)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return [f"{pid} {_cmdline(pid)}" for pid in leftovers]
+
+
+def start_dev_server(dev_bundle: Path, folder: Path, **env: str) -> DevServer:
     """``python -m api dev`` in a fresh folder, once /readyz answers."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
-    env.update(PYTHONPATH=str(REPO_ROOT), PORT=str(port), MODEL_DIR=str(dev_bundle), DEV_API_KEY="dev-test-key")
-    log = (tmp_path / "dev.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "api", "dev"], cwd=tmp_path, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    environment = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
+    environment.update(PYTHONPATH=str(REPO_ROOT), PORT=str(port), MODEL_DIR=str(dev_bundle), DEV_API_KEY=KEY,
+                       METRICS_PORT=str(free_port()), LIVENESS_DIR=str(folder / "liveness"), **env)  # fmt: skip
+    log = (folder / "dev.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "api", "dev"], cwd=folder, env=environment, stdout=log,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    server = DevServer(process, folder, f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 300
     try:
         while True:
-            assert server.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
+            assert process.poll() is None, server.log[-3000:]
             assert time.monotonic() < deadline, "dev server not ready"
             try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    return server, base
+                if httpx.get(f"{server.base}/readyz").status_code == 200:
+                    return server
             except httpx.TransportError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.3)
     except BaseException:
-        _stop(server, tmp_path, signal.SIGINT)
+        server.stop(signal.SIGKILL)
         raise
 
 
-def _stop(server: subprocess.Popen, tmp_path: Path, sig: signal.Signals) -> list[int]:
-    """Send ``sig``; the processes it left running (then killed), the embedded Redis included."""
-    started = _descendants(server.pid)
-    server.send_signal(sig)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        pytest.fail(f"the dev server did not stop on {sig.name}")
-    finally:
-        time.sleep(1)
-        # Children, and the embedded Redis (daemonized, so found by its working directory).
-        leftovers = [pid for pid in started + _descendants(server.pid) + _running_in(tmp_path / "data")
-                     if _alive(pid)]
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-    return leftovers
+@pytest.fixture(scope="module")
+def dev_server(dev_bundle, tmp_path_factory) -> Iterator[DevServer]:
+    # Webhooks to this machine allowed; a hanging receiver holds a delivery for the longest timeout there is.
+    server = start_dev_server(dev_bundle, tmp_path_factory.mktemp("dev"), WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8",
+                              WEBHOOK_TIMEOUT_SECONDS="60")  # fmt: skip
+    yield server
+    server.stop(signal.SIGKILL)
 
 
-@pytest.mark.services  # no external services, but a worker process and the dev bundle
-def test_dev_server_with_embedded_defaults(dev_bundle, tmp_path):
-    server, base = _start(dev_bundle, tmp_path)
-    try:
-        assert httpx.get(f"{base}/app-config.json").json() == {"api_base": "/v1", "dev_api_key": "dev-test-key"}
-        client = httpx.Client(base_url=base, headers={"Authorization": "Bearer dev-test-key"}, timeout=30)
+def _edit(client: httpx.Client, image_id: str, **extra) -> str:
+    response = client.post("/v1/edits", json={"image": image_id, **EDIT, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _finish(server: DevServer, client: httpx.Client, edit_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while (state := client.get(f"/v1/edits/{edit_id}").json())["status"] in ("starting", "processing"):
+        assert time.monotonic() < deadline, f"{edit_id} still {state['status']} after {timeout} s:\n{server.log[-3000:]}"
+        time.sleep(0.2)
+    return state
+
+
+# --- the tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.services  # no external services, but worker processes and the dev bundle
+def test_edit_end_to_end_with_embedded_defaults(dev_server: DevServer):
+    assert httpx.get(f"{dev_server.base}/app-config.json").json() == {"api_base": "/v1", "dev_api_key": KEY}
+    with dev_server.client() as client:
         image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
-        edit = client.post("/v1/edits", json={"image": image["id"], "neutral": "a face",
-                                              "target": "a smiling face", "alphas": [-2, 0, 2], "beta": 0.15})
-        edit_id = edit.json()["id"]
-        deadline = time.monotonic() + 300
-        while (state := client.get(f"/v1/edits/{edit_id}").json())["status"] in ("starting", "processing"):
-            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
-            time.sleep(0.3)
+        edit_id = _edit(client, image["id"])
+        state = _finish(dev_server, client, edit_id)
         assert state["status"] == "succeeded", state
         for url in state["output"]:
-            assert url.startswith(f"{base}/v1/edits/{edit_id}/outputs/")
+            assert url.startswith(f"{dev_server.base}/v1/edits/{edit_id}/outputs/")
             assert httpx.get(url).status_code == 401  # local-storage URLs need the key
             assert client.get(url).headers["content-type"] == "image/jpeg"
-        assert (tmp_path / "data" / "faceedit.db").is_file()
-    finally:
-        leftovers = _stop(server, tmp_path, signal.SIGINT)
-    assert leftovers == [], "Ctrl-C left processes running"
+    assert (dev_server.folder / "data" / "faceedit.db").is_file()
+
+
+class HangingReceiver:
+    """A webhook receiver that accepts connections and never answers (nor closes)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self.listener.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
 
 
 @pytest.mark.services
-def test_sigterm_stops_the_worker_and_its_beat(dev_bundle, tmp_path):
-    """What a process manager (docker stop, systemd) sends: it must not orphan the Celery worker."""
-    server, _ = _start(dev_bundle, tmp_path)
+def test_edits_flow_while_a_webhook_receiver_hangs(dev_server: DevServer):
+    """Deliveries run on their own worker: a receiver that never answers holds a delivery thread, not edits."""
+    receiver = HangingReceiver()
     try:
-        deadline = time.monotonic() + 120
-        while len([pid for pid in _descendants(server.pid) if _alive(pid)]) < 2:  # worker and its beat
-            assert time.monotonic() < deadline, f"worker and beat never both started: {_descendants(server.pid)}"
-            time.sleep(0.3)
+        with dev_server.client() as client:
+            image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
+            hooked = _edit(client, image["id"], webhook=receiver.url)
+            deadline = time.monotonic() + 60
+            while not receiver.connections:  # a delivery is now stuck on the receiver
+                assert time.monotonic() < deadline, f"no webhook delivery reached the receiver:\n{dev_server.log[-3000:]}"
+                time.sleep(0.1)
+            submitted = time.monotonic()
+            plain = _finish(dev_server, client, _edit(client, image["id"]), timeout=120)
+            waited = time.monotonic() - submitted
+            assert plain["status"] == "succeeded", plain
+            # One edit takes seconds on the dev bundle; behind the stuck delivery it would wait ≥ 60 s.
+            assert waited < 40, f"an edit waited {waited:.0f} s behind a hanging webhook receiver"
+            assert _finish(dev_server, client, hooked, timeout=60)["status"] == "succeeded"
     finally:
-        leftovers = _stop(server, tmp_path, signal.SIGTERM)
+        receiver.close()
+
+
+@pytest.mark.services
+def test_a_killed_edit_worker_is_restarted(dev_server: DevServer):
+    old = dev_server.child("-Q edits")
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "edit worker exited with code -9; restarting in 2 s (restart 1)" not in dev_server.log:
+        assert dev_server.process.poll() is None, f"the dev server died with its worker:\n{dev_server.log[-3000:]}"
+        assert time.monotonic() < deadline, f"no restart announced:\n{dev_server.log[-3000:]}"
+        time.sleep(0.2)
+    new = dev_server.child("-Q edits")
+    assert new != old
+    with dev_server.client() as client:
+        image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
+        assert _finish(dev_server, client, _edit(client, image["id"]))["status"] == "succeeded"
+
+
+@pytest.mark.services
+def test_sigterm_stops_everything_it_started(dev_server: DevServer):
+    """What a process manager (docker stop, systemd) sends: a clean stop, exit 0, nothing left."""
+    names = {"redis-server", "-Q edits", "-Q io", "beat"}
+    running = " | ".join(_cmdline(p) for p in dev_server.started())
+    assert all(name in running for name in names), f"not all children running: {running}"
+    leftovers = dev_server.stop(signal.SIGTERM)
     assert leftovers == [], "SIGTERM left processes running"
-    assert server.returncode == 0  # a requested stop, cleaned up (not killed by the re-raised signal: -15)
+    assert dev_server.process.returncode == 0, dev_server.log[-3000:]
+
+
+@pytest.mark.services
+def test_sigkill_of_the_dev_server_leaves_nothing(dev_bundle, tmp_path):
+    """The kernel takes the children along (parent-death signal): no orphaned worker, beat or Redis."""
+    server = start_dev_server(dev_bundle, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while len([p for p in server.started() if "celery" in _cmdline(p)]) < 2:  # a worker and beat, at least
+            assert time.monotonic() < deadline, f"worker and beat never both started:\n{server.log[-3000:]}"
+            time.sleep(0.2)
+    finally:
+        leftovers = server.stop(signal.SIGKILL)
+    assert leftovers == [], "SIGKILL of the dev server left processes running"
