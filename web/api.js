@@ -12,14 +12,21 @@ export class ApiError extends Error {
   }
 }
 
-const config = { apiBase: "", devKey: null };
+const config = { apiBase: "", devKey: null, linkKey: null };
 
-/** Read /app-config.json; a `#key=...` install link (the fragment never reaches a server) stores this install's key. */
+/**
+ * Read /app-config.json and a `#key=...` install link (the fragment never reaches a server). A link is
+ * how an install gets its first key; a link that would *replace* the key already stored is held back
+ * (`linkKey()`) until the person agrees, or anyone could send a link that routes their photos to
+ * someone else's account.
+ */
 export async function loadConfig() {
-  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  const fromLink = (new URLSearchParams(location.hash.slice(1)).get("key") || "").trim();
   if (fromLink) {
-    setApiKey(fromLink);
-    history.replaceState(null, "", location.pathname + location.search + "#create");
+    history.replaceState(null, "", location.pathname + location.search + "#create"); // keep it out of history
+    const stored = localStorage.getItem(KEY_STORAGE);
+    if (!stored) setApiKey(fromLink);
+    else if (stored !== fromLink) config.linkKey = fromLink;
   }
   try {
     const response = await fetch("/app-config.json", { cache: "no-store" });
@@ -48,6 +55,17 @@ export function apiKey() {
 export function setApiKey(key) {
   if (key) localStorage.setItem(KEY_STORAGE, key.trim());
   else localStorage.removeItem(KEY_STORAGE);
+}
+
+/** A key from a link that waits for the person's yes before it replaces the stored one (or null). */
+export function linkKey() {
+  return config.linkKey;
+}
+
+/** Settle the pending link key: `accept` stores it, otherwise the current key stays. */
+export function settleLinkKey(accept) {
+  if (accept && config.linkKey) setApiKey(config.linkKey);
+  config.linkKey = null;
 }
 
 export function keySource() {

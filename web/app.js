@@ -335,6 +335,24 @@ function initSettings() {
   });
 }
 
+/** A link's key replaces the stored one only after the person says so (api.linkKey). */
+function askAboutLinkKey() {
+  const key = api.linkKey();
+  if (!key) return;
+  const dialog = $("confirm-key");
+  $("confirm-key-prefix").textContent = key.length > 10 ? `${key.slice(0, 10)}…` : key;
+  dialog.returnValue = "";
+  dialog.addEventListener(
+    "close",
+    () => {
+      api.settleLinkKey(dialog.returnValue === "replace");
+      renderSettings();
+    },
+    { once: true },
+  );
+  dialog.showModal();
+}
+
 /* ---------- start ---------- */
 
 async function main() {
@@ -363,6 +381,7 @@ async function main() {
   });
   await api.loadConfig();
   await route();
+  askAboutLinkKey();
   document.body.dataset.ready = "true"; // tests wait for this
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register("/sw.js").catch((err) => console.warn("service worker", err));
