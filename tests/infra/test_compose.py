@@ -140,7 +140,7 @@ def test_workers_consume_the_configured_queues_with_a_long_grace(compose) -> Non
         grace = _seconds(services[name]["stop_grace_period"])
         assert grace >= defaults.job_deadline_seconds, f"{name}: SIGKILL before a running edit can finish"
     io = command_list(services["worker-io"]["command"])
-    assert io[io.index("-Q") + 1] == defaults.io_queue
+    assert io[io.index("-Q") + 1].split(",") == [defaults.io_queue, defaults.webhooks_queue]
 
 
 def test_volumes_data_and_models(compose) -> None:
