@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -52,21 +53,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bundle_dir(arg: str | None) -> Path:
-    """The folder to diagnose: ``--bundle`` as given (not loaded first: it may be the broken one), else the one
-    the other commands would use, the development bundle (built on first use) when no other holds a manifest."""
-    from pipeline.bundle import DEV_DIR, MANIFEST, OFFICIAL_DIR
+    """The folder to diagnose: ``--bundle`` as given (not loaded first: it may be the broken one), else the one the
+    other commands would use (``pipeline.choice``), the development bundle built first when that is the choice."""
+    from pipeline.choice import DEV, choose_bundle, open_bundle
 
     if arg:
         return Path(arg)
-    env = os.environ.get("MODEL_DIR")
-    for candidate in (env, OFFICIAL_DIR):
-        if candidate and (Path(candidate) / MANIFEST).is_file():
-            return Path(candidate)
-    if not (DEV_DIR / MANIFEST).is_file():
-        from pipeline.dev_bundle import make_dev_bundle
-
-        make_dev_bundle(DEV_DIR)
-    return DEV_DIR
+    choice = choose_bundle(os.environ.get("MODEL_DIR") or None)
+    if choice.kind == DEV:
+        print(f"NOTICE: no --bundle given and no complete bundle in $MODEL_DIR or {choice.official_dir}: checking "
+              f"the development bundle in {choice.dir}.", file=sys.stderr)
+        if choice.official_dir.is_dir():
+            print(choice.explain(), file=sys.stderr)
+        open_bundle(choice)  # builds it when absent
+    return choice.dir
 
 
 def print_check(check) -> None:

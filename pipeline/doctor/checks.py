@@ -117,10 +117,10 @@ class _Session:
             if fast:
                 self.record(name, lambda name=name: skipped(name, "not run with --fast (files, hashes, loads and "
                                                                   "a render only)"))
-            elif self.manifest.dev and not semantic_on_dev:
-                self.record(name, lambda name=name: skipped(name, NEEDS_REAL_WEIGHTS))
             elif blocked:
                 self.record(name, lambda name=name: skipped(name, f"not run: {blocked[0]} failed"))
+            elif self.manifest.dev and not semantic_on_dev:
+                self.record(name, lambda name=name: skipped(name, NEEDS_REAL_WEIGHTS))
         if fast or blocked or (self.manifest.dev and not semantic_on_dev):
             return
         self.record("clip-face", self.check_clip_face)
