@@ -25,7 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.bundle import REQUIRED_ROLES, Bundle, Manifest, cached_sha256, how_to_get, read_manifest
+from pipeline.bundle import (
+    HASH_COMPUTED,
+    HASH_PINNED,
+    HASH_VERIFIED,
+    REQUIRED_ROLES,
+    Bundle,
+    Manifest,
+    cached_sha256,
+    how_to_get,
+    read_manifest,
+)
 from pipeline.doctor import verdicts as v
 from pipeline.doctor.verdicts import Check, Status, failed, passed, skipped
 from pipeline.errors import PipelineError
@@ -42,6 +52,9 @@ WIRING_TEXTS = ("a face", "a smiling face")
 # What a loader may raise on a file that is not what its name says, besides its own PipelineError.
 LOAD_ERRORS = (PipelineError, OSError, RuntimeError, ValueError, KeyError, TypeError)
 
+# how the manifest knows a file's hash (``ModelFile.hash``), as said after "sha256 verified"
+HASH_KINDS = {HASH_VERIFIED: " (the publisher's hash)", HASH_PINNED: " (pinned at download after a load check)",
+              HASH_COMPUTED: " (a file computed here)"}
 NEEDS_REAL_WEIGHTS = "needs the real weights (this is the development bundle: random weights, results mean nothing)"
 
 
@@ -182,7 +195,8 @@ class _Session:
         if actual != entry.sha256.lower():
             return failed(name, f"{entry.file} has sha256 {actual[:16]}…, the manifest says {entry.sha256[:16]}…: "
                                 f"corrupt or another file; download it again", bytes=size, sha256=actual)
-        return passed(name, f"{entry.file}, {size:,} bytes, sha256 verified", bytes=size, sha256=actual)
+        known = HASH_KINDS.get(entry.hash or "", "")
+        return passed(name, f"{entry.file}, {size:,} bytes, sha256 verified{known}", bytes=size, sha256=actual)
 
     def check_bundle(self) -> Check:
         bad = [c.name for c in self.checks if c.name.startswith("file:") and c.status is Status.FAIL]
@@ -201,8 +215,9 @@ class _Session:
         if self.status(f"file:{role}") is Status.FAIL:
             return skipped(name, f"not run: file:{role} failed")
         path = self.directory / entry.file
+        stats = self.manifest.models.get("relevance_stats") if role == "relevance" else None
         try:
-            model = _load(role, path, self.device)
+            model = _load(role, path, self.device, self.directory / stats.file if stats else None)
         except LOAD_ERRORS as exc:
             message = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
             return failed(name, f"{entry.file} does not load as the {role}: {message}")
@@ -313,8 +328,8 @@ class _Session:
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def _load(role: str, path: Path, device: torch.device):
-    """The loader the ``Editor`` uses for ``role``."""
+def _load(role: str, path: Path, device: torch.device, stats: Path | None = None):
+    """The loader the ``Editor`` uses for ``role`` (``stats``: the bundle's ``relevance_stats`` file, if any)."""
     if role == "generator":
         from pipeline.stylegan2 import load_generator
 
@@ -330,7 +345,7 @@ def _load(role: str, path: Path, device: torch.device):
     if role == "relevance":
         from pipeline.relevance import load_relevance
 
-        return load_relevance(path)
+        return load_relevance(path, stats) if stats else load_relevance(path)
     from pipeline.losses import load_arcface
 
     return load_arcface(path, device)

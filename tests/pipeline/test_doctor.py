@@ -191,6 +191,19 @@ def test_broken_bundle_human_report_and_fast(capsys, broken_bundle):
     assert out[-1].startswith("FAILED (") and "first failure: file:generator" in out[-1]
 
 
+def test_random_weights_labelled_real_fail(capsys, dev_bundle, tmp_path):
+    """A bundle that says it holds real weights gets the real-weight judgement: random ones do not pass."""
+    for entry in dev_bundle.manifest.models.values():
+        (tmp_path / entry.file).symlink_to(dev_bundle.dir / entry.file)
+    manifest = json.loads((dev_bundle.dir / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "dev": False}))
+    code, report = run_json(capsys, "--bundle", tmp_path)
+    checks = by_name(report)
+    assert code == 1 and report["dev"] is False
+    assert checks["render"]["status"] == "fail" and "not a trained generator" in checks["render"]["reason"]
+    assert all(checks[name]["status"] == "skip" and "render failed" in checks[name]["reason"] for name in SEMANTIC)
+
+
 def test_no_manifest_fails_naming_it(capsys, tmp_path):
     code, report = run_json(capsys, "--bundle", tmp_path)
     assert code == 1
