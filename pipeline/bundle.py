@@ -1,11 +1,16 @@
 """The model bundle: a directory of weight files described by ``manifest.json``.
 
-A bundle names one file per role (``generator``, ``encoder``, ``clip``, ``relevance``, optionally ``identity``)
-with where it comes from, its license, its size and its sha256. ``Bundle.load`` checks presence and size (cheap,
-every start) and, when asked, the sha256; verified hashes are cached by (size, mtime) in ``cache/sha256.json``
-so a worker restart does not re-hash 1.6 GB. The files themselves come from ``download`` (official weights,
-needs internet: ``pipeline/download.py``) or ``make_dev_bundle`` (tiny random weights in the official formats,
-for development and tests: ``pipeline/dev_bundle.py``).
+A bundle names one file per role (``generator``, ``encoder``, ``clip``, ``relevance``, optionally
+``relevance_stats`` and ``identity``) with its license, size and sha256, where the file on disk came from (``url``,
+``hash``: ``verified`` against a published hash, ``pinned`` after a load check, ``computed`` here) and the sources
+it can be fetched from. ``Bundle.load`` checks presence and size (cheap, every start) and, when asked, the sha256;
+hashes are cached by (size, mtime) in ``cache/sha256.json`` so a restart does not re-hash 1.9 GB.
+
+A ``manifest.json`` only ever describes a complete bundle: ``download`` keeps its progress in ``download.json``
+and writes the manifest once every required file is in place, and ``bundle_problems`` tells a complete bundle
+from an unfinished one by a stat per file. Filling bundles lives elsewhere (``pipeline/download.py``,
+``pipeline/dev_bundle.py``, ``pipeline/style_stats.py``); choosing one in ``pipeline/choice.py``. This module
+imports no other pipeline module but the errors.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REQUIRED_ROLES = ("generator", "encoder", "clip", "relevance")
-# relevance_stats: the std file that StyleCLIP publishes beside its fs3.npy; identity: for optimize mode
+# relevance_stats: per-channel style mean/std beside StyleCLIP's fs3.npy; identity: for optimize mode
 OPTIONAL_ROLES = ("relevance_stats", "identity")
 ROLES = REQUIRED_ROLES + OPTIONAL_ROLES
 
@@ -36,11 +41,44 @@ DEV_DIR = REPO_ROOT / "models" / "dev"
 DEV_WARNING = ("WARNING: using the DEVELOPMENT model bundle (random weights): edits are meaningless noise "
                "until the real weights are downloaded (`python -m pipeline download`).")
 
+HASH_VERIFIED, HASH_PINNED, HASH_COMPUTED = "verified", "pinned", "computed"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a file can be fetched from, with what its publisher says about it (None: nothing).
+
+    ``git_blob`` is the git object id of the file in a pinned commit's tree (GitHub raw files): a publisher's
+    hash as good as a sha256 (SHA-1 of ``blob <size>\\0`` + content)."""
+
+    url: str
+    sha256: str | None = None
+    bytes: int | None = None
+    git_blob: str | None = None
+    note: str = ""
+
+    @property
+    def published(self) -> bool:
+        return bool(self.sha256 or self.git_blob)
+
+    @classmethod
+    def from_dict(cls, d: dict | str) -> Source:
+        if isinstance(d, str):
+            return cls(d)
+        if not isinstance(d, dict) or not isinstance(d.get("url"), str):
+            raise PipelineError(MODEL_INVALID, f"a source must be a URL or an object with a url, got {d!r}")
+        return cls(d["url"], d.get("sha256"), d.get("bytes"), d.get("git_blob"), d.get("note", ""))
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One manifest entry. ``sha256``/``bytes`` may be None where the publisher gives none: ``download`` then
-    pins them on first download (and prints them) instead of us inventing a value."""
+    """One manifest entry: the file on disk (``sha256``/``bytes`` of it; None where unknown), where it came
+    from (``url``; None when made locally), how its hash is known (``hash``), its ``license`` and a human
+    ``source``; ``sources`` are the places to fetch it from, in order; ``computed`` records how a locally
+    computed file was made (command, samples, seed)."""
 
     file: str
     url: str | None
@@ -48,74 +86,41 @@ class ModelFile:
     bytes: int | None
     license: str
     source: str
+    sources: tuple[Source, ...] = ()
+    hash: str | None = None
+    computed: dict | None = None
 
     @classmethod
     def from_dict(cls, role: str, d: dict) -> ModelFile:
-        missing = {"file", "url", "sha256", "bytes", "license", "source"} - set(d)
+        """Reads every manifest version: the first had exactly file/url/sha256/bytes/license/source."""
+        if not isinstance(d, dict):
+            raise PipelineError(MODEL_INVALID, f"manifest entry {role!r} must be an object")
+        missing = {"file", "license", "source"} - set(d)
         if missing:
             raise PipelineError(MODEL_INVALID, f"manifest entry {role!r} lacks {sorted(missing)}")
-        return cls(**{k: d[k] for k in ("file", "url", "sha256", "bytes", "license", "source")})
+        sources = d.get("sources") or []
+        if not isinstance(sources, list):
+            raise PipelineError(MODEL_INVALID, f"manifest entry {role!r}: sources must be a list")
+        return cls(file=d["file"], url=d.get("url"), sha256=d.get("sha256"), bytes=d.get("bytes"),
+                   license=d["license"], source=d["source"], sources=tuple(Source.from_dict(s) for s in sources),
+                   hash=d.get("hash"), computed=d.get("computed"))
 
+    def to_dict(self) -> dict:
+        out = {"file": self.file, "url": self.url, "sha256": self.sha256, "bytes": self.bytes,
+               "license": self.license, "source": self.source}
+        if self.sources:
+            out["sources"] = [s.to_dict() for s in self.sources]
+        if self.hash:
+            out["hash"] = self.hash
+        if self.computed:
+            out["computed"] = self.computed
+        return out
 
-# --- the official weights ------------------------------------------------------------------------------------
-# The original hosts are Google Drive folders (rosinality, omertov), which need an interactive confirmation for
-# large files; the URLs below are direct-download copies of the same files. Their publishers give no sha256,
-# so `download` pins it on first download.
-
-STYLEGAN2_FFHQ = ModelFile(
-    file="stylegan2-ffhq-config-f.pt",
-    url="https://huggingface.co/akhaliq/jojogan-stylegan2-ffhq-config-f/resolve/main/stylegan2-ffhq-config-f.pt",
-    sha256=None,
-    bytes=None,
-    license="NVIDIA Source Code License-NC (non-commercial use only)",
-    source="NVIDIA StyleGAN2 FFHQ config-f, converted to PyTorch by rosinality/stylegan2-pytorch "
-           "(original: https://drive.google.com/file/d/1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT)",
-)
-E4E_FFHQ = ModelFile(
-    file="e4e_ffhq_encode.pt",
-    url="https://huggingface.co/AIRI-Institute/HairFastGAN/resolve/main/pretrained_models/encoder4editing/"
-        "e4e_ffhq_encode.pt",
-    sha256=None,
-    bytes=None,
-    license="MIT (code, omertov/encoder4editing); weights derived from the NVIDIA NC-licensed generator: "
-            "non-commercial use only",
-    source="omertov/encoder4editing FFHQ inversion encoder "
-           "(original: https://drive.google.com/file/d/1cUv_reLE6k3604or78EranS7XzuVMWeO)",
-)
-# OpenAI publishes the sha256 as the URL's path component (and in the clip package's `_MODELS`).
-CLIP_VIT_B32 = ModelFile(
-    file="ViT-B-32.pt",
-    url="https://openaipublic.azureedge.net/clip/models/"
-        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-    bytes=None,
-    license="MIT (OpenAI CLIP)",
-    source="openai/CLIP ViT-B/32 TorchScript archive",
-)
-# StyleCLIP's published relevance matrix (fs3) and style statistics for the FFHQ generator, from the
-# repository's git tree (MIT). `load_relevance` reads S_mean_std from beside fs3.npy. Computing them ourselves
-# (`precompute-relevance`) takes hours on a GPU for the 1024 generator; it replaces both entries with one .npz.
-STYLECLIP_NPY = "https://github.com/orpatashnik/StyleCLIP/raw/main/global_torch/npy/ffhq/"
-RELEVANCE_FFHQ = ModelFile(
-    file="fs3.npy",
-    url=STYLECLIP_NPY + "fs3.npy",
-    sha256=None,
-    bytes=None,
-    license="MIT (orpatashnik/StyleCLIP); computed from the NC-licensed generator: non-commercial use only",
-    source="StyleCLIP global directions relevance matrix fs3 for FFHQ (orpatashnik/StyleCLIP "
-           "global_torch/npy/ffhq/fs3.npy)",
-)
-RELEVANCE_STATS_FFHQ = ModelFile(
-    file="S_mean_std",
-    url=STYLECLIP_NPY + "S_mean_std",
-    sha256=None,
-    bytes=None,
-    license=RELEVANCE_FFHQ.license,
-    source="StyleCLIP per-channel style mean and std for FFHQ (orpatashnik/StyleCLIP global_torch/npy/ffhq/"
-           "S_mean_std, a pickle of numpy arrays read with a numpy-only unpickler)",
-)
-OFFICIAL = {"generator": STYLEGAN2_FFHQ, "encoder": E4E_FFHQ, "clip": CLIP_VIT_B32, "relevance": RELEVANCE_FFHQ,
-            "relevance_stats": RELEVANCE_STATS_FFHQ}
+    @property
+    def published_sha256(self) -> set[str]:
+        """Every sha256 a publisher gives for this file (copies may differ, e.g. a full or a g_ema-only
+        checkpoint): a file with one of them is the right file."""
+        return {s.sha256.lower() for s in self.sources if s.sha256}
 
 
 # --- the manifest ----------------------------------------------------------------------------------------------
@@ -127,10 +132,6 @@ class Manifest:
     models: dict[str, ModelFile]
     dev: bool = False
     extra: dict = field(default_factory=dict)  # other keys (e.g. a dev bundle's config), kept on round trip
-
-    @classmethod
-    def official(cls) -> Manifest:
-        return cls(dict(OFFICIAL), dev=False)
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST) -> Manifest:
@@ -146,7 +147,7 @@ class Manifest:
 
     def to_json(self) -> str:
         out: dict = {"dev": self.dev}
-        out.update({role: asdict(self.models[role]) for role in ROLES if role in self.models})
+        out.update({role: self.models[role].to_dict() for role in ROLES if role in self.models})
         out.update(self.extra)
         return json.dumps(out, indent=2) + "\n"
 
@@ -154,17 +155,49 @@ class Manifest:
         return replace(self, models={**self.models, role: entry})
 
     def write(self, directory: Path) -> None:
-        _atomic_write_text(Path(directory) / MANIFEST, self.to_json())
+        atomic_write_text(Path(directory) / MANIFEST, self.to_json())
 
 
 def read_manifest(directory: str | Path) -> Manifest:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise PipelineError(MODEL_MISSING, f"{MANIFEST} not found in {directory}: {_how_to_get(directory)}")
+        raise PipelineError(MODEL_MISSING, f"{MANIFEST} not found in {directory}: {how_to_get(directory)}")
     return Manifest.from_json(path.read_text(), str(path))
 
 
 # --- the bundle ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a directory is not a complete bundle: one missing or wrong file (``role`` None: the manifest)."""
+
+    role: str | None
+    file: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+def bundle_problems(directory: str | Path) -> list[Problem]:
+    """What keeps ``directory`` from being a complete bundle, by one stat per file (no hashing); [] if none."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except PipelineError as exc:
+        reason = "no manifest (no complete download yet)" if exc.code == MODEL_MISSING else exc.message
+        return [Problem(None, MANIFEST, reason)]
+    problems = [Problem(role, "?", f"{MANIFEST} has no {role!r} entry")
+                for role in REQUIRED_ROLES if role not in manifest.models]
+    for role, entry in manifest.models.items():
+        path = directory / entry.file
+        if not path.is_file():
+            problems.append(Problem(role, entry.file, "missing"))
+        elif entry.bytes is not None and path.stat().st_size != entry.bytes:
+            problems.append(Problem(role, entry.file, f"has {path.stat().st_size:,} bytes, the manifest says "
+                                                      f"{entry.bytes:,}: truncated or another file"))
+    return problems
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -210,7 +243,7 @@ class Bundle:
 
     def file_sha256(self, role: str) -> str:
         """The file's actual sha256 (cached by size and mtime)."""
-        return _hashes.sha256(self.path(role), self.cache_dir / "sha256.json")
+        return cached_sha256(self.path(role), self.dir)
 
     def version(self, role: str) -> str:
         """A short id of the file's content (first 12 hex digits of its sha256)."""
@@ -220,7 +253,7 @@ class Bundle:
         entry = self.manifest.models[role]
         path = self.dir / entry.file
         if not path.is_file():
-            raise PipelineError(MODEL_MISSING, f"{entry.file} not found in {self.dir}: {_how_to_get(self.dir)}")
+            raise PipelineError(MODEL_MISSING, f"{entry.file} not found in {self.dir}: {how_to_get(self.dir)}")
         size = path.stat().st_size
         if entry.bytes is not None and size != entry.bytes:
             raise PipelineError(MODEL_INVALID, f"{path} has {size} bytes, the manifest says {entry.bytes}: "
@@ -232,29 +265,13 @@ class Bundle:
                                                    f"{entry.sha256}: the file is corrupt or not the one named")
 
 
-def find_bundle(*candidates: str | Path | None, dev_dir: Path = DEV_DIR) -> Bundle:
-    """The first of ``candidates`` (then ``models/official``) that holds a ``manifest.json``, loaded; else the
-    development bundle in ``dev_dir``, built on first use, with a loud warning. For callers with no explicit
-    bundle (the CLI without ``--bundle``, ``make run``); an explicit choice should use ``Bundle.load``."""
-    for candidate in (*candidates, OFFICIAL_DIR):
-        if candidate and (Path(candidate) / MANIFEST).is_file():
-            return Bundle.load(candidate)
-    log.warning("no model bundle in %s; using the development bundle in %s",
-                ", ".join(str(c) for c in (*candidates, OFFICIAL_DIR) if c), dev_dir)
-    if (Path(dev_dir) / MANIFEST).is_file():
-        return Bundle.load(dev_dir)
-    log.warning("building the development bundle in %s (about 10 CPU-seconds)", dev_dir)
-    return make_dev_bundle(dev_dir)
-
-
 def pin_entry(directory: str | Path, role: str) -> ModelFile:
     """Record the current sha256 and size of ``role``'s file in the manifest (after we wrote the file)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     entry = manifest.models[role]
     path = directory / entry.file
-    pinned = replace(entry, sha256=_hashes.sha256(path, directory / "cache" / "sha256.json"),
-                     bytes=path.stat().st_size)
+    pinned = replace(entry, sha256=cached_sha256(path, directory), bytes=path.stat().st_size)
     manifest.with_entry(role, pinned).write(directory)
     return pinned
 
@@ -264,15 +281,16 @@ def set_computed_relevance(directory: str | Path, file: str, source: str) -> Mod
     directory = Path(directory)
     manifest = read_manifest(directory)
     old = manifest.models["relevance"]
-    entry = ModelFile(file=file, url=None, sha256=None, bytes=None, license=old.license, source=source)
+    entry = ModelFile(file=file, url=None, sha256=None, bytes=None, license=old.license, source=source,
+                      hash=HASH_COMPUTED)
     models = {role: e for role, e in manifest.models.items() if role != "relevance_stats"}
     replace(manifest, models={**models, "relevance": entry}).write(directory)
     return pin_entry(directory, "relevance")
 
 
-def _how_to_get(directory: str | Path) -> str:
-    return (f"run `python -m pipeline download --dir {directory}` (needs internet) "
-            f"or `python -m pipeline make-dev-bundle {directory}`")
+def how_to_get(directory: str | Path) -> str:
+    return (f"run `python -m pipeline download --dir {directory}` (needs internet, or the files copied in by "
+            f"hand: docs/MODELS.md) or `python -m pipeline make-dev-bundle {directory}`")
 
 
 # --- hashing with a (size, mtime) cache ------------------------------------------------------------------------
@@ -283,6 +301,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def cached_sha256(path: Path, bundle_dir: Path) -> str:
+    """``path``'s sha256, remembered by (size, mtime) in ``<bundle_dir>/cache/sha256.json``."""
+    return _hashes.sha256(Path(path), Path(bundle_dir) / "cache" / "sha256.json")
 
 
 class _HashCache:
@@ -321,7 +344,7 @@ class _HashCache:
         data[name] = record
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(cache_file, json.dumps(data, indent=1))
+            atomic_write_text(cache_file, json.dumps(data, indent=1))
         except OSError as exc:  # a read-only bundle still works; it just re-hashes on the next start
             log.info("could not write the hash cache %s: %s", cache_file, exc)
 
@@ -329,20 +352,7 @@ class _HashCache:
 _hashes = _HashCache()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-# The two ways to fill a bundle live in their own modules; re-exported here because they are bundle operations.
-def download(directory: str | Path, progress: bool = True, only: tuple[str, ...] = ()) -> Bundle | None:
-    from pipeline.download import download_bundle
-
-    return download_bundle(Path(directory), progress=progress, only=only)
-
-
-def make_dev_bundle(directory: str | Path, size: int = 256, seed: int = 0) -> Bundle:
-    from pipeline.dev_bundle import make_dev_bundle as make
-
-    return make(Path(directory), size=size, seed=seed)

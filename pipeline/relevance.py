@@ -39,9 +39,12 @@ from tqdm import tqdm
 
 from pipeline.clip_model import clip_preprocess, image_features
 from pipeline.errors import INVALID_PARAMETER, MODEL_INVALID, MODEL_MISSING, PipelineError
+from pipeline.style_stats import FILE as STYLE_STATS_FILE
+from pipeline.style_stats import sample_styles
 
 FORMAT = "styleclip-relevance/1"
-STATS_BATCH = 2048  # fixed: batch composition decides the float rounding, so it is part of the result
+# beside StyleCLIP's fs3.npy: its pickle (either spelling) or ours from `compute-style-stats`
+STATS_NAMES = ("S_mean_std", "S_Mean_Std", STYLE_STATS_FILE)
 
 
 @dataclass(frozen=True)
@@ -119,18 +122,8 @@ def precompute_relevance(generator: torch.nn.Module, clip_model: torch.nn.Module
 
 def _sample_styles(generator, settings: RelevanceSettings, device: torch.device):
     """Yield the flat style vectors ``[b, total]`` of ``n_stats`` truncated samples, batch by batch."""
-    rng = np.random.RandomState(settings.seed)  # the reference draws z this way (its seed is 5)
-    w_avg = generator.latent_avg if generator.latent_avg.numel() else \
-        generator.mean_latent(4096, torch.Generator().manual_seed(settings.seed))
-    w_avg = w_avg.reshape(1, -1).to(device)
-    cutoff = min(settings.truncation_cutoff, generator.n_latent)
-    for start in range(0, settings.n_stats, STATS_BATCH):
-        n = min(STATS_BATCH, settings.n_stats - start)
-        z = torch.from_numpy(rng.randn(n, generator.style_dim).astype(np.float32)).to(device)
-        w = generator.mapping(z)
-        wplus = w[:, None, :].repeat(1, generator.n_latent, 1)
-        wplus[:, :cutoff] = w_avg[:, None] + settings.truncation * (wplus[:, :cutoff] - w_avg[:, None])
-        yield torch.cat(generator.styles(wplus), dim=1)
+    yield from sample_styles(generator, settings.n_stats, settings.seed, settings.truncation,
+                             settings.truncation_cutoff, device)
 
 
 def _load_or_compute_stats(partial: Path, generator, settings: RelevanceSettings, device) -> dict[str, np.ndarray]:
@@ -267,12 +260,14 @@ def _check_settings(s: RelevanceSettings) -> None:
 
 # --- loading ----------------------------------------------------------------------------------------------
 
-def load_relevance(path: str | Path) -> Relevance:
+def load_relevance(path: str | Path, stats: str | Path | None = None) -> Relevance:
     """Read a relevance file: ours (``.npz`` from ``precompute_relevance``) or the official StyleCLIP pair,
-    given as their directory or as the ``fs3.npy`` path (``S_mean_std`` beside it)."""
+    given as their directory or as the ``fs3.npy`` path, with the style statistics ``stats`` (the bundle's
+    ``relevance_stats`` file; default: the one beside it, ``STATS_NAMES`` in order)."""
     path = Path(path)
     if path.is_dir() or path.suffix == ".npy":
-        return load_official_relevance(path / "fs3.npy" if path.is_dir() else path)
+        return load_official_relevance(path / "fs3.npy" if path.is_dir() else path,
+                                       Path(stats) if stats else None)
     if not path.is_file():
         raise PipelineError(MODEL_MISSING, f"relevance file not found: {path}")
     try:
@@ -287,24 +282,57 @@ def load_relevance(path: str | Path) -> Relevance:
 
 
 def load_official_relevance(fs3_path: Path, mean_std_path: Path | None = None) -> Relevance:
-    """StyleCLIP's published files: ``fs3.npy [6048, 512]`` and ``S_mean_std``, a pickle of ``[mean, std]``
-    (per style layer, toRGB included; the torch port prepends a third item). Only numpy arrays, lists and
-    tuples are unpickled, so the file cannot run code."""
+    """StyleCLIP's published ``fs3.npy [6048, 512]`` with the style statistics beside it (``S_mean_std``, or
+    the ``style_stats.npz`` that ``compute-style-stats`` writes; see ``load_style_stats``)."""
     if mean_std_path is None:
-        mean_std_path = next((p for p in (fs3_path.with_name("S_mean_std"), fs3_path.with_name("S_Mean_Std"))
-                              if p.is_file()), fs3_path.with_name("S_mean_std"))
+        mean_std_path = next((p for p in (fs3_path.with_name(n) for n in STATS_NAMES) if p.is_file()),
+                             fs3_path.with_name(STATS_NAMES[0]))
     for p in (fs3_path, mean_std_path):
         if not p.is_file():
             raise PipelineError(MODEL_MISSING, f"relevance file not found: {p}")
-    try:
-        fs3 = np.load(fs3_path, allow_pickle=False)
-        with open(mean_std_path, "rb") as f:
-            loaded = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-        mean, std = (np.concatenate([np.asarray(a).reshape(-1) for a in part]) for part in loaded[-2:])
-    except (OSError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as exc:
-        raise PipelineError(MODEL_INVALID, f"{fs3_path} / {mean_std_path}: not StyleCLIP relevance files: "
-                                           f"{exc}") from exc
+    fs3 = load_relevance_matrix(fs3_path)
+    mean, std = load_style_stats(mean_std_path)
     return _relevance(fs3_path, fs3, std, mean, {"format": "styleclip-official"})
+
+
+def load_relevance_matrix(path: str | Path) -> np.ndarray:
+    """Only ``fs3`` of a relevance file (StyleCLIP's ``.npy`` or our ``.npz``), checked: a finite 2-D matrix."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                loaded = loaded["fs3"]
+        fs3 = np.asarray(loaded)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PipelineError(MODEL_INVALID, f"{path} is not a relevance matrix: {exc}") from exc
+    if fs3.ndim != 2 or fs3.dtype.kind != "f" or not np.all(np.isfinite(fs3)):
+        raise PipelineError(MODEL_INVALID, f"{path}: fs3 must be a finite [channels, D] float matrix, "
+                                           f"got {fs3.dtype} {list(fs3.shape)}")
+    return fs3
+
+
+def load_style_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel style (mean, std), flat over all layers: StyleCLIP's ``S_mean_std`` (a pickle of
+    ``[mean], [std]`` per style layer, toRGB included; the torch port prepends a third item; only numpy arrays,
+    lists and tuples are unpickled, so the file cannot run code) or our ``style_stats.npz``."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with np.load(path, allow_pickle=False) as f:
+                mean, std = f["style_mean"], f["style_std"]
+        else:
+            with open(path, "rb") as f:
+                loaded = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            mean, std = (np.concatenate([np.asarray(a).reshape(-1) for a in part]) for part in loaded[-2:])
+    except (OSError, ValueError, TypeError, IndexError, KeyError, pickle.UnpicklingError, EOFError,
+            zipfile.BadZipFile) as exc:
+        raise PipelineError(MODEL_INVALID, f"{path}: not style statistics (StyleCLIP S_mean_std or "
+                                           f"{STYLE_STATS_FILE}): {exc}") from exc
+    mean, std = np.asarray(mean, np.float32).reshape(-1), np.asarray(std, np.float32).reshape(-1)
+    if mean.shape != std.shape or not np.all(np.isfinite(std)) or not np.all(np.isfinite(mean)):
+        raise PipelineError(MODEL_INVALID, f"{path}: style mean/std must be finite and of one length")
+    return mean, std
 
 
 def _relevance(source: Path, fs3, std, mean, meta: dict) -> Relevance:

@@ -1,5 +1,5 @@
-"""Which bundle a command uses: ``--bundle`` if given, else ``$MODEL_DIR`` or ``models/official`` if either holds
-one, else the development bundle in ``models/dev`` (built on first use, with a loud notice)."""
+"""Which bundle a command uses: ``--bundle`` if given, else ``pipeline.choice``'s rule (``$MODEL_DIR``, else a
+complete ``models/official``, else the development bundle with a loud notice saying why)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.bundle import DEV_WARNING, MANIFEST, OFFICIAL_DIR, Bundle, find_bundle
+from pipeline.bundle import DEV_WARNING, Bundle
 
 
 def official_dir(arg: str | None) -> Path:
-    """Where ``download`` puts the official weights: ``--dir``, else ``$MODEL_DIR``, else ``models/official``."""
-    return Path(arg or os.environ.get("MODEL_DIR") or OFFICIAL_DIR)
+    """Where ``download`` puts the official weights: ``--dir``, else ``$MODEL_DIR``, else
+    ``$MODEL_DOWNLOAD_DIR``, else ``models/official``."""
+    from pipeline.choice import default_official_dir
+
+    return Path(arg or os.environ.get("MODEL_DIR") or default_official_dir())
 
 
 def resolve_bundle(arg: str | None) -> Bundle:
+    from pipeline.choice import DEV, choose_bundle, open_bundle
+
     if arg:
         return Bundle.load(arg)
-    env = os.environ.get("MODEL_DIR")
-    bundle = find_bundle(env)
-    if bundle.is_dev and not (env and (Path(env) / MANIFEST).is_file()):
-        print(f"NOTICE: no --bundle given and no bundle in $MODEL_DIR or {OFFICIAL_DIR}: using the development "
-              f"bundle in {bundle.dir}.\n{DEV_WARNING}", file=sys.stderr)
-    return bundle
+    choice = choose_bundle(os.environ.get("MODEL_DIR") or None)
+    if choice.kind == DEV:
+        print(f"NOTICE: no --bundle given, no MODEL_DIR, and no complete bundle in {choice.official_dir}: using "
+              f"the development bundle in {choice.dir}.\n{choice.explain()}\n{DEV_WARNING}", file=sys.stderr)
+    return open_bundle(choice)

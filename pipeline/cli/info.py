@@ -31,8 +31,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{role}")
         print(f"  file     {entry.file} ({size:,} bytes)")
         print(f"  version  {bundle.version(role)}" + ("  (sha256 verified)" if args.verify and entry.sha256 else ""))
+        if entry.hash:
+            print(f"  hash     {entry.hash}" + (f" ({entry.computed.get('samples'):,} samples, seed "
+                                               f"{entry.computed.get('seed')})" if entry.computed else ""))
         print(f"  source   {entry.source}")
         print(f"  license  {entry.license}")
         if entry.url:
             print(f"  url      {entry.url}")
+        for other in entry.sources:
+            if other.url != entry.url:
+                print(f"  mirror   {other.url}")
     return 0

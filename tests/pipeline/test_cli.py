@@ -136,7 +136,8 @@ def test_help_does_not_import_torch():
 
 
 def test_precompute_relevance_replaces_the_bundle_file_and_pins_it(capsys, tmp_path):
-    from pipeline.bundle import Bundle, make_dev_bundle
+    from pipeline.bundle import Bundle
+    from pipeline.dev_bundle import make_dev_bundle
     from pipeline.relevance import load_relevance
 
     bundle = make_dev_bundle(tmp_path / "b16", size=16)  # 16² generator: the precompute renders in seconds

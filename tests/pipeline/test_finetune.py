@@ -50,7 +50,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from pipeline.bundle import make_dev_bundle
+    from pipeline.dev_bundle import make_dev_bundle
 
     root = tmp_path_factory.mktemp("finetune")
     bundle = make_dev_bundle(root / "bundle", size=64)
