@@ -2,15 +2,21 @@
 
 Keys (one bucket; the owner lives in the database, never in a key):
 `originals/{image_id}` · `inversions/{image_id}/{encoder_version}.npz` · `results/{edit_id}/{i}.{ext}`
-· `uploads/{upload_id}` (presigned uploads not yet claimed).
+· `uploads/{upload_id}` (presigned uploads not yet claimed). Every key names the row it belongs to, so a
+sweep can find objects whose row is gone (`common.retention.sweep_orphans`).
+
+A backend that cannot be reached raises what its client raises (botocore's connection errors for S3) or,
+for the local folder, `StorageUnavailable`; a missing key is `ObjectNotFound`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +25,19 @@ from common.settings import Settings
 
 class ObjectNotFound(KeyError):
     """The key does not exist."""
+
+
+class StorageUnavailable(OSError):
+    """The local storage folder could not be read or written (unmounted volume, full disk, permissions)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One listed object: its key, size and when it was last written (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 @dataclass(frozen=True)
@@ -36,7 +55,9 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes: ...
     def size(self, key: str) -> int | None: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def delete(self, keys: Iterable[str]) -> int: ...
     def list(self, prefix: str) -> list[str]: ...
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
     def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None: ...
     def presigned_upload(self, key: str, max_bytes: int, expires: timedelta) -> PresignedUpload | None: ...
     def check(self) -> None: ...
@@ -65,6 +86,13 @@ class LocalStorage:
     def __init__(self, root: Path):
         self.root = root.resolve()
 
+    @contextmanager
+    def _io(self):
+        try:
+            yield
+        except OSError as error:
+            raise StorageUnavailable(f"local storage {self.root}: {error}") from error
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not key or self.root not in path.parents:
@@ -73,43 +101,63 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self._io():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def get(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFound(key) from None
+        path = self._path(key)
+        with self._io():
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
 
     def size(self, key: str) -> int | None:
         path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
+        with self._io():
+            return path.stat().st_size if path.is_file() else None
 
     def list(self, prefix: str) -> list[str]:
+        return [item.key for item in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Objects under a key prefix, in key order (a folder's temporary files of writes under way excluded)."""
         base = self._path(prefix.rstrip("/"))
-        if base.is_file():
-            return [prefix]
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
-        )
+        with self._io():
+            if base.is_file():
+                paths = [base]
+            elif base.is_dir():
+                paths = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+            else:
+                paths = []
+            found = []
+            for path in paths:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # deleted since the walk
+                    continue
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                found.append(StoredObject(path.relative_to(self.root).as_posix(), stat.st_size, modified))
+        yield from found
+
+    def delete(self, keys: Iterable[str]) -> int:
+        count = 0
+        with self._io():
+            for key in keys:
+                self._path(key).unlink(missing_ok=True)
+                count += 1
+        return count
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
-        for key in keys:
-            self._path(key).unlink(missing_ok=True)
-        return len(keys)
+        return self.delete(self.list(prefix))
 
     def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None:
         return None
@@ -179,17 +227,23 @@ class S3Storage:
             raise
 
     def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
+        return [item.key for item in self.list_objects(prefix)]
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Objects under a key prefix, in key order, one listing page (1,000 keys) at a time."""
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield StoredObject(item["Key"], int(item["Size"]), item["LastModified"].astimezone(UTC))
+
+    def delete(self, keys: Iterable[str]) -> int:
+        keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.delete(self.list(prefix))
 
     def presigned_get(self, key: str, expires: timedelta, content_type: str | None = None) -> str | None:
         params = {"Bucket": self.bucket, "Key": key}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -30,6 +31,8 @@ import torch
 
 from pipeline.clip_model import text_features
 from pipeline.errors import EMPTY_DIRECTION, INVALID_PARAMETER, MODEL_INVALID, PipelineError
+
+log = logging.getLogger(__name__)
 
 # The prompt ensemble of StyleCLIP (CLIP's ImageNet templates minus 'a photo of many {}.').
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -122,6 +125,7 @@ class TextDirectionCache:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._write_warned = False
 
     def key(self, neutral: str, target: str, templates: Sequence[str] = IMAGENET_TEMPLATES) -> str:
         blob = json.dumps([self.model_id, list(templates), neutral, target], ensure_ascii=False)
@@ -173,19 +177,35 @@ class TextDirectionCache:
         return dt
 
     def _write(self, key: str, dt: np.ndarray) -> None:
+        """Best effort: a cache folder that cannot be written (read-only, full disk) costs a recomputation
+        next time, never the edit; said once per cache, not once per edit."""
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a concurrent reader sees either no file or a whole one.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename: a concurrent reader sees either no file or a whole one.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError as error:
+            self._write_failed(error)
+            return
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, dt)
             os.replace(tmp, path)
+        except OSError as error:
+            Path(tmp).unlink(missing_ok=True)
+            self._write_failed(error)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _write_failed(self, error: OSError) -> None:
+        with self._lock:
+            first, self._write_warned = not self._write_warned, True
+        if first:
+            log.warning("text directions are not cached on disk (%s): %s; each new pair is computed again "
+                        "after a restart", self.dir, error)
 
 
 def _remember(lru: OrderedDict, key: str, value, maxsize: int) -> None:

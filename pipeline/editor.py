@@ -53,7 +53,11 @@ class Models:
 
 
 class Editor:
-    """Edits faces in photos with the models of one ``Bundle``."""
+    """Edits faces in photos with the models of one ``Bundle``.
+
+    ``directions_dir``: where text directions are cached on disk (default: the bundle's ``cache/directions``).
+    A service whose bundle is mounted read-only passes a writable folder; a write that fails anyway is logged
+    once and the edit goes on."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike, device: str | torch.device = "cpu",
                  directions_dir: str | os.PathLike | None = None):
@@ -139,24 +143,31 @@ class Editor:
             x = _to_tensor(alignment.crop, self.device)
             codes = models.encoder(x)[0].float().cpu().numpy()
         return Inversion(codes=codes, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
-                         n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo=raw,
-                         photo_size=image.size,
-                         versions={"encoder": self.encoder_version, "generator": self.versions["generator"]})
+                         n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
+                         versions={"encoder": self.encoder_version, "generator": self.versions["generator"]},
+                         photo=raw)
 
     # --- editing -------------------------------------------------------------------------------------------
 
     def edit(self, inv: Inversion, neutral: str, target: str, alphas: Sequence[float], beta: float = 0.15,
              mode: str = "global", progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
-             metrics: dict[str, float] | None = None, steps: int | None = None) -> list[Image.Image]:
+             metrics: dict[str, float] | None = None, steps: int | None = None, *,
+             photo: PhotoSource | None = None) -> list[Image.Image]:
         """One full-size edited photo per alpha, in order.
 
         ``mode="global"``: StyleCLIP global direction (``beta`` = disentanglement threshold, ``alpha`` =
         strength along it). ``mode="optimize"``: StyleCLIP latent optimization for ``steps`` steps (see
-        ``pipeline.optimize``; ``beta`` is ignored, alpha interpolates start → optimized latent)."""
+        ``pipeline.optimize``; ``beta`` is ignored, alpha interpolates start → optimized latent).
+        ``photo``: the photo ``inv`` was computed from, which the edited face is pasted into; needed when ``inv``
+        carries none (one read back from bytes), else it replaces ``inv.photo``."""
         from pipeline.directions import apply, style_direction
 
         if not isinstance(inv, Inversion):
             raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
+        if photo is None and inv.photo is None:
+            raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
+                                                   "bytes): pass the photo it was computed from as photo=")
+        raw = _photo_bytes(photo) if photo is not None else inv.photo
         alphas = validate_edit(neutral, target, alphas, beta, mode, steps)
         step = _Stages(progress, should_cancel, metrics)
         models = self.models
@@ -181,14 +192,17 @@ class Editor:
             with step("synthesize"), torch.no_grad():
                 faces = g(result.interpolate(alphas))
         with step("paste"):
-            return self._paste(inv, faces, step)
+            return self._paste(inv, raw, faces, step)
 
-    def _paste(self, inv: Inversion, faces: torch.Tensor, step: _Stages) -> list[Image.Image]:
+    def _paste(self, inv: Inversion, raw: bytes, faces: torch.Tensor, step: _Stages) -> list[Image.Image]:
         """Every alpha's face into the full photo; the warp and mask are shared (``paste_back_many``)."""
         from pipeline.paste import paste_back_many
         from pipeline.photo import load_photo
 
-        photo = load_photo(inv.photo)
+        photo = load_photo(raw)
+        if photo.size != inv.photo_size:
+            raise PipelineError(INVALID_PARAMETER, f"the photo is {photo.size[0]}x{photo.size[1]}, the inversion "
+                                                   f"was computed from a {inv.photo_size[0]}x{inv.photo_size[1]} one")
         step.check()
         return paste_back_many(photo, [Image.fromarray(face) for face in _to_uint8(faces)], inv.quad)
 
@@ -253,7 +267,7 @@ def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, be
 
 
 def _photo_bytes(photo: PhotoSource) -> bytes:
-    """The original encoded file (kept in the Inversion); a PIL image is stored losslessly as PNG."""
+    """The original encoded file (held by a fresh Inversion); a PIL image is encoded losslessly as PNG."""
     if isinstance(photo, (bytes, bytearray, memoryview)):
         return bytes(photo)
     if isinstance(photo, Image.Image):

@@ -4,6 +4,14 @@ Exactly-once rests on the row, not on Celery: the claim is a conditional UPDATE 
 to this run's token; a heartbeat thread renews the lease; every write (progress, result) is
 conditional on still holding it. Results go to deterministic keys, so a re-run after a lost worker
 overwrites instead of duplicating, and a run that lost its row (canceled, reaped) discards them.
+
+Write, then verify: a deletion (`DELETE /v1/images/{id}`, `DELETE /v1/me/data`, retention) cancels the
+edit before it deletes the objects, so every object the job stores is followed by a look at the row; a
+job that no longer holds it deletes what it just wrote. The periodic orphan sweep is the backstop.
+
+Failures after the claim: a pipeline error fails the edit with its code; an unreachable database, broker
+or storage is left to the lease (the reaper sends the job again); anything else is a bug, which another
+attempt would only repeat: the edit fails at once with `internal_error`, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from common import lifecycle
 from common.lifecycle import Claim
 from common.metrics import observe_edit
-from common.models import Edit
-from common.storage import ObjectNotFound, inversion_key, original_key, result_key
+from common.models import Edit, Image
+from common.storage import ObjectNotFound, StorageUnavailable, inversion_key, original_key, result_key
 from common.webhooks.outbox import push_events
 from worker.runtime import Runtime, encoder_run
 
@@ -117,17 +125,65 @@ def run_edit(runtime: Runtime, edit_id: str, token: str | None = None) -> str:
     if claim is not Claim.CLAIMED:
         log.info("edit %s not processed: %s", edit_id, claim.value)
         return claim.value
-    _push_webhooks(runtime, edit_id)  # `start`
     heartbeat = Heartbeat(runtime, edit_id, token)
     heartbeat.start()
     try:
+        _push_webhooks(runtime, edit_id)  # `start`
         return _process(runtime, edit_id, token, heartbeat)
+    except Exception as error:
+        if is_infrastructure_error(error):
+            log.warning("edit %s interrupted: %s: %s; the reaper sends it again once its lease expires",
+                        edit_id, type(error).__name__, error)
+            raise
+        log.exception("edit %s crashed", edit_id)
+        return _crash(runtime, edit_id, token)
     finally:
         heartbeat.stop()
         _push_webhooks(runtime, edit_id)  # `output` and `completed`, whatever the outcome
 
 
+def is_infrastructure_error(error: BaseException) -> bool:
+    """Database, broker or storage unreachable (or one of their errors caused ``error``): worth another attempt
+    later, on this worker or another. Anything else is a bug that another attempt would only repeat."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeout
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    unreachable = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, BrokerError,
+                   RedisConnectionError, RedisTimeout, StorageUnavailable)
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, unreachable) or _s3_unreachable(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _s3_unreachable(error: BaseException) -> bool:
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as S3ConnectionError
+
+    if isinstance(error, (S3ConnectionError, HTTPClientError)):
+        return True  # endpoint unreachable, connection closed, read timeout
+    # S3's own "try again later" answers: 500 InternalError, 503 SlowDown / ServiceUnavailable
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if isinstance(error, ClientError) else 0
+    return status >= 500
+
+
+def _crash(runtime: Runtime, edit_id: str, token: str) -> str:
+    """Record a bug's outcome on a fresh session (the job's own may be the broken part), without outputs."""
+    message = "the worker hit an unexpected error; it was logged"
+    with runtime.session_factory() as session:
+        if lifecycle.fail(session, edit_id, token, lifecycle.INTERNAL_ERROR, message):
+            observe_edit({}, lifecycle.FAILED, lifecycle.INTERNAL_ERROR)
+    _discard_results(runtime, edit_id)
+    return lifecycle.FAILED
+
+
 def _push_webhooks(runtime: Runtime, edit_id: str) -> None:
+    """Send the edit's due webhook events now (`push_events` never raises; the sweep is the fallback)."""
     with runtime.session_factory() as session:
         push_events(session, runtime.celery, edit_id, runtime.settings.public_base_url, runtime.settings.webhooks_queue)
 
@@ -154,12 +210,13 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             if run := encoder_run(editor):
                 model["encoder_run"] = run
-            inversion = _inversion(runtime, editor, edit, watcher, metrics)
+            photo = runtime.storage.get(original_key(edit.image_id))
+            inversion = _inversion(runtime, editor, edit, token, photo, watcher, metrics)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[edit.mode], start_share, 1.0)
             images = editor.edit(
                 inversion, edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode,
-                progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics,
+                progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics, photo=photo,
             )  # fmt: skip
             keys = _store_results(runtime, edit, images, metrics)
             metrics["total_seconds"] = time.perf_counter() - start
@@ -174,20 +231,18 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             _discard_unless_won(runtime, session, edit_id)
             return lifecycle.CANCELED
         except PipelineError as error:
+            _discard_results(runtime, edit_id)
             return _fail(session, edit_id, token, error.code, error.message, metrics, model, start)
         except ObjectNotFound:
             message = "the photo was deleted before the edit ran"
             return _fail(session, edit_id, token, lifecycle.IMAGE_NOT_FOUND, message, metrics, model, start)
-        except Exception:
-            # Recorded (with the traceback in the log) so the client sees a terminal state, not a hang.
-            log.exception("edit %s crashed", edit_id)
-            message = "the worker hit an unexpected error; it was logged"
-            return _fail(session, edit_id, token, lifecycle.INTERNAL_ERROR, message, metrics, model, start)
 
 
-def _inversion(runtime: Runtime, editor: Editor, edit: Edit, watcher: Watcher, metrics: dict) -> Inversion:
-    """The photo's cached inversion, or a fresh one (then cached for the next edit of this photo)."""
-    from pipeline import Inversion, PipelineError
+def _inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
+               metrics: dict) -> Inversion:
+    """The photo's cached inversion, or a fresh one, then cached for the next edit of this photo if the job
+    still holds its row once the cache is written (`_still_ours`)."""
+    from pipeline import Canceled, Inversion, PipelineError
 
     key = inversion_key(edit.image_id, editor.encoder_version)
     try:
@@ -196,16 +251,28 @@ def _inversion(runtime: Runtime, editor: Editor, edit: Edit, watcher: Watcher, m
         return inversion
     except ObjectNotFound:
         pass
-    except PipelineError:
+    except PipelineError:  # also the old format that held a copy of the photo: overwritten below
         log.warning("cached inversion %s is unreadable; recomputing", key)
     metrics["inversion_cached"] = False
     watcher.phase(INVERT_STAGES, 0.0, INVERT_SHARE)
-    photo = runtime.storage.get(original_key(edit.image_id))
     inversion = editor.invert(
         photo, progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics
     )
     runtime.storage.put(key, inversion.to_bytes())
+    if not _still_ours(runtime, edit, token):
+        runtime.storage.delete([key])
+        raise Canceled()
     return inversion
+
+
+def _still_ours(runtime: Runtime, edit: Edit, token: str) -> bool:
+    """Right after a write: does this run still hold the edit, and does its photo still exist? A deletion
+    cancels the edit before it deletes objects, so a write it may have missed is seen here and undone."""
+    with runtime.session_factory() as session:
+        held = lifecycle.still_held(session, edit.id, token)
+        alive = held and session.get(Image, edit.image_id, populate_existing=True) is not None
+        session.rollback()
+    return alive
 
 
 def _store_results(runtime: Runtime, edit: Edit, images: list, metrics: dict) -> list[str]:
@@ -218,7 +285,11 @@ def _store_results(runtime: Runtime, edit: Edit, images: list, metrics: dict) ->
         runtime.storage.put(key, encode_image(image, edit.output_format), _CONTENT_TYPES[edit.output_format])
         keys.append(key)
     metrics["store_seconds"] = time.perf_counter() - start
-    return keys
+    return keys  # verified by `lifecycle.succeed`, which only the row's holder can do
+
+
+def _discard_results(runtime: Runtime, edit_id: str) -> None:
+    runtime.storage.delete_prefix(f"results/{edit_id}/")
 
 
 def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
@@ -235,7 +306,7 @@ def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
     edit = session.get(Edit, edit_id, populate_existing=True)
     session.rollback()
     if edit is None or edit.status in (lifecycle.CANCELED, lifecycle.FAILED):
-        runtime.storage.delete_prefix(f"results/{edit_id}/")
+        _discard_results(runtime, edit_id)
 
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,11 @@ class Runtime:
     def model_dir(self) -> Path:
         return self.settings.model_dir or Path("models")
 
+    @property
+    def directions_dir(self) -> Path:
+        """Where the Editor caches text directions (CACHE_DIR, writable, unlike a mounted bundle)."""
+        return self.settings.cache_dir / "directions"
+
     def editor(self) -> Editor:
         """The process's Editor (models load once); raises PipelineError(`model_missing`, ...).
 
@@ -66,19 +71,18 @@ class Runtime:
             return self._editor
 
     def _build(self) -> tuple[Editor, tuple[int, int] | None]:
-        """An explicit MODEL_DIR is used as is (no bundle there: every job fails `model_missing`, visibly);
-        without one, `find_bundle`'s order: ./models, models/official, else the dev bundle (announced)."""
+        """The bundle by the pipeline's one rule (`pipeline.choice`, as the CLI and `make run`): MODEL_DIR as
+        it is (incomplete: every job fails `model_missing`, visibly), else a complete models/official, else
+        the development bundle (announced)."""
         from pipeline import Editor
-        from pipeline.bundle import Bundle, find_bundle
+        from pipeline.choice import choose_bundle, open_bundle
 
-        if self.settings.model_dir:
-            directory = self.settings.model_dir
-            stamp = _manifest_stamp(directory)  # before reading it: a change while loading shows up next time
-            bundle = Bundle.load(directory)
-        else:
-            bundle = find_bundle(Path("models"))
-            stamp = _manifest_stamp(bundle.dir)
-        return Editor(bundle, device=self.settings.device), stamp
+        choice = choose_bundle(self.settings.model_dir)
+        stamp = _manifest_stamp(choice.dir)  # before reading it: a change while loading shows up next time
+        bundle = open_bundle(choice)
+        stamp = stamp or _manifest_stamp(bundle.dir)  # a development bundle built just now
+        # Caches go to CACHE_DIR, never into the bundle: it may be mounted read-only.
+        return Editor(bundle, device=self.settings.device, directions_dir=self.directions_dir), stamp
 
     def warm(self) -> None:
         """Load the models before the first job; a missing bundle is logged and every job then fails

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from common.settings import Settings
-from common.storage import LocalStorage, ObjectNotFound, S3Storage
+from common.storage import LocalStorage, ObjectNotFound, S3Storage, StorageUnavailable
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -43,6 +43,35 @@ def test_overwrite_keeps_one_object(storage):
     storage.put("inversions/i/v.npz", b"a")
     storage.put("inversions/i/v.npz", b"b")
     assert storage.list("inversions/i/") == ["inversions/i/v.npz"] and storage.get("inversions/i/v.npz") == b"b"
+
+
+@pytest.mark.services
+def test_list_objects_gives_keys_sizes_and_write_times(storage):
+    """What the orphan sweep reads: every object under a prefix with its size and last write (UTC)."""
+    before = datetime.now(UTC) - timedelta(seconds=5)  # S3 stamps whole seconds, the server's clock
+    storage.put("originals/img_a", b"photo")
+    storage.put("inversions/img_a/enc.npz", b"codes!")
+    storage.put("originals/img_b", b"x")
+    listed = {item.key: item for item in storage.list_objects("originals/")}
+    assert sorted(listed) == ["originals/img_a", "originals/img_b"]
+    assert listed["originals/img_a"].size == 5
+    after = datetime.now(UTC) + timedelta(seconds=5)
+    assert all(before <= item.modified <= after and item.modified.tzinfo is not None for item in listed.values())
+    assert [item.key for item in storage.list_objects("inversions/img_a/")] == ["inversions/img_a/enc.npz"]
+    assert list(storage.list_objects("results/")) == []
+    assert storage.delete(["originals/img_a", "originals/missing"]) == 2
+    assert storage.list("originals/") == ["originals/img_b"]
+
+
+def test_local_storage_that_cannot_be_written_says_unavailable(tmp_path):
+    """An unmounted or read-only folder is an infrastructure error (the worker retries), not a missing key."""
+    root = tmp_path / "store"
+    root.write_bytes(b"")  # where the folder should be: a file (unwritable even for root)
+    storage = LocalStorage(root)
+    with pytest.raises(StorageUnavailable):
+        storage.put("originals/x", b"x")
+    with pytest.raises(StorageUnavailable):
+        storage.get("originals/x")
 
 
 def test_local_rejects_keys_outside_its_root(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -74,15 +76,47 @@ def test_invert_finds_the_face(inversion, dev_editor, face_bytes):
     assert inversion.versions["encoder"] == dev_editor.encoder_version
 
 
-def test_inversion_round_trips_through_bytes_and_edits_identically(dev_editor, inversion):
-    again = Inversion.from_bytes(inversion.to_bytes())
+def test_inversion_round_trips_through_bytes_and_edits_identically(dev_editor, inversion, face_bytes):
+    blob = inversion.to_bytes()
+    again = Inversion.from_bytes(blob)
     assert np.array_equal(again.codes, inversion.codes) and again.codes.dtype == np.float32
     assert np.array_equal(again.quad, inversion.quad)
-    assert (again.qsize, again.n_faces, again.note, again.photo, again.photo_size, again.versions) == \
-        (inversion.qsize, inversion.n_faces, inversion.note, inversion.photo, inversion.photo_size, inversion.versions)
+    assert (again.qsize, again.n_faces, again.note, again.photo_size, again.versions) == \
+        (inversion.qsize, inversion.n_faces, inversion.note, inversion.photo_size, inversion.versions)
     a = dev_editor.edit(inversion, "a face", "a smiling face", [2.0])
-    b = dev_editor.edit(again, "a face", "a smiling face", [2.0])
-    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    b = dev_editor.edit(again, "a face", "a smiling face", [2.0], photo=face_bytes)
+    c = dev_editor.edit(again.with_photo(face_bytes), "a face", "a smiling face", [2.0])
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+
+
+def test_stored_inversions_hold_no_photo(dev_editor, inversion, face_bytes):
+    """The photo is stored once, where it was uploaded: deleting it there must leave no copy in the cache."""
+    blob = inversion.to_bytes()
+    assert inversion.photo == face_bytes and face_bytes[1000:1064] not in blob
+    assert len(blob) < len(face_bytes) // 4  # codes, quad and sizes only
+    again = Inversion.from_bytes(blob)
+    assert again.photo is None
+    with pytest.raises(PipelineError) as err:
+        dev_editor.edit(again, "a face", "a smiling face", [1.0])
+    assert err.value.code == INVALID_PARAMETER and "photo=" in err.value.message
+
+
+def test_format_1_blobs_with_a_photo_inside_are_refused(inversion, face_bytes):
+    """A cache written before the photo left it reads as unreadable: the worker recomputes and overwrites."""
+    buf = io.BytesIO()
+    np.savez(buf, format=np.int64(1), codes=inversion.codes, quad=inversion.quad, qsize=np.float64(inversion.qsize),
+             n_faces=np.int64(1), note=np.str_(""), photo=np.frombuffer(face_bytes, np.uint8),
+             photo_size=np.array(inversion.photo_size, np.int64), versions=np.str_("{}"))
+    with pytest.raises(PipelineError) as err:
+        Inversion.from_bytes(buf.getvalue())
+    assert err.value.code == INVALID_PARAMETER and "format 1" in err.value.message
+
+
+def test_a_photo_of_another_size_is_refused(dev_editor, inversion):
+    other = jpeg_bytes(Image.open(golden_dir() / "face_input.png").convert("RGB").resize((300, 200)))
+    with pytest.raises(PipelineError) as err:
+        dev_editor.edit(inversion, "a face", "a smiling face", [1.0], photo=other)
+    assert err.value.code == INVALID_PARAMETER and "300x200" in err.value.message
 
 
 def test_inversion_bytes_are_not_pickles():
@@ -116,6 +150,19 @@ def test_one_batch_equals_separate_calls(dev_editor, inversion):
         assert np.abs(np.asarray(x).astype(int) - np.asarray(y)).max() <= 1  # float summation order only
 
 
+def test_an_unwritable_direction_cache_never_fails_an_edit(dev_bundle, inversion, tmp_path, caplog):
+    """A read-only bundle (or a full disk) costs recomputation, not the edit. Root can write anywhere, so the
+    cache folder is put under a regular file, where nobody can create it."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    editor = Editor(dev_bundle, directions_dir=blocker / "directions")
+    for target in ("a face with a red hat", "a face with a blue hat"):  # pairs no other test has cached
+        (image,) = editor.edit(inversion, "a face", target, [1.0])
+        assert image.size == inversion.photo_size
+    warnings = [r for r in caplog.records if "not cached on disk" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"  # said once, not once per edit
+
+
 def test_direction_is_cached_on_disk(dev_bundle, inversion, tmp_path):
     editor = Editor(dev_bundle, directions_dir=tmp_path)
     first = editor.edit(inversion, "a face", "a bald face", [1.5])
@@ -145,8 +192,8 @@ def test_a_beta_above_every_relevance_is_an_empty_direction(dev_editor, inversio
 
 
 def test_codes_of_another_generator_are_refused(dev_editor, inversion):
-    other = Inversion(np.zeros((18, 512), np.float32), inversion.quad, inversion.qsize, 1, "", inversion.photo,
-                      inversion.photo_size)
+    other = Inversion(np.zeros((18, 512), np.float32), inversion.quad, inversion.qsize, 1, "", inversion.photo_size,
+                      photo=inversion.photo)
     with pytest.raises(PipelineError) as err:
         dev_editor.edit(other, "a face", "a smiling face", [1.0])
     assert err.value.code == INVALID_PARAMETER and "invert the photo again" in err.value.message
