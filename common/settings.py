@@ -61,10 +61,20 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="Model bundle folder for the worker (`python -m pipeline download` writes one)."
     )
-    cache_dir: Path = Field(
-        Path("data/cache"),
-        description="Writable folder for what the worker derives at run time (text directions), so the model "
-        "bundle may be mounted read-only. Safe to delete; a failed write costs a recomputation, never an edit.",
+    model_download_dir: Path | None = Field(
+        None,
+        description="Where `python -m pipeline download` and `make run` put and look for the official weights "
+        "when MODEL_DIR is unset. Unset: `models/official` in the checkout (docs/MODELS.md).",
+    )
+    model_mirror_url: str | None = Field(
+        None,
+        description="Base URL of a site's own copy of the model files: `{MODEL_MIRROR_URL}/{file name}` is tried "
+        "first for every file, and must match the published size and hash (docs/MODELS.md).",
+    )
+    model_sources_file: Path | None = Field(
+        None,
+        description="JSON file replacing entries of the official sources table by role (a private hub, the "
+        "download rehearsal test); the manifest's entry format (docs/MODELS.md).",
     )
     web_dir: Path = Field(REPO_ROOT / "web", description="Static phone app served at `/` when present.")
 
@@ -168,15 +178,6 @@ class Settings(BaseSettings):
         24.0, gt=0, description="Photos, inversions, edits, results and uploads are deleted this long after upload."
     )
     retention_interval_seconds: float = Field(600.0, gt=0, description="How often the expiry task runs (beat).")
-    orphan_sweep_interval_seconds: float = Field(
-        3600.0, gt=0, description="How often stored objects that no database row names are deleted (beat)."
-    )
-    orphan_grace_seconds: float = Field(
-        3600.0,
-        ge=60,
-        description="Stored objects younger than this are never swept as orphans (their row may still be "
-        "on its way: a photo is stored just before its row is committed).",
-    )
     webhook_allow_networks: str = Field(
         "",
         description="Comma-separated CIDRs webhooks may reach although not public (e.g. `127.0.0.0/8` for "
