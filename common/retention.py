@@ -3,11 +3,15 @@ whatever is older than the retention period (the periodic task in worker.retenti
 
 Storage objects are deleted before the rows that name them, so an interrupted purge leaves rows
 pointing at nothing (and the next run finishes the job) rather than objects nobody can find.
-Running edits are canceled first; their worker notices and discards its outputs.
+Running edits are canceled first; their worker notices and discards its outputs, and a worker that
+stores something after the purge deleted the objects sees the cancel and deletes it (write, then
+verify: worker/edit_job.py). `sweep_orphans` (periodic) deletes whatever still escaped: objects whose
+key names a row that does not exist.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,10 +21,11 @@ from sqlalchemy.orm import Session
 from common import idempotency, lifecycle
 from common.idempotency import IdempotencyRecord
 from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, utcnow
-from common.storage import Storage, original_key, upload_key
+from common.storage import Storage, StoredObject, original_key, upload_key
 
 UPLOAD_GRACE = timedelta(hours=1)
 EXPIRE_TASK = "worker.retention.expire_old_data"  # the periodic task (worker/retention.py), by name for beat
+ORPHAN_TASK = "worker.retention.sweep_orphan_objects"  # the periodic orphan sweep, likewise
 
 
 @dataclass
@@ -95,3 +100,51 @@ def expire(session: Session, storage: Storage, cutoff: datetime, batch: int = 50
     total += _purge_uploads(session, storage, old_uploads)
     total.idempotency_keys = idempotency.purge_expired(session, now)
     return total
+
+
+# --- objects without a row ---------------------------------------------------------------------------
+
+# key prefix → the table whose row each object belongs to (the id is the key's second part)
+_OWNERS = {"originals/": Image, "inversions/": Image, "results/": Edit, "uploads/": Upload}
+
+
+def sweep_orphans(session: Session, storage: Storage, written_before: datetime, batch: int = 1000) -> int:
+    """Delete stored objects whose row is gone: photos and inversions without an image, results without an
+    edit (or of a failed or canceled one), uploads without an unconsumed slot. Objects written at or after
+    `written_before` are left alone: their row may not be committed yet (a photo is stored just before its
+    row). Returns how many objects were deleted; keys of no known shape are never touched."""
+    deleted = 0
+    for prefix, model in _OWNERS.items():
+        page: list[StoredObject] = []
+        for item in storage.list_objects(prefix):
+            if item.modified < written_before:
+                page.append(item)
+            if len(page) >= batch:
+                deleted += _delete_orphans(session, storage, prefix, model, page)
+                page = []
+        deleted += _delete_orphans(session, storage, prefix, model, page)
+    return deleted
+
+
+def _delete_orphans(session: Session, storage: Storage, prefix: str, model, items: list[StoredObject]) -> int:
+    by_id: dict[str, list[str]] = {}
+    for item in items:
+        row_id = item.key.removeprefix(prefix).split("/", 1)[0]
+        if row_id:
+            by_id.setdefault(row_id, []).append(item.key)
+    if not by_id:
+        return 0
+    live = _live_ids(session, model, by_id)
+    session.rollback()  # a read-only look: end the transaction
+    orphans = [key for row_id, keys in by_id.items() if row_id not in live for key in keys]
+    return storage.delete(orphans) if orphans else 0
+
+
+def _live_ids(session: Session, model, ids: Iterable[str]) -> set[str]:
+    """The ids whose objects must stay: the row exists and still wants them."""
+    query = select(model.id).where(model.id.in_(list(ids)))
+    if model is Edit:  # a failed or canceled edit has no outputs; leftovers of its run are garbage
+        query = query.where(Edit.status.not_in((lifecycle.EditStatus.FAILED, lifecycle.EditStatus.CANCELED)))
+    elif model is Upload:  # a consumed slot's bytes became an image; the image keeps its own copy
+        query = query.where(Upload.image_id.is_(None))
+    return set(session.scalars(query))

@@ -16,6 +16,7 @@ from celery import signals
 from common.logging import configure_logging
 from common.metrics import start_exporter
 from common.queue import make_celery
+from common.retention import ORPHAN_TASK
 from common.settings import get_settings
 from worker import liveness
 
@@ -23,6 +24,16 @@ log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="faceedit-worker")
 app.conf.include = ["worker.tasks", "worker.reaper", "worker.deliveries", "worker.retention"]
+# Stored objects that no row names any more (common/retention.py `sweep_orphans`), on the io queue.
+_settings = get_settings()
+app.conf.beat_schedule = {
+    **app.conf.beat_schedule,
+    "orphans": {
+        "task": ORPHAN_TASK,
+        "schedule": _settings.orphan_sweep_interval_seconds,
+        "options": {"queue": _settings.io_queue, "expires": _settings.orphan_sweep_interval_seconds},
+    },
+}
 # Heartbeats for `python -m worker.liveness check`, the probe that notices a worker that stopped consuming.
 liveness.install(app, liveness.config_from_settings())
 

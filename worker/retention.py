@@ -1,5 +1,7 @@
 """Periodic expiry (Celery beat, queue `io`): photos, edits, results and uploads older than
-RETENTION_HOURS, and expired idempotency keys, leave the database and the storage."""
+RETENTION_HOURS, and expired idempotency keys, leave the database and the storage. And the orphan
+sweep: stored objects whose row is gone (a write that lost a race with a deletion) are deleted once
+they are older than ORPHAN_GRACE_SECONDS."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from datetime import timedelta
 from celery import shared_task
 
 from common.models import utcnow
-from common.retention import EXPIRE_TASK, Purged, expire
+from common.retention import EXPIRE_TASK, ORPHAN_TASK, Purged, expire, sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -34,5 +36,29 @@ def expire_old_data() -> None:
     engine = make_engine(settings.database_url)
     try:
         run_expiry(make_session_factory(engine), make_storage(settings), timedelta(hours=settings.retention_hours))
+    finally:
+        engine.dispose()
+
+
+def run_orphan_sweep(factory, storage, grace: timedelta) -> int:
+    """One sweep of objects without a row; how many it deleted (logged as a count, never keys)."""
+    with factory() as session:
+        deleted = sweep_orphans(session, storage, utcnow() - grace)
+    if deleted:
+        log.warning("retention: deleted %d stored objects that no row named", deleted)
+    return deleted
+
+
+@shared_task(name=ORPHAN_TASK, ignore_result=True)
+def sweep_orphan_objects() -> None:
+    from common.db import make_engine, make_session_factory
+    from common.settings import get_settings
+    from common.storage import make_storage
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        run_orphan_sweep(make_session_factory(engine), make_storage(settings),
+                         timedelta(seconds=settings.orphan_grace_seconds))
     finally:
         engine.dispose()
