@@ -23,8 +23,6 @@ COMMANDS = (
     "pipeline.cli.download",
     "pipeline.cli.compute_style_stats",
     "pipeline.cli.choose_bundle",
-    "pipeline.cli.compute_style_stats",
-    "pipeline.cli.choose_bundle",
     "pipeline.cli.make_dev_bundle",
     "pipeline.cli.precompute_relevance",
     "pipeline.cli.info",
@@ -40,7 +38,6 @@ examples:
   python -m pipeline edit me.jpg --neutral "face with hair" --target "face with blonde hair" \\
       --alpha -2 --alpha 0 --alpha 2 --beta 0.12 --out blonde.png   # writes blonde_a-2.png, blonde_a0.png, ...
   python -m pipeline download                            # the official weights into models/official
-  python -m pipeline choose-bundle                       # which bundle is used, and what is missing
   python -m pipeline choose-bundle                       # which bundle is used, and what is missing
   python -m pipeline verify-golden ../shared/golden      # numerical parity with the reference code
 
