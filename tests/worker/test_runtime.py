@@ -1,8 +1,11 @@
-"""The worker's Editor holder: an explicit MODEL_DIR without a bundle fails typed, and is retried per job."""
+"""The worker's Editor holder: an explicit MODEL_DIR without a bundle fails typed, and is retried per job; a
+read-only bundle still serves new text pairs (caches go to CACHE_DIR)."""
 
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +27,40 @@ def test_missing_bundle_fails_typed_then_loads_once_it_appears(dev_bundle, tmp_p
     editor = runtime.editor()
     assert editor.bundle.dir == model_dir and editor.is_dev
     assert runtime.editor() is editor  # unchanged manifest: the same Editor, models loaded once
+
+
+def test_a_read_only_bundle_still_edits_new_text_pairs(dev_bundle, tmp_path, caplog):
+    """Compose and k8s mount the bundle read-only: the worker caches text directions in CACHE_DIR instead, and
+    a cache that cannot be written never fails an edit. Root writes anywhere, so the bundle's own cache folder
+    is made impossible: a regular file stands where it would be created."""
+    from common.db import upgrade
+    from common.models import Edit, Image, new_id, utcnow
+    from common.storage import original_key
+    from tests.conftest import face_jpeg
+    from worker.edit_job import run_edit
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for item in Path(dev_bundle).iterdir():
+        if item.is_file():
+            (bundle / item.name).symlink_to(item.resolve())
+    (bundle / "cache").write_bytes(b"")  # nothing can be written inside the bundle
+    database = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(database)
+    runtime = Runtime(Settings(database_url=database, storage_dir=tmp_path / "store", model_dir=bundle,
+                               cache_dir=tmp_path / "cache", redis_url="redis://127.0.0.1:9/0"))  # fmt: skip
+    photo = face_jpeg()
+    image = Image(id=new_id("img"), owner="a", format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
+    runtime.storage.put(original_key(image.id), photo)
+    edit = Edit(id=new_id("edt"), owner="a", image_id=image.id, neutral="a face", target="a face with a green scarf",
+                alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", status="starting", attempt=0,
+                deadline_at=utcnow() + timedelta(minutes=10))  # fmt: skip
+    with runtime.session_factory() as session:
+        session.add(image)
+        session.flush()
+        session.add(edit)
+        session.commit()
+
+    assert run_edit(runtime, edit.id) == "succeeded", caplog.text[-3000:]
+    assert len(list((tmp_path / "cache" / "directions").glob("*.npy"))) == 1  # cached where it can be
+    assert (bundle / "cache").is_file()  # the bundle untouched
