@@ -1,57 +1,40 @@
-"""Migrations build exactly the schema the models describe, on PostgreSQL and on SQLite."""
+"""Engines, sessions and ids (the schema against the migrations: tests/common/test_migrations.py)."""
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-import common.models
-from common.db import alembic_config, make_engine, upgrade
-from common.models import Base, new_id
-
-
-def _import_all_models() -> None:
-    # Tables declared outside common.models (e.g. webhook deliveries) must be in the metadata too.
-    import importlib
-    import pkgutil
-
-    import common
-
-    for module in pkgutil.iter_modules(common.__path__):
-        if module.name not in ("settings_doc",):
-            importlib.import_module(f"common.{module.name}")
-
-
-def _schema_drift(url: str) -> list:
-    _import_all_models()
-    engine = make_engine(url)
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": False})
-        drift = compare_metadata(context, Base.metadata)
-    engine.dispose()
-    return drift
-
-
-@pytest.mark.services
-def test_postgres_migrations_match_the_models(pg_url):
-    assert _schema_drift(pg_url) == []
-
-
-def test_sqlite_migrations_up_down_up(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    upgrade(url)
-    assert _schema_drift(url) == []
-    command.downgrade(alembic_config(url), "base")
-    upgrade(url)
-    assert _schema_drift(url) == []
+from common.db import make_engine, make_session_factory, upgrade
+from common.lifecycle import EditStatus
+from common.models import Edit, new_id, utcnow
 
 
 def test_ids_are_prefixed_sortable_and_unique():
     ids = [new_id("edt") for _ in range(2000)]
     assert len(set(ids)) == 2000 and all(i.startswith("edt_") and len(i) == 30 for i in ids)
     time.sleep(0.002)
-    assert common.models.new_id("img")[4:] > ids[0][4:]  # later ids sort after earlier ones (ms resolution)
+    assert new_id("img")[4:] > ids[0][4:]  # later ids sort after earlier ones (ms resolution)
+
+
+def test_sqlite_file_in_a_new_folder_shares_by_wal_and_enforces_foreign_keys(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new' / 'folder' / 'db.sqlite'}"
+    upgrade(url)  # creates the folder
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        now = utcnow()
+        orphan = Edit(id=new_id("edt"), owner="o", image_id="img_missing", neutral="a", target="b", alphas=[1],
+                      beta=0.1, mode="global", output_format="jpeg", status=EditStatus.STARTING,
+                      deadline_at=now + timedelta(minutes=1))  # fmt: skip
+        with make_session_factory(engine)() as session:
+            session.add(orphan)
+            with pytest.raises(IntegrityError):
+                session.commit()
+    finally:
+        engine.dispose()
