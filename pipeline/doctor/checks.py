@@ -98,6 +98,7 @@ class _Session:
         self.bundle: Bundle | None = None
         self.models: dict[str, object] = {}
         self.render: torch.Tensor | None = None
+        self.inversion = None  # the sample photo's, once reconstruction has inverted it
 
     def record(self, name: str, step: Callable[[], Check]) -> Check:
         start = time.perf_counter()
@@ -142,24 +143,8 @@ class _Session:
             from pipeline.editor import Editor
 
             editor = Editor(self.bundle, device=self.device, directions_dir=directions)
-            inversion = self.record_value("reconstruction", lambda: self.check_reconstruction(editor))
-            if inversion is None:
-                self.record("smile-edit", lambda: skipped("smile-edit", "not run: reconstruction could not invert "
-                                                                        "the sample photo"))
-            else:
-                self.record("smile-edit", lambda: self.check_smile(editor, inversion))
-
-    def record_value(self, name: str, step: Callable[[], tuple[Check, object]]):
-        """``record`` for a step that also returns something later checks use (None when it raised)."""
-        out: list = []
-
-        def check() -> Check:
-            result, value = step()
-            out.append(value)
-            return result
-
-        self.record(name, check)
-        return out[0] if out else None
+            self.record("reconstruction", lambda: self.check_reconstruction(editor))
+            self.record("smile-edit", lambda: self.check_smile(editor))
 
     # --- files ---------------------------------------------------------------------------------------------
 
@@ -288,13 +273,13 @@ class _Session:
         cosines = (image @ texts.T)[0].tolist()
         return v.judge_clip_face(dict(zip(prompts, cosines, strict=True)), float(clip.logit_scale.exp()))
 
-    def check_reconstruction(self, editor) -> tuple[Check, object]:
+    def check_reconstruction(self, editor) -> Check:
         from pipeline.align import align_crop
         from pipeline.losses import LPIPS_BACKBONE, LPIPS_DIR, LPIPS_LINEAR, identity_similarity, load_lpips
         from pipeline.photo import load_photo
 
         raw = SAMPLE_PHOTO.read_bytes()
-        inversion = editor.invert(raw)
+        inversion = self.inversion = editor.invert(raw)
         models = editor.models
         target = _pixels(align_crop(load_photo(raw), inversion.quad, CROP), self.device)
         with torch.no_grad():
@@ -309,12 +294,15 @@ class _Session:
             lpips_dir = self.directory / LPIPS_DIR
             if (lpips_dir / LPIPS_BACKBONE).is_file() and (lpips_dir / LPIPS_LINEAR).is_file():
                 lpips = float(load_lpips(lpips_dir, self.device)(rebuilt, target)[0])
-        return v.judge_reconstruction(mse, average_mse, identity, lpips), inversion
+        return v.judge_reconstruction(mse, average_mse, identity, lpips)
 
-    def check_smile(self, editor, inversion) -> Check:
+    def check_smile(self, editor) -> Check:
         from pipeline.align import align_crop
         from pipeline.clip_model import clip_preprocess, image_features, text_features
 
+        inversion = self.inversion
+        if inversion is None:
+            return skipped("smile-edit", "not run: the sample photo could not be inverted (see reconstruction)")
         photos = editor.edit(inversion, v.SMILE_NEUTRAL, v.SMILE_TARGET, list(v.SMILE_ALPHAS), beta=v.SMILE_BETA,
                              photo=SAMPLE_PHOTO.read_bytes())
         clip = editor.models.clip
