@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GOLDEN ?= ../shared/golden
 PORT   ?= 8000
 
-.PHONY: help venv run test test-fast bench lint verify-golden download-models dev-bundle clean
+.PHONY: help venv run test test-fast bench lint verify-golden download-models dev-bundle doctor clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -41,6 +41,9 @@ download-models: $(STAMP)  ## fetch the official weights (needs internet) into m
 
 dev-bundle: $(STAMP)  ## write the tiny random-weight development bundle
 	$(PY) -m pipeline make-dev-bundle models/dev
+
+doctor: $(STAMP)  ## are the models real and wired right? (BUNDLE=dir; FAST=1: files, loads, a render)
+	$(PY) -m pipeline doctor $(if $(BUNDLE),--bundle $(BUNDLE)) $(if $(FAST),--fast)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
