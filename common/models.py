@@ -126,8 +126,8 @@ class Edit(Base):
     output_format: Mapped[str] = mapped_column(String(10))
     webhook: Mapped[str | None] = mapped_column(Text, default=None)
     webhook_events_filter: Mapped[list[Any] | None] = mapped_column(default=None)
-    # state (see common.lifecycle)
-    status: Mapped[str] = mapped_column(String(20), default="starting")
+    # state (see common.lifecycle); `status` is a common.lifecycle.EditStatus, always written explicitly
+    status: Mapped[str] = mapped_column(String(20))
     error_code: Mapped[str | None] = mapped_column(String(50), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     progress: Mapped[float | None] = mapped_column(Float, default=None)
