@@ -24,7 +24,7 @@ venv: $(STAMP)  ## create .venv and install everything (idempotent)
 run: $(STAMP)  ## start API + worker with embedded defaults on 127.0.0.1:$(PORT)
 	PORT=$(PORT) $(PY) -m api dev
 
-test: $(STAMP)  ## the whole suite (needs Redis, PostgreSQL, S3 and Chromium: see .ci/run)
+test: $(STAMP)  ## the whole suite; starts PostgreSQL, Redis and S3 itself when none is configured (tests/services)
 	$(PY) -m pytest -q -ra --durations=30
 
 test-fast: $(STAMP)  ## unit tests only (no services, no browser, no 1024 models)

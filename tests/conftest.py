@@ -79,15 +79,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Where each service came from; skips said out loud (a skip is not a pass)."""
     lines = SERVICES.describe()
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if MISSING_MARK in str(r.longrepr)]
+    skipped = terminalreporter.stats.get("skipped", [])
+    for_services = sum(MISSING_MARK in str(report.longrepr) for report in skipped)
     if not lines and not skipped:
         return
     terminalreporter.write_sep("=", "test services")
     for line in lines:
         terminalreporter.write_line(line)
-    if skipped:
-        terminalreporter.write_line(f"{len(skipped)} tests SKIPPED for missing services ({ALLOW_MISSING}=1)",
+    if for_services:
+        terminalreporter.write_line(f"{for_services} tests SKIPPED for missing services ({ALLOW_MISSING}=1)",
+                                    yellow=True, bold=True)
+    if len(skipped) > for_services:
+        terminalreporter.write_line(f"{len(skipped) - for_services} tests SKIPPED for other reasons (listed with -ra)",
                                     yellow=True, bold=True)
 
 

@@ -39,6 +39,7 @@ FAULT_TIMINGS = dict(
     job_deadline_seconds=600,
     max_attempts=6,
     webhook_allow_networks="127.0.0.0/8",
+    webhook_allow_ports="1024-65535",  # the loopback receivers listen on free ports
     webhook_sweep_seconds=0.5,
     webhook_retry_base_seconds=0.3,
     webhook_retry_max_seconds=2.0,
