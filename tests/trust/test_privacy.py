@@ -1,5 +1,6 @@
-"""Privacy end to end: a photo with GPS EXIF gives results without any EXIF; the API key, the
-webhook secret and the photo bytes never reach the logs (API in process, worker log file)."""
+"""Privacy end to end: a photo with GPS EXIF gives results without any EXIF and an inversion cache without
+any of its bytes; the API key, the webhook secret and the photo bytes never reach the logs (API in process,
+worker log file)."""
 
 import io
 import logging
@@ -48,6 +49,12 @@ def test_results_have_no_exif_and_logs_no_secrets(settings, worker, caplog):
             assert not result.getexif(), dict(result.getexif())
             assert "exif" not in result.info and "icc_profile" not in result.info
         keys = [svc.keys[who] for who in ("alice", "bob")]
+        # H4: the photo (GPS and all) is stored once, as the original; the inversion cache holds none of it
+        storage = svc.client.app.state.storage
+        (cached,) = storage.list(f"inversions/{image_id}/")
+        derived = [storage.get(key) for key in (cached, *storage.list(f"results/{edit_id}/"))]
+        middle = photo[len(photo) // 2 : len(photo) // 2 + 64]  # image data (headers are alike in every JPEG)
+        assert all(b"SpyCam" not in blob and middle not in blob for blob in derived)
     logs = caplog.text + worker.log()
     assert edit_id in worker.log()  # the worker did log this edit's processing: the check has teeth
     for needle in [*keys, secret, secret.removeprefix("whsec_")]:
