@@ -4,6 +4,7 @@ so a receiver verifies with either while it switches over)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from common.models import WebhookSecret, utcnow
 from common.webhooks.signing import generate_secret
+
+log = logging.getLogger("webhooks")
 
 
 @dataclass(frozen=True)
@@ -74,4 +77,6 @@ def rotate(session: Session, owner: str, grace: timedelta, now: datetime | None 
         ).rowcount
         session.commit()
         if swapped:
-            return _state(_row(session, owner), now)
+            state = _state(_row(session, owner), now)
+            log.info("webhook secret of %s rotated; the previous one signs until %s", owner, state.previous_expires_at)
+            return state

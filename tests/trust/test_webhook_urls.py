@@ -2,7 +2,9 @@
 name resolves to, and ports other than 80/443 need the operator's WEBHOOK_ALLOW_PORTS."""
 
 import pytest
+from pydantic import ValidationError
 
+from common.settings import Settings
 from tests.trust.harness import running_service, trust_settings
 
 pytestmark = pytest.mark.services
@@ -36,3 +38,10 @@ def test_port_policy_at_submission(service, url, status):
     assert r.status_code == status, r.text
     if status == 422:
         assert r.json()["code"] == "url_forbidden_port"
+
+
+@pytest.mark.parametrize("spec", ["²", "80;443", "8000-", "*", "1e3"])
+def test_a_malformed_port_allowance_stops_the_service_at_start(spec):
+    with pytest.raises(ValidationError):
+        Settings(webhook_allow_ports=spec)
+    assert Settings(webhook_allow_ports=" 8080, 9000-9100 ").webhook_allow_ports
