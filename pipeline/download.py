@@ -53,6 +53,7 @@ TIMEOUT_S = 60
 RESUME_ATTEMPTS = 3
 STATE = "download.json"
 FAILED = "failed"
+RECORDED = "recorded"  # a file an older manifest describes (e.g. a promoted encoder), sha256 recorded there
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
 _HTML_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<!--", b"{\"error")
 
@@ -106,18 +107,19 @@ def download_bundle(directory: str | Path, progress: bool = True, only: tuple[st
         raise PipelineError(INVALID_PARAMETER, f"no such model: {sorted(unknown)}; known: {sorted(entries)}")
     if (directory / MANIFEST).is_file() and not bundle_problems(directory):
         manifest = read_manifest(directory)
-        outcomes = tuple(Outcome(role, e.file, e.hash or HASH_VERIFIED, "already here", e.bytes)
+        outcomes = tuple(Outcome(role, e.file, e.hash or RECORDED, "already here", e.bytes)
                          for role, e in manifest.models.items())
         return Report(outcomes, Bundle.load(directory))
 
-    kept = _present_manifest_entries(directory)
+    kept = {role: e for role, e in _present_manifest_entries(directory).items()
+            if role in entries and e.file != entries[role].file}  # official names are checked again below
     state = _read_state(directory)
     resolved: dict[str, ModelFile] = {}
     outcomes: dict[str, Outcome] = {}
     for role, entry in entries.items():
         if role in kept:
             resolved[role] = kept[role]
-            outcomes[role] = Outcome(role, kept[role].file, kept[role].hash or HASH_VERIFIED, "already here",
+            outcomes[role] = Outcome(role, kept[role].file, kept[role].hash or RECORDED, "already here",
                                      kept[role].bytes)
             continue
         outcome, done = _obtain(role, entry, directory, state, fetch=not only or role in only,
@@ -392,7 +394,8 @@ def _write_state(directory: Path, state: dict) -> None:
 
 
 def _present_manifest_entries(directory: Path) -> dict[str, ModelFile]:
-    """Entries of an existing manifest whose files are here with their size (e.g. a promoted encoder)."""
+    """Entries of an existing manifest whose files are here with their size and a recorded sha256 (e.g. a
+    promoted encoder, kept as they are when a download completes the bundle around them)."""
     try:
         manifest = read_manifest(directory)
     except PipelineError:

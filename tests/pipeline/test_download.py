@@ -169,3 +169,27 @@ def test_style_statistics_are_computed_when_no_source_answers(tmp_path, hub, off
 
     relevance = load_relevance(tmp_path / "fs3.npy", stats=tmp_path / stats.file)
     assert relevance.style_std.shape == relevance.style_mean.shape and bool((relevance.style_std > 0).all())
+
+
+def test_an_earlier_half_download_is_redone_but_a_promoted_encoder_is_kept(tmp_path, hub, official_files):
+    """What an earlier version left: a manifest that pinned a sign-in page as the generator, no CLIP; and a
+    fine-tuned encoder that `runs promote` put in."""
+    page = b"<!DOCTYPE html><html>sign in</html>"
+    (tmp_path / "stylegan2-ffhq-config-f.pt").write_bytes(page)
+    (tmp_path / "encoder-run1-step5.pt").write_bytes(official_files["encoder"][1])
+    old = {"dev": False,
+           "generator": {"file": "stylegan2-ffhq-config-f.pt", "url": "https://example.org/g.pt", "sha256": _sha(page),
+                         "bytes": len(page), "license": "NC", "source": "old"},
+           "encoder": {"file": "encoder-run1-step5.pt", "url": None, "sha256": _sha(official_files["encoder"][1]),
+                       "bytes": len(official_files["encoder"][1]), "license": "NC", "source": "runs promote"},
+           "clip": {"file": "ViT-B-32.pt", "url": "https://example.org/c.pt", "sha256": None, "bytes": None,
+                    "license": "MIT", "source": "old"}}
+    (tmp_path / MANIFEST).write_text(json.dumps(old))
+    assert choose_bundle(None, official_dir=tmp_path, dev_dir=tmp_path / "dev").kind == DEV
+    report = download_bundle(tmp_path, progress=False, entries=_entries(hub, official_files))
+    assert report.bundle is not None, report.table()
+    outcomes = {o.role: o for o in report.outcomes}
+    assert outcomes["generator"].hash == "verified" and outcomes["generator"].source.startswith(hub.url)
+    assert (tmp_path / "stylegan2-ffhq-config-f.pt.rejected").read_bytes() == page
+    assert outcomes["encoder"].source == "already here" and outcomes["encoder"].file == "encoder-run1-step5.pt"
+    assert report.bundle.manifest.models["encoder"].source == "runs promote"
