@@ -63,9 +63,7 @@ def bundle_dir(arg: str | None) -> Path:
     if choice.kind == DEV:
         print(f"NOTICE: no --bundle given and no complete bundle in $MODEL_DIR or {choice.official_dir}: checking "
               f"the development bundle in {choice.dir}.", file=sys.stderr)
-        if choice.official_dir.is_dir():
-            print(choice.explain(), file=sys.stderr)
-        open_bundle(choice)  # builds it when absent
+        open_bundle(choice)  # builds it when absent, and logs why the official bundle is not used
     return choice.dir
 
 
