@@ -82,6 +82,9 @@ def choose_model_dir(settings: Settings) -> Path:
         if not choice["ready"] and subprocess.call([*pipeline, "make-dev-bundle", str(directory)], env=env) != 0:
             raise SystemExit("could not write the development bundle; see the error above")
         print(_LOUD.format(dir=directory, why=choice["explanation"]), file=sys.stderr)
+    elif choice["dev_bundle"]:
+        print(f"models: MODEL_DIR={directory} is a development bundle (random weights): edits are noise",
+              file=sys.stderr)
     elif subprocess.call([*pipeline, "doctor", "--help"], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL) == 0:  # fmt: skip
         print(f"models: {choice['kind']} bundle in {directory}; checking it: python -m pipeline doctor --fast",

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.bundle import DEV_DIR, MANIFEST, OFFICIAL_DIR, Bundle, Problem, bundle_problems
+from pipeline.bundle import DEV_DIR, MANIFEST, OFFICIAL_DIR, Bundle, Problem, bundle_problems, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ class Choice:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        ready = not bundle_problems(self.dir)
         return {"dir": str(self.dir), "kind": self.kind, "usable": self.usable, "official_dir": str(self.official_dir),
-                "ready": not bundle_problems(self.dir),
+                "ready": ready, "dev_bundle": self.kind == DEV or (ready and read_manifest(self.dir).dev),
                 "problems": [{"role": p.role, "file": p.file, "reason": p.reason} for p in self.problems],
                 "explanation": self.explain()}
 

@@ -184,4 +184,8 @@ def test_the_cli_choose_bundle_command_says_the_same(tmp_path, monkeypatch, caps
     assert main(["choose-bundle", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["kind"], out["dir"], out["usable"], out["ready"]) == (OFFICIAL, str(tmp_path / "official"), True, True)
+    assert out["dev_bundle"] is False
+    assert main(["choose-bundle", "--json", "--model-dir", str(_fake_bundle(tmp_path / "dev", dev=True))]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["kind"], out["dev_bundle"]) == (EXPLICIT, True)
     assert main(["choose-bundle", "--model-dir", str(tmp_path / "nothing")]) == 1
