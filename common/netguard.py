@@ -18,7 +18,8 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from urllib.parse import urlsplit
@@ -256,26 +257,48 @@ def post(target: Target, content: bytes, headers: Mapping[str, str], policy: Net
 
     No redirects, no proxies, TLS verified against the original host name. Raises SendError.
     """
-    return asyncio.run(_post(target, content, headers, policy.deadline_s))
+    return asyncio.run(_within(policy.deadline_s, _post(target, content, headers)))
 
 
-async def _post(target: Target, content: bytes, headers: Mapping[str, str], deadline_s: float) -> Answer:
-    send_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
-                    if k.lower() not in ("host", "content-length")]
-    send_headers.insert(0, (b"Host", target.host_header.encode("ascii")))
-    send_headers.append((b"Content-Length", str(len(content)).encode()))
-    extensions: dict = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), deadline_s)}
-    if target.scheme == "https":
-        extensions["sni_hostname"] = target.host
+def resolve_and_post(
+    url: str, content: bytes, headers: Mapping[str, str], policy: NetPolicy, resolver: Resolver = system_resolver
+) -> Answer:
+    """`resolve` then `post`, both inside one deadline: the URL's owner runs its DNS server too, and an answer
+    that takes 30 s holds a worker as surely as a trickling receiver. Raises UnsafeURL or SendError."""
+    async def both() -> Answer:
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(_dns_threads(), resolve, url, policy, resolver)
+        return await _post(target, content, headers)
+
+    return asyncio.run(_within(policy.deadline_s, both()))
+
+
+@cache
+def _dns_threads() -> ThreadPoolExecutor:
+    # Not the loop's default executor: `asyncio.run` waits for that one at exit, and a stuck lookup would hold
+    # the attempt past its deadline. A lookup cut off here finishes in its thread when the resolver gives up.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="netguard-dns")
+
+
+async def _within(deadline_s: float, exchange: Awaitable[Answer]) -> Answer:
     try:
         async with asyncio.timeout(deadline_s):
-            async with httpcore.AsyncConnectionPool(ssl_context=_tls_context(), max_connections=1) as pool:
-                async with pool.stream("POST", target.pinned_url, headers=send_headers, content=content,
-                                       extensions=extensions) as response:
-                    names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
-                    return Answer(response.status, names)
+            return await exchange
     except (TimeoutError, httpcore.TimeoutException):
         raise SendError("timeout", f"no answer within {deadline_s:g} s") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError,
             OSError) as e:
         raise SendError("connection", f"{type(e).__name__}: {e}"[:300]) from None
+
+
+async def _post(target: Target, content: bytes, headers: Mapping[str, str]) -> Answer:
+    send_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+                    if k.lower() not in ("host", "content-length")]
+    send_headers.insert(0, (b"Host", target.host_header.encode("ascii")))
+    send_headers.append((b"Content-Length", str(len(content)).encode()))
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    async with httpcore.AsyncConnectionPool(ssl_context=_tls_context(), max_connections=1) as pool:
+        async with pool.stream("POST", target.pinned_url, headers=send_headers, content=content,
+                               extensions=extensions) as response:
+            names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+            return Answer(response.status, names)

@@ -127,18 +127,18 @@ def attempt(factory: sessionmaker[Session], config: DeliveryConfig, delivery_id:
             _finish(session, delivery, DeliveryStatus.DISABLED,
                     {**entry, "error": "endpoint answered 410 Gone earlier"})
             return None
-        try:
-            target = netguard.resolve(delivery.url, config.policy)
-        except netguard.UnsafeURL as e:
-            _finish(session, delivery, DeliveryStatus.REFUSED, {**entry, "error": f"{e.code}: {e.message}"})
-            return None
         headers = signed_headers(signing_secrets(session, delivery.owner), delivery.id, delivery.payload)
         headers["User-Agent"] = USER_AGENT
         started = time.monotonic()
         answer = None
-        try:
-            answer = netguard.post(target, delivery.payload, headers, config.policy)
+        try:  # the SSRF check resolves the host again now (DNS answers change), inside the deadline
+            answer = netguard.resolve_and_post(delivery.url, delivery.payload, headers, config.policy)
             entry["status_code"] = answer.status_code
+        except netguard.UnsafeURL as e:
+            if e.code != "url_unresolvable":
+                _finish(session, delivery, DeliveryStatus.REFUSED, {**entry, "error": f"{e.code}: {e.message}"})
+                return None
+            entry["error"] = f"{e.code}: {e.message}"  # DNS may be down for a moment: retried like a timeout
         except netguard.SendError as e:
             entry["error"] = str(e)
         entry["duration_ms"] = round((time.monotonic() - started) * 1000)

@@ -7,7 +7,16 @@ import time
 
 import pytest
 
-from common.netguard import NetPolicy, SendError, UnsafeURL, blocked_reason, parse_ports, post, resolve
+from common.netguard import (
+    NetPolicy,
+    SendError,
+    UnsafeURL,
+    blocked_reason,
+    parse_ports,
+    post,
+    resolve,
+    resolve_and_post,
+)
 from tests.trust.receiver import Receiver
 
 DENY_ALL = NetPolicy()
@@ -193,3 +202,26 @@ def test_no_url_in_the_logs(caplog):
         assert post(resolve(url, LOOPBACK_OK), b"{}", {}, LOOPBACK_OK).status_code == 200
     assert rx.requests[0].path.endswith("token=s3cr3t-in-query")
     assert not [r for r in caplog.records if "s3cr3t" in r.getMessage()]
+
+
+def test_a_slow_dns_answer_counts_against_the_deadline():
+    """The URL's owner may run its DNS server too: a lookup that takes 3 s ends the attempt at 1 s."""
+    policy = NetPolicy.from_strings(["127.0.0.0/8"], ports="1024-65535", deadline_s=1.0)
+
+    def slow_resolver(host, port):
+        time.sleep(3)
+        return ["127.0.0.1"]
+
+    started = time.monotonic()
+    with pytest.raises(SendError) as e:
+        resolve_and_post("http://slow-dns.example:8080/hook", b"{}", {}, policy, resolver=slow_resolver)
+    assert e.value.kind == "timeout" and time.monotonic() - started < 1.5
+
+
+def test_resolve_and_post_checks_the_address_at_send_time():
+    with Receiver() as rx:
+        with pytest.raises(UnsafeURL):
+            resolve_and_post(rx.url, b"{}", {}, NetPolicy(ports="1024-65535"))
+        answer = resolve_and_post(rx.url.replace("127.0.0.1", "rebind.example"), b"{}", {}, LOOPBACK_OK,
+                                  resolver=lambda host, port: ["127.0.0.1"])
+    assert answer.status_code == 200 and len(rx.requests) == 1

@@ -221,3 +221,12 @@ def test_retry_after_is_honoured(factory):
         edit = _edit(factory, rx.url, events=["completed"])
         (delivery_id,) = _record(factory, edit)
         assert attempt(factory, DeliveryConfig(policy=LOOPBACK, retry_base_s=0.0, retry_max_s=3600), delivery_id) == 42
+
+
+def test_a_host_that_does_not_resolve_now_is_retried_not_refused(factory):
+    """Submission accepts a host whose DNS is down for a moment; the send does not give up on it either."""
+    edit = _edit(factory, "http://does-not-exist.invalid/hook", events=["completed"])
+    (delivery_id,) = _record(factory, edit)
+    assert attempt(factory, CONFIG, delivery_id) is not None
+    row = _row(factory, delivery_id)
+    assert row.status == "pending" and row.log[0]["error"].startswith("url_unresolvable")
