@@ -10,6 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# The code is imported from here by every process: Celery puts the working folder on sys.path only
+# while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
+ENV PYTHONPATH=/app
 # Requirements first: the dependency layer is rebuilt only when they change.
 COPY requirements/service.txt requirements/service.txt
 RUN pip install -r requirements/service.txt

@@ -14,6 +14,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# The code is imported from here by every process: Celery puts the working folder on sys.path only
+# while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
+ENV PYTHONPATH=/app
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY requirements/ requirements/
 # torch first from the CPU index; the pinned `torch==2.14.1` in pipeline.txt is then already satisfied.

@@ -16,6 +16,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# The code is imported from here by every process: Celery puts the working folder on sys.path only
+# while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
+ENV PYTHONPATH=/app
 COPY requirements/ requirements/
 RUN pip install torch==2.14.1 torchvision==0.29.1 \
  && pip install -r requirements/pipeline.txt -r requirements/service.txt

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,55 @@ def pod_specs(documents: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]
         elif kind == "CronJob":
             specs.append((doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
     return specs
+
+
+def copies(path: Path) -> list[tuple[str, str]]:
+    """(source, destination) of every COPY from the build context (not `--from=` stages)."""
+    pairs = []
+    for instruction in parse_dockerfile(path):
+        if instruction.keyword != "COPY":
+            continue
+        args = [a for a in instruction.arguments.split() if not a.startswith("--chown")]
+        assert not any(a.startswith("--from") for a in args)
+        *sources, destination = args
+        pairs += [(source, destination) for source in sources]
+    return pairs
+
+
+def build_layout(dockerfile: Path, root: Path) -> None:
+    """Copy exactly what `dockerfile` COPYs, relative to its WORKDIR, into `root` (the image's WORKDIR)."""
+    for source, destination in copies(dockerfile):
+        target = root / destination.removeprefix("./")
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            target = target / Path(source).name if destination.endswith("/") else target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / source, target)
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The image's ENV (KEY=VALUE form), later instructions winning."""
+    env = {}
+    for instruction in parse_dockerfile(path):
+        if instruction.keyword == "ENV":
+            for pair in shlex.split(instruction.arguments):
+                key, sep, value = pair.partition("=")
+                assert sep, f"{path.name}: ENV {pair!r} is not KEY=VALUE"
+                env[key] = value
+    return env
+
+
+def workdir(path: Path) -> str:
+    return [i.arguments for i in parse_dockerfile(path) if i.keyword == "WORKDIR"][-1]
+
+
+def image_argv(path: Path, command: list[str] | None = None, entrypoint: list[str] | None = None) -> list[str]:
+    """What a container of this image runs: ENTRYPOINT + CMD, either replaced as compose/k8s do."""
+    instructions = parse_dockerfile(path)
+    if entrypoint is None:
+        found = [i for i in instructions if i.keyword == "ENTRYPOINT"]
+        entrypoint = exec_form(found[-1].arguments) if found else []
+        if command is None:
+            command = exec_form([i for i in instructions if i.keyword == "CMD"][-1].arguments)
+    return [*entrypoint, *(command or [])]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,14 @@ import pytest
 from tests.infra.specs import (
     DOCKER_DIR,
     REPO,
+    build_layout,
+    copies,
+    dockerfile_env,
     exec_form,
     module_file,
     parse_dockerfile,
     python_modules_run_by,
+    workdir,
 )
 
 DOCKERFILES = sorted(DOCKER_DIR.glob("*.Dockerfile"))
@@ -44,26 +47,13 @@ def _ignored(relative: str) -> bool:
     return False
 
 
-def _copies(path: Path) -> list[tuple[str, str]]:
-    """(source, destination) of every COPY from the build context (not `--from=` stages)."""
-    pairs = []
-    for instruction in parse_dockerfile(path):
-        if instruction.keyword != "COPY":
-            continue
-        args = [a for a in instruction.arguments.split() if not a.startswith("--chown")]
-        assert not any(a.startswith("--from") for a in args)
-        *sources, destination = args
-        pairs += [(source, destination) for source in sources]
-    return pairs
-
-
 def test_expected_images_exist() -> None:
     assert {p.name for p in DOCKERFILES} == {"api.Dockerfile", "worker-cuda.Dockerfile", "worker-cpu.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_copy_sources_exist_and_are_not_ignored(dockerfile: Path) -> None:
-    for source, _ in _copies(dockerfile):
+    for source, _ in copies(dockerfile):
         assert (REPO / source).exists(), f"{dockerfile.name}: COPY {source}: no such file in the context"
         assert not _ignored(source.rstrip("/")), f"{dockerfile.name}: COPY {source} is excluded by .dockerignore"
         for sub in (REPO / source).rglob("*") if (REPO / source).is_dir() else []:
@@ -88,7 +78,7 @@ def test_runs_as_non_root_with_an_existing_entrypoint(dockerfile: Path) -> None:
 def test_model_bundle_is_mounted_not_baked() -> None:
     assert _ignored("models") and _ignored("models/stylegan2.pt") and _ignored(".venv")
     for dockerfile in DOCKERFILES:
-        assert not any(source.startswith("models") for source, _ in _copies(dockerfile))
+        assert not any(source.startswith("models") for source, _ in copies(dockerfile))
     for name in ("worker-cuda.Dockerfile", "worker-cpu.Dockerfile"):
         text = (DOCKER_DIR / name).read_text()
         assert "MODEL_DIR=/models" in text and 'VOLUME ["/models"]' in text
@@ -109,19 +99,12 @@ def test_api_image_has_no_torch() -> None:
     text = (DOCKER_DIR / "api.Dockerfile").read_text()
     assert "pipeline.txt" not in text and "torch" not in text.replace("No torch", "")
     assert "torch" not in (REPO / "requirements/service.txt").read_text()
-    assert not any(source.startswith("pipeline") for source, _ in _copies(DOCKER_DIR / "api.Dockerfile"))
+    assert not any(source.startswith("pipeline") for source, _ in copies(DOCKER_DIR / "api.Dockerfile"))
 
 
 def test_api_image_layout_imports_without_torch(tmp_path: Path) -> None:
     """Copy exactly what api.Dockerfile copies; its entrypoints (API, io worker, beat, flower) import."""
-    for source, destination in _copies(DOCKER_DIR / "api.Dockerfile"):
-        target = tmp_path / destination.removeprefix("./")
-        if (REPO / source).is_dir():
-            shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            target = target / Path(source).name if destination.endswith("/") else target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / source, target)
+    build_layout(DOCKER_DIR / "api.Dockerfile", tmp_path)
     probe = (
         "import sys\n"
         "for name in ('torch', 'torchvision', 'pipeline', 'mediapipe', 'cv2'):\n"
@@ -138,3 +121,10 @@ def test_api_image_layout_imports_without_torch(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(tmp_path) in result.stdout, "imported the repository's copy, not the image layout"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_code_is_importable_from_every_process(dockerfile: Path) -> None:
+    """The project is not pip-installed: its folder must be on the path of every process, not only of those
+    that start in it (`celery` adds the working folder only while it loads the app; test_commands_run)."""
+    assert dockerfile_env(dockerfile).get("PYTHONPATH") == workdir(dockerfile)
