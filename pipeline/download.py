@@ -124,8 +124,8 @@ def download_bundle(directory: str | Path, progress: bool = True, only: tuple[st
             continue
         outcome, done = _obtain(role, entry, directory, state, fetch=not only or role in only,
                                 progress=progress, mirror=mirror)
-        if done is None and role in COMPUTABLE and "generator" in resolved:
-            outcome, done = _compute_stats(role, entry, directory, resolved["generator"], outcome,
+        if done is None and role in COMPUTABLE and "generator" in resolved and (not only or role in only):
+            outcome, done = _compute_stats(role, entry, directory, resolved["generator"], outcome, state,
                                            stats_samples or DEFAULT_SAMPLES, progress)
         outcomes[role] = outcome
         if done is not None:
@@ -272,9 +272,16 @@ def _resolved(entry: ModelFile, url: str | None, digest: str, size: int, status:
 
 
 def _compute_stats(role: str, entry: ModelFile, directory: Path, generator: ModelFile, failed: Outcome,
-                   samples: int, progress: bool) -> tuple[Outcome, ModelFile | None]:
-    from pipeline.style_stats import compute_style_stats_file
+                   state: dict, samples: int, progress: bool) -> tuple[Outcome, ModelFile | None]:
+    from pipeline.style_stats import FILE, compute_style_stats_file
 
+    earlier = state.get("computed", {})
+    path = directory / FILE
+    if (path.is_file() and earlier.get("generator_sha256") == generator.sha256 and earlier.get("samples") == samples
+            and earlier.get("sha256") == cached_sha256(path, directory)):  # computed by an earlier run
+        done = ModelFile.from_dict(role, earlier["entry"])
+        reason = f"no source answered ({failed.reason}); computed by an earlier run"
+        return Outcome(role, FILE, HASH_COMPUTED, "computed here", done.bytes, reason), done
     _say(f"{entry.file}: no source answered; computing the style statistics from the generator "
          f"({samples:,} samples)")
     try:
@@ -282,6 +289,8 @@ def _compute_stats(role: str, entry: ModelFile, directory: Path, generator: Mode
                                             progress=progress, license=entry.license)
     except PipelineError as exc:
         return replace(failed, reason=f"{failed.reason}; computing it failed: {exc.message}"), None
+    state["computed"] = {"generator_sha256": generator.sha256, "samples": samples, "sha256": computed.sha256,
+                         "entry": {k: v for k, v in computed.to_dict().items() if k != "sources"}}
     return Outcome(role, computed.file, HASH_COMPUTED, "computed here", computed.bytes,
                    f"no source answered ({failed.reason})"), computed
 

@@ -169,6 +169,11 @@ def test_style_statistics_are_computed_when_no_source_answers(tmp_path, hub, off
 
     relevance = load_relevance(tmp_path / "fs3.npy", stats=tmp_path / stats.file)
     assert relevance.style_std.shape == relevance.style_mean.shape and bool((relevance.style_std > 0).all())
+    # a rerun that still finds no source reuses what it computed for this generator
+    (tmp_path / MANIFEST).unlink()
+    again = download_bundle(tmp_path, progress=False, entries=entries, stats_samples=512)
+    assert again.bundle is not None and again.bundle.manifest.models["relevance_stats"] == stats
+    assert "computed by an earlier run" in again.table()
 
 
 def test_an_earlier_half_download_is_redone_but_a_promoted_encoder_is_kept(tmp_path, hub, official_files):
