@@ -160,7 +160,7 @@ def start_dev_server(dev_bundle: Path, folder: Path, **env: str) -> DevServer:
 def dev_server(dev_bundle, tmp_path_factory) -> Iterator[DevServer]:
     # Webhooks to this machine allowed; a hanging receiver holds a delivery for the longest timeout there is.
     server = start_dev_server(dev_bundle, tmp_path_factory.mktemp("dev"), WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8",
-                              WEBHOOK_TIMEOUT_SECONDS="60")  # fmt: skip
+                              WEBHOOK_ALLOW_PORTS="1024-65535", WEBHOOK_TIMEOUT_SECONDS="60")  # fmt: skip
     yield server
     server.stop(signal.SIGKILL)
 

@@ -59,9 +59,10 @@ def test_a_child_that_ran_long_enough_starts_a_new_count(tmp_path):
 
 def test_stop_terminates_children_and_kills_the_stubborn(tmp_path):
     lines: list[str] = []
+    deaf = tmp_path / "deaf"  # written once SIGTERM is ignored
     specs = [
         ChildSpec("broker", ["sleep", "60"], stop_last=True),
-        ChildSpec("stubborn", ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]),
+        ChildSpec("stubborn", ["sh", "-c", f"trap '' TERM; touch {deaf}; sleep 60"], ready=deaf.exists),
     ]
     supervisor = Supervisor(specs, FAST, log=lines.append)
     supervisor.start()
