@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     revoke.set_defaults(func=_keys_revoke)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(func=_migrate)
-    commands.add_parser("dev", help="API + worker with embedded defaults (make run)").set_defaults(func=_dev)
+    commands.add_parser("dev", help="API + supervised workers with embedded defaults (make run)").set_defaults(func=_dev)
     args = parser.parse_args(argv)
     return args.func(args)
 

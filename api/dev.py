@@ -138,8 +138,7 @@ def _workers(settings: Settings) -> list[ChildSpec]:
     webhook receiver that trickles never holds an edit back (no models there: the threads pool sends no
     worker_process_init); the periodic tasks from one beat."""
     celery, env = [sys.executable, "-m", "celery", "-A", "worker.app"], _child_env()
-    webhooks_queue = getattr(settings, "webhooks_queue", "webhooks")  # WEBHOOKS adds the setting
-    light_queues = ",".join(dict.fromkeys([settings.io_queue, webhooks_queue]))
+    light_queues = ",".join(dict.fromkeys([settings.io_queue, settings.webhooks_queue]))
     common = ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
     return [
         ChildSpec("edit worker", [*celery, "worker", "-P", "solo", "-c", "1", "-Q", settings.edits_queue,
