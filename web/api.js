@@ -21,13 +21,7 @@ const config = { apiBase: "", devKey: null, linkKey: null };
  * someone else's account.
  */
 export async function loadConfig() {
-  const fromLink = (new URLSearchParams(location.hash.slice(1)).get("key") || "").trim();
-  if (fromLink) {
-    history.replaceState(null, "", location.pathname + location.search + "#create"); // keep it out of history
-    const stored = localStorage.getItem(KEY_STORAGE);
-    if (!stored) setApiKey(fromLink);
-    else if (stored !== fromLink) config.linkKey = fromLink;
-  }
+  readKeyLink();
   try {
     const response = await fetch("/app-config.json", { cache: "no-store" });
     if (response.ok) {
@@ -55,6 +49,16 @@ export function apiKey() {
 export function setApiKey(key) {
   if (key) localStorage.setItem(KEY_STORAGE, key.trim());
   else localStorage.removeItem(KEY_STORAGE);
+}
+
+/** Take a `#key=...` link out of the address (and history): a first key is stored, a different one waits. */
+export function readKeyLink() {
+  const fromLink = (new URLSearchParams(location.hash.slice(1)).get("key") || "").trim();
+  if (!fromLink) return;
+  history.replaceState(null, "", location.pathname + location.search + "#create");
+  const stored = localStorage.getItem(KEY_STORAGE);
+  if (!stored) setApiKey(fromLink);
+  else if (stored !== fromLink) config.linkKey = fromLink;
 }
 
 /** A key from a link that waits for the person's yes before it replaces the stored one (or null). */

@@ -37,6 +37,10 @@ function show(name) {
 }
 
 async function route() {
+  if (location.hash.startsWith("#key=")) {
+    api.readKeyLink(); // a link followed while the app is open: same rule as at start
+    askAboutLinkKey();
+  }
   const [name, id] = location.hash.slice(1).split("/");
   if (name === "history") {
     show("history");
@@ -338,8 +342,8 @@ function initSettings() {
 /** A link's key replaces the stored one only after the person says so (api.linkKey). */
 function askAboutLinkKey() {
   const key = api.linkKey();
-  if (!key) return;
   const dialog = $("confirm-key");
+  if (!key || dialog.open) return;
   $("confirm-key-prefix").textContent = key.length > 10 ? `${key.slice(0, 10)}…` : key;
   dialog.returnValue = "";
   dialog.addEventListener(
@@ -381,7 +385,7 @@ async function main() {
   });
   await api.loadConfig();
   await route();
-  askAboutLinkKey();
+  askAboutLinkKey(); // a link the app was opened with
   document.body.dataset.ready = "true"; // tests wait for this
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register("/sw.js").catch((err) => console.warn("service worker", err));

@@ -53,3 +53,14 @@ def test_a_link_asks_before_replacing_the_stored_key(phone: Page, service):
 
     _open(page, service.url, "#key=fe_new-key-I-asked-for")  # the same key again: nothing to ask
     expect(page.get_by_role("dialog")).to_have_count(0)
+
+
+def test_a_link_followed_while_the_app_is_open_asks_too(phone: Page, service):
+    page = phone
+    _open(page, service.url, "#key=fe_mine-0123456789")
+    page.evaluate("location.hash = '#key=fe_someone-elses-key'")  # no reload: the hashchange route
+    dialog = page.get_by_role("dialog", name="Replace this app's key?")
+    expect(dialog).to_be_visible()
+    assert "fe_someone" not in page.url
+    dialog.get_by_role("button", name="Keep my key").click()
+    assert _stored_key(page) == "fe_mine-0123456789"
