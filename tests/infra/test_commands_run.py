@@ -7,7 +7,8 @@ the project itself is not installed in it, as in the images). Container paths ar
 folder (/app → the layout, /models → the dev bundle, /tmp → a temp folder), listening ports onto free
 ones, and the services onto local ones (SQLite, local storage, a private Redis). A command passes when
 it reaches ready: the API answers /healthz, an edit worker logs "models ready", a light worker "ready.",
-beat "Starting...", Flower /healthcheck, a one-shot command exits 0; and nothing it logged is a traceback.
+beat "Starting...", Flower /healthcheck, a one-shot command exits 0; then each health check written for it
+(compose `healthcheck`, k8s exec probes) passes, run the same way; and nothing it logged is a traceback.
 """
 
 from __future__ import annotations
@@ -49,17 +50,37 @@ NOT_RUN = {"download-models"}
 
 @dataclass(frozen=True)
 class Command:
-    """One command as some deployment file runs it; `where`: every file and service that runs it."""
+    """One command as deployment files run it: `where` names every file and service that runs it, `probes`
+    their health checks (compose `healthcheck`, k8s exec probes)."""
 
     dockerfile: str
     argv: tuple[str, ...]
     where: tuple[str, ...]
+    probes: tuple[tuple[str, ...], ...]
+
+
+def _k8s_probes(container: dict) -> list[tuple[str, ...]]:
+    probes = (container.get(kind, {}) for kind in ("startupProbe", "livenessProbe", "readinessProbe"))
+    return [tuple(probe["exec"]["command"]) for probe in probes if "exec" in probe]
+
+
+def _compose_probes(service: dict) -> list[tuple[str, ...]]:
+    test = command_list(service.get("healthcheck", {}).get("test"))
+    return [tuple(test[1:])] if test[:1] == ["CMD"] else []
 
 
 def _commands() -> list[Command]:
-    found: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    where: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    probes: dict[tuple[str, tuple[str, ...]], list[tuple[str, ...]]] = {}
+
+    def add(dockerfile: Path, argv: list[str], place: str, checks: list[tuple[str, ...]]) -> None:
+        key = (dockerfile.name, tuple(argv))
+        where.setdefault(key, []).append(place)
+        probes.setdefault(key, [])
+        probes[key] += [check for check in checks if check not in probes[key]]
+
     for dockerfile in sorted(DOCKER_DIR.glob("*.Dockerfile")):
-        found.setdefault((dockerfile.name, tuple(image_argv(dockerfile))), []).append(f"{dockerfile.name} CMD")
+        add(dockerfile, image_argv(dockerfile), f"{dockerfile.name} CMD", [])
     for name, service in load_compose({})["services"].items():
         if "build" not in service:
             continue
@@ -67,7 +88,7 @@ def _commands() -> list[Command]:
         entrypoint = service.get("entrypoint")
         argv = image_argv(dockerfile, command_list(service.get("command")) or None,
                           command_list(entrypoint) if entrypoint is not None else None)  # fmt: skip
-        found.setdefault((dockerfile.name, tuple(argv)), []).append(f"{COMPOSE_FILE.name} {name}")
+        add(dockerfile, argv, f"{COMPOSE_FILE.name} {name}", _compose_probes(service))
     for path, documents in load_k8s_documents().items():
         for workload, spec in pod_specs(documents):
             if workload.removeprefix("faceedit-") in NOT_RUN:
@@ -75,8 +96,8 @@ def _commands() -> list[Command]:
             for container in spec["containers"]:
                 dockerfile = DOCKER_DIR / K8S_IMAGES[container["image"].split(":")[0].rsplit("/", 1)[-1]]
                 argv = image_argv(dockerfile, container.get("args"), container.get("command"))
-                found.setdefault((dockerfile.name, tuple(argv)), []).append(f"k8s/{path.name} {container['name']}")
-    return [Command(dockerfile, argv, tuple(where)) for (dockerfile, argv), where in found.items()]
+                add(dockerfile, argv, f"k8s/{path.name} {container['name']}", _k8s_probes(container))
+    return [Command(key[0], key[1], tuple(where[key]), tuple(probes[key])) for key in where]
 
 
 COMMANDS = _commands()
@@ -103,24 +124,27 @@ def _redis_server() -> str:
     return str(bundled) if bundled and bundled.is_file() else shutil.which("redis-server") or "redis-server"
 
 
-def _localize(argv: tuple[str, ...], paths: dict[str, Path]) -> tuple[list[str], int | None]:
-    """Container paths → temp paths, listening ports → a free port (returned), 0.0.0.0 → loopback."""
-    out, port = [], None
+def _localize(argv: tuple[str, ...], paths: dict[str, Path], ports: dict[str, int]) -> list[str]:
+    """Container paths → temp paths, listening ports → free ones (recorded in `ports`), 0.0.0.0 → loopback."""
+    out = []
     for i, arg in enumerate(argv):
         if i and argv[i - 1] == "--port" or arg.startswith("--port="):
-            port = free_port()
-            arg = f"--port={port}" if arg.startswith("--port=") else str(port)
+            port = arg.removeprefix("--port=")
+            ports[port] = ports.get(port) or free_port()
+            arg = f"--port={ports[port]}" if arg.startswith("--port=") else str(ports[port])
         elif arg == "0.0.0.0":
             arg = "127.0.0.1"
         for container, local in paths.items():
             if arg == container or arg.startswith(container + "/"):
                 arg = str(local) + arg[len(container) :]
                 break
+        for container_port, port in ports.items():  # a probe's URL
+            arg = arg.replace(f"127.0.0.1:{container_port}/", f"127.0.0.1:{port}/")
         out.append(arg)
-    return out, port
+    return out
 
 
-def _ready(command: Command, argv: list[str], port: int | None, process: subprocess.Popen, log: Path) -> bool:
+def _ready(argv: list[str], port: int | None, process: subprocess.Popen, log: Path) -> bool:
     """True once the command is ready (see the module docstring); a one-shot command must have exited 0."""
     text = log.read_text(errors="replace")
     program = argv[0]
@@ -149,28 +173,34 @@ def test_command_reaches_ready_as_written(command: Command, broker, dev_bundle, 
     app = tmp_path / "app"
     build_layout(dockerfile, app)
     paths = {workdir(dockerfile): app, "/models": dev_bundle, "/tmp": tmp_path}
-    image_env = {key: _localize((value,), paths)[0][0] for key, value in dockerfile_env(dockerfile).items()}
-    argv, port = _localize(command.argv, paths)
+    ports: dict[str, int] = {}
+    image_env = {key: _localize((value,), paths, ports)[0] for key, value in dockerfile_env(dockerfile).items()}
+    argv = _localize(command.argv, paths, ports)
+    port = next(iter(ports.values()), None)
     env = {
         "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
         **image_env,
         "DEVICE": "cpu",  # the CUDA image's worker, on this machine's CPU
         "REDIS_URL": broker, "DATABASE_URL": f"sqlite:///{tmp_path / 'faceedit.db'}",
         "STORAGE_BACKEND": "local", "STORAGE_DIR": str(tmp_path / "storage"),
-        "METRICS_PORT": str(free_port()), "LIVENESS_DIR": str(tmp_path / "liveness"),
+        "METRICS_PORT": str(free_port()), "LIVENESS_DIR": str(tmp_path / "liveness"), "LIVENESS_PING_SECONDS": "1",
         "FLOWER_BASIC_AUTH": "admin:test",
     }  # fmt: skip
+    if any("readyz" in " ".join(probe) for probe in command.probes):  # compose starts `migrate` first
+        subprocess.run(["python", "-m", "api", "migrate"], cwd=app, env=env, check=True, timeout=120)
     log = tmp_path / "output.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, cwd=app, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
-        while not _ready(command, argv, port, process, log):
+        while not _ready(argv, port, process, log):
             failed = [marker for marker in ("Traceback", "models not loaded") if marker in log.read_text()]
             assert not failed, f"{command.where}: {failed[0]}:\n{log.read_text()[-4000:]}"
             assert process.poll() is None, f"{command.where}: exited {process.returncode}:\n{log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"{command.where}: not ready in 180 s:\n{log.read_text()[-4000:]}"
             time.sleep(0.3)
+        for probe in command.probes:  # each health check, as written, passes against the running process
+            _passes_within(_localize(probe, paths, ports), app, env, 60, command.where)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -181,3 +211,13 @@ def test_command_reaches_ready_as_written(command: Command, broker, dev_bundle, 
                 process.wait()
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "models not loaded" not in text, f"{command.where}:\n{text[-4000:]}"
+
+
+def _passes_within(argv: list[str], cwd: Path, env: dict[str, str], seconds: float, where: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"{where}: probe {argv} fails: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+        time.sleep(1)
