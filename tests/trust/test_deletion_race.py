@@ -10,6 +10,10 @@ orphan sweep deletes objects whose row is gone, on local storage and on S3.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,11 +22,12 @@ import pytest
 from sqlalchemy import func, select
 
 from common.models import Edit, Image, Upload, new_id, utcnow
-from common.retention import purge_image, purge_owner, sweep_orphans
+from common.retention import ORPHAN_TASK, purge_image, purge_owner, sweep_orphans
 from common.settings import Settings
 from common.storage import LocalStorage, S3Storage, inversion_key, original_key, result_key, upload_key
-from tests.conftest import face_jpeg
+from tests.conftest import REPO_ROOT, face_jpeg
 from worker.edit_job import run_edit
+from worker.retention import run_orphan_sweep
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.services
@@ -109,8 +114,7 @@ def _purge_owner(owner: str):
     return purge
 
 
-@pytest.mark.parametrize("stage", ["invert", "synthesize"])
-@pytest.mark.parametrize("how", ["image", "owner"])
+@pytest.mark.parametrize(("how", "stage"), [("image", "invert"), ("owner", "invert"), ("image", "synthesize")])
 def test_a_deletion_during_the_edit_leaves_nothing_behind(fresh_pg_url, redis_url, dev_bundle, tmp_path, stage, how):
     owner = f"racer-{uuid.uuid4().hex[:6]}"
     runtime = RacedRuntime(_settings(fresh_pg_url, redis_url, tmp_path, dev_bundle), stage, lambda runtime: None)
@@ -186,5 +190,19 @@ def test_the_sweep_deletes_objects_without_a_row_and_only_those(fresh_pg_url, st
             assert sweep_orphans(session, storage, written_before=utcnow() + timedelta(minutes=1), batch=2) == 6
         left = sorted(k for prefix in (*PREFIXES, "elsewhere/") for k in storage.list(prefix))
         assert left == sorted(keep)
+        assert run_orphan_sweep(factory, storage, grace=timedelta(minutes=-1)) == 0  # the task's body: idempotent
     finally:
         engine.dispose()
+
+
+def test_beat_runs_the_sweep_on_the_io_queue():
+    """The worker app schedules the sweep (every ORPHAN_SWEEP_INTERVAL_SECONDS, on IO_QUEUE) and registers it."""
+    script = ("import json; from worker.app import app; app.loader.import_default_modules(); "
+              "print(json.dumps([app.conf.beat_schedule['orphans'], sorted(app.tasks)]))")
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:9/0", "IO_QUEUE": "io-sweep",
+           "ORPHAN_SWEEP_INTERVAL_SECONDS": "123"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    entry, tasks = json.loads(out.strip().splitlines()[-1])
+    assert entry == {"task": ORPHAN_TASK, "schedule": 123.0, "options": {"queue": "io-sweep", "expires": 123.0}}
+    assert ORPHAN_TASK in tasks
