@@ -79,6 +79,9 @@ def upload_key(upload_id: str) -> str:
     return f"uploads/{upload_id}"
 
 
+_PARTIAL = ".tmp-"  # a local write's temporary file, renamed over the key once complete
+
+
 class LocalStorage:
     """Files under a root folder; writes are atomic (temp file + rename). Presigned URLs: none, the
     API serves and receives the bytes itself."""
@@ -103,7 +106,7 @@ class LocalStorage:
         path = self._path(key)
         with self._io():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_PARTIAL)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -126,16 +129,18 @@ class LocalStorage:
             return path.stat().st_size if path.is_file() else None
 
     def list(self, prefix: str) -> list[str]:
-        return [item.key for item in self.list_objects(prefix)]
+        """Keys of the whole objects under a prefix (writes under way excluded)."""
+        return [item.key for item in self.list_objects(prefix) if not Path(item.key).name.startswith(_PARTIAL)]
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
-        """Objects under a key prefix, in key order (a folder's temporary files of writes under way excluded)."""
+        """Everything stored under a key prefix, in key order, including the temporary files of writes under
+        way or abandoned (``.tmp-*``: a process killed while storing a photo leaves one), for the orphan sweep."""
         base = self._path(prefix.rstrip("/"))
         with self._io():
             if base.is_file():
                 paths = [base]
             elif base.is_dir():
-                paths = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+                paths = sorted(p for p in base.rglob("*") if p.is_file())
             else:
                 paths = []
             found = []
