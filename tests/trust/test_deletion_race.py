@@ -132,13 +132,31 @@ def test_a_deletion_during_the_edit_leaves_nothing_behind(fresh_pg_url, redis_ur
 
 
 def test_the_inversion_cache_holds_no_photo_bytes(fresh_pg_url, redis_url, dev_bundle, tmp_path):
-    """The original is stored once; its deletion must not depend on finding copies."""
+    """The original is stored once; its deletion must not depend on finding copies. A cache written by an
+    older version (format 1, the photo inside) is a miss, overwritten without the photo."""
     runtime = Runtime(_settings(fresh_pg_url, redis_url, tmp_path, dev_bundle))
     image_id, edit_id, photo = _photo_and_edit(runtime, "alice")
+    key = inversion_key(image_id, runtime.editor().encoder_version)
+    runtime.storage.put(key, _format_1_blob(photo))
     assert run_edit(runtime, edit_id) == "succeeded"
-    (key,) = runtime.storage.list(f"inversions/{image_id}/")
+    with runtime.session_factory() as session:
+        assert session.get(Edit, edit_id).metrics["inversion_cached"] is False
+    assert runtime.storage.list(f"inversions/{image_id}/") == [key]
     cached = runtime.storage.get(key)
     assert cached and photo[2000:2064] not in cached and len(cached) < len(photo) // 2
+
+
+def _format_1_blob(photo: bytes) -> bytes:
+    """The cache format that embedded the photo (before H4 was fixed)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, format=np.int64(1), codes=np.zeros((14, 512), np.float32), quad=np.zeros((4, 2)),
+             qsize=np.float64(1), n_faces=np.int64(1), note=np.str_(""), photo=np.frombuffer(photo, np.uint8),
+             photo_size=np.array([1, 1], np.int64), versions=np.str_("{}"))  # fmt: skip
+    return buf.getvalue()
 
 
 # --- the backstop: objects without a row --------------------------------------------------------------
