@@ -76,7 +76,7 @@ def choose_bundle(model_dir: str | Path | None = None, official_dir: Path | None
 def official_problems(directory: Path) -> list[Problem]:
     """Per official file: missing, or why its last download failed (from ``download.json``)."""
     from pipeline.download import read_download_state
-    from pipeline.sources import official_entries
+    from pipeline.sources import COMPUTABLE, official_entries
 
     outcomes = {o.get("role"): o for o in read_download_state(directory).get("outcomes", []) if isinstance(o, dict)}
     problems = []
@@ -91,6 +91,9 @@ def official_problems(directory: Path) -> list[Problem]:
                                     + str(outcome.get("reason"))))
         elif not here:
             problems.append(Problem(role, entry.file, "missing (never downloaded)"))
+        if problems and problems[-1].role == role and role in COMPUTABLE:
+            problems[-1] = Problem(role, entry.file, f"{problems[-1].reason}; `download` computes it from the "
+                                                     f"generator when no source answers")
     if not problems:
         problems.append(Problem(None, MANIFEST, "the files are here but not checked yet"))
     return problems
