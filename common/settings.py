@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="JSON file replacing entries of the official sources table by role (a private hub, the "
         "download rehearsal test); the manifest's entry format (docs/MODELS.md).",
     )
+    cache_dir: Path = Field(
+        Path("data/cache"),
+        description="Writable folder for what the worker derives at run time (text directions), so the model "
+        "bundle may be mounted read-only. Safe to delete; a failed write costs a recomputation, never an edit.",
+    )
     web_dir: Path = Field(REPO_ROOT / "web", description="Static phone app served at `/` when present.")
 
     # --- input limits ------------------------------------------------------------------------
@@ -178,6 +183,15 @@ class Settings(BaseSettings):
         24.0, gt=0, description="Photos, inversions, edits, results and uploads are deleted this long after upload."
     )
     retention_interval_seconds: float = Field(600.0, gt=0, description="How often the expiry task runs (beat).")
+    orphan_sweep_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often stored objects that no database row names are deleted (beat)."
+    )
+    orphan_grace_seconds: float = Field(
+        3600.0,
+        ge=60,
+        description="Stored objects younger than this are never swept as orphans (their row may still be "
+        "on its way: a photo is stored just before its row is committed).",
+    )
     webhook_allow_networks: str = Field(
         "",
         description="Comma-separated CIDRs webhooks may reach although not public (e.g. `127.0.0.0/8` for "
