@@ -137,10 +137,7 @@ def test_webhook_receiver_down_then_up_is_delivered(stack):
 
 
 def test_redis_and_postgres_restarts_under_a_stream_of_submissions(dev_bundle, tmp_path):
-    try:
-        postgres = PrivatePostgres().start()
-    except RuntimeError as e:  # not root (CI is): restarting a private PostgreSQL needs the postgres user
-        pytest.skip(str(e))
+    postgres = PrivatePostgres().start()  # no server binaries: fails, naming how to get them
     redis_server = PrivateRedis().start()
     try:
         settings = fault_settings(postgres.url, redis_server.url, tmp_path / "storage", dev_bundle)
