@@ -53,7 +53,8 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=die_with_parent())
+                                            # a killed test process: warm shutdown, which stops beat too
+                                            preexec_fn=die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()
