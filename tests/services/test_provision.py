@@ -20,6 +20,7 @@ from tests.services.provision import ALLOW_MISSING, missing
 from tests.services.redis import EmbeddedRedis, RedisUnavailable
 from tests.services.scratch import sweep_stale
 
+pytestmark = pytest.mark.services  # they start servers (test-fast leaves them out)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
