@@ -92,6 +92,10 @@ class Image(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Faces found once per photo by a model worker (worker.detection): [{index, box: [l, t, r, b], score}],
+    # largest first; `faces_status` pending → done | failed (`faces` stays null until done).
+    faces: Mapped[list[Any] | None] = mapped_column(default=None)
+    faces_status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
 
     __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
 
@@ -121,6 +125,9 @@ class Edit(Base):
     neutral: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
     alphas: Mapped[list[Any]]
+    # [{neutral, target, weight}]; null for an edit of the one-change form (neutral/target above, weight 1)
+    changes: Mapped[list[Any] | None] = mapped_column(default=None)
+    faces: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)  # "largest" | "all" | [index, ...]; null = largest
     beta: Mapped[float] = mapped_column(Float)
     mode: Mapped[str] = mapped_column(String(20))
     output_format: Mapped[str] = mapped_column(String(10))
@@ -136,7 +143,8 @@ class Edit(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deadline_at: Mapped[datetime]
     # results
-    output_keys: Mapped[list[Any] | None] = mapped_column(default=None)
+    output_keys: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: key | null (not done)
+    likeness: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: min over faces | null
     metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     model: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # timestamps
@@ -190,6 +198,7 @@ class WebhookDelivery(Base):
     edit_id: Mapped[str] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"))
     owner: Mapped[str] = mapped_column(String(100), index=True)
     event: Mapped[str] = mapped_column(String(20))
+    output_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # `output`: which one
     url: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # the exact bytes every attempt signs and sends
     status: Mapped[str] = mapped_column(String(20))
@@ -203,6 +212,6 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
-        UniqueConstraint("edit_id", "event", name="uq_webhook_deliveries_edit_event"),
+        UniqueConstraint("edit_id", "event", "output_index", name="uq_webhook_deliveries_edit_event_index"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     )
