@@ -236,6 +236,10 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `python -m api dev` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m api dev` listens on.")
+    flower_port: int = Field(
+        5555, ge=0, le=65535, description="Port of the Flower that `python -m api dev` starts on 127.0.0.1 (login "
+        "`dev`, password DEV_API_KEY); 0: no Flower. Compose publishes its Flower on it too."
+    )
 
     @model_validator(mode="after")
     def _visibility_exceeds_deadline(self) -> Settings:
