@@ -139,6 +139,15 @@ def record_progress(session: Session, edit_id: str, token: str, progress: float)
     return _apply(session, edit_id, _held_by(token), progress=max(0.0, min(1.0, progress)))
 
 
+def record_outputs(
+    session: Session, edit_id: str, token: str, output_keys: list[str | None], likeness: list[float | None] | None
+) -> bool:
+    """Store the outputs finished so far (a key per alpha, null for those not done) while processing, so
+    clients see each strength as it comes; False once the row is no longer ours (the caller deletes what it
+    just wrote)."""
+    return _apply(session, edit_id, _held_by(token), output_keys=output_keys, likeness=likeness)
+
+
 def still_held(session: Session, edit_id: str, token: str) -> bool:
     """True while `token` holds the row in `processing` (a cancel or a reap ends that)."""
     row = session.execute(select(Edit.status, Edit.worker).where(Edit.id == edit_id)).one_or_none()
@@ -153,6 +162,7 @@ def succeed(
     output_keys: list[str],
     metrics: dict[str, Any],
     model: dict[str, Any],
+    likeness: list[float | None] | None = None,
 ) -> bool:
     return _apply(
         session,
@@ -160,6 +170,7 @@ def succeed(
         _held_by(token),
         status=EditStatus.SUCCEEDED,
         output_keys=output_keys,
+        likeness=likeness,
         metrics=metrics,
         model=model,
         progress=1.0,
