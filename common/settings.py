@@ -100,6 +100,16 @@ class Settings(BaseSettings):
         8, ge=1, le=16, description="Most edit strengths (output images) per edit (the pipeline allows 16)."
     )
     max_prefer_wait_seconds: int = Field(60, ge=1, le=300, description="Cap of the `Prefer: wait=N` header.")
+    max_faces_per_edit: int = Field(
+        8, ge=1, le=32, description="Most faces one edit changes (`faces`: a list, or `all` of a photo's faces; "
+        "each costs an alignment, an inversion and a paste per strength)."
+    )
+    max_changes_per_edit: int = Field(
+        4, ge=1, le=16, description="Most text changes (`changes`) one edit combines."
+    )
+    max_face_wait_seconds: int = Field(
+        5, ge=1, le=5, description="Cap of `Prefer: wait=N` on `POST /v1/images` (waits for face detection)."
+    )
 
     # --- jobs --------------------------------------------------------------------------------
     edits_queue: str = Field("edits", description="Celery queue of edit jobs (model workers consume it).")
