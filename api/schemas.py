@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.lifecycle import EditStatus
 
@@ -14,6 +14,11 @@ Alpha = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]
 Prompt = Annotated[str, Field(min_length=1, max_length=300)]
 EditMode = Literal["global", "optimize"]
 OutputFormat = Literal["jpeg", "png", "webp"]
+ChangeText = Annotated[str, Field(min_length=1, max_length=200)]
+# Hard ceilings of the request shape (a long list stops at validation); the route applies the settings
+# MAX_FACES_PER_EDIT and MAX_CHANGES_PER_EDIT, and the photo's detected faces, below them.
+FaceIndex = Annotated[int, Field(ge=0, le=999)]
+FaceChoice = Literal["largest", "all"] | Annotated[list[FaceIndex], Field(min_length=1, max_length=32)]
 # Same event names as Replicate's `webhook_events_filter`; delivery lives in worker/ (webhooks).
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 
@@ -28,6 +33,12 @@ class ImageUrls(BaseModel):
     file: str = Field(description="the stored photo (presigned storage URL, or an authenticated API URL)")
 
 
+class FaceOut(BaseModel):
+    index: int = Field(description="position in the list: largest face first; what `faces` of an edit names")
+    box: list[int] = Field(description="[left, top, right, bottom] in the upright photo's pixels")
+    score: float = Field(description="detector confidence, 0..1")
+
+
 class ImageOut(BaseModel):
     id: str
     width: int = Field(description="pixels, after applying the EXIF orientation")
@@ -35,6 +46,11 @@ class ImageOut(BaseModel):
     format: str = Field(description="jpeg | png | webp | heif")
     bytes: int
     created_at: datetime
+    faces: list[FaceOut] | None = Field(
+        description="faces found in the photo, largest first; null until detection is done")
+    faces_status: Literal["pending", "done", "failed"] = Field(
+        description="face detection runs once per photo in a model worker, right after the upload "
+        "(`Prefer: wait=N`, N ≤ 5, on the upload waits for it)")
     urls: ImageUrls
 
 
@@ -57,13 +73,45 @@ class UploadOut(BaseModel):
     max_bytes: int
 
 
+class Change(BaseModel):
+    """One text change of an edit; the edit moves along the weighted sum of its changes' directions."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    neutral: ChangeText = Field(description="text describing the photo as it is, e.g. `a face`")
+    target: ChangeText = Field(description="text describing the wanted change, e.g. `a smiling face`")
+    weight: float = Field(1.0, ge=-2, le=2, allow_inf_nan=False, description="in [-2, 2], not 0")
+
+    @field_validator("neutral", "target")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @field_validator("weight")
+    @classmethod
+    def _not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("must not be 0 (leave the change out instead)")
+        return value
+
+
 class EditCreate(BaseModel):
     # strict: "0.1" or true for a number is a client bug to report, not to coerce silently.
     model_config = ConfigDict(extra="forbid", strict=True)
 
     image: str = Field(min_length=1, max_length=64, description="id of an image from `POST /v1/images`")
-    neutral: Prompt = Field(description="text describing the photo as it is, e.g. `a face`")
-    target: Prompt = Field(description="text describing the wanted result, e.g. `a face with glasses`")
+    neutral: Prompt | None = Field(None, description="text describing the photo as it is, e.g. `a face` "
+                                   "(the one-change form; or give `changes`)")
+    target: Prompt | None = Field(None, description="text describing the wanted result, e.g. `a face with glasses`")
+    changes: list[Change] | None = Field(
+        None, min_length=1, max_length=16,
+        description="several text changes combined (weighted sum of their directions), instead of "
+        "`neutral`/`target`; at most MAX_CHANGES_PER_EDIT")
+    faces: FaceChoice = Field(
+        "largest", description="`largest` (default), `all`, or a list of face indices of the image's `faces` "
+        "(unique; at most MAX_FACES_PER_EDIT)")
     # max_length: the pipeline's own ceiling (MAX_ALPHAS, at most 16, is checked by the route); a cap here
     # stops a long list at validation, before it becomes thousands of objects.
     alphas: list[Alpha] = Field(min_length=1, max_length=16, description="edit strengths; one output image per alpha")
@@ -78,10 +126,41 @@ class EditCreate(BaseModel):
 
     @field_validator("neutral", "target")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be blank")
-        return value.strip()
+        return value.strip() if value is not None else None
+
+    @field_validator("faces")
+    @classmethod
+    def _unique_faces(cls, value):
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("face indices must be unique")
+        return value
+
+    @field_validator("changes")
+    @classmethod
+    def _unique_changes(cls, value: list[Change] | None) -> list[Change] | None:
+        if value is not None and len({(c.neutral, c.target) for c in value}) != len(value):
+            raise ValueError("each (neutral, target) pair once: combine their weights instead")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EditCreate:
+        single = self.neutral is not None or self.target is not None
+        if single and self.changes is not None:
+            raise ValueError("give either `neutral` and `target` (one change) or `changes`, not both")
+        if self.changes is None and (self.neutral is None or self.target is None):
+            raise ValueError("`neutral` and `target` are required (or give `changes`)")
+        if self.mode == "optimize" and self.changes is not None and len(self.changes) > 1:
+            raise ValueError("`optimize` mode takes one change (it optimizes towards one target text)")
+        return self
+
+    def change_list(self) -> list[Change]:
+        """The changes of either form (the one-change form is one change of weight 1)."""
+        if self.changes is not None:
+            return list(self.changes)
+        return [Change(neutral=self.neutral, target=self.target, weight=1.0)]
 
     @field_validator("webhook")
     @classmethod
@@ -92,10 +171,18 @@ class EditCreate(BaseModel):
         return value
 
 
-class EditInput(BaseModel):
-    image: str
+class ChangeOut(BaseModel):
     neutral: str
     target: str
+    weight: float
+
+
+class EditInput(BaseModel):
+    image: str
+    neutral: str | None = Field(description="the one-change form's texts; null for an edit given `changes`")
+    target: str | None
+    changes: list[ChangeOut] = Field(description="always the list form (one entry for `neutral`/`target`)")
+    faces: Literal["largest", "all"] | list[int]
     alphas: list[float]
     beta: float
     mode: str
@@ -111,11 +198,17 @@ class EditOut(BaseModel):
     id: str
     status: EditStatus
     input: EditInput
-    output: list[str] | None = Field(description="one image URL per alpha, once succeeded")
+    output: list[str | None] | None = Field(
+        description="one image URL per alpha, filling as each strength finishes (null: not done yet); kept "
+        "when canceled between strengths; null before the first one and when failed")
+    likeness: list[float | None] | None = Field(
+        None, description="per alpha: cosine similarity of the edited face to the original (the minimum over "
+        "the edited faces), null for a strength not done yet; absent when the bundle has no identity model")
     error: ErrorBody | None
-    metrics: dict[str, float | int | bool] = Field(
+    metrics: dict[str, float | int | bool | list[dict[str, float | int | bool]]] = Field(
         description="queue_seconds, align_seconds, invert_seconds, direction_seconds, synthesize_seconds, "
-        "paste_seconds, total_seconds, inversion_cached, attempt"
+        "paste_seconds, total_seconds, first_output_seconds, inversion_cached, attempt, and faces: "
+        "[{index, inversion_cached, align_seconds, invert_seconds}] per edited face"
     )
     model: dict[str, str | bool] | None = Field(
         description="versions of the models that made the output (generator, encoder, clip, relevance: the "
