@@ -30,14 +30,26 @@ def edit_url(base_url: str, edit_id: str) -> str:
     return f"{base_url.rstrip('/')}/v1/edits/{edit_id}"
 
 
-def _outputs(edit: Edit, get: str, presign: Presign | None) -> list[str] | None:
-    if edit.status != EditStatus.SUCCEEDED or not edit.output_keys:
+def _outputs(edit: Edit, get: str, presign: Presign | None) -> list[str | None] | None:
+    """One URL per alpha as each strength finishes (null for those not done); kept when canceled between
+    strengths; none when failed (the job deletes them)."""
+    if edit.status in (EditStatus.STARTING, EditStatus.FAILED) or not edit.output_keys:
         return None
-    urls = []
+    urls: list[str | None] = []
     for index, key in enumerate(edit.output_keys):
+        if key is None:
+            urls.append(None)
+            continue
         presigned = presign(key, media_type(key)) if presign is not None else None
         urls.append(presigned or f"{get}/outputs/{index}")
     return urls
+
+
+def changes(edit: Edit) -> list[dict[str, Any]]:
+    """The edit's changes in the list form; an edit of the one-change form is one change of weight 1."""
+    if edit.changes is not None:
+        return [dict(change) for change in edit.changes]
+    return [{"neutral": edit.neutral, "target": edit.target, "weight": 1.0}]
 
 
 def edit_resource(
@@ -48,13 +60,15 @@ def edit_resource(
     if edit.started_at and "queue_seconds" not in metrics:
         metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
     get = edit_url(base_url, edit.id)
-    return {
+    resource = {
         "id": edit.id,
         "status": edit.status,
         "input": {
             "image": edit.image_id,
-            "neutral": edit.neutral,
-            "target": edit.target,
+            "neutral": edit.neutral if edit.changes is None else None,
+            "target": edit.target if edit.changes is None else None,
+            "changes": changes(edit),
+            "faces": edit.faces if edit.faces is not None else "largest",
             "alphas": edit.alphas,
             "beta": edit.beta,
             "mode": edit.mode,
@@ -73,3 +87,6 @@ def edit_resource(
         "completed_at": edit.completed_at,
         "urls": {"get": get, "cancel": f"{get}/cancel"},
     }
+    if edit.likeness is not None and edit.status != EditStatus.FAILED:
+        resource["likeness"] = list(edit.likeness)  # absent without an identity model (docs/API.md)
+    return resource

@@ -31,6 +31,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_cursor": 422,
     "invalid_image": 422,
     "image_too_small": 422,
+    "invalid_parameter": 422,  # e.g. a face index the photo does not have (the valid range is named)
+    "no_face": 422,  # `faces` asked of a photo in which detection found none
     "rate_limited": 429,
     "queue_full": 429,
     # trust (docs/SECURITY.md): Idempotency-Key and the webhook URL guard

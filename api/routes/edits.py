@@ -22,6 +22,7 @@ from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_resource import edit_resource
 from common.errors import ApiError
+from common.faces import FaceChoiceError, chosen_faces
 from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
 from common.queue import enqueue_edit
@@ -85,7 +86,16 @@ def parse_prefer_wait(header: str | None, cap: int) -> int | None:
 def _submit(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate) -> Edit:
     if len(body.alphas) > settings.max_alphas:
         raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
-    load_image(session, owner, body.image)
+    if len(body.change_list()) > settings.max_changes_per_edit:
+        raise ApiError("validation_error", f"at most {settings.max_changes_per_edit} changes per edit")
+    if isinstance(body.faces, list) and len(body.faces) > settings.max_faces_per_edit:
+        raise ApiError("validation_error", f"at most {settings.max_faces_per_edit} faces per edit")
+    image = load_image(session, owner, body.image)
+    if image.faces_status == "done" and image.faces:  # else the job applies the rule (or fails `no_face`)
+        try:
+            chosen_faces(body.faces, image.faces, settings.max_faces_per_edit)
+        except FaceChoiceError as error:
+            raise ApiError(error.code, error.message) from None
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
     edit = _new_edit(owner, body, settings)
@@ -101,12 +111,15 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
 
 def _new_edit(owner: str, body: EditCreate, settings: Settings) -> Edit:
     now = utcnow()
+    changes = body.change_list()
     return Edit(
         id=new_id("edt"),
         owner=owner,
         image_id=body.image,
-        neutral=body.neutral,
-        target=body.target,
+        neutral=changes[0].neutral,  # the one-change form's texts (the first change's for `changes`)
+        target=changes[0].target,
+        changes=[change.model_dump() for change in changes] if body.changes is not None else None,
+        faces=body.faces,
         alphas=body.alphas,
         beta=body.beta,
         mode=body.mode,
@@ -134,7 +147,7 @@ async def _wait_until_done(request: Request, edit_id: str, seconds: int, interva
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-@router.post("", status_code=201, response_model=EditOut, responses=_ERRORS)
+@router.post("", status_code=201, response_model=EditOut, response_model_exclude_unset=True, responses=_ERRORS)
 async def create_edit(
     body: EditCreate,
     request: Request,
@@ -175,7 +188,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ApiError("invalid_cursor", "invalid cursor: pass the `next` value of a previous page") from None
 
 
-@router.get("", response_model=EditList, responses=_ERRORS)
+@router.get("", response_model=EditList, response_model_exclude_unset=True, responses=_ERRORS)
 def list_edits(
     request: Request,
     owner: OwnerDep,
@@ -199,14 +212,15 @@ def list_edits(
     )
 
 
-@router.get("/{edit_id}", response_model=EditOut, responses=_ERRORS)
+@router.get("/{edit_id}", response_model=EditOut, response_model_exclude_unset=True, responses=_ERRORS)
 def get_edit(
     edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> EditOut:
     return _out(load_edit(session, owner, edit_id), session, request, storage, settings)
 
 
-@router.post("/{edit_id}/cancel", response_model=EditOut, responses=_ERRORS)
+@router.post("/{edit_id}/cancel", response_model=EditOut, response_model_exclude_unset=True,
+             responses=_ERRORS)
 def cancel_edit(
     edit_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep,
     celery: CeleryDep,
@@ -230,7 +244,7 @@ def get_edit_output(
     """One result image (the URL form used with local storage; S3 hands out presigned URLs)."""
     edit = load_edit(session, owner, edit_id)
     keys = edit.output_keys or []
-    if edit.status != EditStatus.SUCCEEDED or not 0 <= index < len(keys):
+    if edit.status in (EditStatus.STARTING, EditStatus.FAILED) or not 0 <= index < len(keys) or keys[index] is None:
         raise ApiError("output_not_found", f"edit {edit_id!r} has no output {index}")
     try:
         body = storage.get(keys[index])
