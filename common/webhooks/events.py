@@ -1,8 +1,9 @@
 """Which webhook events an edit has produced, and the message body of each.
 
-Events are derived from the edit row itself (`started_at` set → `start`; `succeeded` → `output`;
-terminal → `completed`), so whatever changed the row (the worker, the API's cancel, the reaper) the
-events follow from the state. `logs` is accepted in a filter for Replicate compatibility and never sent
+Events are derived from the edit row itself (`started_at` set → `start`; each finished output → one
+`output`, keyed by its index, as Replicate sends them; terminal → `completed`), so whatever changed the
+row (the worker, the API's cancel, the reaper) the events follow from the state. A failed edit sends no
+`output` (its outputs are deleted); a canceled one sends those it kept. `logs` is accepted in a filter for Replicate compatibility and never sent
 (progress is in the edit resource).
 """
 
@@ -31,21 +32,22 @@ def normalize_filter(events: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(e for e in EVENTS if e in chosen)
 
 
-def due_events(edit: Edit) -> list[str]:
-    """The events the edit's current state has produced, in order, limited by its filter."""
+def due_events(edit: Edit) -> list[tuple[str, int]]:
+    """The (event, output index) pairs the edit's current state has produced, in order, limited by its filter
+    (the index is 0 for `start` and `completed`)."""
     if not edit.webhook:
         return []
-    happened = []
+    happened: list[tuple[str, int]] = []
     if edit.started_at is not None:
-        happened.append("start")
-    if edit.status == EditStatus.SUCCEEDED:
-        happened.append("output")
+        happened.append(("start", 0))
+    if edit.status != EditStatus.FAILED:
+        happened += [("output", index) for index, key in enumerate(edit.output_keys or []) if key is not None]
     if edit.status in TERMINAL:
-        happened.append("completed")
+        happened.append(("completed", 0))
     wanted = normalize_filter(
         [e for e in edit.webhook_events_filter if e in EVENTS] if edit.webhook_events_filter is not None else None
     )
-    return [e for e in happened if e in wanted]
+    return [(event, index) for event, index in happened if event in wanted]
 
 
 def _json_value(value: Any) -> Any:

@@ -1,6 +1,7 @@
-"""The webhook outbox: one delivery row per (edit, event), recorded idempotently, sent on the webhooks queue.
+"""The webhook outbox: one delivery row per (edit, event, output index), recorded idempotently, sent on the
+webhooks queue (one `output` per finished output, so the index; 0 for `start` and `completed`).
 
-The unique (edit, event) constraint makes recording idempotent. So the worker (and the API's cancel) record
+The unique (edit, event, output index) constraint makes recording idempotent. So the worker (and the API's cancel) record
 and send an edit's events right after its state changes (`push_events`), and a periodic sweep (on `io`)
 records whatever was missed (a reaper timeout, a broker that refused the send, a worker killed between its
 commit and its send) without ever producing a second message. Sending is `worker.deliveries`.
@@ -40,9 +41,9 @@ def record_events(session: Session, edit: Edit, api_base: str = "", now: datetim
     """Insert a pending delivery for each due event not recorded yet; returns the new ids. Commits."""
     now = now or utcnow()
     created = []
-    for event in due_events(edit):
+    for event, index in due_events(edit):
         delivery = WebhookDelivery(
-            id=new_id("msg"), edit_id=edit.id, owner=edit.owner, event=event, url=edit.webhook,
+            id=new_id("msg"), edit_id=edit.id, owner=edit.owner, event=event, output_index=index, url=edit.webhook,
             payload=event_payload(event, edit, api_base, now=now), status=DeliveryStatus.PENDING,
             next_attempt_at=now, log=[],
         )
@@ -83,7 +84,7 @@ def due_deliveries(session: Session, now: datetime, limit: int = 200) -> list[st
 def push_events(session: Session, celery_app, edit_id: str, api_base: str, queue: str) -> list[str]:
     """Record the edit's due events and send their deliveries to `queue` (WEBHOOKS_QUEUE) now, right after
     its state changed: the sweep (every `webhook_sweep_seconds`) would find them too, but later. The unique
-    (edit, event) row keeps it to one delivery either way. Never raises: an edit's outcome does not depend on
+    (edit, event, output index) row keeps it to one delivery either way. Never raises: an edit's outcome does not depend on
     its webhook, and what fails here the sweep picks up. Returns the ids sent."""
     try:
         edit = session.get(Edit, edit_id, populate_existing=True)
