@@ -27,6 +27,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from api.auth import AuthGate
 from api.body_limit import BodySizeLimit
 from api.idempotency import IdempotencyMiddleware
+from api.openapi import install_openapi, operation_id
 from api.photo_check import enable_heif
 from api.rate_limit import RateLimitMiddleware, RateLimits
 from api.routes import app_config, docs, edits, health, images, me, metrics, uploads, webhooks
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Text-driven face editing (StyleCLIP global directions) as an asynchronous job API.",
         docs_url=None,  # api.routes.docs serves it without a CDN
         redoc_url=None,
+        generate_unique_id_function=operation_id,  # createEdit, not create_edit_v1_edits_post (api.openapi)
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, metrics, app_config, docs, images, uploads, edits, webhooks, me):
         app.include_router(module.router)
     docs.mount_assets(app)
+    install_openapi(app)
     if settings.web_dir.is_dir():
         # Last, so API routes win; unknown paths still get the JSON 404 through the handler above.
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
