@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from pipeline.errors import FACE_TOO_SMALL, NO_FACE, PipelineError
+from pipeline.errors import FACE_TOO_SMALL, INVALID_PARAMETER, NO_FACE, PipelineError
 
 # MediaPipe's 468-point mesh → the iBUG 68-point layout the FFHQ procedure indexes (chin 0-16, brows 17-26,
 # nose 27-35, eyes 36-47, mouth 48-67). Fixed by the face-mesh topology; the golden meta carries the same list.
@@ -47,6 +47,10 @@ MESH_MAX_SIDE = 512
 # The whole-frame mesh fit is kept only for faces this close to upright (degrees); others are refitted on an
 # upright crop (measured: frame-fit crops drift by 2-25 % of the quad beyond ~25 degrees of roll).
 MAX_FRAME_ROLL = 20.0
+# The detector also sees the photo turned both ways by this many degrees (it misses faces rolled past ~25).
+VIEW_ROLL = 30.0
+# A face rolled less than this is fitted without rotating its crop (the mesh handles small roll itself).
+MIN_REFIT_ROLL = 10.0
 MIN_DETECTION_CONFIDENCE = 0.5
 # FFHQ framing constants (reference values).
 _EYE_TO_MOUTH_SHIFT = 0.1
@@ -162,15 +166,25 @@ def _reflect_pad_blur(img: Image.Image, pad: np.ndarray, qsize: float) -> Image.
 
 
 # --- detection ---------------------------------------------------------------------------------------------
-# Two MediaPipe stages: the full-range face detector finds faces (small ones, several, sideways ones) and their
+# Two MediaPipe stages: the full-range face detector finds faces (small ones, several, turned ones) and their
 # eye keypoints; the face mesh then fits landmarks on an upright square crop around each face. The mesh on its
-# own finds only faces that fill much of the frame, and fits sideways or upside-down faces badly.
+# own finds only faces that fill much of the frame, and fits turned faces badly.
 
-def detect_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[np.ndarray]:
-    """68-point landmarks ``[68, 2]`` (pixel coordinates of ``img``) of every face found, largest first.
 
-    Faces turned by 90 or 180 degrees in the pixels (a photo whose EXIF orientation was lost) are fitted on
-    an upright view and mapped back to ``img``'s coordinates.
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face found in a photo: its 68 landmarks, its box and the detector's confidence."""
+
+    landmarks: np.ndarray   # [68, 2] float64, photo pixel coordinates
+    box: np.ndarray         # [x0, y0, x1, y1] float64, photo pixels (the detector's box, else the landmarks')
+    score: float            # the detector's confidence; MIN_DETECTION_CONFIDENCE when only the mesh found it
+
+
+def find_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[DetectedFace]:
+    """Every face found in ``img`` (upright RGB), largest quad first; deterministic for a given image.
+
+    Faces turned in the picture plane (a phone held at an angle, a photo whose EXIF orientation was lost) are
+    fitted on a view rotated upright and mapped back to ``img``'s coordinates.
     """
     img = img if img.mode == "RGB" else img.convert("RGB")
     models = _models()
@@ -185,40 +199,63 @@ def detect_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[np.ndarra
     candidates = _find_candidates(small, size, models)
     # Past ~20 degrees of roll the whole-frame fit drifts (crops off by 3-25 %), and on faces turned by a
     # quarter or more it returns a wrong fit that can even look upright; the detector's eye keypoints tell.
-    faces = [lm for lm in frame_faces if abs(_roll(lm)) <= MAX_FRAME_ROLL and all(
-        c.turns == 0 for c in candidates if _inside(face_quad(lm)[0].mean(0), c.box))]
+    faces = []
+    for lm in frame_faces:
+        centre = face_quad(lm)[0].mean(0)
+        around = [c for c in candidates if _inside(centre, c.box)]
+        if abs(_roll(lm)) <= MAX_FRAME_ROLL and all(abs(c.angle) <= MAX_FRAME_ROLL for c in around):
+            faces.append(_detected(lm, around[0] if around else None))
     for candidate in candidates[: 2 * max_faces]:
-        if any(_inside(face_quad(f)[0].mean(0), candidate.box) for f in faces):
+        if any(_inside(face_quad(f.landmarks)[0].mean(0), candidate.box) for f in faces):
             continue
         lm = _fit_mesh(img, candidate, models)
-        if lm is not None and not any(_same_face(lm, f) for f in faces):
-            faces.append(lm)
-    return sorted(faces, key=lambda lm: -face_quad(lm)[1])[:max_faces]
+        if lm is not None and not any(_same_face(lm, f.landmarks) for f in faces):
+            faces.append(_detected(lm, candidate))
+    return sorted(faces, key=lambda f: -face_quad(f.landmarks)[1])[:max_faces]
 
 
-def align_face(img: Image.Image, output_size: int = 256, transform_size: int | None = None) -> Alignment:
-    """Detect faces in ``img`` (upright RGB) and align the largest one.
+def detect_faces(img: Image.Image, max_faces: int = MAX_FACES) -> list[np.ndarray]:
+    """68-point landmarks ``[68, 2]`` (pixel coordinates of ``img``) of every face found, largest first."""
+    return [face.landmarks for face in find_faces(img, max_faces)]
 
-    Raises ``PipelineError("no_face")`` when none is found and ``PipelineError("face_too_small")`` when the
-    largest one spans fewer than ``MIN_FACE_SIZE`` pixels.
+
+def align_face(img: Image.Image, output_size: int = 256, transform_size: int | None = None, face: int = 0,
+               faces: list[DetectedFace] | None = None) -> Alignment:
+    """Detect faces in ``img`` (upright RGB) and align face number ``face`` (0 = the largest).
+
+    ``faces``: ``find_faces(img)``'s answer when the caller already has it. Raises ``no_face`` when none is
+    found, ``invalid_parameter`` when ``face`` is not one of them, and ``face_too_small`` when the face spans
+    fewer than ``MIN_FACE_SIZE`` pixels.
     """
-    faces = detect_faces(img)
+    faces = find_faces(img) if faces is None else faces
     if not faces:
         raise PipelineError(NO_FACE, "no face was found in the photo; use a photo with one clearly visible face")
-    landmarks = faces[0]
+    if not 0 <= face < len(faces):
+        raise PipelineError(INVALID_PARAMETER, f"face {face} is out of range: the photo has {len(faces)} "
+                                               f"face{'s' if len(faces) > 1 else ''} (valid: 0-{len(faces) - 1})")
+    landmarks = faces[face].landmarks
     quad, qsize = face_quad(landmarks)
     if qsize < MIN_FACE_SIZE:
         raise PipelineError(FACE_TOO_SMALL, f"the face is too small to edit well ({qsize:.0f} px across, at least "
                                             f"{MIN_FACE_SIZE:.0f} px needed); use a closer or larger photo")
-    note = f"{len(faces)} faces found; edited the largest" if len(faces) > 1 else ""
+    note = ""
+    if len(faces) > 1:
+        note = f"{len(faces)} faces found; edited the largest" if face == 0 else f"{len(faces)} faces found"
     crop = align_crop(img, quad, output_size, transform_size)
     return Alignment(crop=crop, quad=quad, qsize=qsize, landmarks=landmarks, n_faces=len(faces), note=note)
+
+
+def _detected(landmarks: np.ndarray, candidate: _Candidate | None) -> DetectedFace:
+    if candidate is None:
+        box = np.concatenate([landmarks.min(0), landmarks.max(0)])
+        return DetectedFace(landmarks, box, MIN_DETECTION_CONFIDENCE)
+    return DetectedFace(landmarks, candidate.box.copy(), candidate.score)
 
 
 @dataclass(frozen=True)
 class _Candidate:
     box: np.ndarray      # [x0, y0, x1, y1] in photo pixels
-    turns: int           # counter-clockwise quarter turns that make the face upright
+    angle: float         # in-plane angle of the eye line in degrees (0 = upright, 90 = a quarter clockwise)
     score: float
 
 
@@ -227,38 +264,62 @@ _View = tuple[Image.Image, Callable[[np.ndarray], np.ndarray]]
 
 
 def _find_candidates(small: Image.Image, size: np.ndarray, models: _MediaPipe) -> list[_Candidate]:
-    """Detector boxes in photo pixels (``size`` = photo width, height), best first, from the first group of
-    views of ``small`` (the downscaled photo) that finds any."""
-    for views in _view_groups(small, size):
-        found = [c for view, to_photo in views for c in _detect_in_view(view, to_photo, models)]
-        if found:
-            return _non_max_suppression(found)
-    return []
+    """Detector boxes in photo pixels (``size`` = photo width, height), best first, from every view of
+    ``small`` (the downscaled photo); upside down only when no other view finds a face."""
+    found = [c for view, to_photo in _views(small, size) for c in _detect_in_view(view, to_photo, models)]
+    if not found:
+        view, to_photo = _rotated_view(small, size, 180.0)
+        found = _detect_in_view(view, to_photo, models)
+    return _non_max_suppression(found)
 
 
-def _view_groups(small: Image.Image, size: np.ndarray) -> Iterator[list[_View]]:
-    """The whole photo; then upside down (the detector misses those); then four overlapping tiles (faces too
-    small for the detector's 192 px view of the whole frame)."""
+def _views(small: Image.Image, size: np.ndarray) -> list[_View]:
+    """The whole photo, turned both ways by VIEW_ROLL degrees (the detector misses faces past ~20 degrees of
+    roll: a phone held at an angle), and four overlapping tiles (faces too small for the detector's 192 px view
+    of the whole frame)."""
     w, h = small.size
-    yield [(small, lambda p: p * size)]
-    yield [(small.transpose(Image.Transpose.ROTATE_180), lambda p: (1 - p) * size)]
     tw, th = round(w * TILE_FRACTION), round(h * TILE_FRACTION)
-    yield [(small.crop((ox, oy, ox + tw, oy + th)),
-            lambda p, ox=ox, oy=oy: (p * (tw, th) + (ox, oy)) / (w, h) * size)
-           for ox, oy in ((0, 0), (w - tw, 0), (0, h - th), (w - tw, h - th))]
+    views: list[_View] = [(small, lambda p: p * size)]
+    views += [_rotated_view(small, size, angle) for angle in (VIEW_ROLL, -VIEW_ROLL)]
+    views += [(small.crop((ox, oy, ox + tw, oy + th)), lambda p, ox=ox, oy=oy: (p * (tw, th) + (ox, oy)) / (w, h) * size)
+              for ox, oy in ((0, 0), (w - tw, 0), (0, h - th), (w - tw, h - th))]
+    return views
+
+
+def _rotated_view(small: Image.Image, size: np.ndarray, angle: float) -> _View:
+    """``small`` turned counter-clockwise by ``angle`` degrees (whole, on grey), and the map back."""
+    view = small.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=(128, 128, 128))
+    centre_view = np.array(view.size, dtype=np.float64) / 2
+    centre_small = np.array(small.size, dtype=np.float64) / 2
+    scale = size / np.array(small.size, dtype=np.float64)
+
+    def to_photo(p: np.ndarray) -> np.ndarray:
+        return (_turn_clockwise(p * view.size - centre_view, angle) + centre_small) * scale
+
+    return view, to_photo
+
+
+def _turn_clockwise(points: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate ``[N, 2]`` vectors clockwise on screen (image y points down) by ``degrees``."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return points @ np.array([[c, s], [-s, c]])
 
 
 def _detect_in_view(view: Image.Image, to_photo: Callable[[np.ndarray], np.ndarray],
                     models: _MediaPipe) -> list[_Candidate]:
     out = []
     for box, eyes, score in models.detect(view):
-        corners = to_photo(box.reshape(2, 2))
+        x0, y0, x1, y1 = box
+        top_left, top_right, bottom_left, bottom_right = to_photo(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
         right_eye, left_eye = to_photo(eyes)
-        # Upright, the subject's right eye is left of the left eye (eye vector along +x, angle 0). Image y
-        # points down, so each counter-clockwise quarter turn lowers the angle by 90 degrees.
+        # Upright, the subject's right eye is left of the left eye (eye vector along +x, angle 0); image y
+        # points down, so a face turned clockwise on screen has a positive angle.
         dx, dy = left_eye - right_eye
-        turns = int(np.rint(np.degrees(np.arctan2(dy, dx)) / 90.0)) % 4
-        out.append(_Candidate(np.concatenate([corners.min(0), corners.max(0)]), turns, score))
+        angle = float(np.degrees(np.arctan2(dy, dx)))
+        # A box from a turned view maps to a turned rectangle: keep its centre and its sides, axis-aligned.
+        centre = (top_left + bottom_right) / 2
+        half = np.array([np.hypot(*(top_right - top_left)), np.hypot(*(bottom_left - top_left))]) / 2
+        out.append(_Candidate(np.concatenate([centre - half, centre + half]), angle, score))
     return out
 
 
@@ -277,19 +338,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _fit_mesh(img: Image.Image, candidate: _Candidate, models: _MediaPipe) -> np.ndarray | None:
-    """Landmarks [68, 2] in photo pixels from an upright square crop around ``candidate``; None if the mesh
-    finds no face there (a detector false positive)."""
+    """Landmarks [68, 2] in photo pixels from a square crop around ``candidate`` turned upright; None if the
+    mesh finds no face there (a detector false positive)."""
     x0, y0, x1, y1 = candidate.box
     side = int(np.ceil(MESH_CROP_SCALE * max(x1 - x0, y1 - y0)))
     left, top = int(np.floor((x0 + x1 - side) / 2)), int(np.floor((y0 + y1 - side) / 2))
     crop = img.crop((left, top, left + side, top + side))   # outside the photo reads as black
     if side > MESH_MAX_SIDE:
         crop = crop.resize((MESH_MAX_SIDE, MESH_MAX_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    view = crop.transpose(_QUARTER_TURNS[candidate.turns]) if candidate.turns else crop
+    # Quarter turns are exact transposes; what is left (at most 45 degrees) is a rotation about the centre.
+    turns = int(np.rint(candidate.angle / 90.0)) % 4
+    rest = candidate.angle - 90.0 * np.rint(candidate.angle / 90.0)
+    view = crop.transpose(_QUARTER_TURNS[turns]) if turns else crop
+    if abs(rest) > MIN_REFIT_ROLL:
+        view = view.rotate(rest, resample=Image.Resampling.BILINEAR)
     found = models.mesh(view, 1)
     if not found:
         return None
-    return _unturn(found[0], candidate.turns) * side + (left, top)
+    normalized = found[0]
+    if abs(rest) > MIN_REFIT_ROLL:
+        normalized = _turn_clockwise(normalized - 0.5, rest) + 0.5
+    return _unturn(normalized, turns) * side + (left, top)
 
 
 def _inside(point: np.ndarray, box: np.ndarray) -> bool:

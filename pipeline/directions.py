@@ -9,6 +9,10 @@ Reference: StyleCLIP ``global_torch/StyleCLIP.py`` (``zeroshot_classifier``, ``G
    the CLIP image embedding) projected on ``dt``; channels below ``beta`` are dropped, the rest scaled so the
    strongest is 1, then by each channel's std. toRGB layers are never edited.
 3. ``apply``: ``styles + alpha * direction`` for every alpha at once.
+
+Several changes in one edit (``Change``: a neutral/target pair and a weight) live in the same style space, so
+``combine`` adds their directions, each computed exactly as for a single edit, weighted; the alphas then scale
+the sum. One change of weight 1 is that change's direction itself, bit for bit.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 MAX_ALPHAS = 16
 ALPHA_LIMIT = 10.0
 MAX_TEXT_CHARS = 300
+MAX_CHANGES = 8          # changes combined in one edit (the service sets its own, smaller, limit)
+MAX_CHANGE_WEIGHT = 2.0  # |weight| of one change
 
 
 # --- text -------------------------------------------------------------------------------------------------
@@ -227,6 +233,53 @@ class StyleDirection:
 
     def flat(self) -> torch.Tensor:
         return torch.cat(self.layers)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One text change of an edit: move from ``neutral`` towards ``target``, ``weight`` times as far."""
+
+    neutral: str
+    target: str
+    weight: float = 1.0
+
+
+def check_changes(changes: Sequence[Change]) -> list[Change]:
+    """The changes as a list, or ``invalid_parameter`` naming the problem (count, texts, weights)."""
+    changes = list(changes)
+    if not 1 <= len(changes) <= MAX_CHANGES:
+        raise PipelineError(INVALID_PARAMETER, f"between 1 and {MAX_CHANGES} changes are needed, got {len(changes)}")
+    for i, change in enumerate(changes):
+        if not isinstance(change, Change):
+            raise PipelineError(INVALID_PARAMETER, f"change {i} must be a Change, got {type(change).__name__}")
+        for name, text in (("neutral", change.neutral), ("target", change.target)):
+            if not isinstance(text, str) or not text.strip():
+                raise PipelineError(INVALID_PARAMETER, f"change {i}: {name} text must be a non-empty string")
+            if len(text) > MAX_TEXT_CHARS:
+                raise PipelineError(INVALID_PARAMETER, f"change {i}: {name} text is longer than {MAX_TEXT_CHARS} "
+                                                       "characters")
+        w = change.weight
+        if not _is_number(w) or not math.isfinite(w) or w == 0 or abs(w) > MAX_CHANGE_WEIGHT:
+            raise PipelineError(INVALID_PARAMETER, f"change {i}: weight must be a non-zero number in "
+                                                   f"[-{MAX_CHANGE_WEIGHT:g}, {MAX_CHANGE_WEIGHT:g}], got {w!r}")
+    return changes
+
+
+def combine(directions: Sequence[StyleDirection], weights: Sequence[float]) -> StyleDirection:
+    """The weighted sum of style directions, layer by layer (``channels_kept``: channels any of them moves).
+    One direction of weight 1 is returned as it is."""
+    if len(directions) != len(weights) or not directions:
+        raise ValueError(f"{len(directions)} directions and {len(weights)} weights")
+    if len(directions) == 1 and weights[0] == 1:
+        return directions[0]
+    layers = []
+    for parts in zip(*(d.layers for d in directions), strict=True):
+        total = parts[0] * float(weights[0])
+        for part, weight in zip(parts[1:], weights[1:], strict=True):
+            total = total + part * float(weight)
+        layers.append(total)
+    moved = int(torch.stack([d.flat() != 0 for d in directions]).any(0).sum())
+    return StyleDirection(tuple(layers), moved)
 
 
 def style_direction(fs3: torch.Tensor, dt: torch.Tensor, beta: float, style_std: torch.Tensor,

@@ -10,11 +10,13 @@ shared mutable state on the editor.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ import torch
 from PIL import Image
 
 from pipeline.bundle import DEV_WARNING, Bundle
+from pipeline.directions import Change
 from pipeline.errors import INVALID_PARAMETER, Canceled, PipelineError
+from pipeline.faces import FaceBox
 from pipeline.inversion import Inversion
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,10 @@ PhotoSource = bytes | str | os.PathLike | Image.Image
 MODES = ("global", "optimize")
 ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
 
-__all__ = ["Editor", "Inversion", "MODES", "validate_edit"]
+FACES_REMEMBERED = 8  # photos whose detections the editor keeps (a group edit inverts each face of one photo)
+
+__all__ = ["Change", "Editor", "FaceBox", "Inversion", "MODES", "Output", "render_order", "validate_edit",
+           "validate_render"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Editor:
         self._models: Models | None = None
         self._directions = None
         self._versions: dict[str, str] | None = None
+        self._faces: OrderedDict[str, list] = OrderedDict()
+        self._faces_lock = threading.Lock()
         if self.bundle.is_dev:
             log.warning(DEV_WARNING)
 
@@ -125,86 +134,226 @@ class Editor:
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
                       torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity)
 
-    # --- inversion -----------------------------------------------------------------------------------------
+    # --- faces -------------------------------------------------------------------------------------------
 
-    def invert(self, photo: PhotoSource, progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
-               metrics: dict[str, float] | None = None) -> Inversion:
-        """Find the face in ``photo`` and its W+ codes. Raises ``no_face``, ``face_too_small``, ``invalid_image``."""
-        from pipeline.align import align_face
+    def detect(self, photo: PhotoSource) -> list[FaceBox]:
+        """Every face in ``photo``, largest first (``FaceBox.index`` is what ``invert(face=)`` takes)."""
+        from pipeline.faces import face_boxes
         from pipeline.photo import load_photo
 
-        step = _Stages(progress, should_cancel, metrics)
+        raw = _photo_bytes(photo)
+        image = load_photo(raw)
+        return face_boxes(self._find_faces(raw, image), image.size)
+
+    def _find_faces(self, raw: bytes, image: Image.Image) -> list:
+        """``align.find_faces`` of a photo, remembered for the last few photos: inverting several faces of one
+        photo (a group edit) detects once, and ``detect`` and ``invert`` always agree on the order."""
+        from pipeline.align import find_faces
+
+        key = hashlib.sha256(raw).hexdigest()
+        with self._faces_lock:
+            if key in self._faces:
+                self._faces.move_to_end(key)
+                return self._faces[key]
+        faces = find_faces(image)
+        with self._faces_lock:
+            self._faces[key] = faces
+            while len(self._faces) > FACES_REMEMBERED:
+                self._faces.popitem(last=False)
+        return faces
+
+    # --- inversion -----------------------------------------------------------------------------------------
+
+    def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,
+               should_cancel: ShouldCancel | None = None, metrics: dict | None = None) -> Inversion:
+        """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes.
+
+        Raises ``no_face`` (none found), ``invalid_parameter`` (``face`` out of range, naming the valid range),
+        ``face_too_small``, ``invalid_image``. ``metrics`` gets the stage totals and an entry for this face in
+        ``metrics["faces"]`` (``index``, ``align_seconds``, ``invert_seconds``)."""
+        from pipeline.align import align_face
+        from pipeline.faces import face_boxes
+        from pipeline.photo import load_photo
+
+        if isinstance(face, bool) or not isinstance(face, int) or face < 0:
+            raise PipelineError(INVALID_PARAMETER, f"face must be a face index >= 0, got {face!r}")
+        own: dict[str, float] = {}
+        step = _Stages(progress, should_cancel, own)
         raw = _photo_bytes(photo)
         with step("align"):
             image = load_photo(raw)
-            alignment = align_face(image, output_size=ENCODER_INPUT)
+            found = self._find_faces(raw, image)
+            alignment = align_face(image, output_size=ENCODER_INPUT, face=face, faces=found)
         models = self.models
         with step("invert"), torch.no_grad():
             x = _to_tensor(alignment.crop, self.device)
             codes = models.encoder(x)[0].float().cpu().numpy()
+        _record_face(metrics, face, own)
         return Inversion(codes=codes, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
                          n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
                          versions={"encoder": self.encoder_version, "generator": self.versions["generator"]},
-                         photo=raw)
+                         face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
 
     # --- editing -------------------------------------------------------------------------------------------
 
     def edit(self, inv: Inversion, neutral: str, target: str, alphas: Sequence[float], beta: float = 0.15,
              mode: str = "global", progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
-             metrics: dict[str, float] | None = None, steps: int | None = None, *,
+             metrics: dict | None = None, steps: int | None = None, *,
              photo: PhotoSource | None = None) -> list[Image.Image]:
-        """One full-size edited photo per alpha, in order.
+        """One full-size edited photo per alpha, in order: ``render`` with one face and one change.
 
-        ``mode="global"``: StyleCLIP global direction (``beta`` = disentanglement threshold, ``alpha`` =
-        strength along it). ``mode="optimize"``: StyleCLIP latent optimization for ``steps`` steps (see
-        ``pipeline.optimize``; ``beta`` is ignored, alpha interpolates start → optimized latent).
-        ``photo``: the photo ``inv`` was computed from, which the edited face is pasted into; needed when ``inv``
-        carries none (one read back from bytes), else it replaces ``inv.photo``."""
-        from pipeline.directions import apply, style_direction
-
+        ``photo``: the photo ``inv`` was computed from; needed when ``inv`` carries none (one read back from
+        bytes), else it replaces ``inv.photo``."""
         if not isinstance(inv, Inversion):
             raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
         if photo is None and inv.photo is None:
             raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
                                                    "bytes): pass the photo it was computed from as photo=")
-        raw = _photo_bytes(photo) if photo is not None else inv.photo
-        alphas = validate_edit(neutral, target, alphas, beta, mode, steps)
+        values = validate_edit(neutral, target, alphas, beta, mode, steps)
+        outputs = self.render(photo, [inv], [Change(neutral, target)], values, beta=beta, mode=mode, steps=steps,
+                              progress=progress, should_cancel=should_cancel, metrics=metrics,
+                              order=range(len(values)), likeness=False)
+        return [output.image for output in outputs]
+
+    def render(self, photo: PhotoSource | None, inversions: Sequence[Inversion], changes: Sequence[Change],
+               alphas: Sequence[float], beta: float = 0.15, mode: str = "global", steps: int | None = None,
+               progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
+               metrics: dict | None = None, on_output: Callable[[Output], None] | None = None,
+               order: Sequence[int] | None = None, *, likeness: bool = True) -> list[Output]:
+        """Every chosen face of ``photo`` edited by the combined ``changes``, one full photo per alpha.
+
+        ``inversions``: one per face (``invert(photo, face=i)``), all of this photo. ``mode="global"``: the
+        weighted sum of each change's StyleCLIP global direction at ``beta``, scaled by each alpha.
+        ``mode="optimize"``: one change only, StyleCLIP latent optimization per face (``steps``).
+        Strengths render in ``order`` (default ``render_order``: the middle one first, then outwards) and
+        ``on_output`` is called with each ``Output`` as soon as its photo is pasted; the list returned is in
+        alpha order. ``likeness`` per face when the bundle has an ``identity`` model (and ``likeness`` is
+        true), else None. ``metrics``: stage totals plus ``first_output_seconds`` and an entry per face in
+        ``metrics["faces"]``."""
+        from pipeline.photo import load_photo
+
+        start = time.perf_counter()
+        alphas, changes = validate_render(changes, alphas, beta, mode, steps)
+        inversions = _check_inversions(inversions)
+        order = render_order(len(alphas)) if order is None else _check_order(order, len(alphas))
+        raw = _photo_bytes(photo) if photo is not None else inversions[0].photo
+        if raw is None:
+            raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
+                                                   "bytes): pass the photo it was computed from as photo=")
         step = _Stages(progress, should_cancel, metrics)
         models = self.models
         g = models.generator
-        if inv.codes.shape != (g.n_latent, g.style_dim):
-            raise PipelineError(INVALID_PARAMETER, f"the inversion has codes {inv.codes.shape}, this generator needs "
-                                                   f"({g.n_latent}, {g.style_dim}): invert the photo again")
-        codes = torch.from_numpy(inv.codes.copy()).to(self.device)[None]
+        for inv in inversions:
+            if inv.codes.shape != (g.n_latent, g.style_dim):
+                raise PipelineError(INVALID_PARAMETER, f"the inversion has codes {inv.codes.shape}, this generator "
+                                                       f"needs ({g.n_latent}, {g.style_dim}): invert the photo again")
+        image = load_photo(raw)
+        for inv in inversions:
+            if image.size != inv.photo_size:
+                raise PipelineError(INVALID_PARAMETER, f"the photo is {image.size[0]}x{image.size[1]}, the "
+                                                       f"inversion was computed from a {inv.photo_size[0]}x"
+                                                       f"{inv.photo_size[1]} one")
+        codes = torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device)
+        latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel)
+        identity = models.identity if likeness else None
+        originals = self._embed_originals(image, inversions, identity, step) if identity is not None else None
+        outputs: list[Output | None] = [None] * len(alphas)
+        for done, i in enumerate(order):
+            with step("synthesize", report=False), torch.no_grad():
+                faces = latents(i)
+            with step("paste", report=False):
+                pasted = self._paste(image, inversions, faces)
+            score = None
+            if originals is not None:
+                with step("likeness", report=False), torch.no_grad():
+                    score = tuple(float(v) for v in (identity.embed(faces.float().clamp(-1, 1)) * originals).sum(1))
+            outputs[i] = Output(index=i, alpha=alphas[i], image=pasted, likeness=score)
+            if done == 0 and metrics is not None:
+                metrics["first_output_seconds"] = time.perf_counter() - start
+            # one strength = one more share of synthesis; paste completes with the last strength
+            step.report("synthesize", (done + 1) / len(order))
+            if on_output is not None:
+                on_output(outputs[i])
+        step.report("paste", 1.0)
+        for inv in inversions:
+            _record_face(metrics, inv.face_index, {})
+        return outputs
+
+    def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
+                 steps: int | None, step: _Stages, progress: Progress | None,
+                 should_cancel: ShouldCancel | None) -> Callable[[int], torch.Tensor]:
+        """What renders alpha number ``i``: ``[faces, 3, H, W]`` in [-1, 1]. The direction (or optimization)
+        is computed here, once for all alphas."""
+        from pipeline.directions import apply, combine, style_direction
+
+        models = self.models
+        g = models.generator
         if mode == "global":
             with step("direction"), torch.no_grad():
-                dt = self._directions.get(models.clip, neutral, target).to(self.device)
-                direction = style_direction(models.fs3, dt, beta, models.style_std, g.style_dims, g.style_is_torgb)
-            with step("synthesize"), torch.no_grad():
-                faces = g.synthesize(apply(g.styles(codes), direction, alphas))
-        else:
-            from pipeline.optimize import OptimizeConfig, optimize_latent
+                parts = []
+                for change in changes:
+                    dt = self._directions.get(models.clip, change.neutral, change.target).to(self.device)
+                    parts.append(style_direction(models.fs3, dt, beta, models.style_std, g.style_dims,
+                                                 g.style_is_torgb))
+                direction = combine(parts, [change.weight for change in changes])
+                styles = [g.styles(codes[f:f + 1]) for f in range(codes.shape[0])]
 
-            config = OptimizeConfig() if steps is None else OptimizeConfig(steps=steps)
-            with step("optimize"):
-                result = optimize_latent(g, models.clip, codes[0], target, config, progress=progress,
-                                         should_cancel=should_cancel, identity=models.identity)
-            with step("synthesize"), torch.no_grad():
-                faces = g(result.interpolate(alphas))
-        with step("paste"):
-            return self._paste(inv, raw, faces, step)
+            def global_faces(i: int) -> torch.Tensor:
+                per_face = [apply(s, direction, [alphas[i]]) for s in styles]
+                return g.synthesize([torch.cat(layer) for layer in zip(*per_face, strict=True)])
 
-    def _paste(self, inv: Inversion, raw: bytes, faces: torch.Tensor, step: _Stages) -> list[Image.Image]:
-        """Every alpha's face into the full photo; the warp and mask are shared (``paste_back_many``)."""
-        from pipeline.paste import paste_back_many
-        from pipeline.photo import load_photo
+            return global_faces
 
-        photo = load_photo(raw)
-        if photo.size != inv.photo_size:
-            raise PipelineError(INVALID_PARAMETER, f"the photo is {photo.size[0]}x{photo.size[1]}, the inversion "
-                                                   f"was computed from a {inv.photo_size[0]}x{inv.photo_size[1]} one")
-        step.check()
-        return paste_back_many(photo, [Image.fromarray(face) for face in _to_uint8(faces)], inv.quad)
+        from pipeline.optimize import OptimizeConfig, optimize_latent
+
+        config = OptimizeConfig() if steps is None else OptimizeConfig(steps=steps)
+        results = []
+        with step("optimize"):
+            for f in range(codes.shape[0]):
+                results.append(optimize_latent(g, models.clip, codes[f], changes[0].target, config, progress=progress,
+                                               should_cancel=should_cancel, identity=models.identity))
+
+        def optimized_faces(i: int) -> torch.Tensor:
+            return g(torch.cat([r.interpolate([alphas[i]]) for r in results]))
+
+        return optimized_faces
+
+    def _embed_originals(self, image: Image.Image, inversions: list[Inversion], identity: torch.nn.Module,
+                         step: _Stages) -> torch.Tensor:
+        """The identity embedding of each original aligned face ``[faces, 512]`` (what likeness compares to)."""
+        from pipeline.align import align_crop
+
+        with step("likeness", report=False), torch.no_grad():
+            crops = torch.cat([_to_tensor(align_crop(image, inv.quad, ENCODER_INPUT), self.device)
+                               for inv in inversions])
+            return identity.embed(crops)
+
+    def _paste(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
+        """All faces of one strength into the full photo (one face: exactly the single-face paste)."""
+        from pipeline.paste import paste_back_many, paste_faces
+
+        edited = [Image.fromarray(face) for face in _to_uint8(faces)]
+        if len(edited) == 1:
+            return paste_back_many(image, edited, inversions[0].quad)[0]
+        return paste_faces(image, edited, [inv.quad for inv in inversions])
+
+
+@dataclass(frozen=True)
+class Output:
+    """One strength's result: ``index`` = position in the alphas; ``image``: the full photo; ``likeness``: per
+    face (in the inversions' order), cosine of the identity model's embeddings of the original and the edited
+    aligned face, or None when the bundle has no identity model."""
+
+    index: int
+    alpha: float
+    image: Image.Image
+    likeness: tuple[float, ...] | None = None
+
+
+def render_order(n: int) -> list[int]:
+    """The middle strength first (what the app shows first), then outwards, nearer ones first, lower first."""
+    middle = n // 2
+    return sorted(range(n), key=lambda i: (abs(i - middle), i))
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -226,14 +375,18 @@ class _Stages:
             self.progress(stage, fraction)
 
     @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
+    def __call__(self, stage: str, report: bool = True) -> Iterator[None]:
+        """Time ``stage`` (added to ``metrics``), reporting its start and end unless ``report`` is false (a
+        stage repeated per strength reports its own fractions)."""
         self.check()
-        self.report(stage, 0.0)
+        if report:
+            self.report(stage, 0.0)
         start = time.perf_counter()
         yield
         key = f"{stage}_seconds"
         self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
-        self.report(stage, 1.0)
+        if report:
+            self.report(stage, 1.0)
 
 
 def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, beta: float = 0.15,
@@ -264,6 +417,53 @@ def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, be
     elif steps is not None:
         OptimizeConfig(steps=steps)
     return values
+
+
+def validate_render(changes: Sequence[Change], alphas: Sequence[float] | float, beta: float = 0.15,
+                    mode: str = "global", steps: int | None = None) -> tuple[list[float], list[Change]]:
+    """``validate_edit`` for several changes: the alphas as floats and the changes as a list. Optimize mode
+    takes one change (it optimizes towards one target text)."""
+    from pipeline.directions import check_changes
+
+    changes = check_changes(changes)
+    if mode == "optimize" and len(changes) != 1:
+        raise PipelineError(INVALID_PARAMETER, f"mode optimize takes one change, got {len(changes)}")
+    alphas = validate_edit(changes[0].neutral, changes[0].target, alphas, beta, mode, steps)
+    return alphas, changes
+
+
+def _check_inversions(inversions: Sequence[Inversion]) -> list[Inversion]:
+    inversions = list(inversions)
+    if not inversions:
+        raise PipelineError(INVALID_PARAMETER, "at least one inversion (face) is needed")
+    for inv in inversions:
+        if not isinstance(inv, Inversion):
+            raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
+    indices = [inv.face_index for inv in inversions]
+    if len(set(indices)) != len(indices):
+        raise PipelineError(INVALID_PARAMETER, f"each face may be edited once, got faces {indices}")
+    return inversions
+
+
+def _check_order(order: Sequence[int], n: int) -> list[int]:
+    order = list(order)
+    if sorted(order) != list(range(n)) or any(isinstance(i, bool) for i in order):
+        raise PipelineError(INVALID_PARAMETER, f"order must list each of the {n} alpha positions once, got {order}")
+    return order
+
+
+def _record_face(metrics: dict | None, index: int, seconds: dict[str, float]) -> None:
+    """Add a face's stage seconds to the totals and to its entry in ``metrics["faces"]`` (made if absent)."""
+    if metrics is None:
+        return
+    faces = metrics.setdefault("faces", [])
+    entry = next((f for f in faces if f.get("index") == index), None)
+    if entry is None:
+        entry = {"index": index}
+        faces.append(entry)
+    for key, value in seconds.items():
+        metrics[key] = metrics.get(key, 0.0) + value
+        entry[key] = entry.get(key, 0.0) + value
 
 
 def _photo_bytes(photo: PhotoSource) -> bytes:

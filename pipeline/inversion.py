@@ -40,6 +40,8 @@ class Inversion:
     note: str
     photo_size: tuple[int, int]
     versions: dict[str, str] = field(default_factory=dict)
+    face_index: int = 0
+    box: tuple[int, int, int, int] | None = None
     photo: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,9 @@ class Inversion:
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "quad", quad)
         object.__setattr__(self, "photo_size", (int(self.photo_size[0]), int(self.photo_size[1])))
+        object.__setattr__(self, "face_index", int(self.face_index))
+        if self.box is not None:
+            object.__setattr__(self, "box", tuple(int(v) for v in self.box))
         if self.photo is not None:
             object.__setattr__(self, "photo", bytes(self.photo))
 
@@ -60,12 +65,13 @@ class Inversion:
         return replace(self, photo=photo)
 
     def to_bytes(self) -> bytes:
-        """Codes, quad, sizes, note and versions; never the photo."""
+        """Codes, quad, sizes, note, versions, face index and box; never the photo."""
         buf = io.BytesIO()
         np.savez(buf, format=np.int64(FORMAT), codes=self.codes, quad=self.quad, qsize=np.float64(self.qsize),
                  n_faces=np.int64(self.n_faces), note=np.str_(self.note),
                  photo_size=np.array(self.photo_size, np.int64),
-                 versions=np.str_(json.dumps(self.versions, sort_keys=True)))
+                 versions=np.str_(json.dumps(self.versions, sort_keys=True)), face_index=np.int64(self.face_index),
+                 box=np.array(self.box if self.box is not None else (), np.int64))
         return buf.getvalue()
 
     @classmethod
@@ -78,6 +84,9 @@ class Inversion:
                     raise PipelineError(INVALID_PARAMETER, f"inversion format {int(f['format'])} is not {FORMAT}")
                 return cls(codes=f["codes"], quad=f["quad"], qsize=float(f["qsize"]), n_faces=int(f["n_faces"]),
                            note=str(f["note"]), photo_size=tuple(int(v) for v in f["photo_size"]),
-                           versions=json.loads(str(f["versions"])))
+                           versions=json.loads(str(f["versions"])),
+                           # blobs written before group photos hold the largest face and no box
+                           face_index=int(f["face_index"]) if "face_index" in f.files else 0,
+                           box=tuple(int(v) for v in f["box"]) if "box" in f.files and f["box"].size else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             raise PipelineError(INVALID_PARAMETER, f"not a stored inversion: {type(exc).__name__}: {exc}") from exc

@@ -29,6 +29,9 @@ _OVERSAMPLE = 2.0
 # Exponent of the superellipse |u|^p + |v|^p = 1: 2 is an ellipse, large p a square. 4 keeps the hair and
 # chin (near the edges' midpoints) while dropping the corners, which are background.
 _MASK_SHAPE = 4.0
+# Overlapping faces weigh m / (1 - m + this): large enough to divide safely, small enough that inside one face's
+# core (m = 1) any other face's weight (at most 254/255 of a mask) moves no pixel by half a level.
+_CORE_EPSILON = 1e-6
 
 
 def paste_back(photo: Image.Image, face: Image.Image, quad: np.ndarray,
@@ -55,28 +58,98 @@ def paste_back_many(photo: Image.Image, faces: Sequence[Image.Image], quad: np.n
     if len(sizes) > 1:
         raise ValueError(f"faces pasted together must share one size, got {sorted(sizes)}")
 
-    box = _bounding_box(quad, photo.size)
-    if box is None or not faces:  # the quad lies entirely outside the photo
+    placement = _place(quad, photo.size, faces[0].size[0], feather) if faces else None
+    if placement is None:  # no faces, or the quad lies entirely outside the photo
         return [photo.copy() for _ in faces]
+    box, mask = placement.box, Image.fromarray(placement.mask, "L")
+    out = []
+    for face in faces:
+        result = photo.copy()
+        result.paste(Image.fromarray(placement.warp_face(face), "RGB"), box[:2], mask)
+        out.append(result)
+    return out
+
+
+def paste_faces(photo: Image.Image, faces: Sequence[Image.Image], quads: Sequence[np.ndarray],
+                feather: float = DEFAULT_FEATHER) -> Image.Image:
+    """Several edited faces (one per quad: a group photo) blended into one copy of ``photo``.
+
+    Where masks overlap, each face weighs ``m / (1 - m)`` (``m``: its mask), normalized: the blend is smooth
+    (no seam where one mask starts) and inside a face's core (``m = 1``) that face alone shows, so one face's
+    mask never erases another's edit. The photo shows through by the product of ``1 - m``; outside every mask
+    it is untouched. One face is exactly ``paste_back``."""
+    photo = photo if photo.mode == "RGB" else photo.convert("RGB")
+    if len(faces) != len(quads):
+        raise ValueError(f"{len(faces)} faces and {len(quads)} quads")
+    if len(faces) == 1:
+        return paste_back(photo, faces[0], quads[0], feather)
+    layers = []
+    for face, quad in zip(faces, quads, strict=True):
+        quad = np.asarray(quad, dtype=np.float64)
+        if quad.shape != (4, 2) or not np.all(np.isfinite(quad)):
+            raise ValueError(f"quad must be a finite [4, 2] array, got shape {quad.shape}")
+        if face.size[0] != face.size[1]:
+            raise ValueError(f"aligned faces must be square, got {face.size}")
+        placement = _place(quad, photo.size, face.size[0], feather)
+        if placement is not None:
+            layers.append((placement, placement.warp_face(face)))
+    if not layers:
+        return photo.copy()
+    left, top = min(p.box[0] for p, _ in layers), min(p.box[1] for p, _ in layers)
+    right, bottom = max(p.box[2] for p, _ in layers), max(p.box[3] for p, _ in layers)
+    base = np.asarray(photo.crop((left, top, right, bottom)), dtype=np.float64)
+    weighted = np.zeros_like(base)
+    weights = np.zeros(base.shape[:2])
+    uncovered = np.ones(base.shape[:2])
+    for placement, warped in layers:
+        x0, y0, x1, y1 = placement.box
+        window = np.s_[y0 - top:y1 - top, x0 - left:x1 - left]
+        m = placement.mask.astype(np.float64) / 255
+        w = m / (1 - m + _CORE_EPSILON)
+        weighted[window] += w[..., None] * warped
+        weights[window] += w
+        uncovered[window] *= 1 - m
+    blend = weighted / np.maximum(weights, _CORE_EPSILON)[..., None]
+    mixed = base * uncovered[..., None] + blend * (1 - uncovered[..., None])
+    result = photo.copy()
+    result.paste(Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB"), (left, top))
+    return result
+
+
+class _Placement:
+    """Where one aligned face of ``face_side`` pixels lands in a photo: its box, the map from box pixels to
+    (reduced) face pixels, and the blend mask over the box (uint8)."""
+
+    def __init__(self, box: tuple[int, int, int, int], side: int, face_side: int, warp: np.ndarray,
+                 mask: np.ndarray):
+        self.box, self.side, self.face_side, self.warp, self.mask = box, side, face_side, warp, mask
+
+    @property
+    def region(self) -> tuple[int, int]:
+        return self.box[2] - self.box[0], self.box[3] - self.box[1]
+
+    def warp_face(self, face: Image.Image) -> np.ndarray:
+        """The face warped onto the box, ``[h, w, 3]`` uint8."""
+        face = face if face.mode == "RGB" else face.convert("RGB")
+        if face.size[0] != self.face_side:
+            raise ValueError(f"faces pasted together must share one size, got {face.size} and {self.face_side}")
+        if self.side != self.face_side:
+            face = face.resize((self.side, self.side), Image.Resampling.LANCZOS)
+        # Replicate the face's edge rather than read black past it (the mask is ~0 there anyway).
+        return _warp(np.asarray(face), self.warp, self.region, cv2.BORDER_REPLICATE, cv2.INTER_CUBIC)
+
+
+def _place(quad: np.ndarray, photo_size: tuple[int, int], face_side: int, feather: float) -> _Placement | None:
+    box = _bounding_box(quad, photo_size)
+    if box is None:
+        return None
     qsize = float(np.hypot(*(quad[3] - quad[0])))
-    face_side = faces[0].size[0]
     # Reduce big faces first: the warp does not filter when shrinking, and hair would alias.
     side = min(face_side, max(8, int(np.ceil(qsize * _OVERSAMPLE))))
     warp = _affine_from_photo(quad, side, box)
     region = (box[2] - box[0], box[3] - box[1])
-    mask = Image.fromarray(_warp(np.asarray(_mask(side, feather)), warp, region, cv2.BORDER_CONSTANT), "L")
-
-    out = []
-    for face in faces:
-        face = face if face.mode == "RGB" else face.convert("RGB")
-        if side != face_side:
-            face = face.resize((side, side), Image.Resampling.LANCZOS)
-        # Replicate the face's edge rather than read black past it (the mask is ~0 there anyway).
-        warped = Image.fromarray(_warp(np.asarray(face), warp, region, cv2.BORDER_REPLICATE, cv2.INTER_CUBIC), "RGB")
-        result = photo.copy()
-        result.paste(warped, box[:2], mask)
-        out.append(result)
-    return out
+    mask = _warp(np.asarray(_mask(side, feather)), warp, region, cv2.BORDER_CONSTANT)
+    return _Placement(box, side, face_side, warp, mask)
 
 
 def face_mask(size: int, feather: float = DEFAULT_FEATHER) -> Image.Image:

@@ -19,7 +19,13 @@ examples:
   python -m pipeline edit me.jpg --neutral "face with hair" --target "face with grey hair" --alpha 4 \\
       --beta 0.1 --out grey.png --bundle models/official
   python -m pipeline edit me.jpg --neutral "a face" --target "a face with glasses" --mode optimize \\
-      --steps 100 --alpha 0.5 --alpha 1 --out glasses.webp"""
+      --steps 100 --alpha 0.5 --alpha 1 --out glasses.webp
+  python -m pipeline edit group.jpg --change "a face" "a smiling face" 1 \\
+      --change "a face with hair" "a face with blue hair" 0.5 --faces all --alpha 2 --out party.jpg
+
+--change NEUTRAL TARGET WEIGHT (repeatable) combines several changes: their directions are added, each times
+its weight, and --alpha scales the sum. --faces picks the faces edited: largest (default), all, or indices
+as listed by the detection (largest first), e.g. 0,2."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -30,8 +36,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "with --mode optimize) and paste the edited face back into the full photo.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photo", help="input photo (JPEG, PNG, WebP or HEIC; EXIF orientation is honoured)")
-    parser.add_argument("--neutral", required=True, help='what the face is now, e.g. "a face"')
-    parser.add_argument("--target", required=True, help='what it should become, e.g. "a smiling face"')
+    parser.add_argument("--neutral", help='what the face is now, e.g. "a face" (with --target: one change)')
+    parser.add_argument("--target", help='what it should become, e.g. "a smiling face"')
+    parser.add_argument("--change", nargs=3, action="append", metavar=("NEUTRAL", "TARGET", "WEIGHT"),
+                        help="one change with its weight, repeatable (instead of --neutral/--target)")
+    parser.add_argument("--faces", default="largest", type=parse_faces, metavar="largest|all|I,J",
+                        help="which faces to edit: largest (default), all, or indices such as 0,2")
     parser.add_argument("--alpha", type=float, action="append", metavar="A",
                         help="edit strength, repeatable (default: 3 for global, 1 for optimize)")
     parser.add_argument("--beta", type=float, default=0.15, help="disentanglement threshold in (0, 1) (default 0.15)")
@@ -55,6 +65,36 @@ def output_paths(out: str, alphas: list[float]) -> list[Path]:
     return [path.with_name(f"{path.stem}_a{alpha:g}{path.suffix}") for alpha in alphas]
 
 
+def parse_faces(value: str) -> str | list[int]:
+    """``largest``, ``all`` or a comma-separated list of distinct face indices."""
+    if value in ("largest", "all"):
+        return value
+    try:
+        indices = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected largest, all or indices such as 0,2; got {value!r}") from None
+    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise argparse.ArgumentTypeError(f"face indices must be distinct and >= 0, got {value!r}")
+    return indices
+
+
+def changes_of(args: argparse.Namespace) -> list[tuple[str, str, float]]:
+    """The changes asked for: --change entries, or the one --neutral/--target pair (weight 1)."""
+    if args.change and (args.neutral or args.target):
+        args.parser.error("give either --neutral/--target or --change, not both")
+    if args.change:
+        changes = []
+        for neutral, target, weight in args.change:
+            try:
+                changes.append((neutral, target, float(weight)))
+            except ValueError:
+                args.parser.error(f"--change WEIGHT must be a number, got {weight!r}")
+        return changes
+    if not (args.neutral and args.target):
+        args.parser.error("give --neutral and --target, or at least one --change NEUTRAL TARGET WEIGHT")
+    return [(args.neutral, args.target, 1.0)]
+
+
 def run(args: argparse.Namespace) -> int:
     fmt = FORMATS.get(Path(args.out).suffix.lower())
     if fmt is None:
@@ -63,25 +103,45 @@ def run(args: argparse.Namespace) -> int:
     if len(set(alphas)) != len(alphas):
         args.parser.error("--alpha values must be distinct (each names an output file)")
 
+    changes = changes_of(args)
+
     from pipeline.cli.bundles import resolve_bundle
     from pipeline.cli.progress import ProgressBar
-    from pipeline.editor import Editor, validate_edit
+    from pipeline.editor import Change, Editor, validate_render
+    from pipeline.errors import INVALID_PARAMETER, PipelineError
     from pipeline.photo import encode_image
 
-    validate_edit(args.neutral, args.target, alphas, args.beta, args.mode, args.steps)  # before any model loads
+    changes = [Change(n, t, w) for n, t, w in changes]
+    validate_render(changes, alphas, args.beta, args.mode, args.steps)  # before any model loads
     editor = Editor(resolve_bundle(args.bundle), device=args.device)
-    metrics: dict[str, float] = {}
+    metrics: dict = {}
+    paths = output_paths(args.out, alphas)
     with ProgressBar(enabled=not args.quiet) as bar:
-        inversion = editor.invert(args.photo, progress=bar, metrics=metrics)
-        images = editor.edit(inversion, args.neutral, args.target, alphas, beta=args.beta, mode=args.mode,
-                             progress=bar, metrics=metrics, steps=args.steps)
-    if inversion.note:
-        print(f"note: {inversion.note}", file=sys.stderr)
-    for path, image in zip(output_paths(args.out, alphas), images, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_image(image, fmt))
+        found = editor.detect(args.photo)
+        if args.faces == "largest" or not found:   # none found: invert says no_face
+            chosen = [0]
+        elif args.faces == "all":
+            chosen = [face.index for face in found]
+        else:
+            chosen = args.faces
+            if max(chosen) >= len(found):
+                raise PipelineError(INVALID_PARAMETER, f"face {max(chosen)} is out of range: the photo has "
+                                                       f"{len(found)} faces (valid: 0-{len(found) - 1})")
+        inversions = [editor.invert(args.photo, face=i, progress=bar, metrics=metrics) for i in chosen]
+
+        def write(output) -> None:
+            path = paths[output.index]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_image(output.image, fmt))
+
+        outputs = editor.render(args.photo, inversions, changes, alphas, beta=args.beta, mode=args.mode,
+                                steps=args.steps, progress=bar, metrics=metrics, on_output=write)
+    print(f"faces: {len(found)} found, edited {', '.join(str(i) for i in chosen)}", file=sys.stderr)
+    for path, output in zip(paths, outputs, strict=True):
         print(path)
-    timing = "  ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in metrics.items())
+        if output.likeness is not None:
+            print(f"likeness {path.name}: {' '.join(f'{v:.3f}' for v in output.likeness)}", file=sys.stderr)
+    timing = "  ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in metrics.items() if k != "faces")
     print(f"timing: {timing}", file=sys.stderr)
     if editor.is_dev:
         print("WARNING: made with the development bundle (random weights): the edit is meaningless.",
