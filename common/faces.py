@@ -5,7 +5,15 @@ submit time when detection is done, and the worker, which applies it when the jo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from common.settings import Settings
+
+DETECT_TASK = "worker.tasks.detect_faces"
+FACES_PENDING, FACES_DONE, FACES_FAILED = "pending", "done", "failed"  # images.faces_status
 
 FaceChoice = str | list[int] | None  # "largest" | "all" | indices; None (older rows) = "largest"
 
@@ -42,3 +50,8 @@ def chosen_faces(choice: FaceChoice, faces: Sequence[Any], max_faces: int) -> li
             f"(valid indices {valid})",
         )
     return sorted(choice)
+
+
+def enqueue_detection(app: Celery, settings: Settings, image_id: str) -> None:
+    """Ask a model worker to detect the photo's faces (the edits queue: detection needs the models)."""
+    app.send_task(DETECT_TASK, args=[image_id], queue=settings.edits_queue)

@@ -1,9 +1,12 @@
-"""Run one edit job: claim the row, invert (or reuse the cached inversion), edit, store, finish.
+"""Run one edit job: claim the row, find the chosen faces (the photo's stored detection), invert each (or reuse
+its cached inversion), render the strengths, store each as it comes, finish.
 
 Exactly-once rests on the row, not on Celery: the claim is a conditional UPDATE that hands the row
-to this run's token; a heartbeat thread renews the lease; every write (progress, result) is
+to this run's token; a heartbeat thread renews the lease; every write (progress, each output, result) is
 conditional on still holding it. Results go to deterministic keys, so a re-run after a lost worker
-overwrites instead of duplicating, and a run that lost its row (canceled, reaped) discards them.
+overwrites instead of duplicating, and a run that lost its row (reaped) discards them. Each finished
+strength is on the row (and its `output` webhook sent) before the next renders; a cancel between
+strengths keeps those (the edit ends `canceled`, its finished outputs listed).
 
 Write, then verify: a deletion (`DELETE /v1/images/{id}`, `DELETE /v1/me/data`, retention) cancels the
 edit before it deletes the objects, so every object the job stores is followed by a look at the row; a
@@ -27,11 +30,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
+from common.edit_resource import changes as edit_changes
+from common.faces import FACES_DONE, FaceChoiceError, chosen_faces
 from common.lifecycle import Claim
 from common.metrics import observe_edit
 from common.models import Edit, Image
 from common.storage import ObjectNotFound, StorageUnavailable, inversion_key, original_key, result_key
 from common.webhooks.outbox import push_events
+from worker.detection import detect, store_faces
 from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
@@ -203,66 +209,113 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
     start = time.perf_counter()
     with runtime.session_factory() as session:
         try:
-            from pipeline.editor import validate_edit
+            from pipeline.editor import validate_render
 
-            validate_edit(edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode)  # before any model work
+            changes = _changes(edit)
+            validate_render(changes, edit.alphas, edit.beta, edit.mode)  # before any model work
             editor = runtime.editor()
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             if run := encoder_run(editor):
                 model["encoder_run"] = run
             photo = runtime.storage.get(original_key(edit.image_id))
-            inversion = _inversion(runtime, editor, edit, token, photo, watcher, metrics)
+            chosen = _chosen_faces(runtime, editor, edit, photo)
+            inversions = _inversions(runtime, editor, edit, token, photo, watcher, metrics, chosen)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[edit.mode], start_share, 1.0)
-            images = editor.edit(
-                inversion, edit.neutral, edit.target, edit.alphas, edit.beta, edit.mode,
-                progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics, photo=photo,
+            outputs = OutputWriter(runtime, edit, token)
+            editor.render(
+                photo, inversions, changes, edit.alphas, edit.beta, edit.mode, progress=watcher.progress,
+                should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write,
             )  # fmt: skip
-            keys = _store_results(runtime, edit, images, metrics)
+            metrics["store_seconds"] = outputs.store_seconds
             metrics["total_seconds"] = time.perf_counter() - start
-            if lifecycle.succeed(session, edit_id, token, keys, _rounded(metrics), model):
+            if lifecycle.succeed(session, edit_id, token, outputs.keys, _rounded(metrics), model, outputs.likeness):
                 observe_edit(metrics, lifecycle.SUCCEEDED)
                 return lifecycle.SUCCEEDED
             _discard_unless_won(runtime, session, edit_id)
             return "lost"
         except Canceled:
-            lifecycle.release_canceled(session, edit_id, token)
+            lifecycle.release_canceled(session, edit_id, token)  # the outputs recorded so far stay listed
             observe_edit(metrics, lifecycle.CANCELED)
             _discard_unless_won(runtime, session, edit_id)
             return lifecycle.CANCELED
         except PipelineError as error:
             _discard_results(runtime, edit_id)
             return _fail(session, edit_id, token, error.code, error.message, metrics, model, start)
+        except FaceChoiceError as error:
+            return _fail(session, edit_id, token, error.code, error.message, metrics, model, start)
         except ObjectNotFound:
             message = "the photo was deleted before the edit ran"
             return _fail(session, edit_id, token, lifecycle.IMAGE_NOT_FOUND, message, metrics, model, start)
 
 
+def _changes(edit: Edit) -> list:
+    """The edit's changes as the pipeline takes them (the one-change form is one change of weight 1)."""
+    from pipeline.directions import Change
+
+    return [Change(c["neutral"], c["target"], float(c["weight"])) for c in edit_changes(edit)]
+
+
+def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) -> list[int]:
+    """The face indices to edit: the photo's stored detection (the `detect_faces` task), else detected now
+    and stored for the next edit. FaceChoiceError when the choice does not fit the photo."""
+    with runtime.session_factory() as session:
+        image = session.get(Image, edit.image_id)
+        faces = image.faces if image is not None and image.faces_status == FACES_DONE else None
+    if faces is None:
+        faces = detect(editor, photo)
+        store_faces(runtime, edit.image_id, faces, FACES_DONE)
+    return chosen_faces(edit.faces, faces, runtime.settings.max_faces_per_edit)
+
+
+def _inversions(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
+                metrics: dict, chosen: list[int]) -> list[Inversion]:
+    """One inversion per chosen face, each cached on its own; the first share of the progress bar is split
+    between the faces that are not cached."""
+    inversions, cached = [], []
+    for n, face in enumerate(chosen):
+        watcher.phase(INVERT_STAGES, INVERT_SHARE * n / len(chosen), INVERT_SHARE * (n + 1) / len(chosen))
+        inversion, hit = _inversion(runtime, editor, edit, token, photo, watcher, metrics, face)
+        inversions.append(inversion)
+        cached.append(hit)
+    metrics["inversion_cached"] = all(cached)
+    entries = {entry["index"]: entry for entry in metrics.setdefault("faces", [])}
+    metrics["faces"] = [{**entries.get(face, {"index": face}), "inversion_cached": hit}
+                        for face, hit in zip(chosen, cached, strict=True)]
+    return inversions
+
+
+def face_inversion_key(image_id: str, encoder_version: str, face: int) -> str:
+    """The inversion cache of one face: `inversions/{image}/{encoder}-f{face}.npz`; the largest face keeps the
+    key of the single-face service (`{encoder}.npz`), so the caches it wrote stay hits."""
+    key = inversion_key(image_id, encoder_version)
+    return key if face == 0 else key.removesuffix(".npz") + f"-f{face}.npz"
+
+
 def _inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
-               metrics: dict) -> Inversion:
-    """The photo's cached inversion, or a fresh one, then cached for the next edit of this photo if the job
-    still holds its row once the cache is written (`_still_ours`)."""
+               metrics: dict, face: int) -> tuple[Inversion, bool]:
+    """Face `face`'s cached inversion, or a fresh one, then cached for the next edit of this photo if the job
+    still holds its row once the cache is written (`_still_ours`). Returns it and whether it was cached."""
     from pipeline import Canceled, Inversion, PipelineError
 
-    key = inversion_key(edit.image_id, editor.encoder_version)
+    key = face_inversion_key(edit.image_id, editor.encoder_version, face)
     try:
         inversion = Inversion.from_bytes(runtime.storage.get(key))
-        metrics["inversion_cached"] = True
-        return inversion
+        if inversion.face_index == face:
+            return inversion, True
+        log.warning("cached inversion %s is of face %d; recomputing", key, inversion.face_index)
     except ObjectNotFound:
         pass
     except PipelineError:  # also the old format that held a copy of the photo: overwritten below
         log.warning("cached inversion %s is unreadable; recomputing", key)
-    metrics["inversion_cached"] = False
-    watcher.phase(INVERT_STAGES, 0.0, INVERT_SHARE)
     inversion = editor.invert(
-        photo, progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics
+        photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics
     )
     runtime.storage.put(key, inversion.to_bytes())
     if not _still_ours(runtime, edit, token):
         runtime.storage.delete([key])
         raise Canceled()
-    return inversion
+    return inversion, False
 
 
 def _still_ours(runtime: Runtime, edit: Edit, token: str) -> bool:
@@ -275,17 +328,36 @@ def _still_ours(runtime: Runtime, edit: Edit, token: str) -> bool:
     return alive
 
 
-def _store_results(runtime: Runtime, edit: Edit, images: list, metrics: dict) -> list[str]:
-    from pipeline.photo import encode_image
+class OutputWriter:
+    """`render`'s `on_output`: each finished strength is stored, then recorded on the row (so clients see it
+    while the others render) and its `output` webhook event sent. Write, then verify: a row no longer held
+    (canceled, deleted, reaped) makes the job delete what it just wrote and stop."""
 
-    start = time.perf_counter()
-    keys = []
-    for index, image in enumerate(images):
-        key = result_key(edit.id, index, _EXTENSIONS[edit.output_format])
-        runtime.storage.put(key, encode_image(image, edit.output_format), _CONTENT_TYPES[edit.output_format])
-        keys.append(key)
-    metrics["store_seconds"] = time.perf_counter() - start
-    return keys  # verified by `lifecycle.succeed`, which only the row's holder can do
+    def __init__(self, runtime: Runtime, edit: Edit, token: str):
+        self.runtime, self.edit, self.token = runtime, edit, token
+        self.keys: list[str | None] = [None] * len(edit.alphas)
+        self.likeness: list[float | None] | None = None  # stays None without an identity model
+        self.store_seconds = 0.0
+
+    def write(self, output) -> None:
+        from pipeline import Canceled
+        from pipeline.photo import encode_image
+
+        start = time.perf_counter()
+        edit, storage = self.edit, self.runtime.storage
+        key = result_key(edit.id, output.index, _EXTENSIONS[edit.output_format])
+        storage.put(key, encode_image(output.image, edit.output_format), _CONTENT_TYPES[edit.output_format])
+        self.keys[output.index] = key
+        if output.likeness is not None:
+            self.likeness = self.likeness or [None] * len(edit.alphas)
+            self.likeness[output.index] = round(min(output.likeness), 4)  # the face that changed most
+        with self.runtime.session_factory() as session:
+            held = lifecycle.record_outputs(session, edit.id, self.token, self.keys, self.likeness)
+        self.store_seconds += time.perf_counter() - start
+        if not held:
+            storage.delete([key])
+            raise Canceled()
+        _push_webhooks(self.runtime, edit.id)  # this output's `output` event
 
 
 def _discard_results(runtime: Runtime, edit_id: str) -> None:
@@ -302,12 +374,24 @@ def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
 
 def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
     """We lost the row. Our result files are garbage unless another run of this job succeeded (it
-    wrote the same keys) or is still writing them."""
+    wrote the same keys) or is still writing them; a canceled edit keeps the outputs its row lists."""
     edit = session.get(Edit, edit_id, populate_existing=True)
     session.rollback()
-    if edit is None or edit.status in (lifecycle.CANCELED, lifecycle.FAILED):
+    if edit is None or edit.status == lifecycle.FAILED:
         _discard_results(runtime, edit_id)
+    elif edit.status == lifecycle.CANCELED:
+        kept = set(edit.output_keys or [])
+        runtime.storage.delete([key for key in runtime.storage.list(f"results/{edit_id}/") if key not in kept])
 
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}
+    def value(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 3)
+        if isinstance(v, list):
+            return [value(item) for item in v]
+        if isinstance(v, dict):
+            return {k: value(item) for k, item in v.items()}
+        return v
+
+    return {k: value(v) for k, v in metrics.items()}

@@ -1,13 +1,16 @@
-"""Celery tasks of the model workers. The message carries only the edit id (= the task id)."""
+"""Celery tasks of the model workers: an edit job (the message carries only the edit id, = the task id) and
+the face detection of a new photo (the image id)."""
 
 from __future__ import annotations
 
 import logging
 
+from common.faces import DETECT_TASK
 from common.logging import log_context
 from common.metrics import JOBS_IN_PROGRESS, record_gpu_memory
 from common.queue import EDIT_TASK
 from worker.app import app
+from worker.detection import run_detection
 from worker.edit_job import run_edit
 from worker.runtime import get_runtime
 
@@ -24,3 +27,12 @@ def process_edit(edit_id: str) -> str:
             return outcome
         finally:
             record_gpu_memory()
+
+
+@app.task(name=DETECT_TASK, acks_late=True, ignore_result=True)
+def detect_faces(image_id: str) -> str:
+    """Detect the photo's faces once and store them on its row (worker.detection)."""
+    with log_context(image_id=image_id):
+        outcome = run_detection(get_runtime(), image_id)
+        log.info("face detection done: %s", outcome)
+        return outcome

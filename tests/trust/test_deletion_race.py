@@ -59,6 +59,9 @@ class _PurgingEditor:
     def edit(self, *args, progress=None, **kwargs):
         return self._editor.edit(*args, progress=self._hooked(progress), **kwargs)
 
+    def render(self, *args, progress=None, **kwargs):
+        return self._editor.render(*args, progress=self._hooked(progress), **kwargs)
+
 
 class RacedRuntime(Runtime):
     """The worker's runtime, with a deletion landing when the editor finishes `stage`."""
