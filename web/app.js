@@ -1,11 +1,14 @@
 // Face Edit: screens, routing (#create, #progress, #edit/{id}, #history, #settings) and the edit flow.
 
 import * as api from "./api.js";
+import { activeField, applyPreset, changeParams, currentChanges, describeChanges, initChanges } from "./changes.js";
+import { clearFaces, facesParam, findFaces, initFaces, noneChosen, showStatus } from "./faces.js";
 import { renderHistory } from "./history.js";
-import { EditJob, TERMINAL } from "./job.js";
+import { EditJob, finishedCount, TERMINAL } from "./job.js";
 import { describeError } from "./messages.js";
 import { preparePhoto, thumbnail } from "./photo.js";
-import { defaultIndex, initResult, loadOutputs, releaseOutputs, showResult } from "./result.js";
+import { changesOf, defaultIndex, initResult, loadOutput, releaseOutputs, shownEditId, showResult,
+         updateResult } from "./result.js";
 import { getEntry, saveEntry } from "./store.js";
 
 // One submit asks for all strengths at once, so the slider never waits for the server. StyleCLIP's global
@@ -19,8 +22,12 @@ const state = {
   photo: null, // {blob, filename, preview, heic} from preparePhoto, or {blob: null} for a photo only the server has
   previewUrl: null,
   imageId: null, // the server's id for this photo once uploaded: "new text, same photo" skips the upload
+  imageUsed: false, // an edit was made of imageId (else picking another photo deletes it from the server)
+  upload: null, // the upload started when the photo was picked: {photo, promise, abort, listen, used}
   job: null,
-  loaded: null, // {edit, images, originalUrl} of the last result shown
+  // {edit, images: [{url, blob} | null per strength], originalUrl, loading: Map(index → promise), running} of
+  // the last result shown; filled while the edit runs, as strengths arrive
+  loaded: null,
   installPrompt: null,
 };
 
@@ -61,8 +68,15 @@ async function route() {
 
 function setPhoto(photo, imageId) {
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  if (state.upload && state.upload.photo !== photo && !state.upload.used) state.upload.abort();
+  if (state.upload && state.upload.photo !== photo) state.upload = null;
+  if (state.imageId && state.imageId !== imageId && !state.imageUsed) {
+    api.deleteImage(state.imageId).catch(() => undefined); // uploaded only to find its faces: not kept
+  }
   state.photo = photo;
   state.imageId = imageId;
+  state.imageUsed = Boolean(imageId);
+  clearFaces();
   state.previewUrl = photo && photo.preview ? URL.createObjectURL(photo.preview) : null;
   $("photo-empty").hidden = Boolean(photo);
   $("photo-preview").hidden = !photo;
@@ -75,6 +89,49 @@ function setPhoto(photo, imageId) {
     ? "HEIC photo ready: the server converts it (no preview in this browser)"
     : "Photo ready (no preview for this file)";
   updateSubmit();
+  if (imageId) {
+    api.getImage(imageId).then((image) => state.imageId === imageId && findFaces(image, updateSubmit),
+                                () => undefined);
+  }
+}
+
+/**
+ * Upload a picked photo at once, so that the server can find its faces while the person writes the text;
+ * "Create edit" then awaits this upload instead of starting another. A failure is not shown here: the
+ * submit uploads again and reports what went wrong.
+ */
+function beginUpload(photo) {
+  const listeners = new Set();
+  let fraction = 0;
+  const handle = api.uploadImage(photo.blob, photo.filename, (value) => {
+    fraction = value;
+    if (state.photo === photo) showStatus(`Uploading photo… ${Math.round(value * 100)} %`);
+    for (const listener of listeners) listener(value);
+  });
+  const upload = {
+    photo, promise: handle.promise, abort: handle.abort, used: false,
+    listen: (listener) => {
+      listeners.add(listener);
+      listener(fraction);
+    },
+  };
+  state.upload = upload;
+  showStatus("Uploading photo…");
+  handle.promise.then(
+    (image) => {
+      if (state.upload === upload) state.upload = null;
+      if (state.photo !== photo) {
+        if (!upload.used) api.deleteImage(image.id).catch(() => undefined);
+        return;
+      }
+      state.imageId = image.id;
+      findFaces(image, updateSubmit);
+    },
+    () => {
+      if (state.upload === upload) state.upload = null;
+      if (state.photo === photo) clearFaces();
+    },
+  );
 }
 
 async function onFile(event) {
@@ -89,12 +146,14 @@ async function onFile(event) {
     photo = { blob: file, filename: file.name || "photo", preview: null, heic: false }; // the server decides
   }
   setPhoto(photo, null);
+  if (photo.blob) beginUpload(photo);
 }
 
 function updateSubmit() {
-  $("submit").disabled = !state.photo || !$("target").value.trim();
-  for (const chip of document.querySelectorAll(".chip")) {
-    chip.setAttribute("aria-pressed", String(chip.dataset.target === $("target").value.trim()));
+  $("submit").disabled = !state.photo || !currentChanges("").length || noneChosen();
+  const text = activeField().value.trim();
+  for (const chip of document.querySelectorAll(".presets .chip")) {
+    chip.setAttribute("aria-pressed", String(chip.dataset.target === text));
   }
 }
 
@@ -106,14 +165,18 @@ function onSubmit(event) {
 /** Start an edit from what the screen shows now (also "Try again" after an error). */
 function submitForm() {
   const neutral = $("neutral").value.trim() || "a face";
-  const target = $("target").value.trim();
-  if (!state.photo || !target) return;
-  if (neutral.toLowerCase() === target.toLowerCase()) {
+  const changes = currentChanges(neutral);
+  if (!state.photo || !changes.length || noneChosen()) return;
+  if (changes.some((change) => change.target.toLowerCase() === neutral.toLowerCase())) {
     showAlert({ code: "empty_direction" });
     return;
   }
   hideAlert();
-  startJob({ photo: state.photo, imageId: state.imageId, neutral, target, alphas: ALPHAS, beta: BETA });
+  const upload = !state.imageId && state.upload && state.upload.photo === state.photo ? state.upload : null;
+  if (upload) upload.used = true;
+  const { target, changes: list } = changeParams(neutral); // one plain change: the simple form
+  startJob({ photo: state.photo, imageId: state.imageId, upload, neutral, target, changes: list,
+             description: describeChanges(changes), faces: facesParam(), alphas: ALPHAS, beta: BETA });
 }
 
 /* ---------- alerts: what went wrong and what to do next ---------- */
@@ -152,6 +215,10 @@ function runAction(action) {
   else if (action === "settings") location.hash = "#settings";
   else if (action === "new") setPhoto(null, null);
   else if (action === "retry") submitForm();
+  else if (action === "faces") {
+    $("faces").scrollIntoView({ block: "center" });
+    (document.querySelector(".face-box") || $("faces-all")).focus();
+  }
 }
 
 /* ---------- running an edit ---------- */
@@ -184,24 +251,28 @@ function renderProgress({ phase, fraction = null, position = null }) {
 }
 
 async function startJob(request, resumeId = null) {
+  const original = request.original || (request.photo ? request.photo.preview : null);
   const job = new EditJob(request, {
     onUploaded: (image) => {
       if (state.photo === request.photo) state.imageId = image.id;
       request.imageId = image.id;
     },
-    onCreated: (edit) =>
-      saveEntry(edit.id, {
-        imageId: edit.input.image, neutral: request.neutral, target: request.target, alphas: request.alphas,
-        status: edit.status, createdAt: edit.created_at, original: request.photo ? request.photo.preview : null,
-      }),
+    onCreated: (edit) => {
+      if (state.imageId === edit.input.image) state.imageUsed = true;
+      return saveEntry(edit.id, {
+        imageId: edit.input.image, neutral: request.neutral, target: request.description || request.target,
+        alphas: request.alphas, status: edit.status, createdAt: edit.created_at, original,
+      });
+    },
     onUpdate: (progress) => {
       if (!job.canceled) renderProgress(progress);
     },
+    onOutputs: (edit) => receiveOutputs(edit, original),
   });
   state.job = job;
   $("progress-img").src = state.previewUrl || "";
   if (!state.previewUrl) $("progress-img").removeAttribute("src");
-  $("progress-texts").textContent = `${request.neutral} → ${request.target}`;
+  $("progress-texts").textContent = `${request.neutral} → ${request.description || request.target}`;
   $("cancel").disabled = false;
   renderProgress({ phase: resumeId ? "loading" : request.imageId ? "queued" : "upload", fraction: 0 });
   location.hash = "#progress";
@@ -212,27 +283,78 @@ async function startJob(request, resumeId = null) {
   } catch (err) {
     if (!(err instanceof api.ApiError)) console.error(err);
     const error = err instanceof api.ApiError ? err : { code: "internal_error", message: String(err) };
-    showAlert(error, watching());
+    showAlert(error, watching(job.editId));
   } finally {
     if (state.job === job) state.job = null;
   }
 }
 
-/** Is the person looking at the progress screen (so the outcome should replace it)? */
-const watching = () => !$("screen-progress").hidden;
+/** Is the person looking at this edit's progress or result (so its outcome should replace the screen)? */
+const watching = (editId) => !$("screen-progress").hidden
+  || (!$("screen-result").hidden && editId != null && shownEditId() === editId);
+
+/** The result being filled for this edit (state.loaded), or null. */
+const liveResult = (edit) => (state.loaded && state.loaded.edit.id === edit.id ? state.loaded : null);
+
+/** Start downloading the strengths the edit lists and `result` lacks; resolves once all of them are in. */
+function loadInto(result, edit) {
+  edit.output.forEach((url, index) => {
+    if (!url || result.images[index] || result.loading.has(index)) return;
+    result.loading.set(index, loadOutput(url).then((image) => {
+      result.loading.delete(index);
+      if (state.loaded !== result) return releaseOutputs([image]); // forgotten meanwhile
+      result.images[index] = image;
+      showArrived(result);
+    }));
+  });
+  return Promise.all(result.loading.values());
+}
+
+/**
+ * The running edit lists finished strengths: show the first at once (the result screen replaces the
+ * progress screen), and fill the slider as the others arrive.
+ */
+function receiveOutputs(edit, original) {
+  let result = liveResult(edit);
+  if (!result) {
+    if (!watching(edit.id)) return; // the person went elsewhere: the finished edit is loaded at the end
+    result = remember(edit, edit.output.map(() => null), original);
+  }
+  result.edit = edit;
+  result.running = true;
+  loadInto(result, edit).catch((err) => console.warn("loading a strength", err)); // the end retries
+}
+
+function showArrived(result) {
+  if (!$("screen-result").hidden && shownEditId() === result.edit.id) {
+    updateResult(result.edit, result.images, result.running);
+  } else if (!$("screen-progress").hidden && state.job && state.job.editId === result.edit.id) {
+    location.hash = `#edit/${result.edit.id}`; // route() → openEdit() shows state.loaded
+  }
+}
 
 async function finish(job, edit) {
   // A cancel the worker hasn't acted on yet still reads "processing": the person asked to stop, so stop.
   const status = !TERMINAL.has(edit.status) && job.canceled ? "canceled" : edit.status;
+  edit = { ...edit, status };
   const entry = await saveEntry(edit.id, { status, errorCode: edit.error ? edit.error.code : null });
-  if (status === "failed") return showAlert(edit.error || { code: "internal_error" }, watching());
-  if (status === "canceled") return showAlert({ code: "canceled" }, watching());
-  const images = await loadOutputs(edit);
-  const shown = images[defaultIndex(images.length)].blob;
-  const thumb = shown ? await thumbnail(shown) : null;
+  // Canceled between strengths keeps the finished ones: they are a result too.
+  const kept = status === "succeeded" || (status === "canceled" && finishedCount(edit) > 0);
+  if (!kept) {
+    const shown = watching(edit.id);
+    if (liveResult(edit)) forgetResult();
+    return showAlert(status === "failed" ? edit.error || { code: "internal_error" } : { code: "canceled" }, shown);
+  }
+  const result = liveResult(edit) || remember(edit, edit.output.map(() => null), entry.original || null);
+  result.edit = edit;
+  result.running = false;
+  await loadInto(result, edit);
+  const { images } = result;
+  const first = images[defaultIndex(images.length)] || images.find(Boolean);
+  const thumb = first && first.blob ? await thumbnail(first.blob) : null;
   if (thumb) await saveEntry(edit.id, { thumb });
-  remember(edit, images, entry.original || null);
-  if (!watching()) return;
+  if (!$("screen-result").hidden && shownEditId() === edit.id) return updateResult(edit, images, false);
+  if (!watching(edit.id)) return;
   const target = `#edit/${edit.id}`;
   if (location.hash === target) route(); // opened from the history while running: no hashchange
   else location.hash = target;
@@ -241,7 +363,9 @@ async function finish(job, edit) {
 /** Keep one loaded result (reopening it is instant); the previous one's memory is freed. */
 function remember(edit, images, originalBlob) {
   forgetResult();
-  state.loaded = { edit, images, originalUrl: originalBlob ? URL.createObjectURL(originalBlob) : null };
+  state.loaded = { edit, images, originalUrl: originalBlob ? URL.createObjectURL(originalBlob) : null,
+                   loading: new Map(), running: false };
+  return state.loaded;
 }
 
 function forgetResult() {
@@ -254,6 +378,8 @@ function forgetResult() {
 async function cancel() {
   if (!state.job) return;
   $("cancel").disabled = true;
+  $("stop").disabled = true;
+  $("arriving-text").textContent = "Stopping…";
   renderProgress({ phase: "canceling" });
   try {
     await state.job.cancel();
@@ -266,13 +392,13 @@ async function cancel() {
 async function openEdit(id) {
   if (state.loaded && state.loaded.edit.id === id) {
     show("result");
-    showResult(state.loaded.edit, state.loaded.images, state.loaded.originalUrl);
+    showResult(state.loaded.edit, state.loaded.images, state.loaded.originalUrl, state.loaded.running);
     return;
   }
   if (state.job && state.job.editId === id) return show("progress");
   const entry = (await getEntry(id)) || null;
   const request = entry && { neutral: entry.neutral, target: entry.target, alphas: entry.alphas, beta: BETA,
-                             imageId: entry.imageId, photo: null };
+                             imageId: entry.imageId, photo: null, original: entry.original || null };
   if (entry) {
     const photo = entry.original ? { blob: entry.original, filename: "photo.jpg", preview: entry.original }
                                  : { blob: null, filename: null, preview: null };
@@ -286,13 +412,14 @@ async function openEdit(id) {
   $("progress-texts").textContent = entry ? `${entry.neutral} → ${entry.target}` : "";
   try {
     const edit = await api.getEdit(id);
-    if (edit.status === "succeeded") {
-      const images = await loadOutputs(edit);
-      remember(edit, images, entry ? entry.original : null);
+    if (edit.status === "succeeded" || (edit.status === "canceled" && finishedCount(edit) > 0)) {
+      const result = remember(edit, edit.output.map(() => null), entry ? entry.original : null);
+      await loadInto(result, edit);
       show("result");
-      showResult(edit, images, state.loaded.originalUrl);
+      showResult(edit, result.images, result.originalUrl);
     } else if (!TERMINAL.has(edit.status)) {
       startJob(request || { neutral: edit.input.neutral, target: edit.input.target, alphas: edit.input.alphas,
+                            description: describeChanges(changesOf(edit)),
                             beta: edit.input.beta, imageId: edit.input.image, photo: null }, id);
     } else {
       await saveEntry(id, { status: edit.status, errorCode: edit.error ? edit.error.code : null });
@@ -361,22 +488,22 @@ function askAboutLinkKey() {
 
 async function main() {
   initResult();
+  initFaces();
+  initChanges(updateSubmit);
   initSettings();
   $("file-camera").addEventListener("change", onFile);
   $("file-gallery").addEventListener("change", onFile);
   $("target").addEventListener("input", updateSubmit);
   $("edit-form").addEventListener("submit", onSubmit);
   $("cancel").addEventListener("click", cancel);
+  $("stop").addEventListener("click", cancel);
   $("again").addEventListener("click", () => {
     location.hash = "#create";
     show("create");
     $("target").select();
   });
-  for (const chip of document.querySelectorAll(".chip")) {
-    chip.addEventListener("click", () => {
-      $("target").value = chip.dataset.target;
-      updateSubmit();
-    });
+  for (const chip of document.querySelectorAll(".presets .chip")) {
+    chip.addEventListener("click", () => applyPreset(chip.dataset.target));
   }
   window.addEventListener("hashchange", route);
   window.addEventListener("faceedit:image-deleted", ({ detail: imageId }) => {

@@ -1,5 +1,7 @@
 // One edit from the device's point of view: upload the photo (unless the server already has it), create the
-// edit with all strengths at once, then follow it until it ends. Cancel works in every phase.
+// edit with all strengths at once, then follow it until it ends. Cancel works in every phase. The photo may
+// already be on its way (the app uploads it as soon as it is picked, to find its faces): then that upload is
+// awaited instead of starting another.
 
 import { ApiError, cancelEdit, createEdit, getEdit, uploadImage } from "./api.js";
 
@@ -9,8 +11,10 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class EditJob {
   /**
-   * @param {object} request {photo, imageId, neutral, target, alphas, beta}
-   * @param {object} hooks onUploaded(image), onCreated(edit), onUpdate({phase, fraction, position, edit})
+   * @param {object} request {photo, imageId, upload?, neutral, target | changes, faces?, alphas, beta}
+   *   upload: an upload of `photo` already running ({promise, abort, listen(onProgress)})
+   * @param {object} hooks onUploaded(image), onCreated(edit), onUpdate({phase, fraction, position, edit}),
+   *   onOutputs(edit) whenever the edit lists finished outputs (strengths arrive one by one)
    */
   constructor(request, hooks) {
     this.request = request;
@@ -24,17 +28,25 @@ export class EditJob {
   async run() {
     let imageId = this.request.imageId;
     if (!imageId) {
-      const { blob, filename } = this.request.photo;
-      this.hooks.onUpdate({ phase: "upload", fraction: 0 });
-      this.upload = uploadImage(blob, filename, (fraction) => this.hooks.onUpdate({ phase: "upload", fraction }));
+      const report = (fraction) => this.hooks.onUpdate({ phase: "upload", fraction });
+      report(0);
+      if (this.request.upload) {
+        this.upload = this.request.upload;
+        this.upload.listen(report);
+      } else {
+        const { blob, filename } = this.request.photo;
+        this.upload = uploadImage(blob, filename, report);
+      }
       const image = await this.upload.promise;
       this.upload = null;
       imageId = image.id;
       this.hooks.onUploaded(image);
     }
     this.throwIfCanceled();
-    const { neutral, target, alphas, beta } = this.request;
-    const edit = await createEdit({ image: imageId, neutral, target, alphas, beta });
+    const { neutral, target, changes, faces, alphas, beta } = this.request;
+    const params = { image: imageId, alphas, beta, ...(changes ? { changes } : { neutral, target }) };
+    if (faces !== undefined) params.faces = faces;
+    const edit = await createEdit(params);
     this.editId = edit.id;
     this.hooks.onCreated(edit);
     if (this.canceled) return cancelEdit(edit.id); // canceled while the create request was in flight
@@ -51,7 +63,8 @@ export class EditJob {
     let failures = 0;
     while (!TERMINAL.has(edit.status)) {
       this.hooks.onUpdate(phaseOf(edit));
-      await sleep(POLL_MS);
+      if (finishedCount(edit) && this.hooks.onOutputs) this.hooks.onOutputs(edit);
+      await sleep(finishedCount(edit) ? POLL_MS / 2 : POLL_MS); // strengths arriving: look more often
       if (this.canceled) break;
       try {
         edit = await getEdit(edit.id);
@@ -85,6 +98,11 @@ export class EditJob {
   throwIfCanceled() {
     if (this.canceled) throw new ApiError("canceled", "Edit canceled.");
   }
+}
+
+/** How many strengths are finished (the edit lists their URLs while the rest are still null). */
+export function finishedCount(edit) {
+  return Array.isArray(edit.output) ? edit.output.filter(Boolean).length : 0;
 }
 
 /** Progress for the screen: queue position while starting, the worker's fraction while processing. */

@@ -33,6 +33,12 @@ const MESSAGES = {
     action: "text",
     showServerMessage: true,
   },
+  face_choice: {
+    title: "Choose the faces again",
+    text: "The faces you picked don't match this photo",
+    action: "faces",
+    showServerMessage: true,
+  },
   empty_direction: {
     title: "Nothing to change",
     text: "The two texts mean the same thing. Describe a change in “What it should become”, e.g. “a smiling face”.",
@@ -119,6 +125,10 @@ const ALIASES = {
   unsupported_media_type: "unsupported_format",
   validation_error: "invalid_parameter",
   bad_request: "invalid_parameter",
+  face_out_of_range: "face_choice",
+  too_many_faces: "face_choice",
+  service_unavailable: "unavailable",
+  image_file_missing: "not_found",
   broker_unavailable: "unavailable",
   not_ready: "unavailable",
 };
@@ -129,12 +139,20 @@ const ACTION_LABELS = {
   retry: "Try again",
   settings: "Open Settings",
   new: "Start a new edit",
+  faces: "Choose the faces",
 };
+
+/** A request refused because of its faces (an index the photo lacks, too many) reads as such, not as texts. */
+function specificCode(code, message) {
+  const general = ["invalid_parameter", "validation_error", "bad_request"].includes(code);
+  return general && /face ind(ex|ices)|photo has \d+ faces?/i.test(message || "") ? "face_choice" : code;
+}
 
 /** {title, text, action, actionLabel} for an error {code, message}, with a wait hint for rate limits. */
 export function describeError(error) {
   const code = (error && error.code) || "internal_error";
-  const known = MESSAGES[ALIASES[code] || code];
+  const specific = specificCode(code, error && error.message);
+  const known = MESSAGES[ALIASES[specific] || specific];
   const entry = known || {
     title: "Something went wrong",
     text: "Try again in a moment.",

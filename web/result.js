@@ -1,39 +1,67 @@
-// The result screen: every strength is downloaded before it is shown, so the slider swaps images instantly;
-// press-and-hold (button or photo) shows the original; download and the system share sheet.
+// The result screen: each strength is downloaded as soon as the server lists it, so the slider swaps images
+// instantly; the first finished strength shows while the others are still rendering (they fill in, and the
+// slider marks the ones not there yet). Likeness under the slider; press-and-hold (button or photo) shows
+// the original; download and the system share sheet.
 
 import { fetchFile } from "./api.js";
+import { describeChanges } from "./changes.js";
 
 const $ = (id) => document.getElementById(id);
 
-let current = null; // {edit, images: [{url, blob}], originalUrl, index}
+let current = null; // {edit, images: [{url, blob} | null per strength], originalUrl, index, running, lastUrl}
 
-/** Download every output of a succeeded edit; resolves [{url (displayable), blob (or null)}]. */
+/** Download one output; resolves {url (displayable), blob (or null)}. */
+export async function loadOutput(outputUrl) {
+  const blob = await fetchFile(outputUrl);
+  if (blob) return { url: URL.createObjectURL(blob), blob };
+  const img = new Image(); // storage without CORS: let the browser cache it by URL instead
+  img.src = outputUrl;
+  await img.decode().catch(() => undefined);
+  return { url: outputUrl, blob: null };
+}
+
+/** Download every finished output of an edit; resolves [{url, blob} | null (not rendered) per strength]. */
 export async function loadOutputs(edit) {
-  return Promise.all(
-    edit.output.map(async (outputUrl) => {
-      const blob = await fetchFile(outputUrl);
-      if (blob) return { url: URL.createObjectURL(blob), blob };
-      const img = new Image(); // storage without CORS: let the browser cache it by URL instead
-      img.src = outputUrl;
-      await img.decode().catch(() => undefined);
-      return { url: outputUrl, blob: null };
-    }),
-  );
+  return Promise.all((edit.output || []).map((outputUrl) => (outputUrl ? loadOutput(outputUrl) : null)));
 }
 
 /** Free the object URLs of loaded outputs (they pin the image bytes in memory). */
 export function releaseOutputs(images) {
-  for (const image of images) if (image.blob) URL.revokeObjectURL(image.url);
+  for (const image of images) if (image && image.blob) URL.revokeObjectURL(image.url);
+}
+
+/** The changes an edit asked for, in the list form (older edits and the simple form have one). */
+export function changesOf(edit) {
+  const input = edit.input || {};
+  if (Array.isArray(input.changes) && input.changes.length) return input.changes;
+  return [{ neutral: input.neutral, target: input.target, weight: 1 }];
+}
+
+/** "a face → a smiling face + a face with blue hair (0.5×)" */
+export function titleOf(edit) {
+  const changes = changesOf(edit);
+  return `${changes[0].neutral} → ${describeChanges(changes)}`;
 }
 
 export function defaultIndex(count) {
   return Math.min(count - 1, Math.floor(count / 2));
 }
 
-/** Show a loaded result. `originalUrl` may be null (a HEIC the browser can't show). */
-export function showResult(edit, images, originalUrl) {
-  current = { edit, images, originalUrl, index: defaultIndex(images.length) };
-  $("result-title").textContent = `${edit.input.neutral} → ${edit.input.target}`;
+/** Where the slider starts: the middle strength, or the first one that has arrived when it hasn't. */
+function startIndex(images) {
+  const middle = defaultIndex(images.length);
+  if (images[middle]) return middle;
+  const first = images.findIndex(Boolean);
+  return first < 0 ? middle : first;
+}
+
+/**
+ * Show a result, finished or still arriving (`images` has null for strengths not rendered yet).
+ * `originalUrl` may be null (a HEIC the browser can't show). `running`: more strengths are coming.
+ */
+export function showResult(edit, images, originalUrl, running = false) {
+  current = { edit, images, originalUrl, index: startIndex(images), running };
+  $("result-title").textContent = titleOf(edit);
   $("dev-note").hidden = !(edit.model && edit.model.dev_bundle);
   const slider = $("strength");
   slider.max = String(images.length - 1);
@@ -43,24 +71,95 @@ export function showResult(edit, images, originalUrl) {
   $("hold").title = originalUrl ? "" : "The original isn't stored on this device";
   $("share").hidden = !navigator.share;
   showIndex(current.index);
+  showArrival();
+}
+
+/** More strengths of the edit on screen arrived (or it ended: `running` false). Other edits are ignored. */
+export function updateResult(edit, images, running) {
+  if (!current || current.edit.id !== edit.id) return;
+  const wasMissing = !current.images[current.index];
+  Object.assign(current, { edit, images, running });
+  if (wasMissing && images[current.index]) showIndex(current.index);
+  else showLikeness();
+  showArrival();
+}
+
+/** The edit id on the result screen (null when none). */
+export const shownEditId = () => (current ? current.edit.id : null);
+
+/** Ticks under the slider (filled: arrived) and the "N more on the way" line. */
+function showArrival() {
+  const { images, running, edit } = current;
+  const ticks = $("strength-ticks");
+  ticks.replaceChildren(...images.map((image, i) => {
+    const tick = document.createElement("span");
+    tick.className = image ? "tick done" : "tick pending";
+    if (i === current.index) tick.classList.add("at");
+    return tick;
+  }));
+  const done = images.filter(Boolean).length;
+  const missing = images.length - done;
+  const arriving = $("arriving");
+  arriving.hidden = missing === 0;
+  arriving.dataset.state = running ? "running" : "stopped";
+  $("stop").hidden = !running;
+  $("stop").disabled = false;
+  if (running) {
+    $("arriving-text").textContent = `${missing} more ${missing === 1 ? "strength" : "strengths"} on the way…`;
+  } else if (missing) {
+    const why = edit.status === "canceled" ? "Stopped" : "Not rendered";
+    $("arriving-text").textContent = `${why}: ${done} of ${images.length} strengths.`;
+  }
+}
+
+/** "Looks like you: 83 %" for the strength on screen (the least alike face when several were changed). */
+function showLikeness() {
+  const { edit, index } = current;
+  const value = Array.isArray(edit.likeness) ? edit.likeness[index] : null;
+  const line = $("likeness");
+  line.hidden = typeof value !== "number";
+  if (line.hidden) return;
+  const faces = edit.input && edit.input.faces;
+  const several = faces === "all" || (Array.isArray(faces) && faces.length > 1);
+  const percent = Math.round(Math.max(0, value) * 100);
+  $("likeness-text").textContent = `${several ? "Looks like them" : "Looks like you"}: ${percent} %`;
+  $("likeness-meter").value = Math.max(0, value);
 }
 
 function showIndex(index) {
   current.index = index;
   const { images, edit } = current;
   const img = $("result-img");
-  img.src = images[index].url;
+  const ready = Boolean(images[index]);
+  if (ready) current.lastUrl = images[index].url;
   const alpha = edit.input.alphas[index];
-  img.alt = `Edited photo: ${edit.input.target}, strength ${index + 1} of ${images.length}`;
+  const what = describeChanges(changesOf(edit));
+  img.alt = ready ? `Edited photo: ${what}, strength ${index + 1} of ${images.length}`
+                  : `Strength ${index + 1} of ${images.length} is still being rendered`;
   $("strength-value").textContent = `${index + 1} of ${images.length}`;
-  $("strength").setAttribute("aria-valuetext", `${index + 1} of ${images.length} (alpha ${alpha})`);
+  $("strength").setAttribute("aria-valuetext",
+                             `${index + 1} of ${images.length} (alpha ${alpha})${ready ? "" : ", not ready yet"}`);
+  $("result-figure").classList.toggle("pending", !ready);
+  $("pending-badge").hidden = ready;
+  $("download").disabled = !ready;
+  $("share").disabled = !ready;
   showOriginal(false);
+  showLikeness();
+  for (const [i, tick] of [...$("strength-ticks").children].entries()) tick.classList.toggle("at", i === index);
+}
+
+/** The picture for the strength on screen; one not rendered yet keeps the last picture shown, dimmed. */
+function shownUrl() {
+  const image = current.images[current.index];
+  return image ? image.url : current.lastUrl || current.originalUrl || "";
 }
 
 function showOriginal(on) {
   if (!current) return;
   const showing = on && current.originalUrl;
-  $("result-img").src = showing ? current.originalUrl : current.images[current.index].url;
+  const src = showing ? current.originalUrl : shownUrl();
+  if (src) $("result-img").src = src;
+  else $("result-img").removeAttribute("src");
   $("original-badge").hidden = !showing;
   $("hold").classList.toggle("holding", Boolean(showing));
   $("hold").setAttribute("aria-pressed", String(Boolean(showing)));
@@ -68,13 +167,14 @@ function showOriginal(on) {
 
 function fileName() {
   const { edit, index } = current;
-  const slug = edit.input.target.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
+  const slug = changesOf(edit).map((change) => change.target).join(" and ").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
   const blob = current.images[index].blob;
   const ext = blob && blob.type === "image/png" ? "png" : blob && blob.type === "image/webp" ? "webp" : "jpg";
   return `faceedit-${slug || "edit"}-${index + 1}.${ext}`;
 }
 
 function download() {
+  if (!current.images[current.index]) return;
   const link = document.createElement("a");
   link.href = current.images[current.index].url;
   link.download = fileName();
@@ -84,8 +184,9 @@ function download() {
 }
 
 async function share() {
+  if (!current.images[current.index]) return;
   const { blob, url } = current.images[current.index];
-  const title = `Face Edit: ${current.edit.input.target}`;
+  const title = `Face Edit: ${describeChanges(changesOf(current.edit))}`;
   try {
     const file = blob ? new File([blob], fileName(), { type: blob.type }) : null;
     if (file && navigator.canShare && navigator.canShare({ files: [file] })) {
