@@ -8,26 +8,32 @@ clients but is left out of the schema (docs/API.md).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import time
 from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.photo_check import CONTENT_TYPES, inspect_photo
-from api.schemas import ErrorBody, ImageFromUpload, ImageOut, ImageUrls
+from api.schemas import ErrorBody, FaceOut, ImageFromUpload, ImageOut, ImageUrls
 from common.errors import ApiError
+from common.faces import FACES_PENDING, enqueue_detection
 from common.models import Image, Upload, new_id
 from common.retention import purge_image
 from common.settings import Settings
 from common.storage import ObjectNotFound, Storage, original_key, upload_key
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 _UPLOAD_BODY = {
@@ -68,6 +74,8 @@ def image_out(image: Image, request: Request, storage: Storage, settings: Settin
         format=image.format,
         bytes=image.bytes,
         created_at=image.created_at,
+        faces=[FaceOut(**face) for face in image.faces] if image.faces is not None else None,
+        faces_status=image.faces_status or FACES_PENDING,
         urls=ImageUrls(
             get=str(request.url_for("get_image", image_id=image.id)),
             file=presigned or str(request.url_for("get_image_file", image_id=image.id)),
@@ -93,6 +101,37 @@ def store_image(session: Session, storage: Storage, settings: Settings, owner: s
     session.add(image)
     session.commit()
     return image
+
+
+def request_detection(request: Request, image: Image) -> None:
+    """Ask a model worker to find the photo's faces (docs/ARCHITECTURE.md, "Face detection"). A broker
+    that refuses the message does not fail the upload: the photo's first edit detects them itself."""
+    try:
+        enqueue_detection(request.app.state.celery, request.app.state.settings, image.id)
+    except BrokerError:
+        log.warning("face detection of %s not queued (broker unreachable); its first edit detects", image.id)
+
+
+def _faces_status(request: Request, image_id: str) -> str | None:
+    with request.app.state.session_factory() as session:
+        return session.scalar(select(Image.faces_status).where(Image.id == image_id))
+
+
+async def wait_for_faces(request: Request, response: Response, session: Session, image: Image,
+                         settings: Settings) -> None:
+    """`Prefer: wait=N` (N capped at MAX_FACE_WAIT_SECONDS): hold the answer until detection is done."""
+    from api.routes.edits import parse_prefer_wait  # one parser of the header for both resources
+
+    wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_face_wait_seconds)
+    if wait is None:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if await run_in_threadpool(_faces_status, request, image.id) != FACES_PENDING:
+            break
+        await asyncio.sleep(min(settings.wait_poll_seconds, max(0.0, deadline - time.monotonic())))
+    await run_in_threadpool(session.refresh, image)
+    response.headers["Preference-Applied"] = f"wait={wait}"
 
 
 def _claim_upload(session: Session, storage: Storage, settings: Settings, owner: str, upload_id: str) -> Image:
@@ -125,7 +164,8 @@ def _claim_upload(session: Session, storage: Storage, settings: Settings, owner:
 
 @router.post("", status_code=201, response_model=ImageOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
 async def create_image(
-    request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+    request: Request, response: Response, owner: OwnerDep, session: SessionDep, storage: StorageDep,
+    settings: SettingsDep,
 ) -> ImageOut:
     """Upload a photo (multipart field `file`). To claim a presigned upload: `POST /v1/images/from-upload`."""
     content_type = request.headers.get("content-type", "").lower()
@@ -146,6 +186,8 @@ async def create_image(
         raise ApiError(
             "unsupported_media_type", "send multipart/form-data with a `file`, or JSON `{\"upload_id\": ...}`"
         )
+    request_detection(request, image)
+    await wait_for_faces(request, response, session, image, settings)
     return image_out(image, request, storage, settings)
 
 
@@ -156,6 +198,7 @@ def create_image_from_upload(
 ) -> ImageOut:  # fmt: skip
     """Turn a presigned upload (`POST /v1/uploads`, then the file sent to its URL) into an image."""
     image = _claim_upload(session, storage, settings, owner, body.upload_id)
+    request_detection(request, image)
     return image_out(image, request, storage, settings)
 
 

@@ -33,7 +33,9 @@ def test_submit_answers_starting_with_the_resource(queued):
     edit = response.json()
     assert edit["status"] == "starting" and edit["output"] is None and edit["error"] is None
     assert edit["input"] == {"image": image_id, "neutral": "a face", "target": "a smiling face",
-                             "alphas": [-2.0, 0.0, 2.0], "beta": 0.15, "mode": "global", "output_format": "jpeg"}
+                             "changes": [{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
+                             "faces": "largest", "alphas": [-2.0, 0.0, 2.0], "beta": 0.15, "mode": "global",
+                             "output_format": "jpeg"}
     assert edit["queue_position"] >= 0 and edit["webhook_events_filter"] == ["completed"]
     assert response.headers["location"] == edit["urls"]["get"]
     assert api.get(edit["urls"]["get"]).json()["id"] == edit["id"]
