@@ -174,6 +174,10 @@ class Settings(BaseSettings):
         "per client address; refused with 401, then 429 once the burst is spent."
     )
     auth_failure_burst: int = Field(60, ge=1, description="Burst of /v1 requests without a valid key per address.")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, le=60, description="How long an API replica remembers that a key is live (saves one database "
+        "lookup per request); a revoked key still works on a replica for up to this long. 0: look it up every time."
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="Comma-separated addresses or CIDRs of the proxies whose `X-Forwarded-For` names the client "
