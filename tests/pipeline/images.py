@@ -82,3 +82,30 @@ def png_with_declared_size(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)   # 8-bit RGB
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
             + chunk(b"IEND", b""))
+
+
+# --- photos with several faces, composed from the golden face and the public-domain astronaut -------------------
+
+def two_faces(height: int = 400, astronaut_scale: float = 1.0, gap: int = 0) -> Image.Image:
+    """The golden face photo and ``pipeline/samples/astronaut.jpg`` side by side, ``height`` pixels high (the
+    astronaut ``astronaut_scale`` times as high, at the bottom), ``gap`` grey pixels between them."""
+    first = golden_face()[0]
+    second = Image.open(REPO_ROOT / "pipeline" / "samples" / "astronaut.jpg").convert("RGB")
+    first = first.resize((round(first.width * height / first.height), height), Image.Resampling.LANCZOS)
+    small = round(height * astronaut_scale)
+    second = second.resize((round(second.width * small / second.height), small), Image.Resampling.LANCZOS)
+    photo = Image.new("RGB", (first.width + gap + second.width, height), (128, 128, 128))
+    photo.paste(first, (0, 0))
+    photo.paste(second, (first.width + gap, height - small))
+    return photo
+
+
+def turned(photo: Image.Image, degrees: float) -> Image.Image:
+    """``photo`` turned counter-clockwise by ``degrees`` (a phone held at an angle), whole, on grey."""
+    return photo.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -15,9 +15,13 @@ from clip.model import CLIP
 
 from pipeline.directions import (
     IMAGENET_TEMPLATES,
+    MAX_CHANGES,
+    Change,
     StyleDirection,
     TextDirectionCache,
     apply,
+    check_changes,
+    combine,
     style_direction,
     text_direction,
     text_embedding,
@@ -231,3 +235,58 @@ def test_cache_reuses_the_neutral_embedding(model, tmp_path):
     torch.testing.assert_close(dt, direct, rtol=0, atol=1e-6)
     with pytest.raises(PipelineError):
         cache.get(model, "face", "face", templates)
+
+
+# --- several changes ---------------------------------------------------------------------------------------------
+
+def two_directions(beta=0.1):
+    fs3, dt, std, dims, is_rgb = random_space(seed=3)
+    other = np.random.default_rng(4).normal(size=dt.shape).astype(np.float32)
+    other /= np.linalg.norm(other)
+    t = torch.from_numpy
+    return [style_direction(t(fs3), t(d), beta, t(std), dims, is_rgb) for d in (dt, other)]
+
+
+def test_one_change_of_weight_one_is_that_direction_bit_for_bit():
+    first, _ = two_directions()
+    combined = combine([first], [1.0])
+    assert all(torch.equal(a, b) for a, b in zip(combined.layers, first.layers, strict=True))
+    assert combined.channels_kept == first.channels_kept
+
+
+def test_two_changes_are_the_sum_of_their_boundaries():
+    first, second = two_directions()
+    combined = combine([first, second], [1.0, 1.0])
+    assert all(torch.equal(c, a + b) for c, a, b in zip(combined.layers, first.layers, second.layers, strict=True))
+    weighted = combine([first, second], [0.5, -2.0])
+    np.testing.assert_allclose(weighted.flat().numpy(), 0.5 * first.flat().numpy() - 2 * second.flat().numpy(),
+                               atol=1e-7)
+    moved = (first.flat() != 0) | (second.flat() != 0)
+    assert combined.channels_kept == int(moved.sum()) > max(first.channels_kept, second.channels_kept)
+    # the alphas scale the sum: one render of the sum, not two renders
+    styles = [torch.ones(1, len(layer)) for layer in first.layers]
+    out = apply(styles, combined, [2.0])
+    assert all(torch.equal(o, s + 2.0 * layer) for o, s, layer in zip(out, styles, combined.layers, strict=True))
+
+
+@pytest.mark.parametrize("changes", [
+    [],
+    [Change("a face", "a smiling face")] * (MAX_CHANGES + 1),
+    [Change("", "a smiling face")],
+    [Change("a face", "   ")],
+    [Change("a face", "x" * 301)],
+    [Change("a face", "a smiling face", 0)],
+    [Change("a face", "a smiling face", 2.5)],
+    [Change("a face", "a smiling face", float("nan"))],
+    [Change("a face", "a smiling face", True)],
+    [("a face", "a smiling face", 1.0)],
+])
+def test_bad_changes_are_invalid_parameter(changes):
+    with pytest.raises(PipelineError) as err:
+        check_changes(changes)
+    assert err.value.code == "invalid_parameter"
+
+
+def test_good_changes_pass():
+    changes = [Change("a face", "a smiling face"), Change("a face", "an old face", -2.0)]
+    assert check_changes(tuple(changes)) == changes

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.align import align_crop
-from pipeline.paste import face_mask, paste_back, paste_back_many
+from pipeline.paste import face_mask, paste_back, paste_back_many, paste_faces
 from tests.pipeline.images import golden_face, noise_image
 
 
@@ -147,3 +147,59 @@ def test_big_photo_only_touches_the_face_box():
     assert len(changed) > 0
     assert changed[:, 0].min() >= y0 and changed[:, 0].max() < y1
     assert changed[:, 1].min() >= x0 and changed[:, 1].max() < x1
+
+
+# --- several faces in one photo --------------------------------------------------------------------------------
+
+def _support(photo_size, quad) -> tuple[np.ndarray, np.ndarray]:
+    """(the core of a 128 px face: its mask is full; anywhere its mask touches), from a white face on black."""
+    white = np.asarray(paste_back(Image.new("RGB", photo_size), Image.new("RGB", (128, 128), (255,) * 3), quad))[..., 0]
+    return white == 255, white > 0
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    """Two faces whose crops overlap by a third of a side, turned differently, on a noise photo."""
+    photo = noise_image(440, 260, seed=5)
+    quads = [_rotated_quad((130, 130), 90, 10), _rotated_quad((285, 125), 85, -15)]
+    rng = np.random.default_rng(6)
+    faces = [Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in quads]
+    return photo, faces, quads
+
+
+def test_overlapping_faces_each_keep_their_edit(overlapping):
+    photo, faces, quads = overlapping
+    out = np.asarray(paste_faces(photo, faces, quads))
+    (core_a, touched_a), (core_b, touched_b) = (_support(photo.size, q) for q in quads)
+    assert (touched_a & touched_b).sum() > 1500 and not (core_a & core_b).any()   # crops overlap, cores do not
+    for face, quad, core in zip(faces, quads, (core_a, core_b), strict=True):
+        alone = np.asarray(paste_back(photo, face, quad))
+        assert np.array_equal(out[core], alone[core])
+    outside = ~(touched_a | touched_b)
+    assert np.array_equal(out[outside], np.asarray(photo)[outside])
+    # pasting one after the other would erase the first face's edit where the second one's mask reaches
+    sequential = np.asarray(paste_back(paste_back(photo, faces[0], quads[0]), faces[1], quads[1]))
+    alone_a = np.asarray(paste_back(photo, faces[0], quads[0]))
+    assert not np.array_equal(sequential[core_a], alone_a[core_a])
+
+
+def test_overlapping_faces_blend_without_a_seam():
+    """Flat faces (red, blue) on a flat grey photo, their masks overlapping over ~16 px: red turns into blue
+    over several pixels, never in one step (a cut between the faces is a step of 255)."""
+    photo = Image.new("RGB", (440, 260), (128, 128, 128))
+    quads = [_rotated_quad((130, 130), 90, 10), _rotated_quad((285, 125), 85, -15)]
+    faces = [Image.new("RGB", (128, 128), (255, 0, 0)), Image.new("RGB", (128, 128), (0, 0, 255))]
+    out = np.asarray(paste_faces(photo, faces, quads)).astype(int)
+    steps = max(np.abs(np.diff(out, axis=0)).max(), np.abs(np.diff(out, axis=1)).max())
+    assert steps <= 96, steps
+    assert list(out[130, 130]) == [255, 0, 0] and list(out[125, 285]) == [0, 0, 255]
+
+
+def test_one_face_is_paste_back_and_no_face_inside_is_the_photo(overlapping):
+    photo, faces, quads = overlapping
+    assert np.array_equal(np.asarray(paste_faces(photo, faces[:1], quads[:1])),
+                          np.asarray(paste_back(photo, faces[0], quads[0])))
+    far = [q + 5000 for q in quads]
+    assert np.array_equal(np.asarray(paste_faces(photo, faces, far)), np.asarray(photo))
+    with pytest.raises(ValueError):
+        paste_faces(photo, faces, quads[:1])
