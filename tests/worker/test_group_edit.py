@@ -1,0 +1,214 @@
+"""The edit job on group photos, several changes and outputs as they come (#17, #16.1), run in-process on the
+development bundle (random faces, real detection, alignment, inversion and paste-back) against a real
+database, local storage and Redis: detection stored once, `faces: "all"` edits both faces and a list only the
+ones named, an inversion cache per face, one change of weight 1 renders exactly the one-change form, each
+strength reaches the row and its `output` webhook before the next, and a cancel between strengths keeps what
+is finished."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from common import lifecycle
+from common.db import upgrade
+from common.edit_resource import edit_resource
+from common.models import Edit, WebhookDelivery, new_id, utcnow
+from common.models import Image as ImageRow
+from common.settings import Settings
+from common.storage import original_key
+from tests.pipeline.images import png_bytes, two_faces
+from worker.detection import run_detection
+from worker.edit_job import face_inversion_key, run_edit
+from worker.runtime import Runtime
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def runtime(dev_bundle, redis_url, tmp_path_factory):
+    root = tmp_path_factory.mktemp("group")
+    database = f"sqlite:///{root / 'db.sqlite'}"
+    upgrade(database)
+    tag = uuid.uuid4().hex[:8]
+    runtime = Runtime(Settings(database_url=database, storage_dir=root / "store", cache_dir=root / "cache",
+                               model_dir=dev_bundle, redis_url=redis_url, io_queue=f"io-{tag}",
+                               edits_queue=f"edits-{tag}", webhooks_queue=f"webhooks-{tag}",
+                               cancel_check_seconds=0.05, progress_write_seconds=60))  # fmt: skip
+    yield runtime
+    from redis import Redis
+
+    Redis.from_url(redis_url).delete(f"io-{tag}", f"edits-{tag}", f"webhooks-{tag}")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two people side by side with a grey gap, as PNG bytes."""
+    return png_bytes(two_faces(height=300, gap=60))
+
+
+@pytest.fixture(scope="module")
+def shared(runtime, pair):
+    """One photo for the tests that do not look at its first inversion (they reuse the cached one)."""
+    return _image(runtime, pair)
+
+
+def _image(runtime: Runtime, photo: bytes) -> str:
+    image = ImageRow(id=new_id("img"), owner="alice", format="png", width=1, height=1, bytes=len(photo),
+                     sha256="0" * 64)
+    runtime.storage.put(original_key(image.id), photo, "image/png")
+    with runtime.session_factory() as session:
+        session.add(image)
+        session.commit()
+    return image.id
+
+
+def _edit(runtime: Runtime, image_id: str, alphas=(2.0,), **fields) -> str:
+    fields = {"neutral": "a face", "target": "a smiling face", **fields}
+    edit = Edit(id=new_id("edt"), owner="alice", image_id=image_id, alphas=list(alphas), beta=0.15, mode="global",
+                output_format="png", status="starting", attempt=0, deadline_at=utcnow() + timedelta(minutes=10),
+                **fields)  # fmt: skip
+    with runtime.session_factory() as session:
+        session.add(edit)
+        session.commit()
+    return edit.id
+
+
+def _row(runtime: Runtime, model, key):
+    with runtime.session_factory() as session:
+        return session.get(model, key)
+
+
+def _pixels(runtime: Runtime, key: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(runtime.storage.get(key))).convert("RGB"), dtype=np.int16)
+
+
+def _changed(after: np.ndarray, before: np.ndarray, box) -> float:
+    left, top, right, bottom = box
+    return float(np.abs(after[top:bottom, left:right] - before[top:bottom, left:right]).mean())
+
+
+def test_faces_are_detected_once_and_stored_on_the_image(runtime, pair):
+    image_id = _image(runtime, pair)
+    assert _row(runtime, ImageRow, image_id).faces_status == "pending"
+    assert run_detection(runtime, image_id) == "done"
+    image = _row(runtime, ImageRow, image_id)
+    assert image.faces_status == "done" and [f["index"] for f in image.faces] == [0, 1]
+    (l0, t0, r0, b0), (l1, t1, r1, b1) = (f["box"] for f in image.faces)
+    assert (r0 <= l1 or r1 <= l0) and min(r0 - l0, b0 - t0, r1 - l1, b1 - t1) > 20  # two faces, apart
+    assert all(0 < f["score"] <= 1 for f in image.faces)
+    assert run_detection(runtime, image_id) == "done already"
+    assert run_detection(runtime, new_id("img")) == "gone"
+
+
+def test_all_faces_then_one_face_with_an_inversion_cache_per_face(runtime, pair):
+    image_id = _image(runtime, pair)  # not detected yet: the job detects and stores the faces itself
+    original = np.asarray(Image.open(io.BytesIO(pair)).convert("RGB"), dtype=np.int16)
+
+    both = _edit(runtime, image_id, faces="all")
+    assert run_edit(runtime, both) == "succeeded"
+    edit = _row(runtime, Edit, both)
+    faces = _row(runtime, ImageRow, image_id).faces
+    assert len(faces) == 2 and _row(runtime, ImageRow, image_id).faces_status == "done"
+    assert [(f["index"], f["inversion_cached"]) for f in edit.metrics["faces"]] == [(0, False), (1, False)]
+    assert all(f["invert_seconds"] > 0 for f in edit.metrics["faces"]) and edit.metrics["inversion_cached"] is False
+    result = _pixels(runtime, edit.output_keys[0])
+    assert _changed(result, original, faces[0]["box"]) > 3 and _changed(result, original, faces[1]["box"]) > 3
+    encoder = runtime.editor().encoder_version
+    assert sorted(runtime.storage.list(f"inversions/{image_id}/")) == sorted(
+        face_inversion_key(image_id, encoder, f) for f in (0, 1))
+    assert len(edit.likeness) == 1 and -1 <= edit.likeness[0] <= 1  # the dev bundle has an identity model
+
+    second = _edit(runtime, image_id, faces=[1])
+    assert run_edit(runtime, second) == "succeeded"
+    edit = _row(runtime, Edit, second)
+    assert edit.metrics["faces"] == [{"index": 1, "inversion_cached": True}] and edit.metrics["inversion_cached"]
+    result = _pixels(runtime, edit.output_keys[0])
+    assert _changed(result, original, faces[0]["box"]) == 0  # the other person is untouched
+    assert _changed(result, original, faces[1]["box"]) > 3
+
+
+def test_an_index_the_photo_does_not_have_fails_the_job_naming_the_range(runtime, pair):
+    edit_id = _edit(runtime, _image(runtime, pair), faces=[0, 5])
+    assert run_edit(runtime, edit_id) == "failed"
+    edit = _row(runtime, Edit, edit_id)
+    assert edit.error_code == "invalid_parameter" and "0..1" in edit.error_message and "5" in edit.error_message
+
+
+def test_one_change_of_weight_one_is_the_one_change_form_exactly(runtime, shared):
+    image_id = shared
+    old = _edit(runtime, image_id, alphas=(-1.5,))
+    new = _edit(runtime, image_id, alphas=(-1.5,),
+                changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0}])
+    two = _edit(runtime, image_id, alphas=(-1.5,),
+                changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0},
+                         {"neutral": "a face", "target": "a face with blue hair", "weight": -0.5}])
+    for edit_id in (old, new, two):
+        assert run_edit(runtime, edit_id) == "succeeded"
+    outputs = {e: [runtime.storage.get(k) for k in _row(runtime, Edit, e).output_keys] for e in (old, new, two)}
+    assert outputs[old] == outputs[new]
+    assert outputs[two] != outputs[old]  # the second change moved the face too
+    resource = edit_resource(_row(runtime, Edit, two), "", None)
+    assert resource["input"]["neutral"] is None and len(resource["input"]["changes"]) == 2
+
+
+def test_each_strength_is_on_the_row_and_its_webhook_before_the_next(runtime, shared):
+    edit_id = _edit(runtime, shared, alphas=(-2.0, 0.0, 2.0), webhook="https://hooks.example/e")
+    assert run_edit(runtime, edit_id) == "succeeded"
+    with runtime.session_factory() as session:
+        rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.edit_id == edit_id)
+                               .order_by(WebhookDelivery.created_at, WebhookDelivery.id)).all()
+    assert [(r.event, r.output_index) for r in rows] == [
+        ("start", 0), ("output", 1), ("output", 0), ("output", 2), ("completed", 0)]  # middle strength first
+    seen = [json.loads(r.payload)["data"] for r in rows if r.event == "output"]
+    assert [d["status"] for d in seen] == ["processing"] * 3
+    assert [[url is not None for url in d["output"]] for d in seen] == [
+        [False, True, False], [True, True, False], [True, True, True]]
+    assert [[v is not None for v in d["likeness"]] for d in seen][0] == [False, True, False]
+    metrics = _row(runtime, Edit, edit_id).metrics
+    assert 0 < metrics["first_output_seconds"] < metrics["total_seconds"]
+
+
+class _CancelAfterFirst(Runtime):
+    """The worker's runtime (sharing `base`'s models); the person cancels (as `POST /v1/edits/{id}/cancel`
+    does) once the first strength is out."""
+
+    def __init__(self, base: Runtime):
+        super().__init__(base.settings)
+        self.base = base
+
+    def editor(self):
+        real, runtime = self.base.editor(), self
+
+        class Editor:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def render(self, *args, on_output, **kwargs):
+                def out(output):
+                    on_output(output)
+                    with runtime.session_factory() as session:
+                        edit_id = session.scalar(select(Edit.id).where(Edit.status == "processing"))
+                        assert lifecycle.cancel(session, edit_id)
+
+                return real.render(*args, on_output=out, **kwargs)
+
+        return Editor()
+
+
+def test_a_cancel_between_strengths_keeps_the_finished_outputs(runtime, shared):
+    canceling = _CancelAfterFirst(runtime)
+    edit_id = _edit(canceling, shared, alphas=(-2.0, 0.0, 2.0))
+    assert run_edit(canceling, edit_id) == "canceled"
+    edit = _row(canceling, Edit, edit_id)
+    assert edit.status == "canceled" and edit.output_keys[0] is None and edit.output_keys[2] is None
+    assert canceling.storage.list(f"results/{edit_id}/") == [edit.output_keys[1]]
+    resource = edit_resource(edit, "http://api", None)
+    assert resource["output"] == [None, f"http://api/v1/edits/{edit_id}/outputs/1", None]
