@@ -110,13 +110,17 @@ def _held_by(token: str):
     return and_(Edit.status == EditStatus.PROCESSING, Edit.worker == token)
 
 
+# Built once: a fresh `aliased(Edit)` per call cost more CPU than the query (and missed the statement cache).
+_AHEAD = aliased(Edit, name="ahead")
+
+
 def queue_positions(session: Session, edits: list[Edit]) -> dict[str, int]:
     """How many `starting` edits (of everyone) were created before each of `edits` still `starting`, by id:
     one grouped count for a whole page, whatever its size."""
     waiting = [edit.id for edit in edits if edit.status == EditStatus.STARTING]
     if not waiting:
         return {}
-    ahead = aliased(Edit)
+    ahead = _AHEAD
     before = and_(ahead.status == EditStatus.STARTING, ahead.created_at < Edit.created_at)
     counts = session.execute(
         select(Edit.id, func.count(ahead.id))

@@ -83,7 +83,8 @@ def parse_prefer_wait(header: str | None, cap: int) -> int | None:
     return None
 
 
-def _submit(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate) -> Edit:
+def _submit(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate) -> tuple[Edit, int]:
+    """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
     if len(body.alphas) > settings.max_alphas:
         raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
     if len(body.change_list()) > settings.max_changes_per_edit:
@@ -99,14 +100,22 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
     edit = _new_edit(owner, body, settings)
-    admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
+    position = admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
     try:
         enqueue_edit(celery, settings, edit.id)
     except BrokerError:
         session.delete(edit)
         session.commit()
         raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
-    return edit
+    return edit, position
+
+
+def _queue_row(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate,
+               request: Request, storage: Storage) -> tuple[Edit, EditOut]:
+    """Submit and describe the new edit in one trip to the threadpool; its queue position is the one `admit`
+    counted (no second query: a poll reads it afresh)."""
+    edit, position = _submit(session, celery, settings, owner, body)
+    return edit, edit_out(edit, position, request, storage, settings)
 
 
 def _new_edit(owner: str, body: EditCreate, settings: Settings) -> Edit:
@@ -160,12 +169,13 @@ async def create_edit(
 ) -> EditOut:
     """Queue an edit. With `Prefer: wait=N` (1..60) the answer is held until it finishes or N s pass."""
     wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_prefer_wait_seconds)
-    edit = await run_in_threadpool(_submit, session, celery, settings, owner, body)
-    if wait is not None:
-        await _wait_until_done(request, edit.id, wait, settings.wait_poll_seconds)
-        await run_in_threadpool(session.refresh, edit)
-        response.headers["Preference-Applied"] = f"wait={wait}"
+    edit, out = await run_in_threadpool(_queue_row, session, celery, settings, owner, body, request, storage)
     response.headers["Location"] = str(request.url_for("get_edit", edit_id=edit.id))
+    if wait is None:
+        return out
+    await _wait_until_done(request, edit.id, wait, settings.wait_poll_seconds)
+    await run_in_threadpool(session.refresh, edit)
+    response.headers["Preference-Applied"] = f"wait={wait}"
     return await run_in_threadpool(_out, edit, session, request, storage, settings)
 
 
