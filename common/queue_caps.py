@@ -2,29 +2,55 @@
 
 At most `per_owner` unfinished (`starting` or `processing`) edits per account and `total` for everyone, so one
 account cannot fill the queue and a flood cannot grow it without bound (docs/SECURITY.md). `admit` is the only
-way a new edit enters the queue: it counts and inserts under one lock, so concurrent submits cannot all count
-the same free slot: a transaction-scoped advisory lock on PostgreSQL (every API replica shares it; the commit
-or rollback releases it), a process lock elsewhere (SQLite serves one development process).
+way a new edit enters the queue, and both caps are exact under concurrent submits, without making every
+submit of every account wait for one lock (which capped the whole API at one submit per lock hold):
+
+- per owner: a transaction-scoped advisory lock keyed by the owner's hash, held from the count to the commit,
+  so one account's submits take turns (two accounts whose hashes collide merely share turns);
+- total, on PostgreSQL: each submit also holds a *shared* advisory lock, then reads how many submits hold it
+  (`pg_locks`), then counts the unfinished edits. Every other submit that could insert unseen by that count
+  holds the shared lock at that moment, so `count + holders <= total` proves a free slot (the argument is in
+  `_fast_path`). Near the cap that bound can refuse a submit that would fit, so a submit that fails it tries
+  again holding the same lock *exclusively* (it waits for the shared holders to commit) and counts exactly.
+- on SQLite (one development process) a process lock serializes submits as before.
+
+The commit or rollback releases the advisory locks.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from common.errors import ApiError
-from common.lifecycle import ACTIVE
+from common.lifecycle import ACTIVE, EditStatus
 from common.models import Edit
 from common.settings import Settings
 
-# "faceedit" as a bigint: the key of the PostgreSQL advisory lock that submits take
-SUBMIT_LOCK_KEY = int.from_bytes(b"faceedit", "big") & (2**63 - 1)
-_submit_lock = threading.Lock()
+# Advisory lock keys are (space, key) int4 pairs: "fcap" for the total, "fcao" + the owner's CRC-32 per owner.
+TOTAL_SPACE = int.from_bytes(b"fcap", "big") & 0x7FFFFFFF
+OWNER_SPACE = int.from_bytes(b"fcao", "big") & 0x7FFFFFFF
+# The owner's lock, then the shared total lock (OFFSET 0 keeps the order: the planner cannot merge the two
+# levels), then how many submits hold the shared lock now (evaluated per row, so after both are granted).
+_LOCK_SHARED = text("""
+SELECT (SELECT count(*) FROM pg_locks AS l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = :space AND l.objid = 0 AND l.objsubid = 2 AND g.ok = 1) AS holders
+FROM (SELECT 1 AS ok, pg_advisory_xact_lock_shared(:space, 0)
+      FROM (SELECT pg_advisory_xact_lock(:owner_space, :owner_key) OFFSET 0) AS o OFFSET 0) AS g
+""")
+_LOCK_EXCLUSIVE = text("""
+SELECT pg_advisory_xact_lock(:space, 0)
+FROM (SELECT pg_advisory_xact_lock(:owner_space, :owner_key) OFFSET 0) AS o
+""")
+_process_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -45,39 +71,67 @@ class QueueCaps:
         return cls(per_owner=settings.max_queued_per_owner, total=settings.max_queued_total)
 
 
-def admit(session: Session, edit: Edit, caps: QueueCaps) -> None:
+def admit(session: Session, edit: Edit, caps: QueueCaps) -> int:
     """Insert the new `edit` (status `starting`) and commit, or raise 429 `queue_full` with `Retry-After` when
-    its owner, or everyone together, already has as many unfinished edits as the caps allow."""
-    with _serialized(session):
-        refusal = _refusal(session, edit.owner, caps)
-        if refusal is not None:
-            raise ApiError("queue_full", refusal, headers={"Retry-After": str(caps.retry_after_s)})
-        session.add(edit)
-        session.commit()  # releases the advisory lock; the row exists before a worker can receive its id
+    its owner, or everyone together, already has as many unfinished edits as the caps allow. Returns how many
+    `starting` edits were committed before it (its queue position when it was admitted)."""
+    if session.get_bind().dialect.name != "postgresql":
+        with _process_lock, _rolled_back_on_error(session):
+            return _insert(session, edit, caps, *_counts(session, edit.owner), in_flight=0)
+    owner_key = {"owner_space": OWNER_SPACE, "owner_key": zlib.crc32(edit.owner.encode()) & 0x7FFFFFFF}
+    with _rolled_back_on_error(session):
+        holders = session.execute(_LOCK_SHARED, {"space": TOTAL_SPACE, **owner_key}).scalar_one()
+        everyone, mine, waiting = _counts(session, edit.owner)  # after reading the holders: see _fast_path
+        if _fast_path(everyone, holders, caps) or mine >= caps.per_owner:
+            return _insert(session, edit, caps, everyone, mine, waiting, in_flight=holders - 1)
+        session.rollback()  # near the total cap: count again with every other submit finished
+        session.execute(_LOCK_EXCLUSIVE, {"space": TOTAL_SPACE, **owner_key})
+        return _insert(session, edit, caps, *_counts(session, edit.owner), in_flight=0)
 
 
-def _refusal(session: Session, owner: str, caps: QueueCaps) -> str | None:
-    """Why one more edit of `owner` may not be queued, or None (one query counts both)."""
-    everyone, mine = session.execute(
-        select(func.count(), func.count().filter(Edit.owner == owner)).where(Edit.status.in_(ACTIVE))
+def _fast_path(everyone: int, holders: int, caps: QueueCaps) -> bool:
+    """Whether a submit holding the shared lock may trust `everyone + holders <= total`.
+
+    Proof sketch: take any moment and, among the submits admitted and committed by then, the one X that took
+    the shared lock last. Any other of them took it before X read `pg_locks`; at that read it either still
+    held the lock (one of X's `holders`) or had committed, and then X's later count saw its row. So the
+    unfinished edits at that moment are at most X's `everyone + holders` (edits that finished only lower it),
+    which X checked against `total`."""
+    return everyone + holders <= caps.total
+
+
+def _counts(session: Session, owner: str) -> tuple[int, int, int]:
+    """Unfinished edits of everyone, of `owner`, and `starting` ones (the queue ahead), in one query."""
+    everyone, mine, waiting = session.execute(
+        select(func.count(), func.count().filter(Edit.owner == owner),
+               func.count().filter(Edit.status == EditStatus.STARTING)).where(Edit.status.in_(ACTIVE))
     ).one()
+    return everyone, mine, waiting
+
+
+def _insert(session: Session, edit: Edit, caps: QueueCaps, everyone: int, mine: int, waiting: int,
+            in_flight: int) -> int:
+    """Refuse or insert and commit (the commit releases the locks; the row exists before a worker can
+    receive its id). `in_flight`: other submits that may insert unseen (0 when the counts are exact)."""
     if mine >= caps.per_owner:
-        return f"this account already has {mine} unfinished edits (at most {caps.per_owner}); wait for some to finish"
-    if everyone >= caps.total:
-        return "the service has too many unfinished edits right now; retry shortly"
-    return None
+        raise _full(caps, f"this account already has {mine} unfinished edits (at most {caps.per_owner}); "
+                          "wait for some to finish")
+    if everyone + in_flight >= caps.total:
+        raise _full(caps, "the service has too many unfinished edits right now; retry shortly")
+    session.add(edit)
+    session.commit()
+    return waiting
+
+
+def _full(caps: QueueCaps, message: str) -> ApiError:
+    return ApiError("queue_full", message, headers={"Retry-After": str(caps.retry_after_s)})
 
 
 @contextmanager
-def _serialized(session: Session) -> Iterator[None]:
-    """One submit at a time from counting to commit. On an error the transaction is rolled back here, which
-    releases the advisory lock at once."""
-    on_postgresql = session.get_bind().dialect.name == "postgresql"
-    with nullcontext() if on_postgresql else _submit_lock:
-        try:
-            if on_postgresql:
-                session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
-            yield
-        except BaseException:
-            session.rollback()
-            raise
+def _rolled_back_on_error(session: Session) -> Iterator[None]:
+    """On a refusal or an error the transaction is rolled back here, which releases the advisory locks at once."""
+    try:
+        yield
+    except BaseException:
+        session.rollback()
+        raise
