@@ -13,12 +13,21 @@
    failure to the client address: one bucket per address, so a stream of random tokens does not get a
    fresh bucket per token (429 once it is empty);
 4. leaves the `Principal` in the scope, where the limiter, idempotency and `api.deps.get_owner` read it.
+
+A key found live is remembered for `AUTH_CACHE_SECONDS` (`LiveKeys`), so a client's requests do not each
+pay a database round trip: a revoked key keeps working on a replica for at most that long (revocation is a
+CLI in another process, which cannot reach this cache). Only live keys are remembered, never failures, so a
+key created a moment ago works at once and random tokens cannot fill the cache (it is bounded anyway).
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -91,6 +100,38 @@ def parse_credentials(scope: Scope) -> Credentials:
     return Credentials(key_hash=hash_key(token))
 
 
+class LiveKeys:
+    """Key hash → owner of keys recently found live, each for `ttl_s` seconds from its lookup (not renewed on
+    use, so a revocation always takes effect within `ttl_s`); at most `max_keys`, least recently used dropped."""
+
+    def __init__(self, ttl_s: float, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s = ttl_s
+        self._max = max_keys
+        self._clock = clock
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key hash -> (owner, expires at)
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> str | None:
+        with self._lock:
+            entry = self._owners.get(key_hash)
+            if entry is None:
+                return None
+            if entry[1] <= self._clock():
+                del self._owners[key_hash]
+                return None
+            self._owners.move_to_end(key_hash)
+            return entry[0]
+
+    def put(self, key_hash: str, owner: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            self._owners[key_hash] = (owner, self._clock() + self.ttl_s)
+            self._owners.move_to_end(key_hash)
+            while len(self._owners) > self._max:
+                self._owners.popitem(last=False)
+
+
 class AuthGate:
     """Authenticate /v1 requests from their headers alone, before anything reads the body."""
 
@@ -102,6 +143,7 @@ class AuthGate:
         self.failures = Rate(settings.auth_failure_per_second, settings.auth_failure_burst)
         has_dev_key = settings.dev_mode and settings.dev_api_key
         self.dev_key_hash = hash_key(settings.dev_api_key) if has_dev_key else None
+        self.live_keys = LiveKeys(settings.auth_cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -112,7 +154,8 @@ class AuthGate:
         principal = None
         if credentials.key_hash is not None:
             try:
-                principal = await run_in_threadpool(self.resolve, credentials.key_hash)
+                principal = self.remembered(credentials.key_hash) or await run_in_threadpool(
+                    self.resolve, credentials.key_hash)
             except SQLAlchemyError:
                 await send_error(send, ApiError("service_unavailable", "the database is unreachable; retry shortly",
                                                 headers={"Retry-After": "2"}))
@@ -125,13 +168,21 @@ class AuthGate:
         scope[PRINCIPAL] = principal
         await self.app(scope, receive, send)
 
+    def remembered(self, key_hash: str) -> Principal | None:
+        """The caller behind `key_hash` if its key was found live less than AUTH_CACHE_SECONDS ago (no I/O)."""
+        owner = self.live_keys.get(key_hash)
+        return Principal(owner=owner, key_hash=key_hash) if owner is not None else None
+
     def resolve(self, key_hash: str) -> Principal | None:
-        """The caller behind `key_hash`: the dev key (dev mode only) or a live key row."""
+        """The caller behind `key_hash`: the dev key (dev mode only) or a live key row (then remembered)."""
         if self.dev_key_hash is not None and hmac.compare_digest(key_hash, self.dev_key_hash):
             return Principal(owner=DEV_OWNER, key_hash=key_hash)
         with self.session_factory() as session:
             owner = owner_for_hash(session, key_hash)
-        return Principal(owner=owner, key_hash=key_hash) if owner is not None else None
+        if owner is None:
+            return None
+        self.live_keys.put(key_hash, owner)
+        return Principal(owner=owner, key_hash=key_hash)
 
     async def _refuse(self, scope: Scope, send: Send, refusal: ApiError) -> None:
         """401, charged to the client address; 429 once that address has failed too often."""
