@@ -4,7 +4,8 @@ queued edits is `common.queue_caps`, checked when an edit is submitted.
 Buckets are per API key: the hash `api.auth.AuthGate` computed and resolved, read from the scope (never
 from the headers again, so the key that was checked is the key that pays). Requests without a valid
 key never get here: the gate refuses them and charges the client address. Submissions (POST) spend
-from a second, smaller bucket as well: they create work; reads do not.
+from a second, smaller bucket as well: they create work; reads do not. Both buckets are spent in one Redis
+round trip, all or nothing (`RateLimiter.take_all`): a POST refused by one bucket spends from neither.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ class RateLimitMiddleware:
         if self.limiter is None or principal is None:  # not /v1, or refused (and charged) by the gate
             await self.app(scope, receive, send)
             return
-        subject = "key:" + principal.key_hash
-        checks = [("requests", self.limits.requests)]
+        limits = [("requests", self.limits.requests)]
         if scope["method"] == "POST":
-            checks.append(("submits", self.limits.submits))
-        for namespace, rate in checks:
-            decision = await run_in_threadpool(self.limiter.take, namespace, subject, rate)
-            if not decision.allowed:
-                wait = str(decision.retry_after_s)
-                await send_error(send, ApiError("rate_limited", f"too many {namespace} for this key; retry in "
-                                                f"{wait} s", headers={"Retry-After": wait}))
-                return
+            limits.append(("submits", self.limits.submits))
+        decision = await run_in_threadpool(self.limiter.take_all, "key:" + principal.key_hash, limits)
+        if not decision.allowed:
+            wait = str(decision.retry_after_s)
+            names = " and ".join(name for name, _ in limits) if len(limits) > 1 else limits[0][0]
+            await send_error(send, ApiError("rate_limited", f"too many {names} for this key; retry in {wait} s",
+                                            headers={"Retry-After": wait}))
+            return
         await self.app(scope, receive, send)

@@ -30,28 +30,44 @@ log = logging.getLogger(__name__)
 REDIS_RETRY_SECONDS = 5.0  # while Redis is down, how often one call tries it again
 REDIS_TIMEOUT_SECONDS = 0.5  # the longest a request waits for Redis before the fallback answers
 
-# KEYS[1] = bucket; ARGV = rate (tokens/s), burst, cost. Returns {allowed, wait_ms, tokens_left}.
-_TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+# KEYS = buckets; ARGV = rate, burst, cost for each bucket in turn. Every bucket is refilled; the cost is spent from
+# all of them only when each has it (a request refused by one bucket spends from none). One round trip for all.
+# Returns {allowed, wait_ms (the longest any refusing bucket needs), tokens_left (the least of them)}.
+_TOKEN_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
+local levels = {}
+local allowed = 1
 local wait_ms = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait_ms = math.ceil((cost - tokens) / rate * 1000)
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  levels[i] = tokens
+  if tokens < cost then
+    allowed = 0
+    wait_ms = math.max(wait_ms, math.ceil((cost - tokens) / rate * 1000))
+  end
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, wait_ms, math.floor(tokens)}
+local left = nil
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local tokens = levels[i]
+  if allowed == 1 then
+    tokens = tokens - tonumber(ARGV[3 * i])
+  end
+  if left == nil or tokens < left then
+    left = tokens
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+end
+return {allowed, wait_ms, math.floor(left)}
 """
 
 
@@ -75,7 +91,7 @@ class Decision:
 
 
 class LocalBuckets:
-    """The token buckets of `_TOKEN_BUCKET`, in this process: the fallback while Redis is unreachable.
+    """The token buckets of `_TOKEN_BUCKETS`, in this process: the fallback while Redis is unreachable.
     At most `max_buckets` are kept (least recently used dropped), so random subjects cannot grow it."""
 
     def __init__(self, max_buckets: int = 10_000, clock: Callable[[], float] = time.monotonic):
@@ -85,19 +101,26 @@ class LocalBuckets:
         self._lock = threading.Lock()
 
     def take(self, key: str, rate: Rate, cost: int = 1) -> Decision:
+        return self.take_all([(key, rate)], cost)
+
+    def take_all(self, buckets: list[tuple[str, Rate]], cost: int = 1) -> Decision:
+        """`cost` from every bucket, or from none when one of them lacks it (as `_TOKEN_BUCKETS`)."""
         with self._lock:
             now = self._clock()
-            tokens, at = self._buckets.pop(key, (float(rate.burst), now))
-            tokens = min(rate.burst, tokens + max(0.0, now - at) * rate.per_second)
-            allowed = tokens >= cost
-            if allowed:
-                tokens -= cost
-            self._buckets[key] = (tokens, now)
+            levels = []
+            for key, rate in buckets:
+                tokens, at = self._buckets.pop(key, (float(rate.burst), now))
+                levels.append(min(rate.burst, tokens + max(0.0, now - at) * rate.per_second))
+            allowed = all(tokens >= cost for tokens in levels)
+            for (key, _), tokens in zip(buckets, levels, strict=True):
+                self._buckets[key] = (tokens - cost if allowed else tokens, now)
             while len(self._buckets) > self._max:
                 self._buckets.popitem(last=False)
         if allowed:
-            return Decision(allowed=True, remaining=math.floor(tokens))
-        return Decision(allowed=False, retry_after_s=max(1, math.ceil((cost - tokens) / rate.per_second)))
+            return Decision(allowed=True, remaining=math.floor(min(levels) - cost))
+        wait = max((cost - tokens) / rate.per_second for (_, rate), tokens in zip(buckets, levels, strict=True)
+                   if tokens < cost)
+        return Decision(allowed=False, retry_after_s=max(1, math.ceil(wait)))
 
 
 class RateLimiter:
@@ -107,7 +130,7 @@ class RateLimiter:
     def __init__(self, client: redis.Redis, prefix: str = "ratelimit", clock: Callable[[], float] = time.monotonic):
         self._redis = client
         self._prefix = prefix
-        self._script = client.register_script(_TOKEN_BUCKET)
+        self._script = client.register_script(_TOKEN_BUCKETS)
         self._local = LocalBuckets(clock=clock)
         self._clock = clock
         self._retry_redis_at = 0.0  # while in the future: Redis is considered down
@@ -127,18 +150,24 @@ class RateLimiter:
 
     def take(self, namespace: str, subject: str, rate: Rate, cost: int = 1) -> Decision:
         """Spend `cost` tokens from the bucket; refuse with the wait until they would be there."""
-        key = f"{self._prefix}:{namespace}:{subject}"
+        return self.take_all(subject, [(namespace, rate)], cost)
+
+    def take_all(self, subject: str, limits: list[tuple[str, Rate]], cost: int = 1) -> Decision:
+        """Spend `cost` from `subject`'s bucket in each `(namespace, rate)` of `limits`, all or none, in one Redis
+        round trip; refused, the wait is the longest any of the refusing buckets needs."""
+        buckets = [(f"{self._prefix}:{namespace}:{subject}", rate) for namespace, rate in limits]
         if self._clock() < self._retry_redis_at:
-            return self._local.take(key, rate, cost)
+            return self._local.take_all(buckets, cost)
+        args = [value for _, rate in buckets for value in (rate.per_second, rate.burst, cost)]
         try:
-            allowed, wait_ms, left = self._script(keys=[key], args=[rate.per_second, rate.burst, cost])
+            allowed, wait_ms, left = self._script(keys=[key for key, _ in buckets], args=args)
         except redis.RedisError as e:
             self._retry_redis_at = self._clock() + REDIS_RETRY_SECONDS
             if not self._degraded:
                 self._degraded = True
                 log.warning("rate limiter: Redis unreachable (%s); using in-process buckets, retrying Redis every "
                             "%.0f s", type(e).__name__, REDIS_RETRY_SECONDS)
-            return self._local.take(key, rate, cost)
+            return self._local.take_all(buckets, cost)
         if self._degraded:
             self._degraded = False
             log.warning("rate limiter: Redis answers again; buckets are shared again")

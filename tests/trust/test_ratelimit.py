@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis
 
-from common.ratelimit import Rate, RateLimiter
+from common.ratelimit import LocalBuckets, Rate, RateLimiter
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -48,3 +48,26 @@ def test_redis_down_lets_requests_through():
 def test_rate_validation():
     with pytest.raises(ValueError):
         Rate(per_second=0, burst=1)
+
+
+@pytest.mark.services
+def test_several_buckets_in_one_call_all_or_none(limiter):
+    """Requests and submits are spent in one round trip: a call one bucket refuses spends from neither, and the
+    wait is the refusing bucket's."""
+    wide, narrow = Rate(per_second=100, burst=10), Rate(per_second=0.25, burst=2)
+    both = [("requests", wide), ("submits", narrow)]
+    decisions = [limiter.take_all("key-a", both) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert decisions[-1].retry_after_s == 4  # one submit token at 0.25/s
+    # the refused call took nothing from the wide bucket: 10 - 2 requests are left of its burst
+    assert [limiter.take("requests", "key-a", wide).allowed for _ in range(9)] == [True] * 8 + [False]
+
+
+def test_local_buckets_spend_from_all_or_none():
+    now = [0.0]
+    buckets = LocalBuckets(clock=lambda: now[0])
+    wide, narrow = Rate(per_second=100, burst=10), Rate(per_second=0.5, burst=1)
+    assert buckets.take_all([("w", wide), ("n", narrow)]).allowed
+    refused = buckets.take_all([("w", wide), ("n", narrow)])
+    assert (refused.allowed, refused.retry_after_s) == (False, 2)
+    assert [buckets.take("w", wide).allowed for _ in range(10)] == [True] * 9 + [False]
