@@ -166,8 +166,7 @@ export function uploadImage(blob, filename, onProgress) {
 export const createEdit = (params) => request("POST", "/v1/edits", { json: params });
 export const getEdit = (id, options) => request("GET", `/v1/edits/${encodeURIComponent(id)}`, options);
 export const cancelEdit = (id) => request("POST", `/v1/edits/${encodeURIComponent(id)}/cancel`);
-export const getImage = (id, { wait = 0 } = {}) =>
-  request("GET", `/v1/images/${encodeURIComponent(id)}`, { headers: wait ? { Prefer: `wait=${wait}` } : {} });
+export const getImage = (id) => request("GET", `/v1/images/${encodeURIComponent(id)}`);
 export const deleteImage = (id) => request("DELETE", `/v1/images/${encodeURIComponent(id)}`);
 
 /**

@@ -5,10 +5,9 @@
 import { ApiError, getImage } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
-const WAIT_S = 5; // Prefer: wait on each ask (the API holds at most 5 s)
 const GIVE_UP_MS = 30_000; // a busy worker: submit with the server's default (the largest face) instead
 
-const POLL_MS = 1000; // between asks, when the server answers at once (no Prefer: wait on GET)
+const POLL_MS = 1000; // between asks (GET /v1/images/{id} answers at once; Prefer: wait is for the upload)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 let state = { image: null, faces: [], chosen: new Set(), onChange: () => {} };
@@ -58,7 +57,7 @@ export async function findFaces(image, onChange) {
     await sleep(POLL_MS - (Date.now() - asked)); // no wait at the first ask
     asked = Date.now();
     try {
-      current = await getImage(current.id, { wait: WAIT_S });
+      current = await getImage(current.id);
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       break; // deleted, offline, rate limited: the edit itself will say what is wrong

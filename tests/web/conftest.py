@@ -189,6 +189,20 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "heic": folder / "face.heic"}
 
 
+@pytest.fixture(scope="session")
+def group_photo(photos, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two people side by side: the golden face and the astronaut sample, each 512 px high."""
+    height = 512
+    people = [Image.open(path).convert("RGB") for path in (photos["face"], REPO / "pipeline/samples/astronaut.jpg")]
+    people = [p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in people]
+    group = Image.new("RGB", (sum(p.width for p in people), height))
+    group.paste(people[0], (0, 0))
+    group.paste(people[1], (people[0].width, 0))
+    path = tmp_path_factory.mktemp("group") / "two-people.jpg"
+    group.save(path, quality=90)
+    return path
+
+
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("WEB_SCREENSHOTS", tmp_path))
