@@ -6,20 +6,37 @@ page faults on first touch: about 15 % of the whole render. This module binds NN
 (``nnp_convolution_inference`` from ``nnp.h``, stable since 2017) with ctypes, keeps one grow-only workspace and
 one thread pool per process, and writes into an output tensor the caller owns.
 
-It checks itself once per process against ``torch._nnpack_spatial_convolution`` (the same library and
-algorithm, so the results are bit-identical). Missing symbols, a failed self-test or any non-success status and
+The signatures are copied by hand, so a mismatch could crash the process. The first use therefore checks the
+call in a child process (``python -m pipeline.nnpack``), where a crash costs only the child, then once more in
+this process against ``torch._nnpack_spatial_convolution`` (the same library and algorithm: bit-identical); the
+verdict is kept for the process. Missing symbols, a failed or crashed check, or any non-success status and
 ``available()`` is False: callers fall back to PyTorch's own calls, which compute the same function.
+
+``FACEEDIT_NNPACK`` (environment, read on each use) chooses: ``direct`` (default) this call; ``torch`` only
+PyTorch's own NNPACK call (fresh outputs, no ctypes); ``off`` no NNPACK at all (PyTorch's default convolution).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
+
+ENV = "FACEEDIT_NNPACK"
+MODES = ("direct", "torch", "off")
+# the child imports torch from scratch: seconds on an idle machine, far more on a loaded one
+CHECK_TIMEOUT_S = 180.0
 
 _WT8X8 = 3  # nnp_convolution_algorithm_wt8x8: Winograd F(6×6, 3×3), what PyTorch's "auto" picks for 3×3
 _COMPUTE = 1  # nnp_convolution_transform_strategy_compute: transform the kernel on each call (it changes)
@@ -97,6 +114,14 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         return call(base + (-base % 64), size)
 
 
+def mode() -> str:
+    """``FACEEDIT_NNPACK``: ``direct`` (default), ``torch`` or ``off``; anything else is a ``ValueError``."""
+    value = os.environ.get(ENV, "").strip().lower() or "direct"
+    if value not in MODES:
+        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
 @functools.cache
 def in_pytorch() -> bool:
     """Whether this PyTorch build has NNPACK and it initializes on this CPU (the call also initializes it, which
@@ -104,34 +129,90 @@ def in_pytorch() -> bool:
     return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch._nnpack_available())
 
 
-@functools.cache
-def _self_test() -> bool:
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+def check_here() -> Verdict:
+    """Call NNPACK directly on a small case and compare with PyTorch's own call (may crash on a wrong
+    signature: run it in a child first, see ``check_in_child``)."""
     lib = _library()
-    if lib is None or lib.nnp_initialize() != _SUCCESS or not in_pytorch():
-        return False
+    if lib is None:
+        return Verdict(False, "libtorch_cpu has no NNPACK entry points")
+    if not in_pytorch() or lib.nnp_initialize() != _SUCCESS:
+        return Verdict(False, "NNPACK does not initialize on this CPU")
     gen = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(1, 5, 13, 11, generator=gen), torch.randn(7, 5, 3, 3, generator=gen), \
         torch.randn(7, generator=gen)
     out = torch.full((1, 7, 13, 11), float("nan"))
-    if _run(lib, x, weight, bias, out) != _SUCCESS:
-        return False
-    return bool(torch.equal(out, torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])))
+    status = _run(lib, x, weight, bias, out)
+    if status != _SUCCESS:
+        return Verdict(False, f"nnp_convolution_inference returned status {status}")
+    if not torch.equal(out, torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])):
+        return Verdict(False, "the direct call differs from torch._nnpack_spatial_convolution")
+    return Verdict(True, "bit-identical to torch._nnpack_spatial_convolution")
+
+
+def check_in_child(command: list[str] | None = None, timeout_s: float = CHECK_TIMEOUT_S) -> Verdict:
+    """Run the check in a fresh interpreter (``command``, default ``python -m pipeline.nnpack``): a crash or a
+    hang there is a failed check here. The child exits 0 and prints ``ok`` when the call is right."""
+    root = str(Path(__file__).resolve().parents[1])  # the folder holding the pipeline package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    command = command or [sys.executable, "-m", "pipeline.nnpack"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return Verdict(False, f"the check in a child process gave no answer within {timeout_s:.0f} s")
+    except OSError as exc:
+        return Verdict(False, f"the check's child process did not start: {exc}")
+    if proc.returncode < 0:
+        return Verdict(False, f"the check crashed its child process ({signal.Signals(-proc.returncode).name})")
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0 or not last.startswith("ok"):
+        detail = last or (proc.stderr.strip().splitlines() or [""])[-1]
+        return Verdict(False, f"the check failed in a child process (exit {proc.returncode}: {detail})")
+    return Verdict(True, last)
+
+
+@functools.cache
+def verdict() -> Verdict:
+    """Whether the direct call works here: checked in a child process, then in this one; once per process
+    (a forked child inherits it: same library, same code)."""
+    if _library() is None or not in_pytorch():
+        result = Verdict(False, "this PyTorch build has no usable NNPACK")
+    else:
+        result = check_in_child()
+        if result.ok:
+            result = check_here()
+    if not result.ok:
+        log.warning("NNPACK's direct call is not used (%s); convolutions go through PyTorch's own call "
+                    "(%s=torch silences this check)", result.reason, ENV)
+    return result
 
 
 def available() -> bool:
-    """Whether the direct call works in this process (checked once against PyTorch's own NNPACK call)."""
-    return _self_test()
+    """Whether the direct call is chosen (``FACEEDIT_NNPACK=direct``, the default) and works in this process."""
+    return mode() == "direct" and verdict().ok
 
 
 def conv3x3_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> bool:
     """``out ← conv2d(x, weight, bias, padding=1)`` for one float32 CPU image; False (``out`` untouched or
-    partly written) when the direct call does not apply or fails, so that the caller computes it otherwise."""
+    partly written) when the direct call does not apply, is switched off or fails, so that the caller computes
+    it otherwise."""
     lib = _library()
     cout, cin = weight.shape[:2]
-    if (lib is None or not available() or x.dtype != torch.float32 or x.device.type != "cpu"
+    if (lib is None or x.dtype != torch.float32 or x.device.type != "cpu"
             or x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != cin or weight.shape[2:] != (3, 3)
             or out.shape != (1, cout, *x.shape[2:]) or bias.shape != (cout,)
             or not all(t.is_contiguous() and t.dtype == torch.float32 for t in (x, weight, bias, out))
-            or out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()):
+            or out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() or not available()):
         return False
     return _run(lib, x, weight, bias, out) == _SUCCESS
+
+
+if __name__ == "__main__":  # the child of check_in_child
+    outcome = check_here()
+    print(("ok: " if outcome.ok else "failed: ") + outcome.reason)
+    sys.exit(0 if outcome.ok else 1)

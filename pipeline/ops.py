@@ -5,9 +5,9 @@ and the ``fused_leaky_relu`` fallback): it is the spec and the test oracle. ``im
 function with fewer passes over memory: FIR filtering as a depthwise convolution (strided for downsampling,
 transposed for upsampling) instead of zero-stuffing and one-channel convolutions over permuted copies.
 
-The last section holds the dense pieces of the generator's CPU inference path: ``conv2d_same`` (NNPACK's
-Winograd where it wins), ``upsample_conv_phases`` (transposed conv + blur as four stride-1 convolutions) and
-``pixel_shuffle_add``.
+The last section holds the dense pieces of the CPU renderer (``pipeline/stylegan2_cpu.py``): ``conv2d_same``
+(NNPACK's Winograd where it wins, switched by ``FACEEDIT_NNPACK``, see ``pipeline.nnpack``),
+``upsample_conv_phases`` (transposed conv + blur as four stride-1 convolutions) and ``pixel_shuffle_add``.
 """
 
 from __future__ import annotations
@@ -120,10 +120,11 @@ def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
     PyTorch routes batch-1 convolutions to oneDNN's direct algorithm; NNPACK's Winograd transform does a 3×3
     convolution with ~3× fewer multiplications, so large batch-1 feature maps go there (PyTorch only picks
-    NNPACK itself for batches of 16 and more). Same function, results within float32 rounding of Winograd."""
+    NNPACK itself for batches of 16 and more). Same function, results within float32 rounding of Winograd.
+    ``FACEEDIT_NNPACK=off`` leaves every convolution to PyTorch's default; ``torch`` never writes into ``out``."""
     k = weight.shape[-1]
     if (x.device.type == "cpu" and x.dtype == torch.float32 and k == 3 and min(x.shape[-2:]) >= NNPACK_MIN_SIZE
-            and not torch.is_grad_enabled() and nnpack.in_pytorch()):
+            and not torch.is_grad_enabled() and nnpack.mode() != "off" and nnpack.in_pytorch()):
         x, weight = x.contiguous(), weight.contiguous()
         bias = x.new_zeros(weight.shape[0]) if bias is None else bias.contiguous()
         if out is not None and nnpack.conv3x3_into(x, weight, bias, out):

@@ -5,8 +5,11 @@ by rosinality), so that file loads with an explicit key check. Beyond the refere
 exposes StyleSpace (Wu et al.): ``styles(wplus)`` gives the per-layer modulation vectors ``s`` and
 ``synthesize(styles)`` renders from them, so an edit is arithmetic on ``s``.
 
-``impl="ref"`` follows the reference computation (per-sample weights in a grouped convolution, reference ops);
-``impl="fast"`` computes the same function faster on CPU (see ``ModulatedConv2d``, ``pipeline.ops``).
+``impl="ref"`` follows the reference computation (per-sample weights in a grouped convolution, reference ops).
+``impl="fast"`` computes the same function faster: on a CPU without autograd through ``CpuRenderer``
+(``pipeline/stylegan2_cpu.py``: folded weights, NNPACK, phase convolutions, reused buffers), elsewhere (GPUs,
+training) through the batched path of this module (the style scales the activations, one dense convolution for
+the whole batch, the fast ops of ``pipeline.ops``).
 """
 
 from __future__ import annotations
@@ -21,31 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
-from pipeline.ops import (
-    SQRT2,
-    Impl,
-    check_impl,
-    conv2d_same,
-    fused_leaky_relu,
-    make_kernel,
-    pixel_shuffle_add,
-    upfirdn2d,
-    upsample_conv_phases,
-    upsample_fir_phases,
-)
-from pipeline.scratch import Scratch
+from pipeline.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
+from pipeline.stylegan2_cpu import CpuRenderer, renders_on_cpu
 
 BLUR_TAPS = [1, 3, 3, 1]
-# From this input size up, an upsampling layer runs as four 3×3 convolutions (one per output phase) through
-# NNPACK rather than as a transposed convolution plus blur: 4× the multiplications at ~3× the rate and no blur
-# pass; below it the transposed convolution is faster (measured on a 2-core AVX2 EPYC, see docs/BENCHMARKS.md).
-UPSAMPLE_PHASES_MIN_SIZE = 64
-
-
-def folds_into_weights(x: torch.Tensor) -> bool:
-    """Whether the fast path renders this sample with the style folded into the weights: one sample on the CPU
-    with autograd off. (Batches and GPUs keep the shared-weight batched convolution; training keeps autograd's.)"""
-    return x.device.type == "cpu" and x.shape[0] == 1 and not torch.is_grad_enabled()
 
 
 def default_channels(size: int, channel_multiplier: int = 2) -> dict[int, int]:
@@ -117,7 +99,6 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
-        self._derived: dict[str, object] = {}  # weight-only tensors of the folded path, see _derived_weight
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
         """``x [B,Cin,H,W]``, ``s [B,Cin]`` → ``[B,Cout,H',W']``."""
@@ -140,54 +121,6 @@ class ModulatedConv2d(nn.Module):
         weight = weight.view(batch * cout, cin, k, k)
         out = F.conv2d(x.reshape(1, batch * cin, height, width), weight, padding=self.padding, groups=batch)
         return out.view(batch, cout, *out.shape[2:])
-
-    def forward_folded(self, x: torch.Tensor, s: torch.Tensor, bias: torch.Tensor, gain: float,
-                       addend: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
-        """``gain·conv(x, W·s·demod) + bias + addend`` for one sample without autograd (``folds_into_weights``).
-
-        Style, demodulation and gain scale the weight (thousands of multiplications, not a pass over a
-        million-pixel feature map), the bias rides in the convolution, and ``addend`` (the noise) is added in the
-        pass that interleaves the upsampling phases. Large layers go through NNPACK (``conv2d_same``). With
-        ``scratch`` the large outputs are written into its buffers: the result is only valid until the next
-        layer of the same kind runs."""
-        per_in = s[0]
-        per_out = gain * (torch.rsqrt(self._derived_weight("sq", lambda w: w.pow(2).sum([2, 3])) @ per_in.pow(2) + 1e-8)
-                          if self.demodulate else torch.ones_like(bias))
-        if not self.upsample:
-            scale = (per_out[:, None] * per_in[None, :])[:, :, None, None]  # [Cout,Cin,1,1]
-            weight = self._derived_weight("weight", lambda w: w) * scale
-            out = scratch.take("conv", (1, self.out_channel, *x.shape[2:]), x) if scratch else None
-            return conv2d_same(x, weight, bias, out=out).add_(addend)
-        if self.kernel_size == 3 and min(x.shape[-2:]) >= UPSAMPLE_PHASES_MIN_SIZE:
-            phases = self._derived_weight("phases", lambda w: upsample_conv_phases(w.transpose(0, 1), self.blur.kernel))
-            scale = (per_out.repeat_interleave(4)[:, None] * per_in[None, :])[:, :, None, None]  # [4·Cout,Cin,1,1]
-            height, width = x.shape[2:]
-            out = scratch.take("phases", (1, 4 * self.out_channel, height, width), x) if scratch else None
-            out = conv2d_same(x, phases * scale, bias.repeat_interleave(4), out=out)
-            shuffled = scratch.take("shuffled", (1, self.out_channel, 2 * height, 2 * width), x) if scratch else None
-            return pixel_shuffle_add(out, addend, out=shuffled)
-        # the transposed convolution's layout [Cin,Cout,k,k], stored so, so that no call copies it
-        scale = (per_in[:, None] * per_out[None, :])[:, :, None, None]
-        weight = self._derived_weight("weight_t", lambda w: w.transpose(0, 1).contiguous()) * scale
-        out = self.blur(F.conv_transpose2d(x, weight, stride=2), "fast")
-        return out.add_(bias.view(1, -1, 1, 1)).add_(addend)
-
-    def _derived_weight(self, name: str, derive) -> torch.Tensor:
-        """``derive(scale·W)``, cached until the weight changes: a new tensor, device, dtype, a loaded state dict
-        or an in-place update (inference tensors have no version counter, but they cannot be updated in place
-        outside inference mode, where nothing trains; loading a state dict clears the cache)."""
-        w = self.weight
-        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.device, w.dtype)
-        cached = self._derived.get(name)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, derive(self.scale * w[0]))
-            self._derived[name] = cached
-        return cached[1]
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._derived.clear()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _forward_shared_weight(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Modulate activations instead of weights: ``conv(x·s, W)·demod`` equals ``conv(x, W·s·demod)`` and
@@ -242,12 +175,7 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref",
-                scratch: Scratch | None = None) -> torch.Tensor:
-        if impl == "fast" and folds_into_weights(x):
-            out = self.conv.forward_folded(x, s, self.activate.bias * SQRT2, SQRT2, noise * (self.noise.weight * SQRT2),
-                                           scratch)
-            return F.leaky_relu_(out, 0.2)
+    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
         out = self.conv(x, s, impl)
         if impl == "ref":
             return self.activate(self.noise(out, noise), impl)
@@ -266,7 +194,6 @@ class ToRGB(nn.Module):
             self.upsample = FIRFilter(pad=(2, 1), up=2, gain=4.0)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
-        self._skip_phases_cache: tuple[tuple, torch.Tensor] | None = None  # (device, dtype), phases
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None, impl: Impl = "ref") -> torch.Tensor:
         if impl == "ref":
@@ -276,28 +203,17 @@ class ToRGB(nn.Module):
             out = torch.baddbmm(self.bias.view(1, 3, 1), weight, x.flatten(2)).view(x.shape[0], 3, *x.shape[2:])
         if skip is None:
             return out
-        if impl == "ref":
-            return out + self.upsample(skip, impl)
-        # the skip image upsampled as four 3×3 filters on its own grid, interleaved in the pass that adds it
-        channels = skip.shape[1]
-        phases = self._skip_phases(skip).repeat(channels, 1, 1, 1)
-        return pixel_shuffle_add(F.conv2d(skip, phases, padding=1, groups=channels), out)
-
-    def _skip_phases(self, skip: torch.Tensor) -> torch.Tensor:
-        """``upsample_fir_phases`` of the fixed upsampling filter, made once per device and dtype."""
-        key = (skip.device, skip.dtype)
-        if self._skip_phases_cache is None or self._skip_phases_cache[0] != key:
-            with torch.no_grad():
-                phases = upsample_fir_phases(self.upsample.kernel, self.upsample.pad).to(skip.dtype)
-            self._skip_phases_cache = (key, phases)
-        return self._skip_phases_cache[1]
+        return out + self.upsample(skip, impl)
 
 
 class Generator(nn.Module):
     """rosinality's ``Generator`` (``g_ema``) with a style-space interface.
 
     ``channels`` (resolution → width, for 4 … ``size``) overrides ``channel_multiplier``: tiny development
-    models use it. ``impl`` selects the reference or the fast computation; it can be changed at any time."""
+    models use it. ``impl`` selects the reference or the fast computation; it can be changed at any time.
+    ``impl="fast"`` renders through a ``CpuRenderer`` (``pipeline/stylegan2_cpu.py``) when the styles are on the
+    CPU and autograd is off, else through the batched path below (the style scales the activations, one dense
+    convolution for the whole batch, fast ops)."""
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
                  channels: dict[int, int] | None = None, impl: Impl = "fast"):
@@ -333,8 +249,8 @@ class Generator(nn.Module):
         self.n_latent = self.log_size * 2 - 2
         # not part of g_ema: the checkpoint's mean W, kept beside the weights (moves with .to())
         self.register_buffer("latent_avg", torch.zeros(0), persistent=False)
-        # the CPU path's large intermediates, reused from render to render (``scratch.clear()`` frees them)
-        self.scratch = Scratch()
+        # the fast CPU path's snapshot of these weights, built on first use (see ``cpu_renderer``)
+        self._cpu_renderer: CpuRenderer | None = None
 
         # style space, in execution order: (name, module, W+ row)
         layers: list[tuple[str, ModulatedConv2d, int]] = [("conv1", self.conv1.conv, 0), ("to_rgb1", self.to_rgb1.conv, 1)]
@@ -390,24 +306,48 @@ class Generator(nn.Module):
         for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=True)):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
-        if self.impl == "fast" and folds_into_weights(styles[0][:1]):
-            # one sample at a time through the folded path, its large intermediates in the reused buffers
-            with self.scratch.lock:
-                return torch.cat([self._render([s[i:i + 1] for s in styles], "fast", self.scratch)
-                                  for i in range(styles[0].shape[0])])
-        return self._render(styles, self.impl, None)
+        if self.impl == "fast" and renders_on_cpu(styles):
+            return self.cpu_renderer().render(styles)
+        return self._render(styles, self.impl)
 
-    def _render(self, styles: list[torch.Tensor], impl: Impl, scratch: Scratch | None) -> torch.Tensor:
+    def _render(self, styles: list[torch.Tensor], impl: Impl) -> torch.Tensor:
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         x = self.input(styles[0].shape[0])
-        x = self.conv1(x, styles[0], noise[0], impl, scratch)
+        x = self.conv1(x, styles[0], noise[0], impl)
         skip = self.to_rgb1(x, styles[1], None, impl)
         for k, to_rgb in enumerate(self.to_rgbs):
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
-            x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl, scratch)  # may live in scratch "shuffled"
-            x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl, scratch)  # may live in scratch "conv"
-            skip = to_rgb(x, s_rgb, skip, impl)  # a new tensor: nothing returned aliases the scratch buffers
+            x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl)
+            x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl)
+            skip = to_rgb(x, s_rgb, skip, impl)
         return skip
+
+    # --- the fast CPU path's derived weights ---------------------------------------------------------------
+
+    def cpu_renderer(self) -> CpuRenderer:
+        """The ``CpuRenderer`` of the current weights: built on first use, rebuilt after ``weights_changed``."""
+        renderer = self._cpu_renderer
+        if renderer is None:
+            renderer = self._cpu_renderer = CpuRenderer.from_generator(self)
+        return renderer
+
+    def weights_changed(self) -> None:
+        """Drop what the fast path derived from the weights. ``load_state_dict`` and ``.to()`` / ``.float()`` …
+        call it; whoever changes a parameter in place (an optimizer step, ``weight.mul_``) calls it too, or the
+        fast path keeps rendering the weights it copied."""
+        self._cpu_renderer = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.weights_changed()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self.weights_changed()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        # a copied or pickled generator builds its own renderer (and buffers) when it first needs one
+        return {**self.__dict__, "_cpu_renderer": None}
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
-"""The direct NNPACK call: bit-identical to PyTorch's own, refuses what it cannot do, survives a fork; and the
-reused scratch buffers never leak into what the generator returns."""
+"""The direct NNPACK call: bit-identical to PyTorch's own, refuses what it cannot do, survives a fork, checks
+itself in a child process (a crash there is a fallback here), obeys ``FACEEDIT_NNPACK``; and the scratch
+buffers grow and are reused."""
 
 from __future__ import annotations
 
 import copy
 import multiprocessing
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline import nnpack
+from pipeline.ops import NNPACK_MIN_SIZE, conv2d_same
 from pipeline.scratch import Scratch
 
 
@@ -83,3 +86,65 @@ def test_scratch_reuses_and_grows():
     assert copy.deepcopy(scratch).nbytes() == 0
     scratch.clear()
     assert scratch.nbytes() == 0
+
+
+def test_the_self_check_passes_in_a_child_process():
+    verdict = nnpack.check_in_child()
+    assert verdict.ok, verdict.reason
+    assert nnpack.verdict().ok
+
+
+def test_a_check_that_crashes_its_child_is_a_failed_check_here():
+    """A wrong hand-copied signature segfaults: in the child, the parent only reads the verdict."""
+    segfault = [sys.executable, "-c", "import ctypes; ctypes.string_at(0)"]
+    verdict = nnpack.check_in_child(segfault)
+    assert not verdict.ok and "SIGSEGV" in verdict.reason
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+    verdict = nnpack.check_in_child(hang, timeout_s=1)
+    assert not verdict.ok and "no answer" in verdict.reason
+    verdict = nnpack.check_in_child([sys.executable, "-c", "print('failed: status 3'); raise SystemExit(1)"])
+    assert not verdict.ok and "status 3" in verdict.reason
+
+
+@pytest.fixture
+def failed_check(monkeypatch):
+    """This process's verdict as if the child had crashed (the real runner on a real segfault)."""
+    segfault = [sys.executable, "-c", "import ctypes; ctypes.string_at(0)"]
+    real = nnpack.check_in_child
+    monkeypatch.setattr(nnpack, "check_in_child", lambda: real(segfault))
+    nnpack.verdict.cache_clear()
+    yield
+    nnpack.verdict.cache_clear()
+
+
+@torch.inference_mode()
+def test_a_failed_check_falls_back_to_pytorchs_call(failed_check):
+    assert not nnpack.verdict().ok and not nnpack.available()
+    x, weight, bias = conv_case(3, hw=(NNPACK_MIN_SIZE, NNPACK_MIN_SIZE + 5))
+    out = torch.zeros(1, 9, *x.shape[2:])
+    assert not nnpack.conv3x3_into(x, weight, bias, out) and not out.any()
+    result = conv2d_same(x, weight, bias, out=out)
+    assert result.data_ptr() != out.data_ptr()
+    assert torch.equal(result, torch._nnpack_spatial_convolution(x, weight, bias, [1, 1]))
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("mode", ["direct", "torch", "off"])
+def test_the_switch(mode, monkeypatch):
+    """``direct`` writes into the caller's buffer, ``torch`` is PyTorch's NNPACK call, ``off`` PyTorch's default."""
+    monkeypatch.setenv(nnpack.ENV, mode.upper() if mode == "off" else mode)  # case does not matter
+    x, weight, bias = conv_case(4, hw=(NNPACK_MIN_SIZE + 3, NNPACK_MIN_SIZE))
+    out = torch.zeros(1, 9, *x.shape[2:])
+    result = conv2d_same(x, weight, bias, out=out)
+    assert (result.data_ptr() == out.data_ptr()) == (mode == "direct") == nnpack.available()
+    expected = F.conv2d(x, weight, bias, padding=1) if mode == "off" else \
+        torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])
+    assert torch.equal(result, expected)
+
+
+def test_an_unknown_switch_value_is_refused(monkeypatch):
+    monkeypatch.setenv(nnpack.ENV, "fast")
+    with pytest.raises(ValueError, match="FACEEDIT_NNPACK='fast'"):
+        nnpack.mode()
+    monkeypatch.setenv(nnpack.ENV, "")
+    assert nnpack.mode() == "direct"

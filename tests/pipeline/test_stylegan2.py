@@ -1,5 +1,6 @@
-"""The generator: both impls agree, style space round-trips, checkpoints round-trip and bad ones are refused,
-and the golden fixtures (256 by default, 1024 marked slow) match the reference implementation."""
+"""The generator: both impls agree (the reference, the batched path and the CPU renderer), style space
+round-trips, checkpoints round-trip and bad ones are refused, and the golden fixtures (256 by default, 1024
+marked slow) match the reference implementation."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline import nnpack
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.golden import Fixture
 from pipeline.golden import stylegan2 as golden
 from pipeline.ops import NNPACK_MIN_SIZE
-from pipeline.stylegan2 import UPSAMPLE_PHASES_MIN_SIZE, Generator, load_generator, save_generator
+from pipeline.stylegan2 import Generator, load_generator, save_generator
+from pipeline.stylegan2_cpu import UPSAMPLE_PHASES_MIN_SIZE, CpuRenderer
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden"))
 needs_golden = pytest.mark.skipif(not (GOLDEN / "meta.json").is_file(), reason=f"no golden fixture at {GOLDEN}")
@@ -94,15 +97,34 @@ def test_folded_cpu_path_equals_ref(wide, batch):
     wide.impl = "ref"
     with torch.inference_mode():
         ref = wide(wplus)
+        standalone = CpuRenderer.from_generator(wide).render(wide.styles(wplus))
     wide.impl = "fast"
     with torch.inference_mode():
         folded = wide(wplus)
     unfolded = wide(wplus)  # autograd on: the batched shared-weight / grouped path
     assert rel_err(folded, ref) < 1e-5 and rel_err(unfolded.detach(), ref) < 1e-5
+    assert torch.equal(standalone, folded)
 
 
-def test_folded_path_sees_weight_changes(wide):
-    """The folded path caches weight-derived tensors; an in-place update or a loaded state must not go stale."""
+@pytest.mark.parametrize("mode", ["torch", "off"])
+def test_renders_with_the_direct_nnpack_call_switched_off(wide, mode, monkeypatch):
+    """``FACEEDIT_NNPACK=torch|off``: the same image, without the ctypes call (and for ``off`` without NNPACK)."""
+    wplus = wplus_for(wide, 2, seed=12).detach()
+    wide.impl = "ref"
+    with torch.inference_mode():
+        ref = wide(wplus)
+    monkeypatch.setenv(nnpack.ENV, mode)
+    assert not nnpack.available()
+    g = copy.deepcopy(wide)  # a renderer and buffers of its own
+    g.impl = "fast"
+    with torch.inference_mode():
+        assert rel_err(g(wplus), ref) < 1e-5
+    assert g.cpu_renderer().buffer_bytes() > 0  # it did take the CPU renderer's path
+
+
+def test_the_renderer_is_a_snapshot_rebuilt_when_the_weights_change(wide):
+    """The CPU renderer copies what it derives from the weights: an in-place update reaches it through
+    ``weights_changed()``; loads and ``.to()`` call that themselves."""
     g = copy.deepcopy(wide)
     g.impl = "fast"
     wplus = wplus_for(g, 1, seed=8).detach()
@@ -112,13 +134,19 @@ def test_folded_path_sees_weight_changes(wide):
     with torch.no_grad():
         layer.weight.mul_(1.5).add_(0.1)
     with torch.inference_mode():
-        after_inplace = g(wplus)
+        assert torch.equal(g(wplus), before)  # the snapshot: unchanged, not half-updated
+    g.weights_changed()
+    with torch.inference_mode():
+        after = g(wplus)
     g.impl = "ref"
     with torch.inference_mode():
-        assert rel_err(after_inplace, g(wplus)) < 1e-5 and rel_err(after_inplace, before) > 1e-3
-        g.load_state_dict(wide.state_dict())  # inference tensors have no version counter: the load clears
+        assert rel_err(after, g(wplus)) < 1e-5 and rel_err(after, before) > 1e-3
+        g.load_state_dict(wide.state_dict())
         g.impl = "fast"
         assert rel_err(g(wplus), before) < 1e-6
+    renderer = g.cpu_renderer()
+    assert g.to("cpu").cpu_renderer() is not renderer
+    assert copy.deepcopy(g).cpu_renderer() is not renderer
 
 
 @torch.inference_mode()
@@ -227,7 +255,7 @@ def test_what_synthesize_returns_outlives_the_next_render(wide):
     kept = first.clone()
     second = wide.synthesize(styles[1])
     assert torch.equal(first, kept) and rel_err(first, second) > 1e-2
-    assert wide.scratch.nbytes() > 0
+    assert wide.cpu_renderer().buffer_bytes() > 0
 
 
 def test_renders_in_and_out_of_inference_mode_share_the_buffers(wide):
