@@ -158,8 +158,9 @@ FLOWER_USER = "dev"
 def _flower(settings: Settings) -> ChildSpec | None:
     """Flower on the same broker, on 127.0.0.1 only, behind basic auth with the dev key as password (one
     secret to know, already printed; Flower's /healthcheck and /metrics skip auth, so never bind it wider).
-    The credentials travel in Flower's environment, not its command line (`ps` shows that). Optional: a
-    port in use or a key Flower cannot hold skips it with a note, and never stops the dev server."""
+    The credentials travel in Flower's environment, not its command line (`ps` shows that). A port in use
+    (a compose Flower) or a key Flower cannot hold skips it with a note; once started, it is supervised
+    like the other children."""
     port, key = settings.flower_port, settings.dev_api_key or ""
     if port == 0:
         return None
