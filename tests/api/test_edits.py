@@ -177,7 +177,7 @@ def test_authentication(queued):
 def test_revoked_key_stops_working(queued_settings):
     from api.keys import create_key, revoke_key
 
-    api = make_api(queued_settings)
+    api = make_api(queued_settings.model_copy(update={"auth_cache_seconds": 0}))  # no replica-local memory
     with api.client.app.state.session_factory() as session:
         row, key = create_key(session, "short-lived")
         headers = {"Authorization": f"Bearer {key}"}
@@ -203,3 +203,74 @@ def test_readyz_reports_an_unreachable_broker(queued_settings):
     response = api.client.get("/readyz")
     assert response.status_code == 503 and response.json()["code"] == "not_ready"
     assert response.json()["checks"]["broker"].startswith("error")
+
+
+# --- several faces and several changes (#17) ------------------------------------------------------------
+
+
+def _detected(api, image_id: str, count: int) -> None:
+    """Record `count` detected faces on the image, as the worker's `detect_faces` does (tests/worker covers
+    the detection itself)."""
+    from common.models import Image
+
+    faces = [{"index": i, "box": [10 + 40 * i, 10, 40 + 40 * i, 40], "score": 0.9} for i in range(count)]
+    with api.client.app.state.session_factory() as session:
+        image = session.get(Image, image_id)
+        image.faces, image.faces_status = faces, "done"
+        session.commit()
+
+
+def test_faces_and_changes_forms(queued):
+    api, _ = queued
+    image_id = api.upload(face_jpeg())["id"]
+    _detected(api, image_id, 2)
+    changes = [{"neutral": "a face", "target": "a smiling face", "weight": 1},
+               {"neutral": "a face", "target": "a face with blue hair", "weight": -0.5}]
+    response = api.post("/v1/edits", json=_body(image_id, neutral=None, target=None, changes=changes, faces="all"))
+    assert response.status_code == 201, response.text
+    edit = response.json()["input"]
+    assert edit["changes"] == [{**c, "weight": float(c["weight"])} for c in changes]
+    assert edit["neutral"] is None and edit["target"] is None and edit["faces"] == "all"
+    assert "likeness" not in response.json()  # nothing rendered yet: absent
+    response = api.post("/v1/edits", json=_body(image_id, faces=[1, 0]))
+    assert response.status_code == 201 and response.json()["input"]["faces"] == [1, 0]
+
+
+def test_a_face_index_the_photo_does_not_have_is_422_naming_the_range(queued):
+    api, _ = queued
+    image_id = api.upload(face_jpeg())["id"]
+    pending = api.post("/v1/edits", json=_body(image_id, faces=[3]))
+    assert pending.status_code == 201  # faces not known yet: the job applies the same rule
+    _detected(api, image_id, 2)
+    response = api.post("/v1/edits", json=_body(image_id, faces=[0, 2]))
+    assert response.status_code == 422 and response.json()["code"] == "invalid_parameter"
+    assert "0..1" in response.json()["message"]
+    _detected(api, image_id, 1)
+    response = api.post("/v1/edits", json=_body(image_id, faces=[1]))
+    assert response.status_code == 422 and "valid indices 0)" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"changes": [{"neutral": "a face", "target": "a smiling face", "weight": 1}]},  # both forms
+        {"neutral": None, "target": None},  # neither
+        {"target": None},  # half of the one-change form
+        {"neutral": None, "target": None, "changes": []},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 0}]},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 2.5}]},
+        {"neutral": None, "target": None, "changes": [{"neutral": " ", "target": "b", "weight": 1}]},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b" * 201, "weight": 1}]},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 1}] * 2},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": f"b{i}"} for i in range(5)]},
+        {"faces": [0] + list(range(1, 9))},  # MAX_FACES_PER_EDIT is 8
+        {"faces": "everyone"},
+        {"faces": []},
+    ],
+)
+def test_faces_and_changes_validation_is_422(queued, changes):
+    api, image_id = queued
+    body = {k: v for k, v in _body(image_id, **changes).items() if v is not None}
+    response = api.post("/v1/edits", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import pytest
@@ -98,3 +99,39 @@ def test_delete_removes_the_photo_and_its_edits(api):
     assert api.get(f"/v1/edits/{edit['id']}").status_code == 404
     storage = api.client.app.state.storage
     assert storage.list(f"originals/{image['id']}") == []
+
+
+def test_faces_are_pending_at_once_without_a_worker(queued_settings):
+    api = make_api(queued_settings)
+    response = api.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")})
+    assert response.status_code == 201
+    assert (response.json()["faces"], response.json()["faces_status"]) == (None, "pending")
+    assert "preference-applied" not in response.headers
+
+
+def test_faces_are_listed_and_an_edit_changes_them_all(api, worker):
+    from tests.pipeline.images import png_bytes, two_faces
+
+    photo = png_bytes(two_faces(height=300, gap=60))
+    response = api.post("/v1/images", files={"file": ("two.png", photo, "image/png")},
+                        headers={"Prefer": "wait=60"})
+    assert response.status_code == 201 and response.headers["preference-applied"] == "wait=5"  # capped
+    image = response.json()
+    deadline = time.monotonic() + 120
+    while image["faces_status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        image = api.get(f"/v1/images/{image['id']}").json()
+    assert image["faces_status"] == "done", worker.log()[-3000:]
+    assert [face["index"] for face in image["faces"]] == [0, 1]
+    assert all(len(face["box"]) == 4 and 0 < face["score"] <= 1 for face in image["faces"])
+
+    body = {"image": image["id"], "faces": "all", "alphas": [1.5], "output_format": "png",
+            "changes": [{"neutral": "a face", "target": "a smiling face", "weight": 1.0}]}
+    submitted = api.post("/v1/edits", json=body)
+    assert submitted.status_code == 201, submitted.text
+    edit = api.wait(submitted.json()["id"])
+    assert edit["status"] == "succeeded", (edit["error"], worker.log()[-3000:])
+    assert [face["index"] for face in edit["metrics"]["faces"]] == [0, 1]
+    assert len(edit["output"]) == 1 and len(edit["likeness"]) == 1 and edit["metrics"]["first_output_seconds"] > 0
+    result = Image.open(io.BytesIO(httpx.get(edit["output"][0]).content))
+    assert result.size == (image["width"], image["height"])
