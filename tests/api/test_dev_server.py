@@ -310,3 +310,17 @@ def test_sigkill_of_the_dev_server_leaves_nothing(dev_bundle, tmp_path):
     finally:
         leftovers = server.stop(signal.SIGKILL)
     assert leftovers == [], "SIGKILL of the dev server left processes running"
+
+
+def test_flower_is_skipped_when_its_port_is_taken_and_never_gets_the_key_on_its_command_line(capsys):
+    from api.dev import _flower
+    from common.settings import Settings
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert _flower(Settings(dev_api_key=KEY, flower_port=port)) is None
+    assert f"Flower not started: 127.0.0.1:{port} is in use" in capsys.readouterr().err
+    assert _flower(Settings(dev_api_key=KEY, flower_port=0)) is None
+    spec = _flower(Settings(dev_api_key=KEY, flower_port=free_port()))
+    assert spec.env["FLOWER_BASIC_AUTH"] == f"dev:{KEY}"
+    assert "--address=127.0.0.1" in spec.argv and not any(KEY in arg for arg in spec.argv)
