@@ -6,9 +6,11 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from pipeline import Bundle, Canceled, Editor, Inversion, PipelineError
+from pipeline.editor import Change, Output, render_order
 from pipeline.errors import EMPTY_DIRECTION, INVALID_PARAMETER, NO_FACE
 from tests.pipeline.images import golden_dir, jpeg_bytes, noise_image
 
@@ -81,8 +83,10 @@ def test_inversion_round_trips_through_bytes_and_edits_identically(dev_editor, i
     again = Inversion.from_bytes(blob)
     assert np.array_equal(again.codes, inversion.codes) and again.codes.dtype == np.float32
     assert np.array_equal(again.quad, inversion.quad)
-    assert (again.qsize, again.n_faces, again.note, again.photo_size, again.versions) == \
-        (inversion.qsize, inversion.n_faces, inversion.note, inversion.photo_size, inversion.versions)
+    assert (again.qsize, again.n_faces, again.note, again.photo_size, again.versions, again.face_index,
+            again.box) == (inversion.qsize, inversion.n_faces, inversion.note, inversion.photo_size,
+                           inversion.versions, 0, inversion.box)
+    assert inversion.box is not None
     a = dev_editor.edit(inversion, "a face", "a smiling face", [2.0])
     b = dev_editor.edit(again, "a face", "a smiling face", [2.0], photo=face_bytes)
     c = dev_editor.edit(again.with_photo(face_bytes), "a face", "a smiling face", [2.0])
@@ -228,3 +232,109 @@ def test_exif_orientation_is_applied_and_kept(dev_editor, face_bytes):
     assert inv.photo_size == upright and inv.n_faces == 1
     (image,) = dev_editor.edit(inv, "a face", "a smiling face", [1.0])
     assert image.size == upright
+
+
+# --- render: several changes, results as they come, likeness -------------------------------------------------
+
+def test_one_change_of_weight_one_renders_exactly_todays_edit(dev_editor, inversion, face_bytes):
+    """The edit as it was computed before ``render`` (one direction, all alphas in one batch, one paste per
+    alpha), pixel for pixel."""
+    from pipeline.directions import apply, style_direction
+    from pipeline.editor import _to_uint8
+    from pipeline.paste import paste_back_many
+    from pipeline.photo import load_photo
+
+    alphas = [-2.0, 0.0, 3.0]
+    m, g = dev_editor.models, dev_editor.models.generator
+    with torch.no_grad():
+        dt = dev_editor._directions.get(m.clip, "a face", "a smiling face")
+        direction = style_direction(m.fs3, dt, 0.15, m.style_std, g.style_dims, g.style_is_torgb)
+        faces = g.synthesize(apply(g.styles(torch.from_numpy(inversion.codes.copy())[None]), direction, alphas))
+    before = paste_back_many(load_photo(face_bytes), [Image.fromarray(f) for f in _to_uint8(faces)], inversion.quad)
+    outputs = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face", 1.0)], alphas)
+    edited = dev_editor.edit(inversion, "a face", "a smiling face", alphas)
+    for old, output, image in zip(before, outputs, edited, strict=True):
+        assert np.array_equal(np.asarray(old), np.asarray(output.image))
+        assert np.array_equal(np.asarray(old), np.asarray(image))
+
+
+def test_outputs_come_middle_strength_first(dev_editor, inversion, face_bytes):
+    seen: list[Output] = []
+    metrics: dict = {}
+    alphas = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    outputs = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], alphas,
+                                on_output=seen.append, metrics=metrics)
+    assert [o.index for o in seen] == render_order(5) == [2, 1, 3, 0, 4]
+    assert [o.index for o in outputs] == [0, 1, 2, 3, 4] and [o.alpha for o in outputs] == alphas
+    assert all(o is seen[[s.index for s in seen].index(o.index)] for o in outputs)
+    assert 0 < metrics["first_output_seconds"] < sum(metrics[k] for k in ("direction_seconds", "synthesize_seconds",
+                                                                          "paste_seconds")) + 1
+    assert metrics["faces"] == [{"index": 0}]
+    order = []
+    dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], alphas[:3], order=[0, 2, 1],
+                      on_output=lambda o: order.append(o.index))
+    assert order == [0, 2, 1]
+    assert render_order(4) == [2, 1, 3, 0] and render_order(1) == [0]
+
+
+def test_cancel_between_strengths_keeps_the_finished_ones(dev_editor, inversion, face_bytes):
+    seen: list[Output] = []
+    with pytest.raises(Canceled):
+        dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], [-2.0, 0.0, 2.0],
+                          on_output=seen.append, should_cancel=lambda: bool(seen))
+    assert [o.index for o in seen] == [1]
+
+
+def test_likeness_per_face_with_an_identity_model_none_without(dev_bundle, dev_editor, inversion, face_bytes):
+    import dataclasses
+
+    (output,) = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], [2.0])
+    assert dev_bundle.has("identity")
+    assert isinstance(output.likeness, tuple) and len(output.likeness) == 1 and -1 <= output.likeness[0] <= 1
+    # the same models without an identity model (what a bundle without the optional entry loads)
+    plain = Editor(dev_bundle)
+    plain._models, plain._directions = dataclasses.replace(dev_editor.models, identity=None), dev_editor._directions
+    (without,) = plain.render(face_bytes, [inversion], [Change("a face", "a smiling face")], [2.0])
+    assert without.likeness is None
+    assert np.array_equal(np.asarray(without.image), np.asarray(output.image))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"changes": []},
+    {"changes": [Change("a face", "a smiling face", 0.0)]},
+    {"changes": [Change("a face", "a smiling face"), Change("a face", "an old face")], "mode": "optimize"},
+    {"order": [0, 0]},
+    {"inversions": []},
+])
+def test_render_parameters_are_typed_errors(dev_editor, inversion, face_bytes, kwargs):
+    args = {"inversions": [inversion], "changes": [Change("a face", "a smiling face")], "alphas": [1.0, 2.0]}
+    args.update(kwargs)
+    with pytest.raises(PipelineError) as err:
+        dev_editor.render(face_bytes, **args)
+    assert err.value.code == INVALID_PARAMETER
+    with pytest.raises(PipelineError) as err:
+        dev_editor.render(face_bytes, [inversion, inversion], [Change("a face", "a smiling face")], [1.0])
+    assert err.value.code == INVALID_PARAMETER and "once" in err.value.message
+
+
+def test_cli_edits_every_face_with_two_changes(dev_bundle, tmp_path, capsys):
+    from pipeline.cli import main
+    from tests.pipeline.images import two_faces
+
+    photo = tmp_path / "pair.png"
+    two_faces().save(photo)
+    code = main(["edit", str(photo), "--change", "a face", "a smiling face", "1", "--change", "a face",
+                 "a face with blue hair", "0.5", "--faces", "all", "--alpha", "-1", "--alpha", "2",
+                 "--bundle", str(dev_bundle.dir), "--out", str(tmp_path / "out.png"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "out_a-1.png"), str(tmp_path / "out_a2.png")]
+    assert "faces: 2 found, edited 0, 1" in err and "likeness out_a2.png:" in err
+    with pytest.raises(SystemExit):
+        main(["edit", str(photo), "--change", "a face", "a smiling face", "x", "--out", str(tmp_path / "o.png")])
+    with pytest.raises(SystemExit):
+        main(["edit", str(photo), "--neutral", "a", "--target", "b", "--change", "a", "b", "1",
+              "--out", str(tmp_path / "o.png")])
+    code = main(["edit", str(photo), "--neutral", "a face", "--target", "a smiling face", "--faces", "0,5",
+                 "--bundle", str(dev_bundle.dir), "--out", str(tmp_path / "o.png"), "--quiet"])
+    assert code == 2 and "0-1" in capsys.readouterr().err
