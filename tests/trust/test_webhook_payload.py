@@ -35,7 +35,9 @@ def test_webhook_data_is_the_api_resource(service, status):
             webhook="https://hooks.example/edits?token=t", webhook_events_filter=["completed"], status=status,
             attempt=1, deadline_at=now + timedelta(hours=1), created_at=now - timedelta(seconds=3),
             started_at=now - timedelta(seconds=2), completed_at=now,
-            output_keys=[f"results/{edit_id}/0.png", f"results/{edit_id}/1.png"] if status == "succeeded" else None,
+            output_keys={"succeeded": [f"results/{edit_id}/0.png", f"results/{edit_id}/1.png"],
+                         "canceled": [f"results/{edit_id}/0.png", None]}.get(status),  # canceled: one kept
+            likeness={"succeeded": [0.91, 0.62], "canceled": [0.91, None]}.get(status),
             error_code="no_face" if status == "failed" else None,
             error_message="no face found" if status == "failed" else None,
             metrics={"total_seconds": 1.5, "inversion_cached": False, "attempt": 1},
@@ -47,5 +49,6 @@ def test_webhook_data_is_the_api_resource(service, status):
     api = service.client.get(f"/v1/edits/{edit_id}", headers=service.auth())
     assert api.status_code == 200, api.text
     assert message["type"] == "edit.completed"
-    assert set(message["data"]) == set(EditOut.model_fields)
+    absent = {"likeness"} if status == "failed" else set()  # only with an identity model, never when failed
+    assert set(message["data"]) == set(EditOut.model_fields) - absent
     assert message["data"] == api.json()
