@@ -10,6 +10,8 @@ const GIVE_UP_MS = 30_000; // a busy worker: submit with the server's default (t
 const POLL_MS = 1000; // between asks (GET /v1/images/{id} answers at once; Prefer: wait is for the upload)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
+const GROW = 0.2;
+
 let state = { image: null, faces: [], chosen: new Set(), onChange: () => {} };
 let token = 0; // a newer photo makes older lookups stale
 let observer = null;
@@ -123,7 +125,7 @@ function render(hint) {
     button.setAttribute("aria-pressed", String(state.chosen.has(face.index)));
     button.addEventListener("click", () => toggle(face.index));
     if (onPhoto) {
-      const [left, top, right, bottom] = face.box;
+      const [left, top, right, bottom] = grown(face.box, image);
       Object.assign(button.style, {
         left: `${(100 * left) / image.width}%`,
         top: `${(100 * top) / image.height}%`,
@@ -142,6 +144,13 @@ function render(hint) {
     }
   }
   placeLayer();
+}
+
+/** A detector's box hugs the inner face: drawn a fifth bigger each way it frames the head and is easier to tap. */
+function grown([left, top, right, bottom], { width, height }) {
+  const dx = (right - left) * GROW;
+  const dy = (bottom - top) * GROW;
+  return [Math.max(0, left - dx), Math.max(0, top - dy), Math.min(width, right + dx), Math.min(height, bottom + dy)];
 }
 
 /** Lay the box layer exactly over the picture inside the preview (object-fit: contain leaves bars). */

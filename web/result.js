@@ -61,8 +61,7 @@ function startIndex(images) {
  */
 export function showResult(edit, images, originalUrl, running = false) {
   current = { edit, images, originalUrl, index: startIndex(images), running };
-  $("result-title").textContent = titleOf(edit);
-  $("dev-note").hidden = !(edit.model && edit.model.dev_bundle);
+  showHeader(edit);
   const slider = $("strength");
   slider.max = String(images.length - 1);
   slider.value = String(current.index);
@@ -79,9 +78,16 @@ export function updateResult(edit, images, running) {
   if (!current || current.edit.id !== edit.id) return;
   const wasMissing = !current.images[current.index];
   Object.assign(current, { edit, images, running });
+  showHeader(edit);
   if (wasMissing && images[current.index]) showIndex(current.index);
   else showLikeness();
   showArrival();
+}
+
+/** Title and the development-models note (`model` is filled in when the edit completes). */
+function showHeader(edit) {
+  $("result-title").textContent = titleOf(edit);
+  $("dev-note").hidden = !(edit.model && edit.model.dev_bundle);
 }
 
 /** The edit id on the result screen (null when none). */
