@@ -41,6 +41,7 @@ DETECT_MAX_SIDE = 1024
 # Tiles for small faces: grids of overlapping tiles, each this fraction of the frame's width and height (2x2 at
 # 0.6, 3x3 at 0.35: a face ~3 % of the frame's width fills ~10 % of a small tile, which the detector finds).
 TILE_FRACTIONS = ((0.6, 2), (0.35, 3))
+MIN_TILE_SIDE = 64
 # The mesh runs on a square this many times the detector's box, at most MESH_MAX_SIDE pixels (its landmark
 # model reads a 192 px crop of the face).
 MESH_CROP_SCALE = 2.0
@@ -283,6 +284,8 @@ def _views(small: Image.Image, size: np.ndarray) -> list[_View]:
     views += [_rotated_view(small, size, angle) for angle in (VIEW_ROLL, -VIEW_ROLL)]
     for fraction, n in TILE_FRACTIONS:
         tw, th = round(w * fraction), round(h * fraction)
+        if min(tw, th) < MIN_TILE_SIDE:   # a photo this small has no face too small for the whole view
+            continue
         for ox in np.linspace(0, w - tw, n).round().astype(int):
             for oy in np.linspace(0, h - th, n).round().astype(int):
                 views.append((small.crop((ox, oy, ox + tw, oy + th)),
