@@ -5,9 +5,11 @@
 import { ApiError, getImage } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
-const GIVE_UP_MS = 30_000; // a busy worker: submit with the server's default (the largest face) instead
+// A cold or busy worker can take a while (loading its models first): keep asking, less often after a while.
+// Submitting never waits for this: until the faces are known the edit goes with the server's default.
+const GIVE_UP_MS = 120_000;
 
-const POLL_MS = 1000; // between asks (GET /v1/images/{id} answers at once; Prefer: wait is for the upload)
+const pollMs = (elapsed) => (elapsed < 10_000 ? 1000 : 3000); // GET /v1/images/{id} answers at once
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 const GROW = 0.2;
@@ -56,7 +58,7 @@ export async function findFaces(image, onChange) {
   let asked = 0;
   render("Looking for faces…");
   while (current.faces_status === "pending" && Date.now() - started < GIVE_UP_MS) {
-    await sleep(POLL_MS - (Date.now() - asked)); // no wait at the first ask
+    await sleep(pollMs(Date.now() - started) - (Date.now() - asked)); // no wait at the first ask
     asked = Date.now();
     try {
       current = await getImage(current.id);

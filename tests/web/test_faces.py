@@ -89,6 +89,11 @@ def test_group_photo_changes_likeness_results_as_they_come(phone: Page, service,
     expect(page.locator("#changes .weight-value")).to_have_text("0.5×")
     assert not page.evaluate(NAMELESS_CONTROLS)
     shot(page, shots, "11-changes")
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 15, 19)"
+    page.locator("#photo-card").scroll_into_view_if_needed()
+    shot(page, shots, "10-faces-dark")
+    page.emulate_media(color_scheme="light")
     page.get_by_role("button", name="Create edit").click()
 
     # The first finished strength shows while the others are still null in the edit resource.
