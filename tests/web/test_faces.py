@@ -145,3 +145,23 @@ def test_group_photo_changes_likeness_results_as_they_come(phone: Page, service,
     expect(page.locator("#create-alert")).to_have_attribute("data-code", "canceled", timeout=30_000)
     assert posts[1]["faces"] == "all"
     assert (posts[1]["neutral"], posts[1]["target"]) == ("a face", "a smiling face") and "changes" not in posts[1]
+
+
+def test_face_choice_errors_read_as_such(phone: Page, service):
+    """A refused face choice says so and leads back to the faces; a text that merely mentions a face does not."""
+    page = phone
+    open_app(page, service.url)
+    words = page.evaluate("""async () => {
+        const { describeError } = await import("/messages.js");
+        return [
+          describeError({ code: "invalid_parameter",
+                          message: "face index 3 is out of range: the photo has 2 faces (valid indices 0..1)" }),
+          describeError({ code: "invalid_parameter", message: "the photo has 12 faces and an edit changes at most 8" }),
+          describeError({ code: "validation_error", message: "changes.1.target: 'a face with a hat' is too long" }),
+          describeError({ code: "no_face", message: "no face was found in the photo" }),
+        ];
+    }""")
+    assert [w["title"] for w in words[:2]] == ["Choose the faces again"] * 2
+    assert words[0]["actionLabel"] == "Choose the faces" and "valid indices 0..1" in words[0]["text"]
+    assert words[2]["title"] == "Check the texts"
+    assert words[3]["title"] == "No face found"
