@@ -54,7 +54,7 @@ def test_rate_validation():
 def test_several_buckets_in_one_call_all_or_none(limiter):
     """Requests and submits are spent in one round trip: a call one bucket refuses spends from neither, and the
     wait is the refusing bucket's."""
-    wide, narrow = Rate(per_second=100, burst=10), Rate(per_second=0.25, burst=2)
+    wide, narrow = Rate(per_second=0.001, burst=10), Rate(per_second=0.25, burst=2)  # wide: no refill meanwhile
     both = [("requests", wide), ("submits", narrow)]
     decisions = [limiter.take_all("key-a", both) for _ in range(3)]
     assert [d.allowed for d in decisions] == [True, True, False]
