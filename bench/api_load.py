@@ -28,7 +28,7 @@ from bench.machine import REPO_ROOT
 
 DEFAULT_PG = "postgresql+psycopg://faceedit:faceedit@127.0.0.1:5432/faceedit_test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop"]
 
 
 def _log(message: str) -> None:
@@ -98,7 +98,7 @@ class Deployment:
         redis_url = os.environ.get("TEST_REDIS_URL") or DEFAULT_REDIS
         database = stack.enter_context(private_database(pg, prefix="bench_load"))
         self.settings = build_settings(
-            database, redis_url, storage_dir=tmp / f"storage-{name}", tag="bench", log_level="WARNING",
+            database, redis_url, storage_dir=tmp / f"storage-{name}", tag="bench", log_level="INFO",
             rate_limit_per_second=1e6, rate_limit_burst=10**6, submit_rate_per_second=1e6, submit_rate_burst=10**6,
             max_queued_per_owner=10**6, max_queued_total=10**7)  # fmt: skip
         stack.callback(drop_queues, self.settings)

@@ -136,7 +136,8 @@ def api_load_section(load: dict, command: str) -> list[str]:
     trees = load["trees"]
     lines = [API_LOAD_HEADING, "",
              f"{load['users']} users at once, each on its own connection and key, sending its next request as soon "
-             "as the last is answered; one uvicorn process (httptools, uvloop) on PostgreSQL + Redis, no worker (the "
+             "as the last is answered; one uvicorn process (httptools, uvloop, access log at INFO as deployed) on "
+             "PostgreSQL + Redis, no worker (the "
              f"queue grows), {load['seconds_per_round']:g} s counted per kind of request and round, "
              f"{load['rounds']} round(s) per tree, medians over rounds. `server CPU` is the uvicorn process's CPU "
              "time per request (PostgreSQL's and Redis' not included): it varies less with the machine's other load "
