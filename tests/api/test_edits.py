@@ -274,3 +274,24 @@ def test_faces_and_changes_validation_is_422(queued, changes):
     response = api.post("/v1/edits", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
+
+
+def test_finished_outputs_are_served_while_the_edit_is_processing(queued):
+    """What a worker records as each strength finishes (tests/worker covers the job's side): the resource
+    lists the finished URL and null for the rest, the finished one is served, the others are 404."""
+    from common.models import Edit
+
+    api, image_id = queued
+    edit_id = api.post("/v1/edits", json=_body(image_id)).json()["id"]
+    key = f"results/{edit_id}/1.jpg"
+    api.client.app.state.storage.put(key, b"\xff\xd8 a finished strength", "image/jpeg")
+    with api.client.app.state.session_factory() as session:
+        edit = session.get(Edit, edit_id)
+        edit.status, edit.output_keys, edit.likeness = "processing", [None, key, None], [None, 0.8, None]
+        session.commit()
+    edit = api.get(f"/v1/edits/{edit_id}").json()
+    assert edit["status"] == "processing" and edit["output"][0] is None and edit["output"][2] is None
+    assert edit["output"][1] and edit["likeness"] == [None, 0.8, None]
+    assert api.get(f"/v1/edits/{edit_id}/outputs/1").content == b"\xff\xd8 a finished strength"
+    missing = api.get(f"/v1/edits/{edit_id}/outputs/0")
+    assert missing.status_code == 404 and missing.json()["code"] == "output_not_found"
