@@ -1,7 +1,8 @@
 // Face Edit: screens, routing (#create, #progress, #edit/{id}, #history, #settings) and the edit flow.
 
 import * as api from "./api.js";
-import { activeField, applyPreset, changeParams, currentChanges, describeChanges, initChanges } from "./changes.js";
+import { activeField, applyPreset, changeParams, currentChanges, describeChanges, initChanges,
+         setChanges } from "./changes.js";
 import { clearFaces, facesParam, findFaces, initFaces, noneChosen, showStatus } from "./faces.js";
 import { renderHistory } from "./history.js";
 import { EditJob, finishedCount, TERMINAL } from "./job.js";
@@ -9,6 +10,7 @@ import { describeError } from "./messages.js";
 import { preparePhoto, thumbnail } from "./photo.js";
 import { changesOf, defaultIndex, initResult, loadOutput, releaseOutputs, shownEditId, showResult,
          updateResult } from "./result.js";
+import { askAboutLinkKey, initSettings, renderSettings } from "./settings.js";
 import { getEntry, saveEntry } from "./store.js";
 
 // One submit asks for all strengths at once, so the slider never waits for the server. StyleCLIP's global
@@ -28,7 +30,6 @@ const state = {
   // {edit, images: [{url, blob} | null per strength], originalUrl, loading: Map(index → promise), running} of
   // the last result shown; filled while the edit runs, as strengths arrive
   loaded: null,
-  installPrompt: null,
 };
 
 /* ---------- screens and routing ---------- */
@@ -261,7 +262,8 @@ async function startJob(request, resumeId = null) {
       if (state.imageId === edit.input.image) state.imageUsed = true;
       return saveEntry(edit.id, {
         imageId: edit.input.image, neutral: request.neutral, target: request.description || request.target,
-        alphas: request.alphas, status: edit.status, createdAt: edit.created_at, original,
+        changes: request.changes || null, alphas: request.alphas, status: edit.status, createdAt: edit.created_at,
+        original,
       });
     },
     onUpdate: (progress) => {
@@ -403,7 +405,7 @@ async function openEdit(id) {
     const photo = entry.original ? { blob: entry.original, filename: "photo.jpg", preview: entry.original }
                                  : { blob: null, filename: null, preview: null };
     setPhoto(photo, entry.imageId);
-    $("target").value = entry.target;
+    setChanges(entry.changes || [{ target: entry.target, weight: 1 }]);
     $("neutral").value = entry.neutral;
     updateSubmit();
   }
@@ -429,59 +431,6 @@ async function openEdit(id) {
     if (!(err instanceof api.ApiError)) throw err;
     showAlert(err);
   }
-}
-
-/* ---------- settings and installing ---------- */
-
-function renderSettings() {
-  const source = api.keySource();
-  $("api-key").value = source === "install" ? api.apiKey() : "";
-  $("key-status").textContent = {
-    install: "This install uses its own key.",
-    dev: "Using the development key from this server (make run). No key needed.",
-    none: "No key yet: paste the key you were given, or open your install link.",
-  }[source];
-  $("install").hidden = !state.installPrompt;
-  $("server-info").textContent = `Server: ${new URL(location.href).origin}`;
-}
-
-function initSettings() {
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    api.setApiKey($("api-key").value.trim());
-    renderSettings();
-    $("key-status").textContent = `Saved. ${$("key-status").textContent}`;
-  });
-  window.addEventListener("beforeinstallprompt", (event) => {
-    event.preventDefault(); // show our own button instead of the browser's mini-infobar
-    state.installPrompt = event;
-    $("install").hidden = false;
-  });
-  $("install").addEventListener("click", async () => {
-    if (!state.installPrompt) return;
-    state.installPrompt.prompt();
-    await state.installPrompt.userChoice;
-    state.installPrompt = null;
-    $("install").hidden = true;
-  });
-}
-
-/** A link's key replaces the stored one only after the person says so (api.linkKey). */
-function askAboutLinkKey() {
-  const key = api.linkKey();
-  const dialog = $("confirm-key");
-  if (!key || dialog.open) return;
-  $("confirm-key-prefix").textContent = key.length > 10 ? `${key.slice(0, 10)}…` : key;
-  dialog.returnValue = "";
-  dialog.addEventListener(
-    "close",
-    () => {
-      api.settleLinkKey(dialog.returnValue === "replace");
-      renderSettings();
-    },
-    { once: true },
-  );
-  dialog.showModal();
 }
 
 /* ---------- start ---------- */

@@ -49,10 +49,11 @@ export function applyPreset(text) {
   onChange();
 }
 
-function addRow(text = "") {
+function addRow(text = "", weight = 1, focus = true) {
   const row = $("change-row").content.firstElementChild.cloneNode(true);
   const input = row.querySelector(".change-target");
   input.value = text;
+  row.querySelector(".change-weight").value = String(weight);
   input.addEventListener("input", onChange);
   input.addEventListener("focus", () => (active = input));
   wireWeight(row);
@@ -64,8 +65,9 @@ function addRow(text = "") {
     $("target").focus();
   });
   $("changes").append(row);
-  active = input;
   renumber();
+  if (!focus) return;
+  active = input;
   onChange();
   input.focus();
 }
@@ -113,6 +115,17 @@ export function resetChanges() {
   for (const row of rows()) row.remove();
   active = null;
   renumber();
+}
+
+/** Show the changes of an earlier edit ([{target, weight}], the first in the main field). */
+export function setChanges(changes) {
+  resetChanges();
+  if (!changes.length) return;
+  $("target").value = changes[0].target;
+  for (const change of changes.slice(1)) addRow(change.target, change.weight, false);
+  $("weight-main").querySelector(".change-weight").value = String(changes[0].weight);
+  showWeight($("weight-main"));
+  onChange();
 }
 
 /** Wire the controls once at start-up; `changed()` runs after every edit of a text or weight. */

@@ -173,7 +173,8 @@ function showOriginal(on) {
 
 function fileName() {
   const { edit, index } = current;
-  const slug = changesOf(edit).map((change) => change.target).join(" and ").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
+  const words = changesOf(edit).map((change) => change.target).join(" and ").toLowerCase();
+  const slug = words.replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
   const blob = current.images[index].blob;
   const ext = blob && blob.type === "image/png" ? "png" : blob && blob.type === "image/webp" ? "webp" : "jpg";
   return `faceedit-${slug || "edit"}-${index + 1}.${ext}`;

@@ -1,5 +1,6 @@
-// This device's history: one IndexedDB record per edit {id, imageId, neutral, target, alphas, status,
-// createdAt, errorCode, original (Blob), thumb (Blob)}. IndexedDB, not localStorage, because it keeps Blobs.
+// This device's history: one IndexedDB record per edit {id, imageId, neutral, target (all changes in one line),
+// changes ([{neutral, target, weight}] or null for one plain change), alphas, status, createdAt, errorCode,
+// original (Blob), thumb (Blob)}. IndexedDB, not localStorage, because it keeps Blobs.
 
 const DB_NAME = "faceedit";
 const STORE = "edits";

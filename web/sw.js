@@ -16,6 +16,7 @@ const SHELL = [
   "/messages.js",
   "/photo.js",
   "/result.js",
+  "/settings.js",
   "/store.js",
   "/manifest.webmanifest",
   "/icons/icon-192.png",
