@@ -171,7 +171,7 @@ def merge_api_load(existing: str, result: dict, command: str) -> str:
     if API_LOAD_HEADING in existing:
         start = existing.index(API_LOAD_HEADING)
         end = existing.find("\n## ", start + len(API_LOAD_HEADING))
-        return existing[:start] + section + (existing[end + 1:] if end != -1 else "")
+        return existing[:start] + section + ("\n" + existing[end + 1:] if end != -1 else "")
     anchor = existing.find("## Reproduce")
     if anchor == -1:
         return existing.rstrip("\n") + "\n\n" + section

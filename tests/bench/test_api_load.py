@@ -32,6 +32,7 @@ def test_the_section_is_replaced_in_place_and_kept_by_other_runs():
     assert "| `POST /v1/edits` | 111 |" in first and "**not met**" in first
     second = merge_api_load(first, _load_result(222), "python -m bench --only api-load")
     assert second.count(API_LOAD_HEADING) == 1 and "| 222 |" in second and "| 111 |" not in second
+    assert "\n\n## Reproduce" in second
     assert "**met**" in second and "## Medians\n\nmedians" in second
     # a model-only run rewrites the report: the API section of the previous one stays
     kept = keep_api_load(second, REPORT.replace("medians", "new medians"))
