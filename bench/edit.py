@@ -119,5 +119,6 @@ def bench_editor_stages(bundle_dir: Path, photo: bytes, alphas: Sequence[float],
             metrics.update(invert_cpu_seconds=cpu1 - cpu0, edit_cpu_seconds=cpu2 - cpu1)
             if i > 0 or not warmup:
                 for key, value in metrics.items():
-                    runs[key].append(value)
+                    if isinstance(value, int | float):  # seconds; the Editor's metrics also hold per-face details
+                        runs[key].append(value)
     return {key: float(torch.tensor(v).median()) for key, v in runs.items()}
