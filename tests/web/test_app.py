@@ -70,7 +70,7 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     shot(page, shots, "3-editing")
 
     # The result: one job makes every strength; the first shows as soon as it is done, the others are
-    # downloaded as they arrive (tests/web/test_faces.py holds them back to see that), then the slider is local.
+    # downloaded as they arrive (tests/web/test_group_photos.py holds them back to see that), then the slider is local.
     expect(screen(page, "result")).to_be_visible(timeout=EDIT_TIMEOUT_MS)
     slider = page.get_by_label(re.compile("^Strength"))
     count = int(slider.get_attribute("max")) + 1
