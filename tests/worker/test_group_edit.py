@@ -212,3 +212,23 @@ def test_a_cancel_between_strengths_keeps_the_finished_outputs(runtime, shared):
     assert canceling.storage.list(f"results/{edit_id}/") == [edit.output_keys[1]]
     resource = edit_resource(edit, "http://api", None)
     assert resource["output"] == [None, f"http://api/v1/edits/{edit_id}/outputs/1", None]
+
+
+def test_without_an_identity_model_likeness_is_absent(runtime, shared, dev_bundle, tmp_path):
+    """The same bundle less its optional `identity` entry: the edit has no likeness, and the resource no field."""
+    from pathlib import Path
+
+    manifest = json.loads((Path(dev_bundle) / "manifest.json").read_text())
+    identity = manifest.pop("identity")["file"]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for item in Path(dev_bundle).iterdir():
+        if item.is_file() and item.name not in ("manifest.json", identity):
+            (bundle / item.name).symlink_to(item.resolve())
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    plain = Runtime(runtime.settings.model_copy(update={"model_dir": bundle}))
+    edit_id = _edit(plain, shared)
+    assert run_edit(plain, edit_id) == "succeeded"
+    edit = _row(plain, Edit, edit_id)
+    assert edit.likeness is None and "likeness" not in edit_resource(edit, "", None)
+    assert edit_resource(edit, "", None)["output"][0]
