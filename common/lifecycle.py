@@ -33,10 +33,6 @@ class EditStatus(enum.StrEnum):
 TERMINAL = frozenset({EditStatus.SUCCEEDED, EditStatus.FAILED, EditStatus.CANCELED})
 ACTIVE = (EditStatus.STARTING, EditStatus.PROCESSING)
 
-# Old names, kept until every user reads EditStatus (then removed).
-STARTING, PROCESSING = EditStatus.STARTING, EditStatus.PROCESSING
-SUCCEEDED, FAILED, CANCELED = EditStatus.SUCCEEDED, EditStatus.FAILED, EditStatus.CANCELED
-
 # Job error codes the service adds to the pipeline's own (see docs/API.md).
 TIMEOUT = "timeout"
 WORKER_LOST = "worker_lost"

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from common import lifecycle
 from common.edit_resource import changes as edit_changes
 from common.faces import FACES_DONE, FaceChoiceError, chosen_faces
-from common.lifecycle import Claim
+from common.lifecycle import Claim, EditStatus
 from common.metrics import observe_edit
 from common.models import Edit, Image
 from common.storage import ObjectNotFound, StorageUnavailable, inversion_key, original_key, result_key
@@ -183,9 +183,9 @@ def _crash(runtime: Runtime, edit_id: str, token: str) -> str:
     message = "the worker hit an unexpected error; it was logged"
     with runtime.session_factory() as session:
         if lifecycle.fail(session, edit_id, token, lifecycle.INTERNAL_ERROR, message):
-            observe_edit({}, lifecycle.FAILED, lifecycle.INTERNAL_ERROR)
+            observe_edit({}, EditStatus.FAILED, lifecycle.INTERNAL_ERROR)
     _discard_results(runtime, edit_id)
-    return lifecycle.FAILED
+    return EditStatus.FAILED
 
 
 def _push_webhooks(runtime: Runtime, edit_id: str) -> None:
@@ -230,15 +230,15 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             metrics["store_seconds"] = outputs.store_seconds
             metrics["total_seconds"] = time.perf_counter() - start
             if lifecycle.succeed(session, edit_id, token, outputs.keys, _rounded(metrics), model, outputs.likeness):
-                observe_edit(metrics, lifecycle.SUCCEEDED)
-                return lifecycle.SUCCEEDED
+                observe_edit(metrics, EditStatus.SUCCEEDED)
+                return EditStatus.SUCCEEDED
             _discard_unless_won(runtime, session, edit_id)
             return "lost"
         except Canceled:
             lifecycle.release_canceled(session, edit_id, token)  # the outputs recorded so far stay listed
-            observe_edit(metrics, lifecycle.CANCELED)
+            observe_edit(metrics, EditStatus.CANCELED)
             _discard_unless_won(runtime, session, edit_id)
-            return lifecycle.CANCELED
+            return EditStatus.CANCELED
         except PipelineError as error:
             _discard_results(runtime, edit_id)
             return _fail(session, edit_id, token, error.code, error.message, metrics, model, start)
@@ -367,9 +367,9 @@ def _discard_results(runtime: Runtime, edit_id: str) -> None:
 def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
     metrics["total_seconds"] = time.perf_counter() - start
     lifecycle.fail(session, edit_id, token, code, message, _rounded(metrics), model)
-    observe_edit(metrics, lifecycle.FAILED, code)
+    observe_edit(metrics, EditStatus.FAILED, code)
     log.info("edit %s failed: %s (%s)", edit_id, code, message)
-    return lifecycle.FAILED
+    return EditStatus.FAILED
 
 
 def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
@@ -377,9 +377,9 @@ def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
     wrote the same keys) or is still writing them; a canceled edit keeps the outputs its row lists."""
     edit = session.get(Edit, edit_id, populate_existing=True)
     session.rollback()
-    if edit is None or edit.status == lifecycle.FAILED:
+    if edit is None or edit.status == EditStatus.FAILED:
         _discard_results(runtime, edit_id)
-    elif edit.status == lifecycle.CANCELED:
+    elif edit.status == EditStatus.CANCELED:
         kept = set(edit.output_keys or [])
         runtime.storage.delete([key for key in runtime.storage.list(f"results/{edit_id}/") if key not in kept])
 

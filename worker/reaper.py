@@ -19,6 +19,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from common import lifecycle
+from common.lifecycle import EditStatus
 from common.models import Edit, utcnow
 from common.queue import REAP_TASK, enqueue_edit
 from common.redis_client import redis_client
@@ -47,7 +48,7 @@ def resend_orphans(runtime: Runtime, celery: Celery) -> int:
     settings = runtime.settings
     with runtime.session_factory() as session:
         waiting = set(session.scalars(select(Edit.id).where(
-            Edit.status == lifecycle.STARTING, Edit.created_at < utcnow() - RESEND_GRACE).limit(500)))
+            Edit.status == EditStatus.STARTING, Edit.created_at < utcnow() - RESEND_GRACE).limit(500)))
     if not waiting:
         return 0
     orphans = waiting - queued_task_ids(settings.redis_url, settings.edits_queue)

@@ -120,7 +120,9 @@ def test_unreachable_storage_is_left_to_the_lease_then_retried(pg_url, redis_url
 
     store.unlink()
     shutil.move(tmp_path / "away", store)  # the volume is back
-    time.sleep(1.2)  # the lease runs out (the reaper would re-send the job now)
+    # the lease runs out (the reaper would re-send the job now); a heartbeat may renew it once while the job
+    # stops, so wait a lease past that renewal, with margin for a loaded machine
+    time.sleep(settings.lease_seconds + settings.heartbeat_seconds + 0.5)
     assert run_edit(runtime, edit_id) == "succeeded"
     with runtime.session_factory() as session:
         assert session.get(Edit, edit_id).attempt == 2
