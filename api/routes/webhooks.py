@@ -41,6 +41,8 @@ class DeliveryAttempt(BaseModel):
 class DeliveryOut(BaseModel):
     id: str = Field(description="the `webhook-id` header (the same on every retry)")
     event: str
+    output_index: int | None = Field(
+        None, description="for an `output` event: which output (index into `alphas`) it announced")
     url: str
     status: DeliveryStatus = Field(
         description="pending | delivered | failed | disabled (410) | refused (SSRF guard)")
@@ -80,7 +82,7 @@ def rotate_webhook_secret(owner: OwnerDep, session: SessionDep, settings: Settin
 def _out(row: WebhookDelivery) -> DeliveryOut:
     log: list[dict[str, Any]] = row.log or []
     return DeliveryOut(
-        id=row.id, event=row.event, url=row.url, status=row.status, attempts=row.attempts,
+        id=row.id, event=row.event, output_index=row.output_index if row.event == "output" else None, url=row.url, status=row.status, attempts=row.attempts,
         last_status_code=row.last_status_code, last_error=row.last_error,
         next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
         created_at=row.created_at, delivered_at=row.delivered_at,

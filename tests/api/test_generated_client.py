@@ -158,5 +158,7 @@ def test_generated_client_uploads_edits_polls_and_verifies_webhooks(service, dep
         verifier.verify(deliveries[-1].body.replace(b"succeeded", b"SUCCEEDED"), deliveries[-1].headers)
     log = _module("api.webhooks.list_edit_webhooks").sync(client=client, edit_id=edit.id)
     assert isinstance(log, models.DeliveryList) and log.results, log
+    # the delivery log says which output each `output` event announced
+    assert sorted(d.output_index for d in log.results if d.event == "output") == [0, 1], log
     listed = _module("api.edits.list_edits").sync(client=client)
     assert edit.id in [e.id for e in listed.results]
