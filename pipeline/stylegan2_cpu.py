@@ -137,7 +137,8 @@ class CpuRenderer:
         """Style vectors (``Generator.styles`` order, each ``[B,C_i]``) → images ``[B,3,size,size]``, one sample
         at a time. The result is always a new tensor, never one of the reused buffers."""
         with self._lock, torch.no_grad():
-            return torch.cat([self._render_one([s[i] for s in styles]) for i in range(styles[0].shape[0])])
+            images = [self._render_one([s[i] for s in styles]) for i in range(styles[0].shape[0])]
+        return images[0] if len(images) == 1 else torch.cat(images)
 
     def buffer_bytes(self) -> int:
         """Memory held by the reused activation buffers."""
@@ -153,12 +154,12 @@ class CpuRenderer:
     def _render_one(self, styles: list[torch.Tensor]) -> torch.Tensor:
         direct = nnpack.available()  # whether NNPACK can write into our buffers
         x = self._conv(self.conv1, self.const, styles[0], direct)
-        image = self._to_rgb(self.rgb1, x, styles[1], None)
+        image = self._to_rgb(self.rgb1, x, styles[1], None).clone()  # the first skip image: out of the buffers
         for k, (up, conv, rgb) in enumerate(self.blocks):
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
             x = self._upsampling_conv(up, x, s_up, direct)  # into buffer "upsampled"
             x = self._conv(conv, x, s_conv, direct)  # into buffer "conv"
-            image = self._to_rgb(rgb, x, s_rgb, image)  # a new tensor
+            image = self._to_rgb(rgb, x, s_rgb, image)  # a new tensor (the RGB buffer only feeds it)
         return image
 
     def _buffer(self, role: str, shape: tuple[int, ...], reads: torch.Tensor) -> torch.Tensor:
@@ -191,10 +192,10 @@ class CpuRenderer:
             out = out.add_(layer.bias.view(1, -1, 1, 1)).add_(layer.noise)
         return F.leaky_relu_(out, 0.2)
 
-    @staticmethod
-    def _to_rgb(layer: FoldedToRGB, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    def _to_rgb(self, layer: FoldedToRGB, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         weight = (layer.weight * s[None, :])[None]  # [1,3,Cin]: a 1×1 modulated conv is a matmul
-        out = torch.baddbmm(layer.bias, weight, x.flatten(2)).view(1, 3, *x.shape[2:])
+        out = self._buffer("rgb", (1, 3, x.shape[2] * x.shape[3]), x)
+        out = torch.baddbmm(layer.bias, weight, x.flatten(2), out=out).view(1, 3, *x.shape[2:])
         if skip is None:
             return out
         # the skip image upsampled as four 3×3 filters on its own grid, interleaved in the pass that adds it
