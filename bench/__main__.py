@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from bench.report import chart, keep_api_load, markdown, merge_api_load
+    from bench.report import chart, keep_sections, markdown, merge_api_load
 
     if args.out and not MODEL_GROUPS & set(args.groups) and "api_load" in result and Path(args.out).is_file():
         # API load alone: its section replaces the one in the existing report; the rest stays as it was
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         png = out.with_name("benchmarks.png")
         chart(result, png)
         text = markdown(result, command.strip(), png.name)
-        out.write_text(keep_api_load(out.read_text(), text) if out.is_file() and "api_load" not in result else text)
+        out.write_text(keep_sections(out.read_text(), text) if out.is_file() else text)
         log(f"wrote {out} and {png}")
     if args.json:
         print(json.dumps(result, default=str))

@@ -74,7 +74,7 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
               "The reference is a plain port of rosinality's ops (`impl=\"ref\"`: zero-insertion + pad + one-channel "
               "convolution for upfirdn2d, one grouped convolution per sample for the modulated conv), measured in "
               "the same run on the same weights and input. The fast path on a CPU (`impl=\"fast\"`, see "
-              "`pipeline/stylegan2.py`): the style and demodulation scale the weights rather than the activations, "
+              "`pipeline/stylegan2_cpu.py`): the style and demodulation scale the weights rather than the activations, "
               "3×3 convolutions from 32² up run as NNPACK Winograd, upsampling layers from 64² up run as four "
               "3×3 phase convolutions with the blur folded in, and the noise is added in the pass that interleaves "
               "the phases; the large intermediates go to buffers reused from render to render (NNPACK called directly, "
@@ -178,15 +178,23 @@ def merge_api_load(existing: str, result: dict, command: str) -> str:
     return existing[:anchor] + section + "\n" + existing[anchor:]
 
 
-def keep_api_load(previous: str, new: str) -> str:
-    """`new` report with `previous`'s API-under-load section carried over (a run without api-load keeps it)."""
-    if API_LOAD_HEADING not in previous or API_LOAD_HEADING in new:
-        return new
-    start = previous.index(API_LOAD_HEADING)
-    end = previous.find("\n## ", start + len(API_LOAD_HEADING))
-    section = previous[start:end + 1] if end != -1 else previous[start:].rstrip("\n") + "\n"
-    anchor = new.find("## Reproduce")
-    return new[:anchor] + section + "\n" + new[anchor:] if anchor != -1 else new.rstrip("\n") + "\n\n" + section
+NNPACK_HEADING = "## The direct NNPACK call and the allocator route"
+# Sections measured by hand or by an opt-in group: a run that does not measure them keeps the previous ones.
+CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING)
+
+
+def keep_sections(previous: str, new: str, headings: tuple[str, ...] = CARRIED_HEADINGS) -> str:
+    """`new` report with each of `previous`'s sections under `headings` carried over where `new` lacks it
+    (inserted before "## Reproduce")."""
+    for heading in headings:
+        if heading not in previous or heading in new:
+            continue
+        start = previous.index(heading)
+        end = previous.find("\n## ", start + len(heading))
+        section = previous[start:end + 1] if end != -1 else previous[start:].rstrip("\n") + "\n"
+        anchor = new.find("## Reproduce")
+        new = new[:anchor] + section + "\n" + new[anchor:] if anchor != -1 else new.rstrip("\n") + "\n\n" + section
+    return new
 
 
 def _cores() -> int:

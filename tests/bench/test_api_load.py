@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench.load import run_load
-from bench.report import API_LOAD_HEADING, keep_api_load, merge_api_load
+from bench.report import API_LOAD_HEADING, NNPACK_HEADING, keep_sections, merge_api_load
 from tests.conftest import FACE_PHOTO, REPO_ROOT
 
 REPORT = "# Benchmarks\n\n## Machine\n\nmachine table\n\n## Medians\n\nmedians\n\n## Reproduce\n\n```\ncmd\n```\n"
@@ -35,8 +35,13 @@ def test_the_section_is_replaced_in_place_and_kept_by_other_runs():
     assert "\n\n## Reproduce" in second
     assert "**met**" in second and "## Medians\n\nmedians" in second
     # a model-only run rewrites the report: the API section of the previous one stays
-    kept = keep_api_load(second, REPORT.replace("medians", "new medians"))
+    kept = keep_sections(second, REPORT.replace("medians", "new medians"))
     assert "new medians" in kept and kept.count(API_LOAD_HEADING) == 1 and "| 222 |" in kept
+    # so does the hand-measured NNPACK/allocator section
+    with_nnpack = kept.replace("## Reproduce", NNPACK_HEADING + " (`FACEEDIT_NNPACK`)\n\nratios\n\n## Reproduce")
+    rewritten = keep_sections(with_nnpack, REPORT)
+    assert rewritten.count(NNPACK_HEADING) == 1 and "ratios" in rewritten
+    assert rewritten.index(NNPACK_HEADING) < rewritten.index("## Reproduce")
 
 
 def test_the_load_generator_only_targets_loopback():
