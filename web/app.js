@@ -327,10 +327,20 @@ function receiveOutputs(edit, original) {
   loadInto(result, edit).catch((err) => console.warn("loading a strength", err)); // the end retries
 }
 
+/** The strength to open the result on: the middle one once the server lists it, else the first listed. */
+function openingIndex(edit) {
+  const middle = defaultIndex(edit.output.length);
+  if (edit.output[middle]) return middle;
+  const first = edit.output.findIndex(Boolean);
+  return first < 0 ? middle : first;
+}
+
 function showArrived(result) {
   if (!$("screen-result").hidden && shownEditId() === result.edit.id) {
     updateResult(result.edit, result.images, result.running);
-  } else if (!$("screen-progress").hidden && state.job && state.job.editId === result.edit.id) {
+  } else if (!$("screen-progress").hidden && state.job && state.job.editId === result.edit.id
+             && result.images[openingIndex(result.edit)]) {
+    // Downloads finish in any order: wait for the strength the result opens on, so it is the one shown.
     location.hash = `#edit/${result.edit.id}`; // route() → openEdit() shows state.loaded
   }
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -260,15 +261,18 @@ def test_one_change_of_weight_one_renders_exactly_todays_edit(dev_editor, invers
 
 def test_outputs_come_middle_strength_first(dev_editor, inversion, face_bytes):
     seen: list[Output] = []
+    handed_over: list[float] = []  # when each output reached the caller
     metrics: dict = {}
     alphas = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    start = time.perf_counter()
     outputs = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], alphas,
-                                on_output=seen.append, metrics=metrics)
+                                on_output=lambda o: (seen.append(o), handed_over.append(time.perf_counter())),
+                                metrics=metrics)
     assert [o.index for o in seen] == render_order(5) == [2, 1, 3, 0, 4]
     assert [o.index for o in outputs] == [0, 1, 2, 3, 4] and [o.alpha for o in outputs] == alphas
     assert all(o is seen[[s.index for s in seen].index(o.index)] for o in outputs)
-    assert 0 < metrics["first_output_seconds"] < sum(metrics[k] for k in ("direction_seconds", "synthesize_seconds",
-                                                                          "paste_seconds")) + 1
+    # the metric is the first hand-over, measured inside the call (an order check, not a speed check)
+    assert 0 < metrics["first_output_seconds"] <= handed_over[0] - start < handed_over[-1] - start
     assert metrics["faces"] == [{"index": 0}]
     order = []
     dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], alphas[:3], order=[0, 2, 1],
