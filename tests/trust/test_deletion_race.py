@@ -26,6 +26,7 @@ from common.retention import ORPHAN_TASK, purge_image, purge_owner, sweep_orphan
 from common.settings import Settings
 from common.storage import LocalStorage, S3Storage, inversion_key, original_key, result_key, upload_key
 from tests.conftest import REPO_ROOT, face_jpeg
+from tests.services.rows import starting_edit, stored_image
 from worker.edit_job import run_edit
 from worker.retention import run_orphan_sweep
 from worker.runtime import Runtime
@@ -76,17 +77,8 @@ class RacedRuntime(Runtime):
 
 def _photo_and_edit(runtime: Runtime, owner: str) -> tuple[str, str, bytes]:
     photo = face_jpeg()
-    image = Image(id=new_id("img"), owner=owner, format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
-    runtime.storage.put(original_key(image.id), photo, "image/jpeg")
-    edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a face", target="a smiling face",
-                alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", status="starting", attempt=0,
-                deadline_at=utcnow() + timedelta(minutes=10))  # fmt: skip
-    with runtime.session_factory() as session:
-        session.add(image)
-        session.flush()
-        session.add(edit)
-        session.commit()
-    return image.id, edit.id, photo
+    image_id = stored_image(runtime.session_factory, runtime.storage, photo, owner)
+    return image_id, starting_edit(runtime.session_factory, image_id, owner), photo
 
 
 def _settings(database_url: str, redis_url: str, root, dev_bundle) -> Settings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -14,10 +13,11 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from common.models import Edit, Image, new_id, utcnow
+from common.models import Edit
 from common.queue import enqueue_edit, make_celery
-from common.storage import StorageUnavailable, original_key
+from common.storage import StorageUnavailable
 from tests.conftest import face_jpeg, fresh_database
+from tests.services.rows import starting_edit, stored_image
 from tests.services.settings import FAST_TIMINGS, build_settings
 from tests.services.worker import WorkerProcess
 from worker.edit_job import is_infrastructure_error, run_edit
@@ -54,18 +54,7 @@ def test_everything_else_is_a_bug(error):
 
 
 def _edit_row(factory, storage, owner: str = "alice") -> str:
-    photo = face_jpeg()
-    image = Image(id=new_id("img"), owner=owner, format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
-    storage.put(original_key(image.id), photo, "image/jpeg")
-    edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a face", target="a smiling face",
-                alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", status="starting", attempt=0,
-                deadline_at=utcnow() + timedelta(minutes=10))  # fmt: skip
-    with factory() as session:
-        session.add(image)
-        session.flush()
-        session.add(edit)
-        session.commit()
-    return edit.id
+    return starting_edit(factory, stored_image(factory, storage, face_jpeg(), owner), owner)
 
 
 class BuggyWorker(WorkerProcess):

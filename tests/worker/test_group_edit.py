@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -20,11 +19,11 @@ from sqlalchemy import select
 from common import lifecycle
 from common.db import upgrade
 from common.edit_resource import edit_resource
-from common.models import Edit, WebhookDelivery, new_id, utcnow
+from common.models import Edit, WebhookDelivery, new_id
 from common.models import Image as ImageRow
 from common.settings import Settings
-from common.storage import original_key
 from tests.pipeline.images import png_bytes, two_faces
+from tests.services.rows import starting_edit, stored_image
 from worker.detection import run_detection
 from worker.edit_job import face_inversion_key, run_edit
 from worker.runtime import Runtime
@@ -61,24 +60,11 @@ def shared(runtime, pair):
 
 
 def _image(runtime: Runtime, photo: bytes) -> str:
-    image = ImageRow(id=new_id("img"), owner="alice", format="png", width=1, height=1, bytes=len(photo),
-                     sha256="0" * 64)
-    runtime.storage.put(original_key(image.id), photo, "image/png")
-    with runtime.session_factory() as session:
-        session.add(image)
-        session.commit()
-    return image.id
+    return stored_image(runtime.session_factory, runtime.storage, photo, format="png")
 
 
 def _edit(runtime: Runtime, image_id: str, alphas=(2.0,), **fields) -> str:
-    fields = {"neutral": "a face", "target": "a smiling face", **fields}
-    edit = Edit(id=new_id("edt"), owner="alice", image_id=image_id, alphas=list(alphas), beta=0.15, mode="global",
-                output_format="png", status="starting", attempt=0, deadline_at=utcnow() + timedelta(minutes=10),
-                **fields)  # fmt: skip
-    with runtime.session_factory() as session:
-        session.add(edit)
-        session.commit()
-    return edit.id
+    return starting_edit(runtime.session_factory, image_id, alphas=alphas, output_format="png", **fields)
 
 
 def _row(runtime: Runtime, model, key):

@@ -4,7 +4,6 @@ read-only bundle still serves new text pairs (caches go to CACHE_DIR)."""
 from __future__ import annotations
 
 import shutil
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,8 @@ def test_a_read_only_bundle_still_edits_new_text_pairs(dev_bundle, tmp_path, cap
     a cache that cannot be written never fails an edit. Root writes anywhere, so the bundle's own cache folder
     is made impossible: a regular file stands where it would be created."""
     from common.db import upgrade
-    from common.models import Edit, Image, new_id, utcnow
-    from common.storage import original_key
     from tests.conftest import face_jpeg
+    from tests.services.rows import starting_edit, stored_image
     from worker.edit_job import run_edit
 
     bundle = tmp_path / "bundle"
@@ -49,18 +47,9 @@ def test_a_read_only_bundle_still_edits_new_text_pairs(dev_bundle, tmp_path, cap
     upgrade(database)
     runtime = Runtime(Settings(database_url=database, storage_dir=tmp_path / "store", model_dir=bundle,
                                cache_dir=tmp_path / "cache", redis_url="redis://127.0.0.1:9/0"))  # fmt: skip
-    photo = face_jpeg()
-    image = Image(id=new_id("img"), owner="a", format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
-    runtime.storage.put(original_key(image.id), photo)
-    edit = Edit(id=new_id("edt"), owner="a", image_id=image.id, neutral="a face", target="a face with a green scarf",
-                alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", status="starting", attempt=0,
-                deadline_at=utcnow() + timedelta(minutes=10))  # fmt: skip
-    with runtime.session_factory() as session:
-        session.add(image)
-        session.flush()
-        session.add(edit)
-        session.commit()
+    image_id = stored_image(runtime.session_factory, runtime.storage, face_jpeg(), owner="a")
+    edit_id = starting_edit(runtime.session_factory, image_id, owner="a", target="a face with a green scarf")
 
-    assert run_edit(runtime, edit.id) == "succeeded", caplog.text[-3000:]
+    assert run_edit(runtime, edit_id) == "succeeded", caplog.text[-3000:]
     assert len(list((tmp_path / "cache" / "directions").glob("*.npy"))) == 1  # cached where it can be
     assert (bundle / "cache").is_file()  # the bundle untouched
