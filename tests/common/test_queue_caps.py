@@ -9,23 +9,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from common.db import make_engine, make_session_factory, upgrade
 from common.errors import ApiError
 from common.lifecycle import ACTIVE, EditStatus
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
+from tests.services.sessions import BOTH, sessions_on
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+@pytest.fixture(params=BOTH)
 def factory(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'caps.db'}"
-        upgrade(url)
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from sessions_on(request, tmp_path)
 
 
 def _edit(factory, owner: str, status: EditStatus = EditStatus.STARTING) -> Edit:
