@@ -47,7 +47,8 @@ def test_a_link_asks_before_replacing_the_stored_key(phone: Page, service):
 
     _open(page, service.url, "#key=fe_new-key-I-asked-for")
     page.get_by_role("dialog").get_by_role("button", name="Use the new key").click()
-    assert _stored_key(page) == "fe_new-key-I-asked-for"
+    # the dialog's `close` event stores it, a task after the click: wait for it rather than race it
+    page.wait_for_function(f"localStorage.getItem({STORED!r}) === 'fe_new-key-I-asked-for'", timeout=5_000)
     page.get_by_role("link", name="Settings").click()
     expect(page.get_by_label("Access key")).to_have_value("fe_new-key-I-asked-for")
 

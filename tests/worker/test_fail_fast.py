@@ -93,7 +93,12 @@ def test_a_bug_after_the_claim_fails_the_edit_at_once(redis_url, dev_bundle, tmp
 
 
 @pytest.mark.services
-def test_unreachable_storage_is_left_to_the_lease_then_retried(pg_url, redis_url, dev_bundle, tmp_path):
+def test_unreachable_storage_is_left_to_the_lease_then_retried(redis_url, dev_bundle, tmp_path):
+    with fresh_database() as database:  # its own: the session worker's reaper would re-send the expired row
+        _left_to_the_lease_then_retried(database, redis_url, dev_bundle, tmp_path)
+
+
+def _left_to_the_lease_then_retried(pg_url, redis_url, dev_bundle, tmp_path):
     store = tmp_path / "store"
     settings = build_settings(pg_url, redis_url, storage_dir=store, model_dir=dev_bundle, cache_dir=tmp_path / "cache",
                               lease_seconds=1.0, heartbeat_seconds=0.5)  # fmt: skip
