@@ -293,6 +293,30 @@ def how_to_get(directory: str | Path) -> str:
             f"hand: docs/MODELS.md) or `python -m pipeline make-dev-bundle {directory}`")
 
 
+# --- what a model file is not ---------------------------------------------------------------------------------
+
+def text_instead_of_model(head: bytes) -> str | None:
+    """What a model file's first bytes say when they are a web page or other text saved in its place (a captive
+    portal, a hub's login or warning page, a JSON error), else None. Every model format we read starts binary:
+    zip (``PK``, torch and npz), pickle (``\\x80``), ``\\x93NUMPY``."""
+    text = head[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not text:
+        return "an empty file"
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text:
+        return "an HTML page"
+    if text.startswith(b"<?xml"):
+        return "an XML document"
+    if b"\x00" in text:
+        return None
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(text) - 3:  # not just a character cut at the end of the sample
+            return None
+        decoded = text[:exc.start].decode("utf-8")
+    return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in decoded) else None
+
+
 # --- hashing with a (size, mtime) cache ------------------------------------------------------------------------
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

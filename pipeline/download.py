@@ -44,6 +44,7 @@ from pipeline.bundle import (
     bundle_problems,
     cached_sha256,
     read_manifest,
+    text_instead_of_model,
 )
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 from pipeline.sources import COMPUTABLE, mirror_source, official_entries
@@ -55,7 +56,6 @@ STATE = "download.json"
 FAILED = "failed"
 RECORDED = "recorded"  # a file an older manifest describes (e.g. a promoted encoder), sha256 recorded there
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
-_HTML_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<!--", b"{\"error")
 
 
 @dataclass(frozen=True)
@@ -233,9 +233,9 @@ def _accept(role: str, entry: ModelFile, src: Source | None, path: Path, directo
     if sizes and size not in sizes:
         raise _Refused(f"has {size:,} bytes; published: {' or '.join(f'{s:,}' for s in sorted(sizes))}")
     with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    if head.startswith(_HTML_STARTS):
-        raise _Refused("is a web page, not a model file (a login, warning or error page?)")
+        what = text_instead_of_model(f.read(4096))
+    if what:
+        raise _Refused(f"is a web page or text ({what}), not a model file (a login, warning or error page?)")
     digest = cached_sha256(path, directory)
     published = {src.sha256.lower()} if src is not None and src.sha256 else entry.published_sha256
     if published:

@@ -35,6 +35,7 @@ from pipeline.bundle import (
     cached_sha256,
     how_to_get,
     read_manifest,
+    text_instead_of_model,
 )
 from pipeline.doctor import verdicts as v
 from pipeline.doctor.verdicts import Check, Status, failed, passed, skipped
@@ -164,7 +165,7 @@ class _Session:
             return failed(name, f"{entry.file} is missing from {self.directory}: {how_to_get(self.directory)}")
         size = path.stat().st_size
         with open(path, "rb") as f:
-            what = v.text_instead_of_model(f.read(4096))
+            what = text_instead_of_model(f.read(4096))
         if what is not None:
             return failed(name, f"{entry.file} is {what} ({size:,} bytes), not a model file: a login, "
                                 f"captive-portal or warning page was saved in its place; download it again",

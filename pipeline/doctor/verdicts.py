@@ -54,28 +54,6 @@ def skipped(name: str, reason: str, **values) -> Check:
 
 # --- files ------------------------------------------------------------------------------------------------------
 
-def text_instead_of_model(head: bytes) -> str | None:
-    """What a model file's first bytes say when they are a web page or other text saved in its place (a captive
-    portal, a hub's login or warning page, a JSON error), else None. Every model format we read starts binary:
-    zip (``PK``, torch and npz), pickle (``\\x80``), ``\\x93NUMPY``."""
-    text = head[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if not text:
-        return "an empty file"
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text:
-        return "an HTML page"
-    if text.startswith(b"<?xml"):
-        return "an XML document"
-    if b"\x00" in text:
-        return None
-    try:
-        decoded = text.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(text) - 3:  # not just a character cut at the end of the sample
-            return None
-        decoded = text[:exc.start].decode("utf-8")
-    return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in decoded) else None
-
-
 # --- the render -------------------------------------------------------------------------------------------------
 
 # StyleGAN2 is trained on images scaled to [-1, 1] (NVIDIA's dataset_tool / rosinality's `Normalize(0.5, 0.5)`),

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from pipeline.bundle import text_instead_of_model
 from pipeline.cli import main
 from pipeline.doctor import SAMPLE_PHOTO, Status, diagnose
 from pipeline.doctor import verdicts as v
@@ -45,13 +46,13 @@ def run_json(capsys, *argv) -> tuple[int, dict]:
     (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", None),              # .npy
 ])
 def test_text_saved_in_place_of_a_model_is_named(head, expected):
-    assert v.text_instead_of_model(head) == expected
+    assert text_instead_of_model(head) == expected
 
 
 def test_no_model_file_of_the_dev_bundle_looks_like_text(dev_bundle):
     for entry in dev_bundle.manifest.models.values():
         with open(dev_bundle.dir / entry.file, "rb") as f:
-            assert v.text_instead_of_model(f.read(4096)) is None, entry.file
+            assert text_instead_of_model(f.read(4096)) is None, entry.file
 
 
 @pytest.mark.parametrize("shape, finite, inside, std, dev, status, words", [
