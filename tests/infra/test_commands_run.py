@@ -40,6 +40,7 @@ from tests.infra.specs import (
     pod_specs,
     workdir,
 )
+from tests.processes import stop_process
 
 VENV_BIN = Path(sys.executable).parent
 K8S_IMAGES = {"faceedit-api": "api.Dockerfile", "faceedit-worker-cuda": "worker-cuda.Dockerfile",
@@ -203,12 +204,7 @@ def test_command_reaches_ready_as_written(command: Command, broker, dev_bundle, 
             _passes_within(_localize(probe, paths, ports), app, env, 60, command.where)
     finally:
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "models not loaded" not in text, f"{command.where}:\n{text[-4000:]}"
 
