@@ -6,10 +6,11 @@ exposes StyleSpace (Wu et al.): ``styles(wplus)`` gives the per-layer modulation
 ``synthesize(styles)`` renders from them, so an edit is arithmetic on ``s``.
 
 ``impl="ref"`` follows the reference computation (per-sample weights in a grouped convolution, reference ops).
-``impl="fast"`` computes the same function faster: on a CPU without autograd through ``CpuRenderer``
-(``pipeline/stylegan2_cpu.py``: folded weights, NNPACK, phase convolutions, reused buffers), elsewhere (GPUs,
-training) through the batched path of this module (the style scales the activations, one dense convolution for
-the whole batch, the fast ops of ``pipeline.ops``).
+``impl="fast"`` computes the same function faster: without autograd on a CPU through ``CpuRenderer``
+(``pipeline/stylegan2_cpu.py``: folded weights, NNPACK, phase convolutions, reused buffers) and on a CUDA GPU
+through ``CudaRenderer`` (``pipeline/stylegan2_cuda.py``: half precision within the golden tolerance, CUDA
+graphs); with autograd (training) through the batched path of this module (the style scales the activations,
+one dense convolution for the whole batch, the fast ops of ``pipeline.ops``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
 from pipeline.stylegan2_cpu import CpuRenderer, renders_on_cpu
+from pipeline.stylegan2_cuda import CudaRenderer, renders_on_cuda
 
 BLUR_TAPS = [1, 3, 3, 1]
 
@@ -211,9 +213,9 @@ class Generator(nn.Module):
 
     ``channels`` (resolution → width, for 4 … ``size``) overrides ``channel_multiplier``: tiny development
     models use it. ``impl`` selects the reference or the fast computation; it can be changed at any time.
-    ``impl="fast"`` renders through a ``CpuRenderer`` (``pipeline/stylegan2_cpu.py``) when the styles are on the
-    CPU and autograd is off, else through the batched path below (the style scales the activations, one dense
-    convolution for the whole batch, fast ops)."""
+    ``impl="fast"`` renders through a ``CpuRenderer`` (``pipeline/stylegan2_cpu.py``) or a ``CudaRenderer``
+    (``pipeline/stylegan2_cuda.py``) when autograd is off, else through the batched path below (the style scales
+    the activations, one dense convolution for the whole batch, fast ops)."""
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
                  channels: dict[int, int] | None = None, impl: Impl = "fast"):
@@ -251,6 +253,7 @@ class Generator(nn.Module):
         self.register_buffer("latent_avg", torch.zeros(0), persistent=False)
         # the fast CPU path's snapshot of these weights, built on first use (see ``cpu_renderer``)
         self._cpu_renderer: CpuRenderer | None = None
+        self._cuda_renderer: CudaRenderer | None = None
 
         # style space, in execution order: (name, module, W+ row)
         layers: list[tuple[str, ModulatedConv2d, int]] = [("conv1", self.conv1.conv, 0), ("to_rgb1", self.to_rgb1.conv, 1)]
@@ -308,6 +311,8 @@ class Generator(nn.Module):
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
         if self.impl == "fast" and renders_on_cpu(styles):
             return self.cpu_renderer().render(styles)
+        if self.impl == "fast" and renders_on_cuda(styles):
+            return self.cuda_renderer().render(styles)
         return self._render(styles, self.impl)
 
     def _render(self, styles: list[torch.Tensor], impl: Impl) -> torch.Tensor:
@@ -331,11 +336,21 @@ class Generator(nn.Module):
             renderer = self._cpu_renderer = CpuRenderer.from_generator(self)
         return renderer
 
+    def cuda_renderer(self, precision: str | None = None) -> CudaRenderer:
+        """The ``CudaRenderer`` of the current weights (and device): built on first use (which measures the
+        half-precision error; graphs are recorded as batch sizes come), rebuilt after ``weights_changed``, and
+        replaced when ``precision`` (``auto`` or a ``PRECISIONS`` name) is given."""
+        renderer = self._cuda_renderer
+        if renderer is None or precision is not None:
+            renderer = self._cuda_renderer = CudaRenderer.from_generator(self, precision)
+        return renderer
+
     def weights_changed(self) -> None:
         """Drop what the fast path derived from the weights. ``load_state_dict`` and ``.to()`` / ``.float()`` …
         call it; whoever changes a parameter in place (an optimizer step, ``weight.mul_``) calls it too, or the
         fast path keeps rendering the weights it copied."""
         self._cpu_renderer = None
+        self._cuda_renderer = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.weights_changed()
@@ -347,7 +362,7 @@ class Generator(nn.Module):
 
     def __getstate__(self) -> dict:
         # a copied or pickled generator builds its own renderer (and buffers) when it first needs one
-        return {**self.__dict__, "_cpu_renderer": None}
+        return {**self.__dict__, "_cpu_renderer": None, "_cuda_renderer": None}
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from pipeline.golden import Check, Fixture, compare, exact
 from pipeline.ops import IMPLS
 from pipeline.stylegan2 import Generator, load_state
+from pipeline.stylegan2_cuda import HALF_PRECISION_TOL
 
 VECTOR_TOL = 1e-4
 
@@ -29,6 +30,15 @@ def checks(fixture: Fixture, names: tuple[str, ...] | None = None) -> Iterator[C
     for name in generator_entries(fixture):
         if names is None or name in names:
             yield from _checks_one(fixture, name, fixture.meta[name])
+
+
+def variants(device: torch.device) -> list[tuple[str, str | None]]:
+    """``(impl, CUDA precision)`` pairs to check. On a GPU the fast path runs through the ``CudaRenderer``
+    twice: in float32 at the strict tolerances, and in the precision it chooses by itself (``auto``) at the
+    1024² image tolerance that choice is made with."""
+    if device.type != "cuda":
+        return [(impl, None) for impl in IMPLS]
+    return [("ref", None), ("fast", "float32"), ("fast", "auto")]
 
 
 def generator_entries(fixture: Fixture) -> list[str]:
@@ -48,14 +58,19 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
 
     yield exact(f"{name} style_layers", g.style_layer_names, entry["style_layers"])
     yield exact(f"{name} style_dims", g.style_dims, entry["style_dims"])
-    for impl in IMPLS:
+    for impl, precision in variants(fixture.device):
         g.impl = impl
-        tag = f"{name}[{impl}]"
+        tag, tol = f"{name}[{impl}]", image_tol
+        if precision is not None:  # through the CudaRenderer (CUDA graphs) in this precision
+            chosen = g.cuda_renderer(precision).precision
+            tag = f"{name}[{impl} cuda {precision}{f'={chosen}' if precision == 'auto' else ''}]"
+            if precision == "auto":
+                tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
         if "z" in t and "w" in t:
             w = g.mapping(t["z"])
             yield compare(f"{tag} w", w, data["w"], VECTOR_TOL)
             if "image_from_w" in t:  # from our own w: the reference fed its own w through
-                yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], image_tol(data["image_from_w"]))
+                yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], tol(data["image_from_w"]))
         styles = g.styles(t["wplus"])
         for i, s in enumerate(styles):
             key = f"style_{i:02d}"
@@ -69,7 +84,7 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
         batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
         out = g.synthesize(batch).split(styles[0].shape[0])
         for (key, ref), ours in zip(images.items(), out, strict=True):
-            yield compare(f"{tag} {key}", ours, ref, image_tol(ref))
+            yield compare(f"{tag} {key}", ours, ref, tol(ref))
 
 
 def _edits(entry: dict, styles: list[torch.Tensor], t: dict[str, torch.Tensor]) -> Iterator[tuple[str, list]]:
