@@ -170,7 +170,7 @@ async def create_edit(
     """Queue an edit. With `Prefer: wait=N` (1..60) the answer is held until it finishes or N s pass."""
     wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_prefer_wait_seconds)
     edit, out = await run_in_threadpool(_queue_row, session, celery, settings, owner, body, request, storage)
-    response.headers["Location"] = str(request.url_for("get_edit", edit_id=edit.id))
+    response.headers["Location"] = out.urls.get  # the route's URL, built without a search of the routes
     if wait is None:
         return out
     await _wait_until_done(request, edit.id, wait, settings.wait_poll_seconds)
