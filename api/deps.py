@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, principal_of
+from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.settings import Settings
 from common.storage import Storage
@@ -46,10 +47,15 @@ async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+async def get_edit_sender(request: Request) -> EditSender:
+    return request.app.state.edit_sender
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+EditSenderDep = Annotated[EditSender, Depends(get_edit_sender)]
 
 
 async def get_principal(request: Request) -> Principal:

@@ -33,6 +33,7 @@ from api.rate_limit import RateLimitMiddleware, RateLimits
 from api.routes import app_config, docs, edits, health, images, me, metrics, uploads, webhooks
 from api.security_headers import SecurityHeaders
 from common.db import make_engine, make_session_factory
+from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.logging import configure_logging
 from common.metrics import HttpMetricsMiddleware
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.storage = make_storage(settings)
     app.state.celery = make_celery(settings, name="faceedit-api")
+    app.state.edit_sender = EditSender(app.state.celery, settings)  # no connection until the first submit
 
     install_error_handlers(app)
     # Added innermost first: each add_middleware wraps the ones before it (the order is in the docstring).

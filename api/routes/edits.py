@@ -9,23 +9,22 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from celery import Celery
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CeleryDep, EditSenderDep, OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.routes.images import load_image
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_resource import edit_resource
+from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.faces import FaceChoiceError, chosen_faces
 from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
-from common.queue import enqueue_edit
 from common.queue_caps import QueueCaps, admit
 from common.settings import Settings
 from common.storage import ObjectNotFound, Storage
@@ -83,7 +82,8 @@ def parse_prefer_wait(header: str | None, cap: int) -> int | None:
     return None
 
 
-def _submit(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate) -> tuple[Edit, int]:
+def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate
+            ) -> tuple[Edit, int]:
     """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
     if len(body.alphas) > settings.max_alphas:
         raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
@@ -102,7 +102,7 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     edit = _new_edit(owner, body, settings)
     position = admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
     try:
-        enqueue_edit(celery, settings, edit.id)
+        sender.send(edit.id)
     except BrokerError:
         session.delete(edit)
         session.commit()
@@ -110,11 +110,11 @@ def _submit(session: Session, celery: Celery, settings: Settings, owner: str, bo
     return edit, position
 
 
-def _queue_row(session: Session, celery: Celery, settings: Settings, owner: str, body: EditCreate,
+def _queue_row(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate,
                request: Request, storage: Storage) -> tuple[Edit, EditOut]:
     """Submit and describe the new edit in one trip to the threadpool; its queue position is the one `admit`
     counted (no second query: a poll reads it afresh)."""
-    edit, position = _submit(session, celery, settings, owner, body)
+    edit, position = _submit(session, sender, settings, owner, body)
     return edit, edit_out(edit, position, request, storage, settings)
 
 
@@ -165,11 +165,11 @@ async def create_edit(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    celery: CeleryDep,
+    sender: EditSenderDep,
 ) -> EditOut:
     """Queue an edit. With `Prefer: wait=N` (1..60) the answer is held until it finishes or N s pass."""
     wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_prefer_wait_seconds)
-    edit, out = await run_in_threadpool(_queue_row, session, celery, settings, owner, body, request, storage)
+    edit, out = await run_in_threadpool(_queue_row, session, sender, settings, owner, body, request, storage)
     response.headers["Location"] = out.urls.get  # the route's URL, built without a search of the routes
     if wait is None:
         return out

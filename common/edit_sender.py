@@ -1,0 +1,93 @@
+"""How the API sends an edit job: the message Celery's `send_task` would put on kombu's Redis transport, and
+the `task-sent` event Flower shows, written in one Redis round trip.
+
+Why not `send_task` itself: kombu opens a Redis client object per command, declares the queue, runs its
+retry machinery and publishes the event as a second command, about 0.6 ms of CPU per submit against
+~0.05 ms for the two commands in one pipeline: the largest cost of a submit in the API after the database
+(docs/BENCHMARKS.md, "API under load"). The task message itself is still Celery's (`app.amqp.as_task_v2`
+builds its headers, body and event fields); only the envelope, kombu's Redis format (a JSON object with a
+base64 body, LPUSHed onto the queue's list), is written here. tests/common/test_edit_sender.py holds it to
+what `send_task` writes, field by field, and the workers in tests/worker consume it like any other.
+
+The reaper and other senders keep `common.queue.enqueue_edit` (rare sends, from inside the worker).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from celery.utils.time import utcoffset
+from kombu.exceptions import OperationalError
+from redis import Redis
+
+from common.queue import EDIT_TASK, broker_url
+from common.redis_client import redis_client
+from common.settings import Settings
+
+EVENTS_EXCHANGE = "celeryev"  # celery.events.dispatcher's exchange
+SENT_ROUTING_KEY = "task.sent"
+
+
+class EditSender:
+    """Sends `worker.tasks.process_edit(edit_id)` with `task_id = edit_id` onto the edits queue (thread-safe:
+    redis-py's connection pool is)."""
+
+    def __init__(self, app: Celery, settings: Settings, client: Redis | None = None):
+        self.app = app
+        self.queue = settings.edits_queue
+        self.redis = client if client is not None else redis_client(broker_url(settings))
+        self.sent_events = bool(app.conf.task_send_sent_event)
+        self.hostname = anon_nodename()  # what Celery's producer and event dispatcher call this process
+        self.pid = os.getpid()
+        db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        # kombu's fanout channel with fanout_prefix and fanout_patterns (both on by default)
+        self.event_channel = f"/{db}.{EVENTS_EXCHANGE}/{SENT_ROUTING_KEY}"
+
+    def send(self, edit_id: str) -> None:
+        """Queue the edit's job (and its `task-sent` event); kombu's OperationalError when Redis is unreachable,
+        as from `send_task`."""
+        headers, properties, body, event = self.app.amqp.as_task_v2(
+            edit_id, EDIT_TASK, args=[edit_id], reply_to=self.app.thread_oid, origin=self.hostname,
+            create_sent_event=self.sent_events, ignore_result=None)  # None: what send_task leaves it
+        message = _envelope(body, headers, {**properties, "delivery_mode": 2}, exchange="", routing_key=self.queue)
+        pipeline = self.redis.pipeline(transaction=False)
+        pipeline.lpush(self.queue, json.dumps(message))
+        if event is not None:
+            pipeline.publish(self.event_channel, json.dumps(self._sent_event(event)))
+        try:
+            pipeline.execute()
+        except redis.RedisError as error:
+            raise OperationalError(f"the broker is unreachable: {type(error).__name__}: {error}") from error
+
+    def _sent_event(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The `task-sent` event as celery.events.EventDispatcher.publish wraps it (a transient message)."""
+        event = {"hostname": self.hostname, "utcoffset": utcoffset(), "pid": self.pid, "clock": self.app.clock.forward(),
+                 **fields, "queue": self.queue, "exchange": "", "routing_key": self.queue}
+        event.update(timestamp=time.time(), type="task-sent")
+        return _envelope(event, {"hostname": self.hostname}, {"delivery_mode": 1}, exchange=EVENTS_EXCHANGE,
+                         routing_key=SENT_ROUTING_KEY)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _envelope(body: Any, headers: dict[str, Any], properties: dict[str, Any], exchange: str,
+              routing_key: str) -> dict[str, Any]:
+    """kombu's Redis transport format of a JSON message (virtual Channel.prepare_message + basic_publish)."""
+    encoded = base64.b64encode(json.dumps(body).encode()).decode()
+    return {
+        "body": encoded,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {**properties, "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                       "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    }
