@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from common.errors import ApiError
@@ -51,6 +51,16 @@ SELECT pg_advisory_xact_lock(:space, 0)
 FROM (SELECT pg_advisory_xact_lock(:owner_space, :owner_key) OFFSET 0) AS o
 """)
 _process_lock = threading.Lock()
+# Built once, in Core: building the count per submit and inserting through the ORM's unit of work cost more
+# CPU than the database spent on them (docs/BENCHMARKS.md, "API under load").
+_EDITS = Edit.__table__
+_COUNTS = select(
+    func.count(),
+    func.count().filter(_EDITS.c.owner == bindparam("owner")),
+    func.count().filter(_EDITS.c.status == EditStatus.STARTING),
+).where(_EDITS.c.status.in_(ACTIVE))
+_INSERT = _EDITS.insert()
+_COLUMNS = {attribute.key: attribute.columns[0] for attribute in inspect(Edit).column_attrs}
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,8 @@ class QueueCaps:
 def admit(session: Session, edit: Edit, caps: QueueCaps) -> int:
     """Insert the new `edit` (status `starting`) and commit, or raise 429 `queue_full` with `Retry-After` when
     its owner, or everyone together, already has as many unfinished edits as the caps allow. Returns how many
-    `starting` edits were committed before it (its queue position when it was admitted)."""
+    `starting` edits were committed before it (its queue position when it was admitted). The row is written
+    from the object's attributes; the object itself is not added to the session."""
     if session.get_bind().dialect.name != "postgresql":
         with _process_lock, _rolled_back_on_error(session):
             return _insert(session, edit, caps, *_counts(session, edit.owner), in_flight=0)
@@ -102,10 +113,7 @@ def _fast_path(everyone: int, holders: int, caps: QueueCaps) -> bool:
 
 def _counts(session: Session, owner: str) -> tuple[int, int, int]:
     """Unfinished edits of everyone, of `owner`, and `starting` ones (the queue ahead), in one query."""
-    everyone, mine, waiting = session.execute(
-        select(func.count(), func.count().filter(Edit.owner == owner),
-               func.count().filter(Edit.status == EditStatus.STARTING)).where(Edit.status.in_(ACTIVE))
-    ).one()
+    everyone, mine, waiting = session.connection().execute(_COUNTS, {"owner": owner}).one()
     return everyone, mine, waiting
 
 
@@ -118,9 +126,17 @@ def _insert(session: Session, edit: Edit, caps: QueueCaps, everyone: int, mine: 
                           "wait for some to finish")
     if everyone + in_flight >= caps.total:
         raise _full(caps, "the service has too many unfinished edits right now; retry shortly")
-    session.add(edit)
+    session.connection().execute(_INSERT, _row(edit))
     session.commit()
     return waiting
+
+
+def _row(edit: Edit) -> dict[str, object]:
+    """The columns `edit` sets (the table's defaults fill the rest, as an ORM flush would). The object stays
+    out of the session: the caller reads its attributes, never reloads it."""
+    state = inspect(edit).dict
+    return {column.key: state[name] for name, column in _COLUMNS.items() if name in state}
+
 
 
 def _full(caps: QueueCaps, message: str) -> ApiError:

@@ -12,11 +12,10 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, EditSenderDep, OwnerDep, SessionDep, SettingsDep, StorageDep
-from api.routes.images import load_image
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_resource import edit_resource
@@ -24,7 +23,7 @@ from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.faces import FaceChoiceError, chosen_faces
 from common.lifecycle import EditStatus
-from common.models import Edit, new_id, utcnow
+from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
 from common.settings import Settings
 from common.storage import ObjectNotFound, Storage
@@ -65,6 +64,14 @@ def _out(edit: Edit, session: Session, request: Request, storage: Storage, setti
     return edit_out(edit, position, request, storage, settings)
 
 
+def _reread(session: Session, edit_id: str, request: Request, storage: Storage, settings: Settings) -> EditOut:
+    """The resource of an edit as stored now (the submit wrote its row without keeping it in the session)."""
+    edit = session.get(Edit, edit_id)
+    if edit is None:  # deleted while we waited (the photo was deleted, or the account erased)
+        raise ApiError("edit_not_found", f"no edit {edit_id!r}")
+    return _out(edit, session, request, storage, settings)
+
+
 def parse_prefer_wait(header: str | None, cap: int) -> int | None:
     """Seconds asked for by `Prefer: wait=N` (RFC 7240; bare `wait` means the cap), or None."""
     if not header:
@@ -82,6 +89,21 @@ def parse_prefer_wait(header: str | None, cap: int) -> int | None:
     return None
 
 
+# The submit reads two columns of the photo, in Core: an ORM `session.get` per submit cost twice the CPU.
+_IMAGES = Image.__table__
+_IMAGE_FACES = select(_IMAGES.c.faces_status, _IMAGES.c.faces).where(
+    _IMAGES.c.id == bindparam("image_id"), _IMAGES.c.owner == bindparam("owner"))
+
+
+def _image_faces(session: Session, owner: str, image_id: str) -> tuple[str, list | None]:
+    """The caller's photo's face detection status and faces; someone else's photo is a missing one (as in
+    `api.routes.images.load_image`)."""
+    row = session.connection().execute(_IMAGE_FACES, {"image_id": image_id, "owner": owner}).one_or_none()
+    if row is None:
+        raise ApiError("image_not_found", f"no image {image_id!r}")
+    return row.faces_status, row.faces
+
+
 def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate
             ) -> tuple[Edit, int]:
     """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
@@ -91,10 +113,10 @@ def _submit(session: Session, sender: EditSender, settings: Settings, owner: str
         raise ApiError("validation_error", f"at most {settings.max_changes_per_edit} changes per edit")
     if isinstance(body.faces, list) and len(body.faces) > settings.max_faces_per_edit:
         raise ApiError("validation_error", f"at most {settings.max_faces_per_edit} faces per edit")
-    image = load_image(session, owner, body.image)
-    if image.faces_status == "done" and image.faces:  # else the job applies the rule (or fails `no_face`)
+    faces_status, faces = _image_faces(session, owner, body.image)
+    if faces_status == "done" and faces:  # else the job applies the rule (or fails `no_face`)
         try:
-            chosen_faces(body.faces, image.faces, settings.max_faces_per_edit)
+            chosen_faces(body.faces, faces, settings.max_faces_per_edit)
         except FaceChoiceError as error:
             raise ApiError(error.code, error.message) from None
     if body.webhook is not None:
@@ -104,7 +126,7 @@ def _submit(session: Session, sender: EditSender, settings: Settings, owner: str
     try:
         sender.send(edit.id)
     except BrokerError:
-        session.delete(edit)
+        session.execute(delete(Edit).where(Edit.id == edit.id))
         session.commit()
         raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
     return edit, position
@@ -174,9 +196,8 @@ async def create_edit(
     if wait is None:
         return out
     await _wait_until_done(request, edit.id, wait, settings.wait_poll_seconds)
-    await run_in_threadpool(session.refresh, edit)
     response.headers["Preference-Applied"] = f"wait={wait}"
-    return await run_in_threadpool(_out, edit, session, request, storage, settings)
+    return await run_in_threadpool(_reread, session, edit.id, request, storage, settings)
 
 
 def _encode_cursor(edit: Edit) -> str:
