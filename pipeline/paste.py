@@ -58,7 +58,7 @@ def paste_back_many(photo: Image.Image, faces: Sequence[Image.Image], quad: np.n
     if len(sizes) > 1:
         raise ValueError(f"faces pasted together must share one size, got {sorted(sizes)}")
 
-    placement = _place(quad, photo.size, faces[0].size[0], feather) if faces else None
+    placement = place(quad, photo.size, faces[0].size[0], feather) if faces else None
     if placement is None:  # no faces, or the quad lies entirely outside the photo
         return [photo.copy() for _ in faces]
     box, mask = placement.box, Image.fromarray(placement.mask, "L")
@@ -90,7 +90,7 @@ def paste_faces(photo: Image.Image, faces: Sequence[Image.Image], quads: Sequenc
             raise ValueError(f"quad must be a finite [4, 2] array, got shape {quad.shape}")
         if face.size[0] != face.size[1]:
             raise ValueError(f"aligned faces must be square, got {face.size}")
-        placement = _place(quad, photo.size, face.size[0], feather)
+        placement = place(quad, photo.size, face.size[0], feather)
         if placement is not None:
             layers.append((placement, placement.warp_face(face)))
     if not layers:
@@ -139,7 +139,9 @@ class _Placement:
         return _warp(np.asarray(face), self.warp, self.region, cv2.BORDER_REPLICATE, cv2.INTER_CUBIC)
 
 
-def _place(quad: np.ndarray, photo_size: tuple[int, int], face_side: int, feather: float) -> _Placement | None:
+def place(quad: np.ndarray, photo_size: tuple[int, int], face_side: int, feather: float) -> _Placement | None:
+    """Where a ``face_side``² aligned face goes through ``quad`` in a photo of ``photo_size``: its box, warp and
+    mask (shared with the GPU paste, ``pipeline.paste_gpu``); None when the quad lies outside the photo."""
     box = _bounding_box(quad, photo_size)
     if box is None:
         return None
