@@ -87,7 +87,7 @@ def build_models(sizes: Sizes, device: torch.device, seed: int = 0) -> Models:
         g.latent_avg = g.mapping(torch.randn(4096, sizes.style_dim, generator=rng)).mean(0)
         encoder = fill(Encoder4Editing(50, "ir_se", stylegan_size=sizes.generator_size, width=sizes.encoder_width),
                        seed + 1)
-        e4e = E4E(encoder, g.latent_avg).eval()
+        e4e = E4E(encoder, g.latent_avg, channels_last=True).eval()  # the layout load_encoder serves
         clip_model = fill(CLIP(**sizes.clip).float(), seed + 2)
         styles = torch.cat(g.styles(g.mapping(torch.randn(512, sizes.style_dim, generator=rng))), dim=1)
         n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb, strict=True) if not rgb)
@@ -122,7 +122,8 @@ def bench_align(photo: bytes, repeats: int, budget_s: float) -> tuple[Timing, ob
 
 
 def bench_invert(models: Models, crop: Image.Image, repeats: int, budget_s: float) -> tuple[Timing, torch.Tensor]:
-    """The editor's ``invert`` stage: e4e on one aligned 256² crop."""
+    """The editor's ``invert`` stage: e4e on one aligned 256² crop, in the channels-last layout the editor's
+    encoder runs in (``bench.ports`` times it against the module's plain layout)."""
     x = torch.from_numpy(np.asarray(crop.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
     x = (x / 127.5 - 1).to(models.device)
     out = {}
