@@ -187,7 +187,7 @@ class AuthGate:
     async def _refuse(self, scope: Scope, send: Send, refusal: ApiError) -> None:
         """401, charged to the client address; 429 once that address has failed too often."""
         if self.limiter is not None:
-            decision = await run_in_threadpool(self.limiter.take, "auth", f"addr:{client_host(scope)}", self.failures)
+            decision = await self.limiter.take_async("auth", f"addr:{client_host(scope)}", self.failures)
             if not decision.allowed:
                 wait = str(decision.retry_after_s)
                 refusal = ApiError("rate_limited", f"too many requests without a valid key from this address; "

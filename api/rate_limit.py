@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.asgi import send_error
@@ -47,7 +46,7 @@ class RateLimitMiddleware:
         limits = [("requests", self.limits.requests)]
         if scope["method"] == "POST":
             limits.append(("submits", self.limits.submits))
-        decision = await run_in_threadpool(self.limiter.take_all, "key:" + principal.key_hash, limits)
+        decision = await self.limiter.take_all_async("key:" + principal.key_hash, limits)
         if not decision.allowed:
             wait = str(decision.retry_after_s)
             names = " and ".join(name for name, _ in limits) if len(limits) > 1 else limits[0][0]

@@ -10,6 +10,7 @@ every `REDIS_RETRY_SECONDS` (a circuit breaker: calls in between do not each wai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 
 import redis
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.retry import Retry
 
 from common.redis_client import redis_py_url
@@ -125,12 +129,20 @@ class LocalBuckets:
 
 class RateLimiter:
     """Token buckets in Redis keyed by `<namespace>:<subject>` (subject = key hash or client address),
-    in-process ones while Redis is unreachable."""
+    in-process ones while Redis is unreachable.
 
-    def __init__(self, client: redis.Redis, prefix: str = "ratelimit", clock: Callable[[], float] = time.monotonic):
+    `take_all` blocks on Redis (for threads and scripts); `take_all_async` awaits it on the event loop, which is
+    what the API's ASGI layers call: run in the threadpool instead, the sync call cost them ~0.33 ms of CPU per
+    request in thread hops and lock hand-offs against ~0.06 ms awaited (docs/BENCHMARKS.md, "API under load").
+    Both spend from the same buckets with the same script and share the fallback and its circuit breaker."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "ratelimit", clock: Callable[[], float] = time.monotonic,
+                 async_client: Callable[[], AsyncRedis] | None = None):
         self._redis = client
         self._prefix = prefix
         self._script = client.register_script(_TOKEN_BUCKETS)
+        self._async_client = async_client
+        self._async_script: tuple[asyncio.AbstractEventLoop, AsyncScript] | None = None  # and its loop
         self._local = LocalBuckets(clock=clock)
         self._clock = clock
         self._retry_redis_at = 0.0  # while in the future: Redis is considered down
@@ -140,8 +152,10 @@ class RateLimiter:
     def from_url(cls, url: str) -> RateLimiter:
         """A limiter on the broker's Redis that gives up on it after one short timeout: redis-py's default
         retries with backoff would hold a request ~10 s before the fallback takes over."""
-        return cls(Redis.from_url(redis_py_url(url), socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                  socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)))
+        options = {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
+        address = redis_py_url(url)
+        return cls(Redis.from_url(address, retry=Retry(NoBackoff(), 0), **options),
+                   async_client=lambda: AsyncRedis.from_url(address, retry=AsyncRetry(NoBackoff(), 0), **options))
 
     @property
     def degraded(self) -> bool:
@@ -155,19 +169,52 @@ class RateLimiter:
     def take_all(self, subject: str, limits: list[tuple[str, Rate]], cost: int = 1) -> Decision:
         """Spend `cost` from `subject`'s bucket in each `(namespace, rate)` of `limits`, all or none, in one Redis
         round trip; refused, the wait is the longest any of the refusing buckets needs."""
-        buckets = [(f"{self._prefix}:{namespace}:{subject}", rate) for namespace, rate in limits]
+        buckets = self._buckets(subject, limits)
         if self._clock() < self._retry_redis_at:
             return self._local.take_all(buckets, cost)
-        args = [value for _, rate in buckets for value in (rate.per_second, rate.burst, cost)]
         try:
-            allowed, wait_ms, left = self._script(keys=[key for key, _ in buckets], args=args)
+            reply = self._script(keys=[key for key, _ in buckets], args=_script_args(buckets, cost))
         except redis.RedisError as e:
-            self._retry_redis_at = self._clock() + REDIS_RETRY_SECONDS
-            if not self._degraded:
-                self._degraded = True
-                log.warning("rate limiter: Redis unreachable (%s); using in-process buckets, retrying Redis every "
-                            "%.0f s", type(e).__name__, REDIS_RETRY_SECONDS)
+            return self._fall_back(e, buckets, cost)
+        return self._decision(reply)
+
+    async def take_all_async(self, subject: str, limits: list[tuple[str, Rate]], cost: int = 1) -> Decision:
+        """`take_all` awaited on the running event loop (no thread); without an async client, in a thread."""
+        if self._async_client is None:
+            return await asyncio.to_thread(self.take_all, subject, limits, cost)
+        buckets = self._buckets(subject, limits)
+        if self._clock() < self._retry_redis_at:
             return self._local.take_all(buckets, cost)
+        try:
+            reply = await self._loop_script()(keys=[key for key, _ in buckets], args=_script_args(buckets, cost))
+        except redis.RedisError as e:
+            return self._fall_back(e, buckets, cost)
+        return self._decision(reply)
+
+    async def take_async(self, namespace: str, subject: str, rate: Rate, cost: int = 1) -> Decision:
+        return await self.take_all_async(subject, [(namespace, rate)], cost)
+
+    def _loop_script(self) -> AsyncScript:
+        """The script on an asyncio client of the running loop: an asyncio connection belongs to the loop that
+        opened it (one per process in production; tests run several loops, one after another)."""
+        loop = asyncio.get_running_loop()
+        if self._async_script is None or self._async_script[0] is not loop:
+            self._async_script = (loop, self._async_client().register_script(_TOKEN_BUCKETS))
+        return self._async_script[1]
+
+    def _buckets(self, subject: str, limits: list[tuple[str, Rate]]) -> list[tuple[str, Rate]]:
+        return [(f"{self._prefix}:{namespace}:{subject}", rate) for namespace, rate in limits]
+
+    def _fall_back(self, error: redis.RedisError, buckets: list[tuple[str, Rate]], cost: int) -> Decision:
+        self._retry_redis_at = self._clock() + REDIS_RETRY_SECONDS
+        if not self._degraded:
+            self._degraded = True
+            log.warning("rate limiter: Redis unreachable (%s); using in-process buckets, retrying Redis every "
+                        "%.0f s", type(error).__name__, REDIS_RETRY_SECONDS)
+        return self._local.take_all(buckets, cost)
+
+    def _decision(self, reply: list) -> Decision:
+        allowed, wait_ms, left = reply
         if self._degraded:
             self._degraded = False
             log.warning("rate limiter: Redis answers again; buckets are shared again")
@@ -177,3 +224,8 @@ class RateLimiter:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _script_args(buckets: list[tuple[str, Rate]], cost: int) -> list[float]:
+    """ARGV of `_TOKEN_BUCKETS`: rate, burst, cost for each bucket in turn."""
+    return [value for _, rate in buckets for value in (rate.per_second, rate.burst, cost)]
