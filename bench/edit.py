@@ -9,6 +9,7 @@ weights to write and hash. The dev-bundle group runs the ``Editor`` itself.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -41,29 +42,69 @@ class CachedEdit:
         self.cache.get(models.clip, NEUTRAL, TARGET)
         self.stages: dict[str, list[float]] = defaultdict(list)
 
+    def _direction(self) -> list[torch.Tensor]:
+        from pipeline.directions import style_direction
+
+        m, g = self.models, self.models.generator
+        dt = self.cache.get(m.clip, NEUTRAL, TARGET).to(m.device)
+        return style_direction(m.fs3, dt, BETA, m.style_std, g.style_dims, g.style_is_torgb)
+
+    def _faces(self, direction: list[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:
+        """The aligned faces at ``alphas``, ``[n, 3, H, W]`` on the models' device."""
+        from pipeline.directions import apply
+
+        g, device = self.models.generator, self.models.device
+        styles = g.styles(self.inverted.codes.to(device, self.models.dtype))
+        return g.synthesize(apply(styles, direction, alphas))
+
     def __call__(self, alphas: Sequence[float]) -> list[Image.Image]:
-        from pipeline.directions import apply, style_direction
-        from pipeline.paste import paste_back
+        from pipeline.paste_gpu import paste_rendered
         from pipeline.photo import load_photo
 
-        m, g, device = self.models, self.models.generator, self.models.device
         t0 = time.perf_counter()
         with torch.no_grad():
-            dt = self.cache.get(m.clip, NEUTRAL, TARGET).to(device)
-            direction = style_direction(m.fs3, dt, BETA, m.style_std, g.style_dims, g.style_is_torgb)
-            synchronize(device)
+            direction = self._direction()
+            synchronize(self.models.device)
             t1 = time.perf_counter()
-            styles = g.styles(self.inverted.codes.to(device, m.dtype))
-            faces = g.synthesize(apply(styles, direction, alphas))
-            pixels = ((faces.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # the copy to the host waits for the GPU
+            faces = self._faces(direction, alphas)
+            synchronize(self.models.device)
         t2 = time.perf_counter()
-        photo = load_photo(self.inverted.photo)
-        out = [paste_back(photo, Image.fromarray(face), self.inverted.quad) for face in pixels]
+        out = paste_rendered(load_photo(self.inverted.photo), faces, self.inverted.quad)  # as Editor.render
         t3 = time.perf_counter()
         for stage, seconds in (("direction", t1 - t0), ("synthesize", t2 - t1), ("paste", t3 - t2)):
             self.stages[f"{stage}_{len(alphas)}"].append(seconds)
         return out
+
+    def progressive(self, alphas: Sequence[float]) -> tuple[float, float]:
+        """As ``Editor.render`` serves a job: one strength at a time in ``render_order`` (the middle one first),
+        each pasted as soon as it is rendered. Seconds from the call to the first pasted photo, and to the last."""
+        from pipeline.editor import render_order
+        from pipeline.paste_gpu import paste_rendered
+        from pipeline.photo import load_photo
+
+        start, first = time.perf_counter(), None
+        with torch.no_grad():
+            direction = self._direction()
+            photo = load_photo(self.inverted.photo)
+            for i in render_order(len(alphas)):
+                paste_rendered(photo, self._faces(direction, [alphas[i]]), self.inverted.quad)
+                if first is None:
+                    first = time.perf_counter() - start
+        return first, time.perf_counter() - start
+
+
+def bench_first_output(models: Models, inverted: Inverted, n_alphas: int, repeats: int,
+                       budget_s: float) -> dict[str, float | int]:
+    """``edit_first_output_1024_s`` (call → first full-size pasted output) and ``edit_{n}_alphas_1024_s``
+    (call → all of them) for a cached edit rendered strength by strength, medians after one warm-up; the ratio
+    is the median of the per-run ratios (goal: first ≤ 0.3× all)."""
+    edit, alphas = CachedEdit(models, inverted), spread_alphas(n_alphas)
+    warm = edit.progressive(alphas)[1]
+    repeats = max(1, min(repeats, int(budget_s // warm))) if warm > 0 else repeats
+    runs = [edit.progressive(alphas) for _ in range(repeats)]
+    return {"edit_first_output_1024_s": statistics.median(f for f, _ in runs),
+            f"edit_{n_alphas}_alphas_1024_s": statistics.median(a for _, a in runs),
+            "first_over_all": statistics.median(f / a for f, a in runs), "first_output_runs": len(runs)}
 
 
 def bench_edits(models: Models, inverted: Inverted, alpha_counts: Sequence[int], repeats: int,

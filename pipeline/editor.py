@@ -329,13 +329,14 @@ class Editor:
             return identity.embed(crops)
 
     def _paste(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
-        """All faces of one strength into the full photo (one face: exactly the single-face paste)."""
-        from pipeline.paste import paste_back_many, paste_faces
+        """All faces of one strength into the full photo (one face: exactly the single-face paste, on the GPU
+        when the faces are there)."""
+        from pipeline.paste import paste_faces
+        from pipeline.paste_gpu import paste_rendered, to_uint8
 
-        edited = [Image.fromarray(face) for face in _to_uint8(faces)]
-        if len(edited) == 1:
-            return paste_back_many(image, edited, inversions[0].quad)[0]
-        return paste_faces(image, edited, [inv.quad for inv in inversions])
+        if len(inversions) == 1:
+            return paste_rendered(image, faces, inversions[0].quad)[0]
+        return paste_faces(image, [Image.fromarray(face) for face in to_uint8(faces)], [inv.quad for inv in inversions])
 
 
 @dataclass(frozen=True)
@@ -484,9 +485,3 @@ def _to_tensor(crop, device: torch.device) -> torch.Tensor:
     """An aligned RGB crop (PIL or uint8 HWC) → ``[1, 3, H, W]`` in [-1, 1], as e4e was trained."""
     a = np.asarray(crop.convert("RGB") if isinstance(crop, Image.Image) else crop, dtype=np.float32)
     return torch.from_numpy(a).permute(2, 0, 1)[None].to(device) / 127.5 - 1
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] → ``[B, H, W, 3]`` uint8 (clamped, rounded)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

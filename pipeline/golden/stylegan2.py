@@ -8,6 +8,7 @@ once per ``impl``. The weights go through ``load_state`` (the checkpoint loader'
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,6 +31,17 @@ def checks(fixture: Fixture, names: tuple[str, ...] | None = None) -> Iterator[C
     for name in generator_entries(fixture):
         if names is None or name in names:
             yield from _checks_one(fixture, name, fixture.meta[name])
+
+
+@contextmanager
+def reference_precision(device: torch.device) -> Iterator[None]:
+    """Float32 as the fixtures were made: cuDNN's TF32 off on a GPU (on by default from Ampere on, it rounds
+    convolution inputs to 10-bit mantissas). The ``CudaRenderer`` sets its own precision."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        yield
 
 
 def variants(device: torch.device) -> list[tuple[str, str | None]]:
@@ -59,32 +71,38 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
     yield exact(f"{name} style_layers", g.style_layer_names, entry["style_layers"])
     yield exact(f"{name} style_dims", g.style_dims, entry["style_dims"])
     for impl, precision in variants(fixture.device):
-        g.impl = impl
-        tag, tol = f"{name}[{impl}]", image_tol
-        if precision is not None:  # through the CudaRenderer (CUDA graphs) in this precision
-            chosen = g.cuda_renderer(precision).precision
-            tag = f"{name}[{impl} cuda {precision}{f'={chosen}' if precision == 'auto' else ''}]"
-            if precision == "auto":
-                tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
-        if "z" in t and "w" in t:
-            w = g.mapping(t["z"])
-            yield compare(f"{tag} w", w, data["w"], VECTOR_TOL)
-            if "image_from_w" in t:  # from our own w: the reference fed its own w through
-                yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], tol(data["image_from_w"]))
-        styles = g.styles(t["wplus"])
-        for i, s in enumerate(styles):
-            key = f"style_{i:02d}"
-            if key in data:
-                yield compare(f"{tag} {key}", s, data[key], VECTOR_TOL)
-        images = {k: data[k] for k in ("image_from_wplus", "image") if k in data}
-        edited = dict(_edits(entry, styles, t))
-        images.update({k: data[k] for k in edited})
-        # one batched synthesis of the unedited and every edited style set, as the editor runs it
-        sets = [styles] * (len(images) - len(edited)) + list(edited.values())
-        batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
-        out = g.synthesize(batch).split(styles[0].shape[0])
-        for (key, ref), ours in zip(images.items(), out, strict=True):
-            yield compare(f"{tag} {key}", ours, ref, tol(ref))
+        with reference_precision(fixture.device):
+            yield from _checks_variant(g, name, entry, data, t, impl, precision)
+
+
+def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, torch.Tensor], impl: str,
+                    precision: str | None) -> Iterator[Check]:
+    g.impl = impl
+    tag, tol = f"{name}[{impl}]", image_tol
+    if precision is not None:  # through the CudaRenderer (CUDA graphs) in this precision
+        chosen = g.cuda_renderer(precision).precision
+        tag = f"{name}[{impl} cuda {precision}{f'={chosen}' if precision == 'auto' else ''}]"
+        if precision == "auto":
+            tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
+    if "z" in t and "w" in t:
+        w = g.mapping(t["z"])
+        yield compare(f"{tag} w", w, data["w"], VECTOR_TOL)
+        if "image_from_w" in t:  # from our own w: the reference fed its own w through
+            yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], tol(data["image_from_w"]))
+    styles = g.styles(t["wplus"])
+    for i, s in enumerate(styles):
+        key = f"style_{i:02d}"
+        if key in data:
+            yield compare(f"{tag} {key}", s, data[key], VECTOR_TOL)
+    images = {k: data[k] for k in ("image_from_wplus", "image") if k in data}
+    edited = dict(_edits(entry, styles, t))
+    images.update({k: data[k] for k in edited})
+    # one batched synthesis of the unedited and every edited style set, as the editor runs it
+    sets = [styles] * (len(images) - len(edited)) + list(edited.values())
+    batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
+    out = g.synthesize(batch).split(styles[0].shape[0])
+    for (key, ref), ours in zip(images.items(), out, strict=True):
+        yield compare(f"{tag} {key}", ours, ref, tol(ref))
 
 
 def _edits(entry: dict, styles: list[torch.Tensor], t: dict[str, torch.Tensor]) -> Iterator[tuple[str, list]]:

@@ -241,8 +241,8 @@ def test_one_change_of_weight_one_renders_exactly_todays_edit(dev_editor, invers
     """The edit as it was computed before ``render`` (one direction, all alphas in one batch, one paste per
     alpha), pixel for pixel."""
     from pipeline.directions import apply, style_direction
-    from pipeline.editor import _to_uint8
     from pipeline.paste import paste_back_many
+    from pipeline.paste_gpu import to_uint8
     from pipeline.photo import load_photo
 
     alphas = [-2.0, 0.0, 3.0]
@@ -251,7 +251,7 @@ def test_one_change_of_weight_one_renders_exactly_todays_edit(dev_editor, invers
         dt = dev_editor._directions.get(m.clip, "a face", "a smiling face")
         direction = style_direction(m.fs3, dt, 0.15, m.style_std, g.style_dims, g.style_is_torgb)
         faces = g.synthesize(apply(g.styles(torch.from_numpy(inversion.codes.copy())[None]), direction, alphas))
-    before = paste_back_many(load_photo(face_bytes), [Image.fromarray(f) for f in _to_uint8(faces)], inversion.quad)
+    before = paste_back_many(load_photo(face_bytes), [Image.fromarray(f) for f in to_uint8(faces)], inversion.quad)
     outputs = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face", 1.0)], alphas)
     edited = dev_editor.edit(inversion, "a face", "a smiling face", alphas)
     for old, output, image in zip(before, outputs, edited, strict=True):
