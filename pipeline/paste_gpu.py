@@ -69,12 +69,12 @@ def paste_on_device(photo: Image.Image, faces: torch.Tensor, quad: np.ndarray,
 
 def _grid(placement, device: torch.device) -> torch.Tensor:
     """``grid_sample``'s sampling grid ``[1, h, w, 2]``: each box pixel's point in the (reduced) face, in
-    [-1, 1] with pixel centres at ``(2i + 1) / side - 1`` (``align_corners=False``)."""
+    [-1, 1] with pixel centres at ``(2i + 1) / side - 1`` (``align_corners=False``). Built on the device (a
+    phone photo's face box is a million points); float32 is exact to 1/4000 of a pixel here."""
     width, height = placement.region
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
-    warp = torch.from_numpy(placement.warp)
+    warp = torch.as_tensor(placement.warp, dtype=torch.float32, device=device)
+    xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
+    ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
     fx = warp[0, 0] * xs + warp[0, 1] * ys + warp[0, 2]
     fy = warp[1, 0] * xs + warp[1, 1] * ys + warp[1, 2]
-    grid = torch.stack([(2 * fx + 1) / placement.side - 1, (2 * fy + 1) / placement.side - 1], dim=-1)
-    return grid[None].to(device, torch.float32)
+    return torch.stack([(2 * fx + 1) / placement.side - 1, (2 * fy + 1) / placement.side - 1], dim=-1)[None]
