@@ -24,6 +24,7 @@ reads no service settings.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ import torch
 
 if TYPE_CHECKING:
     from pipeline.stylegan2 import Generator
+
+log = logging.getLogger(__name__)
 
 PRECISION_ENV, GRAPHS_ENV = "FACEEDIT_CUDA_PRECISION", "FACEEDIT_CUDA_GRAPHS"
 # Cheapest first. "tf32": float32 tensors, convolutions on the tensor cores with 10-bit mantissas (cuDNN's default
@@ -153,8 +156,11 @@ class CudaRenderer:
         ``FACEEDIT_CUDA_PRECISION``), with graphs as ``FACEEDIT_CUDA_GRAPHS`` says (only on a CUDA device)."""
         choice, graphs = precision or configured_precision(), graphs_enabled()
         precision, errors = choose_precision(generator) if choice == "auto" else (choice, {})
-        return cls(generator, precision, graphs=graphs and generator.input.input.device.type == "cuda",
-                   errors=errors)
+        graphs = graphs and generator.input.input.device.type == "cuda"
+        log.info("generator renders in %s (%s), CUDA graphs %s", precision,
+                 f"chosen: image error vs float32 {errors}, tolerance {HALF_PRECISION_TOL}" if errors
+                 else f"set by {PRECISION_ENV}", "on" if graphs else "off")
+        return cls(generator, precision, graphs=graphs, errors=errors)
 
     def render(self, styles: list[torch.Tensor]) -> torch.Tensor:
         """Style vectors ``[B, C_i]`` → float32 image ``[B, 3, size, size]`` (a new tensor, the caller's)."""
