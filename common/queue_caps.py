@@ -7,11 +7,14 @@ submit of every account wait for one lock (which capped the whole API at one sub
 
 - per owner: a transaction-scoped advisory lock keyed by the owner's hash, held from the count to the commit,
   so one account's submits take turns (two accounts whose hashes collide merely share turns);
-- total, on PostgreSQL: each submit also holds a *shared* advisory lock, then reads how many submits hold it
-  (`pg_locks`), then counts the unfinished edits. Every other submit that could insert unseen by that count
-  holds the shared lock at that moment, so `count + holders <= total` proves a free slot (the argument is in
-  `_fast_path`). Near the cap that bound can refuse a submit that would fit, so a submit that fails it tries
-  again holding the same lock *exclusively* (it waits for the shared holders to commit) and counts exactly.
+- total, on PostgreSQL: each submit also holds a *shared* advisory lock, then counts the unfinished edits.
+  Every other submit that could insert unseen by that count holds the shared lock at that moment, so
+  `count + holders <= total` proves a free slot (the argument is in `_fast_path`). Holders are backends, so
+  the server's `max_connections` bounds them: far from the cap that bound is enough and nothing more is read.
+  Closer, a submit reads how many submits hold the lock (`pg_locks`, ~0.2 ms of the server's CPU, so not on
+  every submit) and counts again. Nearer still that bound can refuse a submit that would fit, so a submit
+  that fails it tries again holding the same lock *exclusively* (it waits for the shared holders to commit)
+  and counts exactly.
 - on SQLite (one development process) a process lock serializes submits as before.
 
 The commit or rollback releases the advisory locks.
@@ -37,14 +40,18 @@ from common.settings import Settings
 TOTAL_SPACE = int.from_bytes(b"fcap", "big") & 0x7FFFFFFF
 OWNER_SPACE = int.from_bytes(b"fcao", "big") & 0x7FFFFFFF
 # The owner's lock, then the shared total lock (OFFSET 0 keeps the order: the planner cannot merge the two
-# levels), then how many submits hold the shared lock now (evaluated per row, so after both are granted).
+# levels), and the most backends the server admits: a bound on how many submits can hold the shared lock.
 _LOCK_SHARED = text("""
-SELECT (SELECT count(*) FROM pg_locks AS l
-        WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = :space AND l.objid = 0 AND l.objsubid = 2 AND g.ok = 1) AS holders
-FROM (SELECT 1 AS ok, pg_advisory_xact_lock_shared(:space, 0)
+SELECT current_setting('max_connections')::int AS backends
+FROM (SELECT pg_advisory_xact_lock_shared(:space, 0)
       FROM (SELECT pg_advisory_xact_lock(:owner_space, :owner_key) OFFSET 0) AS o OFFSET 0) AS g
+""")
+# How many submits hold the shared total lock now (this one among them).
+_HOLDERS = text("""
+SELECT count(*) FROM pg_locks AS l
+WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = :space AND l.objid = 0 AND l.objsubid = 2
 """)
 _LOCK_EXCLUSIVE = text("""
 SELECT pg_advisory_xact_lock(:space, 0)
@@ -91,9 +98,13 @@ def admit(session: Session, edit: Edit, caps: QueueCaps) -> int:
             return _insert(session, edit, caps, *_counts(session, edit.owner), in_flight=0)
     owner_key = {"owner_space": OWNER_SPACE, "owner_key": zlib.crc32(edit.owner.encode()) & 0x7FFFFFFF}
     with _rolled_back_on_error(session):
-        holders = session.execute(_LOCK_SHARED, {"space": TOTAL_SPACE, **owner_key}).scalar_one()
+        backends = session.execute(_LOCK_SHARED, {"space": TOTAL_SPACE, **owner_key}).scalar_one()
+        everyone, mine, waiting = _counts(session, edit.owner)
+        if _fast_path(everyone, backends, caps) or mine >= caps.per_owner:
+            return _insert(session, edit, caps, everyone, mine, waiting, in_flight=backends - 1)
+        holders = session.execute(_HOLDERS, {"space": TOTAL_SPACE}).scalar_one()
         everyone, mine, waiting = _counts(session, edit.owner)  # after reading the holders: see _fast_path
-        if _fast_path(everyone, holders, caps) or mine >= caps.per_owner:
+        if _fast_path(everyone, holders, caps):
             return _insert(session, edit, caps, everyone, mine, waiting, in_flight=holders - 1)
         session.rollback()  # near the total cap: count again with every other submit finished
         session.execute(_LOCK_EXCLUSIVE, {"space": TOTAL_SPACE, **owner_key})
@@ -101,13 +112,15 @@ def admit(session: Session, edit: Edit, caps: QueueCaps) -> int:
 
 
 def _fast_path(everyone: int, holders: int, caps: QueueCaps) -> bool:
-    """Whether a submit holding the shared lock may trust `everyone + holders <= total`.
+    """Whether a submit holding the shared lock may trust `everyone + holders <= total`, where `holders` is
+    at least the number of submits holding the lock when `everyone` was counted (this one included).
 
     Proof sketch: take any moment and, among the submits admitted and committed by then, the one X that took
-    the shared lock last. Any other of them took it before X read `pg_locks`; at that read it either still
-    held the lock (one of X's `holders`) or had committed, and then X's later count saw its row. So the
-    unfinished edits at that moment are at most X's `everyone + holders` (edits that finished only lower it),
-    which X checked against `total`."""
+    the shared lock last. Any other of them took it before X counted; at X's count it either still held the
+    lock (one of X's `holders`) or had committed, and then that count saw its row. So the unfinished edits at
+    that moment are at most X's `everyone + holders` (edits that finished only lower it), which X checked
+    against `total`. `holders` may be any upper bound read before the count: the server's `max_connections`
+    (each holder is a backend), or the holders `pg_locks` listed after X took the lock."""
     return everyone + holders <= caps.total
 
 
