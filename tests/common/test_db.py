@@ -38,3 +38,39 @@ def test_sqlite_file_in_a_new_folder_shares_by_wal_and_enforces_foreign_keys(tmp
                 session.commit()
     finally:
         engine.dispose()
+
+
+@pytest.mark.services
+def test_an_idle_pooled_connection_is_pinged_and_a_just_used_one_is_not(pg_url, monkeypatch):
+    """PostgreSQL killed the pooled connection's backend (a restart, a failover): after PING_IDLE_SECONDS in
+    the pool it is pinged and replaced unseen; a connection back in the pool a moment ago is handed out as is
+    (one round trip saved per request), so its statement fails once and the pool reconnects behind it."""
+    from sqlalchemy.exc import OperationalError
+
+    import common.db
+
+    engine = make_engine(pg_url)
+    admin = make_engine(pg_url)
+
+    def kill_pooled_backend() -> None:
+        with engine.connect() as connection:
+            pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            connection.commit()
+        time.sleep(0.2)
+
+    try:
+        monkeypatch.setattr(common.db, "PING_IDLE_SECONDS", 0.0)  # every connection counts as idle
+        kill_pooled_backend()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+        monkeypatch.setattr(common.db, "PING_IDLE_SECONDS", 3600.0)  # every connection was just used
+        kill_pooled_backend()
+        with pytest.raises(OperationalError), engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+        admin.dispose()
