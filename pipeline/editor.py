@@ -17,8 +17,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +27,16 @@ from PIL import Image
 
 from pipeline.bundle import DEV_WARNING, Bundle
 from pipeline.directions import Change
-from pipeline.errors import INVALID_PARAMETER, Canceled, PipelineError
+from pipeline.edit_params import MODES, check_inversions, check_order, validate_edit, validate_render
+from pipeline.errors import INVALID_PARAMETER, PipelineError
 from pipeline.faces import FaceBox
 from pipeline.inversion import Inversion
+from pipeline.stages import Progress, ShouldCancel, Stages
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]
-ShouldCancel = Callable[[], bool]
 PhotoSource = bytes | str | os.PathLike | Image.Image
 
-MODES = ("global", "optimize")
 ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
 
 FACES_REMEMBERED = 8  # photos whose detections the editor keeps (a group edit inverts each face of one photo)
@@ -178,7 +176,7 @@ class Editor:
         if isinstance(face, bool) or not isinstance(face, int) or face < 0:
             raise PipelineError(INVALID_PARAMETER, f"face must be a face index >= 0, got {face!r}")
         own: dict[str, float] = {}
-        step = _Stages(progress, should_cancel, own)
+        step = Stages(progress, should_cancel, own)
         raw = _photo_bytes(photo)
         with step("align"):
             image = load_photo(raw)
@@ -234,13 +232,13 @@ class Editor:
 
         start = time.perf_counter()
         alphas, changes = validate_render(changes, alphas, beta, mode, steps)
-        inversions = _check_inversions(inversions)
-        order = render_order(len(alphas)) if order is None else _check_order(order, len(alphas))
+        inversions = check_inversions(inversions)
+        order = render_order(len(alphas)) if order is None else check_order(order, len(alphas))
         raw = _photo_bytes(photo) if photo is not None else inversions[0].photo
         if raw is None:
             raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
                                                    "bytes): pass the photo it was computed from as photo=")
-        step = _Stages(progress, should_cancel, metrics)
+        step = Stages(progress, should_cancel, metrics)
         models = self.models
         g = models.generator
         for inv in inversions:
@@ -280,7 +278,7 @@ class Editor:
         return outputs
 
     def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
-                 steps: int | None, step: _Stages, progress: Progress | None,
+                 steps: int | None, step: Stages, progress: Progress | None,
                  should_cancel: ShouldCancel | None) -> Callable[[int], torch.Tensor]:
         """What renders alpha number ``i``: ``[faces, 3, H, W]`` in [-1, 1]. The direction (or optimization)
         is computed here, once for all alphas."""
@@ -319,7 +317,7 @@ class Editor:
         return optimized_faces
 
     def _embed_originals(self, image: Image.Image, inversions: list[Inversion], identity: torch.nn.Module,
-                         step: _Stages) -> torch.Tensor:
+                         step: Stages) -> torch.Tensor:
         """The identity embedding of each original aligned face ``[faces, 512]`` (what likeness compares to)."""
         from pipeline.align import align_crop
 
@@ -358,100 +356,6 @@ def render_order(n: int) -> list[int]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-
-class _Stages:
-    """Times stages into ``metrics``, reports progress, and polls cancellation at every stage boundary."""
-
-    def __init__(self, progress: Progress | None, should_cancel: ShouldCancel | None,
-                 metrics: dict[str, float] | None):
-        self.progress, self.should_cancel = progress, should_cancel
-        self.metrics = metrics if metrics is not None else {}
-
-    def check(self) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise Canceled()
-
-    def report(self, stage: str, fraction: float) -> None:
-        if self.progress is not None:
-            self.progress(stage, fraction)
-
-    @contextmanager
-    def __call__(self, stage: str, report: bool = True) -> Iterator[None]:
-        """Time ``stage`` (added to ``metrics``), reporting its start and end unless ``report`` is false (a
-        stage repeated per strength reports its own fractions)."""
-        self.check()
-        if report:
-            self.report(stage, 0.0)
-        start = time.perf_counter()
-        yield
-        key = f"{stage}_seconds"
-        self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
-        if report:
-            self.report(stage, 1.0)
-
-
-def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, beta: float = 0.15,
-                  mode: str = "global", steps: int | None = None) -> list[float]:
-    """Check an edit's parameters without touching a model (callers validate before the costly inversion);
-    returns the alphas as floats. Raises ``PipelineError("invalid_parameter")`` naming the problem."""
-    from pipeline.directions import MAX_TEXT_CHARS, check_alphas, check_beta
-    from pipeline.optimize import OptimizeConfig
-
-    if mode not in MODES:
-        raise PipelineError(INVALID_PARAMETER, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    for name, text in (("neutral", neutral), ("target", target)):
-        if not isinstance(text, str) or not text.strip():
-            raise PipelineError(INVALID_PARAMETER, f"{name} text must be a non-empty string")
-        if len(text) > MAX_TEXT_CHARS:
-            raise PipelineError(INVALID_PARAMETER, f"{name} text is longer than {MAX_TEXT_CHARS} characters")
-    if isinstance(alphas, (int, float)):
-        alphas = [alphas]
-    if any(isinstance(a, bool) for a in alphas):
-        raise PipelineError(INVALID_PARAMETER, f"alphas must be numbers, got {alphas!r}")
-    try:
-        values = [float(a) for a in alphas]
-    except (TypeError, ValueError) as exc:
-        raise PipelineError(INVALID_PARAMETER, f"alphas must be numbers, got {alphas!r}") from exc
-    check_alphas(values)
-    if mode == "global":
-        check_beta(beta)
-    elif steps is not None:
-        OptimizeConfig(steps=steps)
-    return values
-
-
-def validate_render(changes: Sequence[Change], alphas: Sequence[float] | float, beta: float = 0.15,
-                    mode: str = "global", steps: int | None = None) -> tuple[list[float], list[Change]]:
-    """``validate_edit`` for several changes: the alphas as floats and the changes as a list. Optimize mode
-    takes one change (it optimizes towards one target text)."""
-    from pipeline.directions import check_changes
-
-    changes = check_changes(changes)
-    if mode == "optimize" and len(changes) != 1:
-        raise PipelineError(INVALID_PARAMETER, f"mode optimize takes one change, got {len(changes)}")
-    alphas = validate_edit(changes[0].neutral, changes[0].target, alphas, beta, mode, steps)
-    return alphas, changes
-
-
-def _check_inversions(inversions: Sequence[Inversion]) -> list[Inversion]:
-    inversions = list(inversions)
-    if not inversions:
-        raise PipelineError(INVALID_PARAMETER, "at least one inversion (face) is needed")
-    for inv in inversions:
-        if not isinstance(inv, Inversion):
-            raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
-    indices = [inv.face_index for inv in inversions]
-    if len(set(indices)) != len(indices):
-        raise PipelineError(INVALID_PARAMETER, f"each face may be edited once, got faces {indices}")
-    return inversions
-
-
-def _check_order(order: Sequence[int], n: int) -> list[int]:
-    order = list(order)
-    if sorted(order) != list(range(n)) or any(isinstance(i, bool) for i in order):
-        raise PipelineError(INVALID_PARAMETER, f"order must list each of the {n} alpha positions once, got {order}")
-    return order
-
 
 def _record_face(metrics: dict | None, index: int, seconds: dict[str, float]) -> None:
     """Add a face's stage seconds to the totals and to its entry in ``metrics["faces"]`` (made if absent)."""

@@ -209,7 +209,7 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
     start = time.perf_counter()
     with runtime.session_factory() as session:
         try:
-            from pipeline.editor import validate_render
+            from pipeline.edit_params import validate_render
 
             changes = _changes(edit)
             validate_render(changes, edit.alphas, edit.beta, edit.mode)  # before any model work

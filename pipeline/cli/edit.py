@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.cli.bundles import resolve_bundle
     from pipeline.cli.progress import ProgressBar
-    from pipeline.editor import Change, Editor, validate_render
+    from pipeline.edit_params import validate_render
+    from pipeline.editor import Change, Editor
     from pipeline.errors import INVALID_PARAMETER, PipelineError
     from pipeline.photo import encode_image
 
