@@ -105,6 +105,16 @@ class Editor:
                     self._models = self._load()
         return self._models
 
+    def warm_up(self) -> float:
+        """Load the models and render one face, so the first job pays none of the one-time costs (on a CPU the
+        renderer's derived weights and NNPACK's check, on a GPU the precision choice and the batch-1 CUDA
+        graph); returns the seconds it took."""
+        start = time.perf_counter()
+        g = self.models.generator
+        with torch.no_grad():
+            g.synthesize(g.styles(torch.zeros(1, g.n_latent, g.style_dim, device=self.device)))
+        return time.perf_counter() - start
+
     def _load(self) -> Models:
         from pipeline.clip_model import load_clip
         from pipeline.directions import TextDirectionCache

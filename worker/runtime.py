@@ -91,8 +91,9 @@ class Runtime:
 
         try:
             editor = self.editor()
-            editor.models  # noqa: B018 - touching the property loads the weights
-            log.info("models ready from %s: %s (dev bundle: %s)", editor.bundle.dir, editor.versions, editor.is_dev)
+            seconds = editor.warm_up()  # loads the weights and renders once (one-time costs off the first job)
+            log.info("models ready from %s in %.1fs: %s (dev bundle: %s)", editor.bundle.dir, seconds, editor.versions,
+                     editor.is_dev)
         except PipelineError as error:
             log.error("models not loaded from %s: %s", self.model_dir, error)
 

@@ -342,3 +342,14 @@ def test_cli_edits_every_face_with_two_changes(dev_bundle, tmp_path, capsys):
     code = main(["edit", str(photo), "--neutral", "a face", "--target", "a smiling face", "--faces", "0,5",
                  "--bundle", str(dev_bundle.dir), "--out", str(tmp_path / "o.png"), "--quiet"])
     assert code == 2 and "0-1" in capsys.readouterr().err
+
+
+def test_warm_up_renders_once_so_the_first_job_pays_no_setup(dev_bundle, tmp_path):
+    editor = Editor(dev_bundle, directions_dir=tmp_path)
+    assert editor._models is None
+    seconds = editor.warm_up()
+    g = editor.models.generator
+    assert seconds > 0 and g._cpu_renderer is not None  # the CPU renderer's derived weights are built
+    renderer = g._cpu_renderer
+    editor.warm_up()
+    assert g._cpu_renderer is renderer  # built once
