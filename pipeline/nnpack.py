@@ -14,10 +14,16 @@ verdict is kept for the process. Missing symbols, a failed or crashed check, or 
 
 ``FACEEDIT_NNPACK`` (environment, read on each use) chooses: ``direct`` (default) this call; ``torch`` only
 PyTorch's own NNPACK call (fresh outputs, no ctypes); ``off`` no NNPACK at all (PyTorch's default convolution).
+
+NNPACK's pool workers spin-wait for the next call after each one (pthreadpool), and PyTorch's OpenMP workers
+spin at the end of each parallel loop: on two cores, the passes between two convolutions then share the cores
+among more threads than there are, and a loop's threads wait for each other. ``torch_ops_on_this_thread`` keeps
+PyTorch's own ops on the calling thread while ``CpuRenderer`` renders (the numbers are in its ``render``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -26,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +202,48 @@ def verdict() -> Verdict:
 def available() -> bool:
     """Whether the direct call is chosen (``FACEEDIT_NNPACK=direct``, the default) and works in this process."""
     return mode() == "direct" and verdict().ok
+
+
+@functools.cache
+def _openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime PyTorch's CPU ops run on (the ``libgomp`` shipped beside ``libtorch_cpu``), or None
+    when this build has another one or setting the calling thread's team size does not reach PyTorch."""
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libgomp.so.1"))
+        lib.omp_set_num_threads.argtypes, lib.omp_get_max_threads.restype = [ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    reached: list[bool] = []
+
+    def probe() -> None:  # on a thread of its own: a thread's team size is its own (an OpenMP ICV)
+        lib.omp_set_num_threads(1)
+        reached.append(torch.get_num_threads() == 1)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return lib if reached == [True] else None
+
+
+@contextlib.contextmanager
+def torch_ops_on_this_thread() -> Iterator[None]:
+    """Within: PyTorch's parallel CPU ops started from this thread run on it alone, while NNPACK's direct calls
+    keep their own pool (sized before, from ``torch.get_num_threads()``). Other threads are unaffected: the
+    OpenMP team size is per thread. Does nothing when the direct call is not in use (every convolution is then
+    PyTorch's and needs its threads) or the OpenMP runtime is not the one found beside ``libtorch_cpu``."""
+    lib = _library()
+    omp = _openmp() if lib is not None and available() else None
+    if omp is None:
+        yield
+        return
+    _process(lib)  # the pool exists, with the full thread count, before the team shrinks
+    torch.get_num_threads()  # PyTorch's once-per-thread setup of the team size, which would undo ours inside
+    previous = omp.omp_get_max_threads()
+    omp.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        omp.omp_set_num_threads(previous)
 
 
 def conv3x3_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> bool:

@@ -1,12 +1,14 @@
 """The direct NNPACK call: bit-identical to PyTorch's own, refuses what it cannot do, survives a fork, checks
-itself in a child process (a crash there is a fallback here), obeys ``FACEEDIT_NNPACK``; and the scratch
-buffers grow and are reused."""
+itself in a child process (a crash there is a fallback here), obeys ``FACEEDIT_NNPACK``, keeps PyTorch's ops on
+the calling thread when asked; and the scratch buffers grow and are reused."""
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import multiprocessing
 import sys
+import threading
 
 import pytest
 import torch
@@ -148,3 +150,39 @@ def test_an_unknown_switch_value_is_refused(monkeypatch):
         nnpack.mode()
     monkeypatch.setenv(nnpack.ENV, "")
     assert nnpack.mode() == "direct"
+
+
+def test_torch_ops_run_on_the_calling_thread_alone_within(monkeypatch):
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("PyTorch runs one thread here: nothing to narrow")
+    assert nnpack.available()
+    monkeypatch.setattr(nnpack, "_state", None)  # the pool is made inside: it must still get every thread
+    seen: dict[str, int] = {}
+    with nnpack.torch_ops_on_this_thread():
+        seen["inside"] = torch.get_num_threads()
+        other = threading.Thread(target=lambda: seen.setdefault("other thread", torch.get_num_threads()))
+        other.start()
+        other.join()
+        x, weight, bias = conv_case(5)
+        out = torch.empty(1, 9, 37, 41)
+        assert nnpack.conv3x3_into(x, weight, bias, out)
+        assert torch.equal(out, torch._nnpack_spatial_convolution(x, weight, bias, [1, 1]))
+    assert seen == {"inside": 1, "other thread": threads}
+    assert torch.get_num_threads() == threads
+    count = nnpack._library().pthreadpool_get_threads_count
+    count.restype, count.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    assert count(nnpack._state.pool) == threads
+
+    with pytest.raises(KeyError), nnpack.torch_ops_on_this_thread():
+        raise KeyError("an error inside")
+    assert torch.get_num_threads() == threads  # restored on the way out
+
+
+@pytest.mark.parametrize("mode", ["torch", "off"])
+def test_without_the_direct_call_torch_keeps_its_threads(mode, monkeypatch):
+    """PyTorch's convolutions (``torch``: its NNPACK on its own pool; ``off``: oneDNN) need its threads."""
+    monkeypatch.setenv(nnpack.ENV, mode)
+    threads = torch.get_num_threads()
+    with nnpack.torch_ops_on_this_thread():
+        assert torch.get_num_threads() == threads

@@ -4,6 +4,7 @@ marked slow) match the reference implementation."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -104,6 +105,18 @@ def test_folded_cpu_path_equals_ref(wide, batch):
     unfolded = wide(wplus)  # autograd on: the batched shared-weight / grouped path
     assert rel_err(folded, ref) < 1e-5 and rel_err(unfolded.detach(), ref) < 1e-5
     assert torch.equal(standalone, folded)
+
+
+def test_a_render_on_the_calling_thread_alone_is_bit_identical(wide, monkeypatch):
+    """``CpuRenderer.render`` keeps PyTorch's ops on its thread (``nnpack.torch_ops_on_this_thread``): the same
+    numbers as with PyTorch's threads."""
+    styles = wide.styles(wplus_for(wide, 1, seed=13).detach())
+    renderer = CpuRenderer.from_generator(wide)
+    with torch.inference_mode():
+        alone = renderer.render(styles)
+        monkeypatch.setattr(nnpack, "torch_ops_on_this_thread", contextlib.nullcontext)
+        shared = renderer.render(styles)
+    assert torch.equal(alone, shared)
 
 
 @pytest.mark.parametrize("mode", ["torch", "off"])
