@@ -98,7 +98,7 @@ class Deployment:
         redis_url = os.environ.get("TEST_REDIS_URL") or DEFAULT_REDIS
         database = stack.enter_context(private_database(pg, prefix="bench_load"))
         self.settings = build_settings(
-            database, redis_url, storage_dir=tmp / f"storage-{name}", tag="bench", log_level="INFO",
+            database, redis_url, storage_dir=tmp / f"storage-{name}", tag="bench", log_level="INFO", log_format="json",
             rate_limit_per_second=1e6, rate_limit_burst=10**6, submit_rate_per_second=1e6, submit_rate_burst=10**6,
             max_queued_per_owner=10**6, max_queued_total=10**7)  # fmt: skip
         stack.callback(drop_queues, self.settings)
