@@ -9,8 +9,8 @@ than either time.
   is what ``pipeline.e4e.load_encoder`` serves: the same module with weights and activations channels-last, so
   oneDNN's convolutions skip their layout reorders. Profiled at 256² (IR-SE-50): 90 % of that path's time is in
   convolutions, the largest share in the eleven fine style heads (a 512→512 stride-2 3×3 convolution each on
-  the 64² features), which run near the machine's peak; BatchNorm is under 1 % and the 1×1 max-pool shortcuts
-  about 1 %, and the eleven heads fused into one convolution measured no faster, so nothing more is done.
+  the 64² features, about 180 GFLOP/s on the 2-core EPYC); BatchNorm is under 1 % and the 1×1 max-pool
+  shortcuts about 1 %, and the eleven heads fused into one convolution measured no faster.
 * paste-back: the plain port does what research code (STIT, StyleCLIP's notebooks) does: warp the face and its
   mask to the photo's full size with Pillow and blend every pixel in floating point. ``pipeline.paste`` computes
   the same blend in the quad's bounding box only, with OpenCV's warp and Pillow's masked paste. The photo is a
@@ -117,7 +117,10 @@ def bench_ports(models: Models, crop: Image.Image, photo_bytes: bytes, quad: np.
                 encoder(x)
         return run
 
-    inversion = measure_interleaved({"fast": invert(fast), "ref": invert(plain)}, repeats, budget, models.device)
+    runs = {"fast": invert(fast), "ref": invert(plain)}
+    for run in runs.values():  # oneDNN builds its kernels for a layout on the first call: seconds, not a round
+        run()
+    inversion = measure_interleaved(runs, repeats, budget, models.device)
     del fast, plain
 
     photo, scene_quad = phone_scene(load_photo(photo_bytes), quad)
