@@ -5,10 +5,10 @@ computes the same image differently, one sample at a time:
 
 * the style and the demodulation scale the *weights* (thousands of multiplications, not a pass over a
   million-pixel feature map); bias and the √2 gain ride in the convolution;
-* 3×3 convolutions from 32² up run as NNPACK's Winograd (``ops.conv2d_same``);
+* 3×3 convolutions from 32² up run as NNPACK's Winograd (``cpu_conv.conv2d_same``);
 * upsampling layers from ``UPSAMPLE_PHASES_MIN_SIZE`` inputs up run as four 3×3 convolutions, one per output
-  phase, with the blur folded in (``ops.upsample_conv_phases``); the noise is added in the pass that
-  interleaves the phases (``ops.pixel_shuffle_add``);
+  phase, with the blur folded in (``cpu_conv.upsample_conv_phases``); the noise is added in the pass that
+  interleaves the phases (``cpu_conv.pixel_shuffle_add``);
 * the large intermediates are written into buffers the renderer owns and reuses from render to render (a fresh
   128 MB tensor costs ~40 ms of page faults on first touch);
 * PyTorch's own ops run on the rendering thread alone, NNPACK on its own pool (``nnpack.torch_ops_on_this_thread``).
@@ -28,14 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import nnpack
-from pipeline.ops import (
-    SQRT2,
-    conv2d_same,
-    pixel_shuffle_add,
-    upfirdn2d,
-    upsample_conv_phases,
-    upsample_fir_phases,
-)
+from pipeline.cpu_conv import conv2d_same, pixel_shuffle_add, upsample_conv_phases, upsample_fir_phases
+from pipeline.ops import SQRT2, upfirdn2d
 from pipeline.scratch import Scratch
 
 if TYPE_CHECKING:

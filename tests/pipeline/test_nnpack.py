@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import nnpack
-from pipeline.ops import NNPACK_MIN_SIZE, conv2d_same
+from pipeline.cpu_conv import NNPACK_MIN_SIZE, conv2d_same
 from pipeline.scratch import Scratch
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pipeline import nnpack
+from pipeline.cpu_conv import NNPACK_MIN_SIZE
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.golden import Fixture
 from pipeline.golden import stylegan2 as golden
-from pipeline.ops import NNPACK_MIN_SIZE
 from pipeline.stylegan2 import Generator, load_generator, save_generator
 from pipeline.stylegan2_cpu import UPSAMPLE_PHASES_MIN_SIZE, CpuRenderer
 
