@@ -58,17 +58,18 @@ def paste_plain(photo: Image.Image, face: Image.Image, quad: np.ndarray) -> Imag
 
     The same function up to the interpolation kernels and rounding (Pillow's bicubic is a = -0.5, OpenCV's
     a = -0.75): outside the mask the photo is unchanged."""
-    from pipeline.paste import DEFAULT_FEATHER, _affine_from_photo, face_mask
+    from pipeline.paste import DEFAULT_FEATHER, face_mask
 
     photo = photo.convert("RGB")
     quad = np.asarray(quad, dtype=np.float64)
     side = min(face.size[0], max(8, int(np.ceil(np.hypot(*(quad[3] - quad[0])) * 2))))  # paste's reduction
     if side != face.size[0]:
         face = face.resize((side, side), Image.Resampling.LANCZOS)
-    m = _affine_from_photo(quad, side, (0, 0, *photo.size))  # photo pixel index → face pixel index
-    # Pillow maps output pixel centres (x + 0.5) to input edge coordinates: shift both sides by half a pixel
-    linear = m[:, :2]
-    offset = m[:, 2] + 0.5 - linear @ np.array([0.5, 0.5])
+    # The face's point f (pixel edges at integers) sits at photo point quad[0] + [ex ey] f / side (quad corners in
+    # pixel-centre coordinates); Pillow asks, for the photo pixel centred at edge coordinate e, for the face point
+    # at linear @ e + offset.
+    linear = np.linalg.inv(np.stack([quad[3] - quad[0], quad[1] - quad[0]], axis=1)) * side
+    offset = -linear @ (quad[0] + 0.5)
     coefficients = (*linear[0], offset[0], *linear[1], offset[1])
     warped = face.convert("RGB").transform(photo.size, Image.Transform.AFFINE, coefficients,
                                            Image.Resampling.BICUBIC)
