@@ -8,7 +8,8 @@ With `--api-baseline REV` the same rounds run against the tree of git revision R
 temporary folder, its own uvicorn and its own database), alternating round by round, so before/after come from
 the same run under the same background load. The PostgreSQL is TEST_DATABASE_URL's server (a private database
 per tree, dropped afterwards: `tests/services/postgres.private_database`); the Redis is TEST_REDIS_URL's, on
-private queue names that are deleted afterwards.
+private queue names that are deleted afterwards. Where either does not answer, an embedded one is started for
+the run, as the test suite does.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _server(tree: Path, settings, port: int, tmp: Path) -> Iterator[int]:
 class Deployment:
     """One tree served on its own database and queues, with `users` keys that each uploaded a photo."""
 
-    def __init__(self, stack: ExitStack, name: str, revision: str | None, photo: bytes, users: int, tmp: Path):
+    def __init__(self, stack: ExitStack, name: str, revision: str | None, photo: bytes, users: int, tmp: Path,
+                 pg: str, redis_url: str):
         from api.keys import create_key
         from common.db import make_engine, make_session_factory
         from tests.processes import free_port
@@ -94,8 +96,6 @@ class Deployment:
         from tests.services.settings import build_settings, drop_queues
 
         self.name = name
-        pg = os.environ.get("TEST_DATABASE_URL") or DEFAULT_PG
-        redis_url = os.environ.get("TEST_REDIS_URL") or DEFAULT_REDIS
         database = stack.enter_context(private_database(pg, prefix="bench_load"))
         self.settings = build_settings(
             database, redis_url, storage_dir=tmp / f"storage-{name}", tag="bench", log_level="INFO", log_format="json",
@@ -142,8 +142,9 @@ def bench_api_load(photo: bytes, users: int = 16, seconds: float = 6.0, rounds: 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-load-")))
         names = ["current"] + (["baseline"] if baseline else [])
-        deployments = [Deployment(stack, name, None if name == "current" else baseline, photo, users, tmp)
-                       for name in names]
+        pg, redis_url = _services(stack)
+        deployments = [Deployment(stack, name, None if name == "current" else baseline, photo, users, tmp, pg,
+                                  redis_url) for name in names]
         rounds_out: dict[str, list[dict]] = {d.name: [] for d in deployments}
         others = OtherProcesses(deployments[0].settings)  # one PostgreSQL and one Redis serve both trees
         for round_index in range(rounds):
@@ -163,6 +164,32 @@ def bench_api_load(photo: bytes, users: int = 16, seconds: float = 6.0, rounds: 
         result["trees"] = {name: {"rounds": rows, "median": _medians(rows)} for name, rows in rounds_out.items()}
     result["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     return result
+
+
+def _services(stack: ExitStack) -> tuple[str, str]:
+    """TEST_DATABASE_URL's PostgreSQL and TEST_REDIS_URL's Redis (defaults: this machine's usual ports) when they
+    answer, else an embedded one of each for this run (the test suite's, `tests/services`), stopped afterwards."""
+    from tests.services import postgres, redis
+
+    pg = os.environ.get("TEST_DATABASE_URL") or DEFAULT_PG
+    if postgres.answers(pg) is not None:
+        server = stack.enter_context(_closing(postgres.EmbeddedPostgres().start()))
+        pg = server.url
+        _log(f"no PostgreSQL at TEST_DATABASE_URL: started an embedded one ({pg})")
+    redis_url = os.environ.get("TEST_REDIS_URL") or DEFAULT_REDIS
+    if redis.answers(redis_url) is not None:
+        server = stack.enter_context(_closing(redis.EmbeddedRedis().start()))
+        redis_url = server.url
+        _log(f"no Redis at TEST_REDIS_URL: started an embedded one ({redis_url})")
+    return pg, redis_url
+
+
+@contextmanager
+def _closing(server):
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 class OtherProcesses:
