@@ -9,6 +9,7 @@ route function is a visible change to the API, not a silent one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -44,3 +45,12 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def binary_content(media_types: Iterable[str]) -> dict[str, Any]:
+    """The OpenAPI ``content`` of raw file bytes in any of ``media_types``: generators then type the body or
+    response as bytes instead of JSON (routes that read or write bytes themselves declare it with this). One
+    entry per operation, a range such as ``image/*`` where several types come back: openapi-python-client
+    drops a response that lists several."""
+    return {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}
+                        for media_type in sorted(set(media_types))}}

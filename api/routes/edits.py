@@ -16,6 +16,7 @@ from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, EditSenderDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.openapi import binary_content
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_resource import edit_resource
@@ -268,7 +269,9 @@ def cancel_edit(
     return _out(edit, session, request, storage, settings)
 
 
-@router.get("/{edit_id}/outputs/{index}", response_class=Response, responses=_ERRORS)
+@router.get("/{edit_id}/outputs/{index}", response_class=Response,
+            responses={**_ERRORS, 200: {"description": "The result image, in the edit's `output_format`.",
+                                        **binary_content(["image/*"])}})
 def get_edit_output(
     edit_id: str, index: int, owner: OwnerDep, session: SessionDep, storage: StorageDep
 ) -> Response:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.openapi import binary_content
 from api.photo_check import CONTENT_TYPES, inspect_photo
 from api.schemas import ErrorBody, FaceOut, ImageFromUpload, ImageOut, ImageUrls
 from common.errors import ApiError
@@ -209,7 +210,9 @@ def get_image(
     return image_out(load_image(session, owner, image_id), request, storage, settings)
 
 
-@router.get("/{image_id}/file", response_class=Response, responses=_ERRORS)
+@router.get("/{image_id}/file", response_class=Response,
+            responses={**_ERRORS, 200: {"description": "The photo's bytes, as uploaded.",
+                                        **binary_content(["image/*"])}})
 def get_image_file(image_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """The original photo bytes, as uploaded."""
     image = load_image(session, owner, image_id)

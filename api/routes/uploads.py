@@ -13,12 +13,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.openapi import binary_content
 from api.schemas import ErrorBody, UploadCreate, UploadOut
 from common.errors import ApiError
 from common.models import Upload, new_id, utcnow
 from common.storage import LocalStorage, upload_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
 
 
 @router.post("", status_code=201, response_model=UploadOut, responses={401: {"model": ErrorBody}})
@@ -57,7 +59,11 @@ def create_upload(
     )
 
 
-@router.put("/{upload_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}})
+@router.put("/{upload_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}},
+            openapi_extra={"requestBody": {"required": True, "description": "The photo's bytes (JPEG, PNG, WebP "
+                                           "or HEIC, whatever the Content-Type says: the photo is sniffed when it becomes an image), at "
+                                           "most the slot's `max_bytes`.",
+                                           **binary_content(["application/octet-stream"])}})
 async def put_upload(
     upload_id: str, request: Request, owner: OwnerDep, session: SessionDep, storage: StorageDep
 ) -> Response:

@@ -73,7 +73,8 @@ def _generate(base: str, folder: Path) -> ModuleType:
     spec = folder / "openapi.json"
     spec.write_text(json.dumps(httpx.get(f"{base}/openapi.json").raise_for_status().json()))
     config = folder / "config.json"
-    config.write_text(json.dumps({"post_hooks": [], "package_name_override": PACKAGE}))
+    config.write_text(json.dumps({"post_hooks": [], "package_name_override": PACKAGE,
+                                  "content_type_overrides": {"image/*": "application/octet-stream"}}))  # docs/API.md
     out = folder / PACKAGE
     done = subprocess.run(
         [sys.executable, "-m", "openapi_python_client", "generate", "--path", str(spec), "--meta", "none",
@@ -123,6 +124,8 @@ def test_generated_client_uploads_edits_polls_and_verifies_webhooks(service, dep
     photo = types.File(payload=BytesIO(face_jpeg()), file_name="face.jpg", mime_type="image/jpeg")
     image = _module("api.images.create_image").sync(client=client, body=models.CreateImageBody(file=photo))
     assert isinstance(image, models.ImageOut) and image.width == 512, image
+    original = _module("api.images.get_image_file").sync(client=client, image_id=image.id)
+    assert isinstance(original, types.File) and original.payload.read() == face_jpeg()  # typed as bytes
 
     with Receiver() as receiver:
         body = models.EditCreate.from_dict({"image": image.id, "neutral": "a face", "target": "a smiling face",

@@ -83,3 +83,13 @@ def test_claim_an_upload_at_its_own_path_and_at_the_old_one(api):
     assert (wrong.status_code, wrong.json()["code"]) == (422, "validation_error")
     missing = api.post("/v1/images/from-upload", json={"upload_id": "upl_nope"})
     assert (missing.status_code, missing.json()["code"]) == (404, "upload_not_found")
+
+
+def test_raw_bytes_are_declared_as_binary_bodies(spec):
+    """Generators type these as files, not JSON: the upload slot's body and the two image downloads."""
+    binary = {"type": "string", "format": "binary"}
+    put = spec["paths"]["/v1/uploads/{upload_id}"]["put"]["requestBody"]
+    assert put["required"] and put["content"] == {"application/octet-stream": {"schema": binary}}
+    output = spec["paths"]["/v1/edits/{edit_id}/outputs/{index}"]["get"]["responses"]["200"]["content"]
+    photo = spec["paths"]["/v1/images/{image_id}/file"]["get"]["responses"]["200"]["content"]
+    assert output == photo == {"image/*": {"schema": binary}}  # one range: generators drop several types
