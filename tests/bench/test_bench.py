@@ -14,7 +14,8 @@ from tests.conftest import FACE_PHOTO, REPO_ROOT
 
 DEVICE_KEYS = ("align_s", "invert_s", "text_direction_cold_s", "text_direction_cached_s", "synthesis_1024_s",
                "synthesis_1024_ref_s", "synthesis_fast_over_ref", "edit_cached_1024_s", "edits_per_s_1",
-               "edits_per_s_4", "edits_per_s_16")
+               "edits_per_s_4", "edits_per_s_16", "edit_first_output_1024_s", "edit_5_alphas_1024_s",
+               "first_over_all")
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -46,7 +47,25 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
 
     report = out.read_text()
     assert "## Machine" in report and "fast / reference" in report and machine["torch"] in report
+    # results as they come: the first of five strengths is pasted before the last is rendered
+    assert result["edit_first_output_1024_s"] < result["edit_5_alphas_1024_s"] and 0 < result["first_over_all"] < 1
+    assert "## The first result, before the last" in report
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_another_machines_columns_merge_into_the_report(tmp_path):
+    """The H200 run kept in docs/bench/ (``--json`` output) beside a quick CPU run: its column, its machine
+    table and its GPU section (precisions, graphs, batches, the goals) come through."""
+    gpu_json = REPO_ROOT / "docs" / "bench" / "h200-gpu.json"
+    out = tmp_path / "BENCHMARKS.md"
+    proc = run_bench("--quick", "--only", "synthesis", "--json", "--out", str(out), "--merge", str(gpu_json))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["devices"]) == {"cpu", "cuda"} and result["merged_machines"]["cuda"]["gpu"] == "NVIDIA H200"
+    report = out.read_text()
+    assert "| step | cpu | cuda | runs |" in report and "Column `cuda` ran on another machine" in report
+    assert "## The generator on cuda" in report and "served: tf32 graphs" in report
+    assert "≥ 300 edits/s batched: 128/s, **not met**" in report
 
 
 def test_bad_arguments_are_usage_errors(capsys):
