@@ -12,7 +12,6 @@ the development bundle's tiny sizes so the whole suite runs in seconds (a smoke 
 
 from __future__ import annotations
 
-import copy
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,25 +166,6 @@ def bench_synthesis(models: Models, codes: torch.Tensor, repeats: int, budget_s:
         return run
 
     return measure_interleaved({"fast": render("fast"), "ref": render("ref")}, repeats, budget_s, models.device)
-
-
-def reduced_precision(models: Models, codes: torch.Tensor, tol: float) -> tuple[torch.dtype, dict[str, float]]:
-    """The cheapest generator dtype whose image stays within ``tol`` (max abs error / max abs value, the golden
-    comparison) of float32 on these weights; float32 when neither half type does. CUDA only."""
-    from pipeline.golden import rel_err
-
-    g = models.generator
-    errors: dict[str, float] = {}
-    with torch.no_grad():
-        reference = g(codes).float()
-        for dtype in (torch.float16, torch.bfloat16):
-            low = copy.deepcopy(g).to(dtype)
-            errors[str(dtype).removeprefix("torch.")] = rel_err(low(codes.to(dtype)).float(), reference)
-            del low
-    for dtype in (torch.float16, torch.bfloat16):
-        if errors[str(dtype).removeprefix("torch.")] <= tol:
-            return dtype, errors
-    return torch.float32, errors
 
 
 def face_photo(path: Path | None, size: int) -> tuple[bytes, bool]:

@@ -31,8 +31,12 @@ def paste_rendered(photo: Image.Image, faces: torch.Tensor, quad: np.ndarray,
 
 def to_uint8(faces: torch.Tensor) -> np.ndarray:
     """``[B, 3, H, W]`` in [-1, 1] → ``[B, H, W, 3]`` uint8 on the host (clamped, rounded)."""
-    x = ((faces.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return _levels(faces).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _levels(faces: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` in [-1, 1] → the 8-bit levels 0..255 (clamped, rounded), as float32 on their device."""
+    return ((faces.detach().float().clamp(-1, 1) + 1) * 127.5).round()
 
 
 def paste_on_device(photo: Image.Image, faces: torch.Tensor, quad: np.ndarray,
@@ -47,8 +51,7 @@ def paste_on_device(photo: Image.Image, faces: torch.Tensor, quad: np.ndarray,
         return [photo.copy() for _ in range(faces.shape[0])]
     device = faces.device
     with torch.no_grad():
-        # the CPU path reads 8-bit faces: round the same way first
-        pixels = ((faces.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+        pixels = _levels(faces)  # the CPU path reads 8-bit faces: round the same way first
         if placement.side != faces.shape[-1]:
             pixels = F.interpolate(pixels, size=(placement.side, placement.side), mode="bicubic",
                                    antialias=True).clamp(0, 255).round()

@@ -16,7 +16,7 @@ import torch
 from pipeline.golden import Check, Fixture, compare, exact
 from pipeline.ops import IMPLS
 from pipeline.stylegan2 import Generator, load_state
-from pipeline.stylegan2_cuda import HALF_PRECISION_TOL
+from pipeline.stylegan2_cuda import HALF_PRECISION_TOL, precision_flags
 
 VECTOR_TOL = 1e-4
 
@@ -40,7 +40,7 @@ def reference_precision(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+    with precision_flags("float32"):
         yield
 
 
