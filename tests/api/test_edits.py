@@ -108,6 +108,34 @@ def test_prefer_wait_returns_the_unfinished_edit_after_n_seconds(queued):
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_prefer")
 
 
+def test_prefer_wait_on_an_edit_deleted_meanwhile_is_not_found(queued_settings):
+    """Deleting the photo while a submit holds its answer cancels the edit, then deletes its row: the held
+    answer is the canceled edit, or 404 `edit_not_found` when it re-reads after the row is gone; never a
+    server error. The delete goes through a second app instance."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.services.api import Api
+
+    waiter = make_api(queued_settings, name="waiter")
+    deleter = Api(TestClient(create_app(queued_settings)), waiter.key)  # the same account, another app
+    image_id = waiter.upload(face_jpeg())["id"]
+    answer: dict = {}
+    thread = threading.Thread(target=lambda: answer.update(response=waiter.post(
+        "/v1/edits", json=_body(image_id), headers={"Prefer": "wait=4"})))
+    thread.start()
+    deadline = time.monotonic() + 3
+    while not deleter.get("/v1/edits", params={"limit": 1}).json()["results"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the submit has written its row
+    assert deleter.delete(f"/v1/images/{image_id}").status_code == 204
+    thread.join(timeout=10)
+    response = answer["response"]
+    outcome = (response.status_code, response.json().get("code") or response.json().get("status"))
+    assert outcome in ((404, "edit_not_found"), (201, "canceled")), response.text
+
+
 def test_list_pages_with_a_cursor(queued_settings):
     api = make_api(queued_settings, name="lister")
     image_id = api.upload(face_jpeg())["id"]
@@ -161,7 +189,7 @@ def test_someone_elses_edit_is_a_404(queued, queued_settings):
         stranger.post(f"/v1/edits/{edit['id']}/cancel"),
         stranger.get(f"/v1/edits/{edit['id']}/outputs/0"),
     ):
-        assert (response.status_code, response.json()["code"]) == (404, "edit_not_found")
+        assert (response.status_code, response.json().get("code")) == (404, "edit_not_found"), response.text
     assert stranger.get("/v1/edits").json()["results"] == []
 
 
