@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.asgi import header, send_error
 from common.errors import ApiError
+from common.header_integer import header_integer
 
 _UPLOAD_SLOT = re.compile(r"/v1/uploads/[^/]+")
 
@@ -49,7 +50,7 @@ class BodySizeLimit:
         photo = takes_photo(scope)
         limit = self.photo_max_bytes if photo else self.json_max_bytes
         declared = header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and ((length := header_integer(declared)) is None or length > limit):
             await send_error(send, too_large(limit))
             return
         if photo:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import netguard
+from common.header_integer import header_integer
 from common.models import WebhookDelivery, utcnow
 from common.webhooks import outbox
 from common.webhooks.outbox import DeliveryStatus
@@ -42,7 +42,6 @@ INLINE_RETRY_MAX_S = 60.0
 # The lease is the attempt's deadline plus this: room for the database writes around the POST. Only a worker
 # that died mid-attempt lets a lease run out, and only then does the sweep send the message again.
 LEASE_MARGIN_S = 60.0
-_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,10 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float:
     """`Retry-After` as seconds: ASCII digits or an HTTP date (RFC 9110); 0 for anything else."""
+    seconds = header_integer(value)
+    if seconds is not None:
+        return float(seconds)
     value = (value or "").strip()
-    if _SECONDS.fullmatch(value):
-        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

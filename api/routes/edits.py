@@ -23,6 +23,7 @@ from common.edit_resource import edit_resource
 from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.faces import FaceChoiceError, chosen_faces
+from common.header_integer import header_integer
 from common.lifecycle import EditStatus
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
@@ -84,9 +85,10 @@ def parse_prefer_wait(header: str | None, cap: int) -> int | None:
         value = value.strip().strip('"')
         if not value:
             return cap
-        if not value.isdigit() or int(value) < 1:
+        seconds = header_integer(value)
+        if seconds is None or seconds < 1:
             raise ApiError("invalid_prefer", f"`Prefer: wait=N` needs an integer N in 1..{cap}")
-        return min(int(value), cap)
+        return min(seconds, cap)
     return None
 
 

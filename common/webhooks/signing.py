@@ -19,7 +19,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -28,11 +27,11 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
+from common.header_integer import header_integer
+
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 DEFAULT_TOLERANCE_S = 300
-# ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses or reads differently.
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class WebhookVerificationError(ValueError):
@@ -98,9 +97,9 @@ def verify(
     signatures = lower.get("webhook-signature")
     if not (msg_id and stamp and signatures):
         raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
-    if not _TIMESTAMP.fullmatch(stamp):
+    timestamp = header_integer(stamp)
+    if timestamp is None:
         raise WebhookVerificationError("webhook-timestamp is not an integer of ASCII digits")
-    timestamp = int(stamp)
     if tolerance_s is not None:
         current = now if now is not None else time.time()
         if abs(current - timestamp) > tolerance_s:

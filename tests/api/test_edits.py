@@ -108,6 +108,19 @@ def test_prefer_wait_returns_the_unfinished_edit_after_n_seconds(queued):
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_prefer")
 
 
+# Header bytes reach the app decoded as latin-1: b"\xb2" is "²", which str.isdigit() accepted and int() refused,
+# a 500 (issue 23); so did 5000 ASCII digits, past int()'s limit. (UTF-8 superscripts arrive as "Â²".)
+NOT_ASCII_INTEGERS = [b"wait=\xb2", b"wait=\xb9", b"wait=\xb3", b"wait=1\xb2", "wait=²".encode(),
+                      "wait=٣".encode(), b"wait=" + b"9" * 5000]
+
+
+@pytest.mark.parametrize("prefer", NOT_ASCII_INTEGERS)
+def test_prefer_wait_that_is_not_an_ascii_integer_is_a_400(queued, prefer):
+    api, image_id = queued
+    response = api.exact("POST", "/v1/edits", json=_body(image_id), headers={"Prefer": prefer})
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_prefer"), response.text
+
+
 def test_prefer_wait_on_an_edit_deleted_meanwhile_is_not_found(queued_settings):
     """Deleting the photo while a submit holds its answer cancels the edit, then deletes its row: the held
     answer is the canceled edit, or 404 `edit_not_found` when it re-reads after the row is gone; never a

@@ -21,6 +21,20 @@ class Api:
 
         return with_key
 
+    def exact(self, method: str, url: str, headers: dict[str, bytes], **kwargs):
+        """A request whose header bytes reach the app as sent (the TestClient re-encodes a non-ASCII byte as
+        UTF-8: b"\\xb2" would arrive as "Â²", not the "²" that a raw client such as curl can send)."""
+        import asyncio
+
+        import httpx
+
+        async def send():
+            transport = httpx.ASGITransport(app=self.client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                return await client.request(method, url, headers={**self.headers, **headers}, **kwargs)
+
+        return asyncio.run(send())
+
     def upload(self, data: bytes, name: str = "face.jpg", content_type: str = "image/jpeg") -> dict:
         response = self.post("/v1/images", files={"file": (name, data, content_type)})
         assert response.status_code == 201, response.text
