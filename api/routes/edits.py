@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, EditSenderDep, OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.openapi import binary_content
+from api.prefer import parse_prefer_wait
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_resource import edit_resource
 from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.faces import FaceChoiceError, chosen_faces
-from common.header_integer import header_integer
 from common.lifecycle import EditStatus
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
@@ -72,24 +72,6 @@ def _reread(session: Session, edit_id: str, request: Request, storage: Storage, 
     if edit is None:  # deleted while we waited (the photo was deleted, or the account erased)
         raise ApiError("edit_not_found", f"no edit {edit_id!r}")
     return _out(edit, session, request, storage, settings)
-
-
-def parse_prefer_wait(header: str | None, cap: int) -> int | None:
-    """Seconds asked for by `Prefer: wait=N` (RFC 7240; bare `wait` means the cap), or None."""
-    if not header:
-        return None
-    for preference in header.split(","):
-        name, _, value = preference.strip().partition("=")
-        if name.strip().lower() != "wait":
-            continue
-        value = value.strip().strip('"')
-        if not value:
-            return cap
-        seconds = header_integer(value)
-        if seconds is None or seconds < 1:
-            raise ApiError("invalid_prefer", f"`Prefer: wait=N` needs an integer N in 1..{cap}")
-        return min(seconds, cap)
-    return None
 
 
 # The submit reads two columns of the photo, in Core: an ORM `session.get` per submit cost twice the CPU.

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.openapi import binary_content
 from api.photo_check import CONTENT_TYPES, inspect_photo
+from api.prefer import parse_prefer_wait
 from api.schemas import ErrorBody, FaceOut, ImageFromUpload, ImageOut, ImageUrls
 from common.errors import ApiError
 from common.faces import FACES_PENDING, enqueue_detection
@@ -119,11 +120,8 @@ def _faces_status(request: Request, image_id: str) -> str | None:
 
 
 async def wait_for_faces(request: Request, response: Response, session: Session, image: Image,
-                         settings: Settings) -> None:
-    """`Prefer: wait=N` (N capped at MAX_FACE_WAIT_SECONDS): hold the answer until detection is done."""
-    from api.routes.edits import parse_prefer_wait  # one parser of the header for both resources
-
-    wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_face_wait_seconds)
+                         wait: int | None, settings: Settings) -> None:
+    """`Prefer: wait=N` (N already capped at MAX_FACE_WAIT_SECONDS): hold the answer until detection is done."""
     if wait is None:
         return
     deadline = time.monotonic() + wait
@@ -169,6 +167,9 @@ async def create_image(
     settings: SettingsDep,
 ) -> ImageOut:
     """Upload a photo (multipart field `file`). To claim a presigned upload: `POST /v1/images/from-upload`."""
+    # Every header is judged before anything is stored: a refused request leaves no photo, row, task or
+    # used-up upload slot behind (it used to keep the photo for 24 h under an id the client never saw).
+    wait = parse_prefer_wait(request.headers.get("prefer"), settings.max_face_wait_seconds)
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=10)
@@ -188,7 +189,7 @@ async def create_image(
             "unsupported_media_type", "send multipart/form-data with a `file`, or JSON `{\"upload_id\": ...}`"
         )
     request_detection(request, image)
-    await wait_for_faces(request, response, session, image, settings)
+    await wait_for_faces(request, response, session, image, wait, settings)
     return image_out(image, request, storage, settings)
 
 

@@ -117,8 +117,10 @@ NOT_ASCII_INTEGERS = [b"wait=\xb2", b"wait=\xb9", b"wait=\xb3", b"wait=1\xb2", "
 @pytest.mark.parametrize("prefer", NOT_ASCII_INTEGERS)
 def test_prefer_wait_that_is_not_an_ascii_integer_is_a_400(queued, prefer):
     api, image_id = queued
+    listed = api.get("/v1/edits", params={"limit": 1}).json()["results"]
     response = api.exact("POST", "/v1/edits", json=_body(image_id), headers={"Prefer": prefer})
     assert (response.status_code, response.json()["code"]) == (400, "invalid_prefer"), response.text
+    assert api.get("/v1/edits", params={"limit": 1}).json()["results"] == listed  # nothing queued
 
 
 def test_prefer_wait_on_an_edit_deleted_meanwhile_is_not_found(queued_settings):

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.api.test_edits import NOT_ASCII_INTEGERS
 from tests.conftest import face_jpeg, make_api
 
 pytestmark = pytest.mark.services
@@ -135,3 +136,34 @@ def test_faces_are_listed_and_an_edit_changes_them_all(api, worker):
     assert len(edit["output"]) == 1 and len(edit["likeness"]) == 1 and edit["metrics"]["first_output_seconds"] > 0
     result = Image.open(io.BytesIO(httpx.get(edit["output"][0]).content))
     assert result.size == (image["width"], image["height"])
+
+
+def _left_behind(api, settings) -> tuple:
+    """Everything a request could leave: stored objects, rows, queued tasks (no worker consumes these)."""
+    from redis import Redis
+    from sqlalchemy import func, select
+
+    from common.models import Edit, Image, Upload
+
+    with api.client.app.state.session_factory() as session:
+        rows = {model.__tablename__: session.scalar(select(func.count()).select_from(model))
+                for model in (Image, Upload, Edit)}  # fmt: skip
+    with Redis.from_url(settings.redis_url) as redis:
+        queued = redis.llen(settings.edits_queue)
+    return sorted(api.client.app.state.storage.list("")), rows, queued
+
+
+@pytest.mark.parametrize("prefer", [b"wait=abc", b"wait=0", b"wait=-1", *NOT_ASCII_INTEGERS])
+def test_a_refused_upload_leaves_nothing_behind(queued_settings, prefer):
+    """A 400 used to keep the photo, its row and a detection task for 24 h under an id the client never
+    learnt, and to use up the upload slot of the JSON form (a retry got 409 upload_consumed)."""
+    api = make_api(queued_settings)
+    slot = api.post("/v1/uploads").json()
+    assert httpx.post(slot["url"], data=slot["fields"], files={"file": ("f.jpg", face_jpeg())}).status_code < 300
+    before = _left_behind(api, queued_settings)
+    for form in ({"files": {"file": ("face.jpg", face_jpeg(), "image/jpeg")}}, {"json": {"upload_id": slot["upload_id"]}}):
+        refused = api.exact("POST", "/v1/images", headers={"Prefer": prefer}, **form)
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_prefer"), refused.text
+        assert _left_behind(api, queued_settings) == before
+    claimed = api.post("/v1/images", json={"upload_id": slot["upload_id"]})  # the slot is still there
+    assert claimed.status_code == 201, claimed.text
