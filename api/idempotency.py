@@ -1,8 +1,8 @@
 """ASGI middleware applying `Idempotency-Key` to every authenticated POST under /v1 (see
 common.idempotency for the semantics). It sits inside the key check, the rate limiter and the
 body-size limit and outside the routes, so no route needs to know about it: the first request runs
-normally and its 2xx answer is stored; a retry with the same key gets that answer back with
-`Idempotent-Replayed: true`. Being inside the key check, a replay needs a key that is valid *now*
+normally and its 2xx answer is stored *before* it is sent; a retry with the same key, however soon after
+that answer, gets it back with `Idempotent-Replayed: true`. Being inside the key check, a replay needs a key that is valid *now*
 (a revoked key gets 401, not its stored 201), and no body is read for an unauthenticated caller.
 """
 
@@ -100,9 +100,10 @@ class IdempotencyMiddleware:
             return idem.begin(session, key_scope, key, fp, ttl=self.ttl)
 
     async def _run(self, scope: Scope, body: bytes, send: Send, factory, key_scope: str, key: str) -> None:
+        """Run the request with its answer held back; record a 2xx (or release the key), *then* answer. Sent
+        first, a client's immediate retry could arrive before the record and get 409 in flight (issue 23)."""
         sent_body = False
-        status = 500
-        kept: dict[str, str] = {}
+        start: Message | None = None
         chunks: list[bytes] = []
 
         async def replay_receive() -> Message:
@@ -112,31 +113,35 @@ class IdempotencyMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return {"type": "http.disconnect"}
 
-        async def capture_send(message: Message) -> None:
-            nonlocal status
+        async def held_send(message: Message) -> None:  # a POST's answer is small JSON: held whole
+            nonlocal start
             if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", []):
-                    lowered = name.decode("latin-1").lower()
-                    if lowered in _KEPT_HEADERS:
-                        kept[lowered] = value.decode("latin-1")
+                start = message
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
-            await send(message)
 
         try:
-            await self.app(scope, replay_receive, capture_send)
+            await self.app(scope, replay_receive, held_send)
         except BaseException:
             await run_in_threadpool(self._release, factory, key_scope, key)
             raise
+        if start is None:  # the app ended without answering: nothing to record or send
+            await run_in_threadpool(self._release, factory, key_scope, key)
+            return
+        status, answer = start["status"], b"".join(chunks)
         try:
             if 200 <= status < 300:
-                await run_in_threadpool(self._complete, factory, key_scope, key, status, kept, b"".join(chunks))
+                kept = {name.decode("latin-1").lower(): value.decode("latin-1")
+                        for name, value in start.get("headers", [])
+                        if name.decode("latin-1").lower() in _KEPT_HEADERS}
+                await run_in_threadpool(self._complete, factory, key_scope, key, status, kept, answer)
             else:
                 await run_in_threadpool(self._release, factory, key_scope, key)
         except SQLAlchemyError as e:
-            # The answer is already sent; the key stays in flight until its lock lapses (then retried).
+            # The work is done and is answered; the key stays in flight until its lock lapses (then retried).
             log.warning("idempotency key not recorded: %s", type(e).__name__)
+        await send(start)
+        await send({"type": "http.response.body", "body": answer})
 
     @staticmethod
     def _complete(factory, key_scope: str, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
