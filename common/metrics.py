@@ -94,8 +94,8 @@ def metrics_payload() -> tuple[bytes, str]:
     return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
-def start_exporter(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve `/metrics` from a daemon thread of this process (the worker's main process)."""
+def start_exporter(port: int, addr: str) -> None:
+    """Serve `/metrics` on `addr`:`port` from a daemon thread of this process (the worker's main process)."""
     start_http_server(port, addr=addr, registry=registry())
 
 

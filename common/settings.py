@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9100, ge=1, le=65535, description="Port of a worker's Prometheus `/metrics`; the API serves it on its own port."
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address a worker's `/metrics` listens on: loopback unless said otherwise "
+        "(the images set `0.0.0.0` so Prometheus can scrape the container)."
+    )
     liveness_dir: Path = Field(
         Path("/tmp/faceedit-liveness"), description="Heartbeat records read by `python -m worker.liveness check`."
     )

@@ -69,3 +69,38 @@ def stop_process(process: subprocess.Popen) -> str:
         process.kill()
         output, _ = process.communicate()
     return output
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, int, int]]:
+    """The TCP sockets that processes `pids` listen on, as (address, port, pid): /proc/<pid>/net/tcp{,6}
+    rows in state LISTEN whose inode one of the process's descriptors holds."""
+    found = []
+    for pid in pids:
+        inodes = set()
+        with contextlib.suppress(OSError):  # the process (or one descriptor) gone meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+        for table in ("tcp", "tcp6"):
+            try:
+                rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inodes:  # 0A: TCP_LISTEN
+                    address, port = local.split(":")
+                    found.append((_proc_address(address), int(port, 16), pid))
+    return found
+
+
+def _proc_address(hex_address: str) -> str:
+    """/proc/net/tcp's address (little-endian 32-bit words) as text: `0100007F` is 127.0.0.1."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))

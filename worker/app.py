@@ -47,11 +47,11 @@ def _logging(**_) -> None:
 
 @signals.worker_init.connect
 def _metrics_exporter(**_) -> None:
-    port = get_settings().metrics_port
+    settings = get_settings()
     try:
-        start_exporter(port)
+        start_exporter(settings.metrics_port, settings.metrics_host)
     except OSError as error:  # the port is taken (a second worker on this host): work on without metrics
-        log.warning("metrics exporter not started on port %s: %s", port, error)
+        log.warning("metrics exporter not started on %s:%s: %s", settings.metrics_host, settings.metrics_port, error)
 
 
 @signals.worker_process_init.connect

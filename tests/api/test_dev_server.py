@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, face_jpeg, free_port
+from tests.processes import listening_sockets
 
 _SERVICE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "STORAGE_BACKEND", "STORAGE_DIR", "S3_ENDPOINT_URL")
 KEY = "dev-test-key"
@@ -182,6 +183,23 @@ def _finish(server: DevServer, client: httpx.Client, edit_id: str, timeout: floa
 
 
 # --- the tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_everything_it_opens_listens_on_loopback(dev_server: DevServer):
+    """The workers' metrics exporters listened on 0.0.0.0 while the API and Flower kept to 127.0.0.1: every
+    socket `make run` opens is on loopback unless a setting (HOST, METRICS_HOST) says otherwise."""
+    workers = [dev_server.child("-Q edits"), dev_server.child("-n io@")]
+    deadline = time.monotonic() + 60
+    while {pid for _, _, pid in listening_sockets(workers)} != set(workers):  # each worker's exporter is up
+        assert time.monotonic() < deadline, f"a worker never listened:\n{dev_server.log[-3000:]}"
+        time.sleep(0.3)
+    sockets = listening_sockets(dev_server.started())
+    assert {port for _, port, _ in sockets} >= {int(dev_server.base.rsplit(":", 1)[1]),
+                                                int(dev_server.flower.rsplit(":", 1)[1])}
+    wide = [f"{address}:{port} ({_cmdline(pid)[:120]})" for address, port, pid in sockets
+            if address not in ("127.0.0.1", "::1")]
+    assert wide == [], wide
 
 
 @pytest.mark.services  # no external services, but worker processes and the dev bundle
