@@ -5,6 +5,7 @@
     python -m api keys revoke KEY_ID
     python -m api migrate                                    # alembic upgrade head
     python -m api dev                                        # what `make run` starts
+    python -m api flower-gate --port P --upstream URL        # the login in front of Flower (api/flower_gate.py)
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def _keys_list(_args: argparse.Namespace) -> int:
 def _keys_revoke(args: argparse.Namespace) -> int:
     from api.keys import revoke_key
 
-    with _session(Settings()) as session:
-        if not revoke_key(session, args.key_id):
+    settings = Settings()
+    with _session(settings) as session:
+        if not revoke_key(session, args.key_id, redis_url=settings.redis_url):
             print(f"no active key {args.key_id!r}", file=sys.stderr)
             return 1
     print(f"revoked {args.key_id}")
@@ -66,6 +68,12 @@ def _dev(_args: argparse.Namespace) -> int:
     return run_dev()
 
 
+def _flower_gate(args: argparse.Namespace) -> int:
+    from api.flower_gate import run_gate
+
+    return run_gate(args.host, args.port, args.upstream)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description="faceedit API administration")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     revoke.set_defaults(func=_keys_revoke)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(func=_migrate)
     commands.add_parser("dev", help="API + supervised workers with embedded defaults (make run)").set_defaults(func=_dev)
+    gate = commands.add_parser("flower-gate", help="the login in front of Flower (make run starts it)")
+    gate.add_argument("--host", default="127.0.0.1")
+    gate.add_argument("--port", type=int, required=True)
+    gate.add_argument("--upstream", required=True, help="Flower's own address, e.g. http://127.0.0.1:5556")
+    gate.set_defaults(func=_flower_gate)
     args = parser.parse_args(argv)
     return args.func(args)
 

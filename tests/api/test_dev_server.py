@@ -5,6 +5,7 @@ started may survive it."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -303,6 +304,34 @@ def test_flower_shows_the_workers_and_a_finished_edit_behind_the_dev_key(dev_ser
     assert {name.split("@")[0] for name in workers} >= {"edits", "io"}, sorted(workers)
     page = flower.get("/tasks")
     assert page.status_code == 200 and "Flower" in page.text
+
+
+def _basic(raw: bytes) -> bytes:
+    return b"Basic " + base64.b64encode(raw)
+
+
+# Flower 2.2.0 compared credentials as str: any non-ASCII one was a 500 (issue 23). None reaches it now.
+HOSTILE_CREDENTIALS = [
+    _basic("dev:été".encode()), _basic("été:été".encode()), _basic(f"dev:{KEY}é".encode()),
+    _basic(b"dev:" + KEY.encode("latin-1") + b"\xff"), _basic(b"\xff\xfe:\xff"), _basic("dev:été".encode("latin-1")),
+    b"", b"Basic", b"Basic =", b"Basic ====", _basic(b":"), _basic(b"dev"), _basic(b"dev:"),
+    b"Basic !!!not-base64", b"Basic " + base64.b64encode(b"dev:" + KEY.encode())[:-3], b"Bearer " + KEY.encode(),
+    b"basic " + base64.b64encode(b"dev:wrong"), _basic(b"dev:" + b"x" * 8000), _basic(b"dev:" + b"\xc3\xa9" * 4000),
+]  # fmt: skip
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("authorization", HOSTILE_CREDENTIALS, ids=range(len(HOSTILE_CREDENTIALS)))
+def test_no_credential_makes_flower_fail(dev_server: DevServer, authorization):
+    for path in ("/api/workers", "/api/tasks", "/", "/healthcheck", "/metrics"):
+        answer = httpx.get(f"{dev_server.flower}{path}", headers={"Authorization": authorization}, timeout=30)
+        assert answer.status_code == 401, (path, answer.status_code, answer.text[:300])
+
+
+@pytest.mark.services
+def test_a_huge_credential_is_refused_not_a_crash(dev_server: DevServer):
+    answer = httpx.get(f"{dev_server.flower}/api/workers", headers={"Authorization": _basic(b"dev:" + b"y" * 60_000)})
+    assert 400 <= answer.status_code < 500, answer.status_code
 
 
 @pytest.mark.services
