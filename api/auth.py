@@ -15,9 +15,10 @@
 4. leaves the `Principal` in the scope, where the limiter, idempotency and `api.deps.get_owner` read it.
 
 A key found live is remembered for `AUTH_CACHE_SECONDS` (`LiveKeys`), so a client's requests do not each
-pay a database round trip: a revoked key keeps working on a replica for at most that long (revocation is a
-CLI in another process, which cannot reach this cache). Only live keys are remembered, never failures, so a
-key created a moment ago works at once and random tokens cannot fill the cache (it is bounded anyway).
+pay a database round trip. A revocation is announced on Redis and every replica forgets the key on receipt
+(api/key_revocations.py), so it takes effect at once; AUTH_CACHE_SECONDS bounds it only while Redis is
+unreachable. Only live keys are remembered, never failures, so a key created a moment ago works at once
+and random tokens cannot fill the cache (it is bounded anyway).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import key_revocations
 from api.asgi import client_host, header_values, send_error
 from api.keys import KEY_PREFIX, hash_key, owner_for_hash
 from common.errors import ApiError
@@ -102,7 +104,9 @@ def parse_credentials(scope: Scope) -> Credentials:
 
 class LiveKeys:
     """Key hash → owner of keys recently found live, each for `ttl_s` seconds from its lookup (not renewed on
-    use, so a revocation always takes effect within `ttl_s`); at most `max_keys`, least recently used dropped."""
+    use, so a revocation always takes effect within `ttl_s`); at most `max_keys`, least recently used dropped.
+    `forget` drops a revoked key at once; a lookup that began before a `forget` is not remembered (it may
+    have read the key live just before the revocation committed)."""
 
     def __init__(self, ttl_s: float, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
@@ -110,6 +114,22 @@ class LiveKeys:
         self._clock = clock
         self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key hash -> (owner, expires at)
         self._lock = threading.Lock()
+        self._forgotten = 0  # how many forgets so far: a lookup remembers only if none happened meanwhile
+
+    @property
+    def generation(self) -> int:
+        """Pass to `put` what this was before the lookup began."""
+        return self._forgotten
+
+    def forget(self, key_hash: str) -> None:
+        with self._lock:
+            self._forgotten += 1
+            self._owners.pop(key_hash, None)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._forgotten += 1
+            self._owners.clear()
 
     def get(self, key_hash: str) -> str | None:
         with self._lock:
@@ -122,10 +142,12 @@ class LiveKeys:
             self._owners.move_to_end(key_hash)
             return entry[0]
 
-    def put(self, key_hash: str, owner: str) -> None:
+    def put(self, key_hash: str, owner: str, generation: int | None = None) -> None:
         if self.ttl_s <= 0:
             return
         with self._lock:
+            if generation is not None and generation != self._forgotten:
+                return  # a revocation arrived while the key was looked up
             self._owners[key_hash] = (owner, self._clock() + self.ttl_s)
             self._owners.move_to_end(key_hash)
             while len(self._owners) > self._max:
@@ -144,6 +166,8 @@ class AuthGate:
         has_dev_key = settings.dev_mode and settings.dev_api_key
         self.dev_key_hash = hash_key(settings.dev_api_key) if has_dev_key else None
         self.live_keys = LiveKeys(settings.auth_cache_seconds)
+        if settings.redis_url and settings.auth_cache_seconds > 0:
+            key_revocations.listen(settings.redis_url, self.live_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -177,11 +201,12 @@ class AuthGate:
         """The caller behind `key_hash`: the dev key (dev mode only) or a live key row (then remembered)."""
         if self.dev_key_hash is not None and hmac.compare_digest(key_hash, self.dev_key_hash):
             return Principal(owner=DEV_OWNER, key_hash=key_hash)
+        generation = self.live_keys.generation
         with self.session_factory() as session:
             owner = owner_for_hash(session, key_hash)
         if owner is None:
             return None
-        self.live_keys.put(key_hash, owner)
+        self.live_keys.put(key_hash, owner, generation)
         return Principal(owner=owner, key_hash=key_hash)
 
     async def _refuse(self, scope: Scope, send: Send, refusal: ApiError) -> None:

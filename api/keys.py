@@ -8,6 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.key_revocations import announce
 from common.models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "fe_"
@@ -35,12 +36,15 @@ def owner_for_hash(session: Session, key_hash: str) -> str | None:
     return session.scalar(select(ApiKey.owner).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
 
 
-def revoke_key(session: Session, key_id: str) -> bool:
+def revoke_key(session: Session, key_id: str, *, redis_url: str | None) -> bool:
+    """Revoke the key, then announce it on `redis_url` (the deployment's REDIS_URL) so every API replica
+    forgets it at once (api/key_revocations.py); None: a deployment without Redis. False: no such live key."""
     row = session.get(ApiKey, key_id)
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = utcnow()
     session.commit()
+    announce(redis_url, row.key_hash)
     return True
 
 

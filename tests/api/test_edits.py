@@ -225,7 +225,7 @@ def test_revoked_key_stops_working(queued_settings):
         row, key = create_key(session, "short-lived")
         headers = {"Authorization": f"Bearer {key}"}
         assert api.client.get("/v1/edits", headers=headers).status_code == 200
-        assert revoke_key(session, row.id)
+        assert revoke_key(session, row.id, redis_url=queued_settings.redis_url)
     assert api.client.get("/v1/edits", headers=headers).status_code == 401
 
 

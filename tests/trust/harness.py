@@ -73,7 +73,7 @@ def running_service(settings: Settings, owner_suffix: str = "", drop_queues: boo
         for who in ("alice", "bob", "revoked"):
             row, key = create_key(session, who, owner=who + owner_suffix)
             service.keys[who] = key
-        revoke_key(session, row.id)
+        revoke_key(session, row.id, redis_url=settings.redis_url)
     app = create_app(settings)
     try:
         with TestClient(app, raise_server_exceptions=False) as client:
