@@ -15,13 +15,13 @@ from functools import cache
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import ApiError
+from common.image_formats import FORMATS
 
 # Pillow format name → the name the API reports.
-ALLOWED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "HEIF": "heif"}
+ALLOWED_FORMATS = {f.pillow: f.name for f in FORMATS.values()}
 # Phones write JPEGs with a Multi-Picture (MPF) segment (a depth map, a preview): Pillow's JPEG opener
 # returns those as "MPO". They are JPEG files and the first frame is the photo.
 _REPORTED_FORMATS = ALLOWED_FORMATS | {"MPO": "jpeg"}
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heif": "image/heif"}
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 # What Pillow's decoders raise on hostile bytes (found by tests/trust/test_upload_guard.py's mutations).
@@ -30,7 +30,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 
 @dataclass(frozen=True)
 class PhotoInfo:
-    format: str  # a value of ALLOWED_FORMATS
+    format: str  # a key of common.image_formats.FORMATS
     width: int  # after EXIF orientation
     height: int
 

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.edit_contract import MAX_CHANGES, Change, EditSpec, Text, strip_text
+from common.faces import FaceStatus
+from common.image_formats import FORMATS
 from common.lifecycle import EditStatus
 
-# Same bounds as the pipeline (pipeline.directions), so a bad value is a 422 now, not a failed job later.
-Alpha = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]
-Prompt = Annotated[str, Field(min_length=1, max_length=300)]
-EditMode = Literal["global", "optimize"]
-OutputFormat = Literal["jpeg", "png", "webp"]
-ChangeText = Annotated[str, Field(min_length=1, max_length=200)]
-# Hard ceilings of the request shape (a long list stops at validation); the route applies the settings
-# MAX_FACES_PER_EDIT and MAX_CHANGES_PER_EDIT, and the photo's detected faces, below them.
-FaceIndex = Annotated[int, Field(ge=0, le=999)]
-FaceChoice = Literal["largest", "all"] | Annotated[list[FaceIndex], Field(min_length=1, max_length=32)]
+# Every edit parameter and limit comes from the edit contract (common.edit_contract); the route applies the
+# settings MAX_ALPHAS, MAX_FACES_PER_EDIT and MAX_CHANGES_PER_EDIT below its ceilings.
 # Same event names as Replicate's `webhook_events_filter`; delivery lives in worker/ (webhooks).
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 
@@ -43,12 +38,12 @@ class ImageOut(BaseModel):
     id: str
     width: int = Field(description="pixels, after applying the EXIF orientation")
     height: int
-    format: str = Field(description="jpeg | png | webp | heif")
+    format: str = Field(description=" | ".join(FORMATS))
     bytes: int
     created_at: datetime
     faces: list[FaceOut] | None = Field(
         description="faces found in the photo, largest first; null until detection is done")
-    faces_status: Literal["pending", "done", "failed"] = Field(
+    faces_status: FaceStatus = Field(
         description="face detection runs once per photo in a model worker, right after the upload "
         "(`Prefer: wait=N`, N ≤ 5, on the upload waits for it)")
     urls: ImageUrls
@@ -73,94 +68,36 @@ class UploadOut(BaseModel):
     max_bytes: int
 
 
-class Change(BaseModel):
-    """One text change of an edit; the edit moves along the weighted sum of its changes' directions."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    neutral: ChangeText = Field(description="text describing the photo as it is, e.g. `a face`")
-    target: ChangeText = Field(description="text describing the wanted change, e.g. `a smiling face`")
-    weight: float = Field(1.0, ge=-2, le=2, allow_inf_nan=False, description="in [-2, 2], not 0")
-
-    @field_validator("neutral", "target")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
-
-    @field_validator("weight")
-    @classmethod
-    def _not_zero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("must not be 0 (leave the change out instead)")
-        return value
-
-
-class EditCreate(BaseModel):
-    # strict: "0.1" or true for a number is a client bug to report, not to coerce silently.
-    model_config = ConfigDict(extra="forbid", strict=True)
+class EditCreate(EditSpec):
+    """The edit contract's fields, plus the one-change form (`neutral`/`target`, normalized here to one change
+    of weight 1) and what belongs to the request rather than the edit: the image and the webhook."""
 
     image: str = Field(min_length=1, max_length=64, description="id of an image from `POST /v1/images`")
-    neutral: Prompt | None = Field(None, description="text describing the photo as it is, e.g. `a face` "
-                                   "(the one-change form; or give `changes`)")
-    target: Prompt | None = Field(None, description="text describing the wanted result, e.g. `a face with glasses`")
-    changes: list[Change] | None = Field(
-        None, min_length=1, max_length=16,
-        description="several text changes combined (weighted sum of their directions), instead of "
-        "`neutral`/`target`; at most MAX_CHANGES_PER_EDIT")
-    faces: FaceChoice = Field(
-        "largest", description="`largest` (default), `all`, or a list of face indices of the image's `faces` "
-        "(unique; at most MAX_FACES_PER_EDIT)")
-    # max_length: the pipeline's own ceiling (MAX_ALPHAS, at most 16, is checked by the route); a cap here
-    # stops a long list at validation, before it becomes thousands of objects.
-    alphas: list[Alpha] = Field(min_length=1, max_length=16, description="edit strengths; one output image per alpha")
-    beta: float = Field(0.15, gt=0, lt=1, allow_inf_nan=False,
-                        description="disentanglement threshold (~0.1-0.2; StyleCLIP's 0.15 when left out)")
-    mode: EditMode = "global"
-    output_format: OutputFormat = "jpeg"
+    neutral: Text | None = Field(None, description="text describing the photo as it is, e.g. `a face` "
+                                 "(the one-change form; or give `changes`)")
+    target: Text | None = Field(None, description="text describing the wanted result, e.g. `a face with glasses`")
+    changes: list[Change] | None = Field(  # type: ignore[assignment]  # optional at the edge: see `neutral`
+        None, min_length=1, max_length=MAX_CHANGES, description=EditSpec.model_fields["changes"].description
+        + "; instead of `neutral`/`target`")
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")
     webhook_events_filter: list[WebhookEvent] | None = Field(
         None, max_length=4, description="events to notify (default all); `logs` is accepted for Replicate "
                                         "compatibility but never sent: progress is in the edit resource")
 
-    @field_validator("neutral", "target")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip() if value is not None else None
-
-    @field_validator("faces")
-    @classmethod
-    def _unique_faces(cls, value):
-        if isinstance(value, list) and len(set(value)) != len(value):
-            raise ValueError("face indices must be unique")
-        return value
-
-    @field_validator("changes")
-    @classmethod
-    def _unique_changes(cls, value: list[Change] | None) -> list[Change] | None:
-        if value is not None and len({(c.neutral, c.target) for c in value}) != len(value):
-            raise ValueError("each (neutral, target) pair once: combine their weights instead")
-        return value
+    _texts = field_validator("neutral", "target")(strip_text)
 
     @model_validator(mode="after")
-    def _one_form(self) -> EditCreate:
+    def _consistent(self) -> EditCreate:
+        """One form or the other; the one-change form becomes `changes` here, so the rest sees one shape."""
         single = self.neutral is not None or self.target is not None
         if single and self.changes is not None:
             raise ValueError("give either `neutral` and `target` (one change) or `changes`, not both")
-        if self.changes is None and (self.neutral is None or self.target is None):
-            raise ValueError("`neutral` and `target` are required (or give `changes`)")
-        if self.mode == "optimize" and self.changes is not None and len(self.changes) > 1:
-            raise ValueError("`optimize` mode takes one change (it optimizes towards one target text)")
+        if self.changes is None:
+            if self.neutral is None or self.target is None:
+                raise ValueError("`neutral` and `target` are required (or give `changes`)")
+            self.changes = [Change.model_construct(neutral=self.neutral, target=self.target, weight=1.0)]
+        self.check_consistent()
         return self
-
-    def change_list(self) -> list[Change]:
-        """The changes of either form (the one-change form is one change of weight 1)."""
-        if self.changes is not None:
-            return list(self.changes)
-        return [Change(neutral=self.neutral, target=self.target, weight=1.0)]
 
     @field_validator("webhook")
     @classmethod
@@ -170,23 +107,16 @@ class EditCreate(BaseModel):
             raise ValueError("must be an http(s) URL")
         return value
 
-
-class ChangeOut(BaseModel):
-    neutral: str
-    target: str
-    weight: float
+    def spec(self) -> EditSpec:
+        """The normalized edit (validated already: the same fields and rules)."""
+        return EditSpec.model_construct(**{name: getattr(self, name) for name in EditSpec.model_fields})
 
 
-class EditInput(BaseModel):
+class EditInput(EditSpec):
     image: str
-    neutral: str | None = Field(description="the one-change form's texts; null for an edit given `changes`")
+    neutral: str | None = Field(description="the one-change form's texts: those of an edit of one change of "
+                                "weight 1, else null")
     target: str | None
-    changes: list[ChangeOut] = Field(description="always the list form (one entry for `neutral`/`target`)")
-    faces: Literal["largest", "all"] | list[int]
-    alphas: list[float]
-    beta: float
-    mode: str
-    output_format: str
 
 
 class EditUrls(BaseModel):
@@ -238,3 +168,7 @@ class Health(BaseModel):
 class AppConfig(BaseModel):
     api_base: str
     dev_api_key: str | None
+    limits: dict[str, Any] = Field(
+        description="what an edit may ask for here (`common.edit_contract.EditLimits.public`): max_alphas, "
+        "max_changes, max_faces (this server's settings), max_text_chars, the weight and alpha ranges, "
+        "beta_default, max_steps, modes, inversions, output_formats; the web app reads its limits from it")

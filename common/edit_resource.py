@@ -11,18 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from common.image_formats import media_type_of_key
 from common.lifecycle import EditStatus
 from common.models import Edit
 
-MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-
 # (storage key, media type) → a presigned URL, or None where the storage has none (local folder).
 Presign = Callable[[str, str | None], str | None]
-
-
-def media_type(key: str) -> str | None:
-    """The media type of a stored result, from its extension."""
-    return MEDIA_TYPES.get(key.rsplit(".", 1)[-1])
 
 
 def edit_url(base_url: str, edit_id: str) -> str:
@@ -40,16 +34,18 @@ def _outputs(edit: Edit, get: str, presign: Presign | None) -> list[str | None] 
         if key is None:
             urls.append(None)
             continue
-        presigned = presign(key, media_type(key)) if presign is not None else None
+        presigned = presign(key, media_type_of_key(key)) if presign is not None else None
         urls.append(presigned or f"{get}/outputs/{index}")
     return urls
 
 
-def changes(edit: Edit) -> list[dict[str, Any]]:
-    """The edit's changes in the list form; an edit of the one-change form is one change of weight 1."""
-    if edit.changes is not None:
-        return [dict(change) for change in edit.changes]
-    return [{"neutral": edit.neutral, "target": edit.target, "weight": 1.0}]
+def edit_input(edit: Edit) -> dict[str, Any]:
+    """The edit's parameters (the contract's fields), with `neutral`/`target` set for an edit of one change of
+    weight 1 (what the one-change form asks for)."""
+    spec = edit.spec
+    one = spec.one_change()
+    return {"image": edit.image_id, "neutral": one.neutral if one else None, "target": one.target if one else None,
+            **spec.model_dump(mode="json")}
 
 
 def edit_resource(
@@ -63,17 +59,7 @@ def edit_resource(
     resource = {
         "id": edit.id,
         "status": edit.status,
-        "input": {
-            "image": edit.image_id,
-            "neutral": edit.neutral if edit.changes is None else None,
-            "target": edit.target if edit.changes is None else None,
-            "changes": changes(edit),
-            "faces": edit.faces if edit.faces is not None else "largest",
-            "alphas": edit.alphas,
-            "beta": edit.beta,
-            "mode": edit.mode,
-            "output_format": edit.output_format,
-        },
+        "input": edit_input(edit),
         "output": _outputs(edit, get, presign),
         "error": {"code": edit.error_code, "message": edit.error_message or ""} if edit.error_code else None,
         "metrics": metrics,

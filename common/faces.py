@@ -5,6 +5,7 @@ submit time when detection is done, and the worker, which applies it when the jo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,7 +14,15 @@ if TYPE_CHECKING:
     from common.settings import Settings
 
 DETECT_TASK = "worker.tasks.detect_faces"
-FACES_PENDING, FACES_DONE, FACES_FAILED = "pending", "done", "failed"  # images.faces_status
+
+
+class FaceStatus(StrEnum):
+    """`images.faces_status`: detection runs once per photo, pending → done | failed."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
 
 FaceChoice = str | list[int] | None  # "largest" | "all" | indices; None (older rows) = "largest"
 

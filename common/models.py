@@ -27,6 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.edit_contract import EditSpec
+from common.faces import FaceStatus
+
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -95,7 +98,8 @@ class Image(Base):
     # Faces found once per photo by a model worker (worker.detection): [{index, box: [l, t, r, b], score}],
     # largest first; `faces_status` pending → done | failed (`faces` stays null until done).
     faces: Mapped[list[Any] | None] = mapped_column(default=None)
-    faces_status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
+    faces_status: Mapped[str] = mapped_column(String(10), default=FaceStatus.PENDING,
+                                              server_default=FaceStatus.PENDING.value)
 
     __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
 
@@ -113,24 +117,28 @@ class Upload(Base):
     image_id: Mapped[str | None] = mapped_column(String(40), default=None)  # set once consumed
 
 
+# The edit contract's fields with a column of their own; any other (a parameter added since) is kept in
+# `Edit.options`, so a new edit parameter needs no migration.
+_SPEC_COLUMNS = ("changes", "faces", "alphas", "beta", "mode", "output_format")
+
+
 class Edit(Base):
-    """One edit job: parameters, state, lease, results and timings."""
+    """One edit job: its parameters (`spec`, a `common.edit_contract.EditSpec`), state, lease, results and
+    timings."""
 
     __tablename__ = "edits"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
-    # input
-    neutral: Mapped[str] = mapped_column(Text)
-    target: Mapped[str] = mapped_column(Text)
+    # input: the normalized edit (`spec`); the one-change form is stored as one change of weight 1
+    changes: Mapped[list[Any]]  # [{neutral, target, weight}]
     alphas: Mapped[list[Any]]
-    # [{neutral, target, weight}]; null for an edit of the one-change form (neutral/target above, weight 1)
-    changes: Mapped[list[Any] | None] = mapped_column(default=None)
-    faces: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)  # "largest" | "all" | [index, ...]; null = largest
+    faces: Mapped[Any] = mapped_column(JSON, nullable=False, default="largest")  # "largest" | "all" | [index, ...]
     beta: Mapped[float] = mapped_column(Float)
     mode: Mapped[str] = mapped_column(String(20))
     output_format: Mapped[str] = mapped_column(String(10))
+    options: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # the contract's other fields
     webhook: Mapped[str | None] = mapped_column(Text, default=None)
     webhook_events_filter: Mapped[list[Any] | None] = mapped_column(default=None)
     # state (see common.lifecycle); `status` is a common.lifecycle.EditStatus, always written explicitly
@@ -156,6 +164,17 @@ class Edit(Base):
         Index("ix_edits_owner_created", "owner", "created_at", "id"),
         Index("ix_edits_status_created", "status", "created_at"),
     )
+
+    @property
+    def spec(self) -> EditSpec:
+        """The edit's parameters as the contract reads them (not validated again: see `EditSpec.stored`)."""
+        return EditSpec.stored({**(self.options or {}), **{name: getattr(self, name) for name in _SPEC_COLUMNS}})
+
+    @staticmethod
+    def spec_columns(spec: EditSpec) -> dict[str, Any]:
+        """The column values that store `spec` (keyword arguments of `Edit`)."""
+        values = spec.model_dump(mode="json")
+        return {**{name: values.pop(name) for name in _SPEC_COLUMNS}, "options": values}
 
 
 class IdempotencyRecord(Base):

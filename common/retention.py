@@ -21,7 +21,16 @@ from sqlalchemy.orm import Session
 from common import idempotency, lifecycle
 from common.idempotency import IdempotencyRecord
 from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, utcnow
-from common.storage import Storage, StoredObject, original_key, upload_key
+from common.storage import Storage, StoredObject
+from common.storage_layout import (
+    AREAS,
+    Area,
+    inversions_prefix,
+    original_key,
+    owner_of,
+    results_prefix,
+    upload_key,
+)
 
 UPLOAD_GRACE = timedelta(hours=1)
 EXPIRE_TASK = "worker.retention.expire_old_data"  # the periodic task (worker/retention.py), by name for beat
@@ -48,9 +57,9 @@ def purge_image(session: Session, storage: Storage, image_id: str) -> Purged:
     for edit_id in edit_ids:
         lifecycle.cancel(session, edit_id)
     objects = storage.delete_prefix(original_key(image_id))
-    objects += storage.delete_prefix(f"inversions/{image_id}/")
+    objects += storage.delete_prefix(inversions_prefix(image_id))
     for edit_id in edit_ids:
-        objects += storage.delete_prefix(f"results/{edit_id}/")
+        objects += storage.delete_prefix(results_prefix(edit_id))
     if edit_ids:
         session.execute(delete(WebhookDelivery).where(WebhookDelivery.edit_id.in_(edit_ids)))
     session.execute(delete(Edit).where(Edit.image_id == image_id))
@@ -104,8 +113,8 @@ def expire(session: Session, storage: Storage, cutoff: datetime, batch: int = 50
 
 # --- objects without a row ---------------------------------------------------------------------------
 
-# key prefix → the table whose row each object belongs to (the id is the key's second part)
-_OWNERS = {"originals/": Image, "inversions/": Image, "results/": Edit, "uploads/": Upload}
+# The owning table of each storage area (common.storage_layout) → its model.
+_MODELS = {model.__tablename__: model for model in (Image, Edit, Upload)}
 
 
 def sweep_orphans(session: Session, storage: Storage, written_before: datetime, batch: int = 1000) -> int:
@@ -114,27 +123,26 @@ def sweep_orphans(session: Session, storage: Storage, written_before: datetime, 
     `written_before` are left alone: their row may not be committed yet (a photo is stored just before its
     row). Returns how many objects were deleted; keys of no known shape are never touched."""
     deleted = 0
-    for prefix, model in _OWNERS.items():
+    for area in AREAS:
         page: list[StoredObject] = []
-        for item in storage.list_objects(prefix):
+        for item in storage.list_objects(area.prefix):
             if item.modified < written_before:
                 page.append(item)
             if len(page) >= batch:
-                deleted += _delete_orphans(session, storage, prefix, model, page)
+                deleted += _delete_orphans(session, storage, area, page)
                 page = []
-        deleted += _delete_orphans(session, storage, prefix, model, page)
+        deleted += _delete_orphans(session, storage, area, page)
     return deleted
 
 
-def _delete_orphans(session: Session, storage: Storage, prefix: str, model, items: list[StoredObject]) -> int:
+def _delete_orphans(session: Session, storage: Storage, area: Area, items: list[StoredObject]) -> int:
     by_id: dict[str, list[str]] = {}
     for item in items:
-        row_id = item.key.removeprefix(prefix).split("/", 1)[0]
-        if row_id:
+        if row_id := owner_of(area, item.key):
             by_id.setdefault(row_id, []).append(item.key)
     if not by_id:
         return 0
-    live = _live_ids(session, model, by_id)
+    live = _live_ids(session, _MODELS[area.table], by_id)
     session.rollback()  # a read-only look: end the transaction
     orphans = [key for row_id, keys in by_id.items() if row_id not in live for key in keys]
     return storage.delete(orphans) if orphans else 0

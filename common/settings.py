@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common import edit_contract
+from common.edit_contract import EditLimits
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -96,16 +99,21 @@ class Settings(BaseSettings):
         description="Largest body of every request that does not carry a photo (JSON, or none); photos go to "
         "multipart `POST /v1/images` or `PUT /v1/uploads/{id}`, limited by MAX_UPLOAD_BYTES.",
     )
+    # The edit limits stop at the edit contract's ceilings (what the pipeline accepts): a larger value is refused
+    # here, at startup, never by jobs failing in the worker.
     max_alphas: int = Field(
-        8, ge=1, le=16, description="Most edit strengths (output images) per edit (the pipeline allows 16)."
+        8, ge=1, le=edit_contract.MAX_ALPHAS,
+        description=f"Most edit strengths (output images) per edit; at most {edit_contract.MAX_ALPHAS}.",
     )
     max_prefer_wait_seconds: int = Field(60, ge=1, le=300, description="Cap of the `Prefer: wait=N` header.")
     max_faces_per_edit: int = Field(
-        8, ge=1, le=32, description="Most faces one edit changes (`faces`: a list, or `all` of a photo's faces; "
-        "each costs an alignment, an inversion and a paste per strength)."
+        8, ge=1, le=edit_contract.MAX_FACES,
+        description="Most faces one edit changes (`faces`: a list, or `all` of a photo's faces; each costs an "
+        f"alignment, an inversion and a paste per strength); at most {edit_contract.MAX_FACES}.",
     )
     max_changes_per_edit: int = Field(
-        4, ge=1, le=16, description="Most text changes (`changes`) one edit combines."
+        4, ge=1, le=edit_contract.MAX_CHANGES,
+        description=f"Most text changes (`changes`) one edit combines; at most {edit_contract.MAX_CHANGES}.",
     )
     max_face_wait_seconds: int = Field(
         5, ge=1, le=5, description="Cap of `Prefer: wait=N` on `POST /v1/images` (waits for face detection)."
@@ -258,6 +266,10 @@ class Settings(BaseSettings):
         5555, ge=0, le=65535, description="Port of the Flower that `python -m api dev` starts on 127.0.0.1 (login "
         "`dev`, password DEV_API_KEY); 0: no Flower. Compose publishes its Flower on it too."
     )
+
+    def edit_limits(self) -> EditLimits:
+        """The edit limits this deployment applies below the contract's ceilings."""
+        return EditLimits(self.max_alphas, self.max_changes_per_edit, self.max_faces_per_edit)
 
     @model_validator(mode="after")
     def _visibility_exceeds_deadline(self) -> Settings:

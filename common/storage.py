@@ -1,9 +1,6 @@
 """Object storage: any S3-compatible endpoint through boto3, or a local folder.
 
-Keys (one bucket; the owner lives in the database, never in a key):
-`originals/{image_id}` · `inversions/{image_id}/{encoder_version}.npz` · `results/{edit_id}/{i}.{ext}`
-· `uploads/{upload_id}` (presigned uploads not yet claimed). Every key names the row it belongs to, so a
-sweep can find objects whose row is gone (`common.retention.sweep_orphans`).
+What is stored under which key, and whose it is: `common.storage_layout`.
 
 A backend that cannot be reached raises what its client raises (botocore's connection errors for S3) or,
 for the local folder, `StorageUnavailable`; a missing key is `ObjectNotFound`.
@@ -21,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.settings import Settings
+from common.storage_layout import PARTIAL_PREFIX, is_partial
 
 
 class ObjectNotFound(KeyError):
@@ -63,25 +61,6 @@ class Storage(Protocol):
     def check(self) -> None: ...
 
 
-def original_key(image_id: str) -> str:
-    return f"originals/{image_id}"
-
-
-def inversion_key(image_id: str, encoder_version: str) -> str:
-    return f"inversions/{image_id}/{encoder_version}.npz"
-
-
-def result_key(edit_id: str, index: int, ext: str) -> str:
-    return f"results/{edit_id}/{index}.{ext}"
-
-
-def upload_key(upload_id: str) -> str:
-    return f"uploads/{upload_id}"
-
-
-_PARTIAL = ".tmp-"  # a local write's temporary file, renamed over the key once complete
-
-
 class LocalStorage:
     """Files under a root folder; writes are atomic (temp file + rename). Presigned URLs: none, the
     API serves and receives the bytes itself."""
@@ -106,7 +85,7 @@ class LocalStorage:
         path = self._path(key)
         with self._io():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_PARTIAL)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -130,7 +109,7 @@ class LocalStorage:
 
     def list(self, prefix: str) -> list[str]:
         """Keys of the whole objects under a prefix (writes under way excluded)."""
-        return [item.key for item in self.list_objects(prefix) if not Path(item.key).name.startswith(_PARTIAL)]
+        return [item.key for item in self.list_objects(prefix) if not is_partial(item.key)]
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
         """Everything stored under a key prefix, in key order, including the temporary files of writes under

@@ -10,6 +10,7 @@ from pipeline.errors import INVALID_PARAMETER, PipelineError
 from pipeline.inversion import Inversion
 
 MODES = ("global", "optimize")
+INVERSIONS = ("e4e",)  # ``Editor.invert``'s inverters; the first is the default
 
 
 def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, beta: float = 0.15,

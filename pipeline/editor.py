@@ -27,7 +27,14 @@ from PIL import Image
 
 from pipeline.bundle import DEV_WARNING, Bundle
 from pipeline.directions import Change
-from pipeline.edit_params import MODES, check_inversions, check_order, validate_edit, validate_render
+from pipeline.edit_params import (
+    INVERSIONS,
+    MODES,
+    check_inversions,
+    check_order,
+    validate_edit,
+    validate_render,
+)
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 from pipeline.faces import FaceBox
 from pipeline.inversion import Inversion
@@ -173,8 +180,10 @@ class Editor:
     # --- inversion -----------------------------------------------------------------------------------------
 
     def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,
-               should_cancel: ShouldCancel | None = None, metrics: dict | None = None) -> Inversion:
-        """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes.
+               should_cancel: ShouldCancel | None = None, metrics: dict | None = None,
+               inversion: str = INVERSIONS[0]) -> Inversion:
+        """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes, by the ``inversion``
+        inverter (one of ``INVERSIONS``).
 
         Raises ``no_face`` (none found), ``invalid_parameter`` (``face`` out of range, naming the valid range),
         ``face_too_small``, ``invalid_image``. ``metrics`` gets the stage totals and an entry for this face in
@@ -185,6 +194,9 @@ class Editor:
 
         if isinstance(face, bool) or not isinstance(face, int) or face < 0:
             raise PipelineError(INVALID_PARAMETER, f"face must be a face index >= 0, got {face!r}")
+        if inversion not in INVERSIONS:
+            raise PipelineError(INVALID_PARAMETER, f"inversion must be one of {', '.join(INVERSIONS)}, "
+                                                   f"got {inversion!r}")
         own: dict[str, float] = {}
         step = Stages(progress, should_cancel, own)
         raw = _photo_bytes(photo)

@@ -12,7 +12,7 @@ export class ApiError extends Error {
   }
 }
 
-const config = { apiBase: "", devKey: null, linkKey: null };
+const config = { apiBase: "", devKey: null, linkKey: null, limits: {} };
 
 /**
  * Read /app-config.json and a `#key=...` install link (the fragment never reaches a server). A link is
@@ -28,6 +28,7 @@ export async function loadConfig() {
       const body = await response.json();
       config.apiBase = apiRoot(body.api_base || "/");
       config.devKey = body.dev_api_key || null;
+      config.limits = body.limits || {};
     }
   } catch {
     // Offline: keep the defaults (same origin); requests will report "network" themselves.
@@ -35,6 +36,12 @@ export async function loadConfig() {
   if (!config.apiBase) config.apiBase = location.origin;
   return { apiBase: config.apiBase, hasDevKey: Boolean(config.devKey) };
 }
+
+/**
+ * What an edit may ask for on this server (`limits` of /app-config.json: max_changes, max_text_chars, weight
+ * [min, max], ...); empty until loadConfig() read it, or when offline (the server still checks every edit).
+ */
+export const limits = () => config.limits;
 
 /** `api_base` may be relative ("/v1") or absolute ("https://api.example.com/v1"); paths here start with /v1. */
 function apiRoot(apiBase) {

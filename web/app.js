@@ -1,7 +1,7 @@
 // Face Edit: screens, routing (#create, #progress, #edit/{id}, #history, #settings) and the edit flow.
 
 import * as api from "./api.js";
-import { activeField, applyPreset, changeParams, currentChanges, describeChanges, initChanges,
+import { activeField, applyLimits, applyPreset, changeParams, currentChanges, describeChanges, initChanges,
          setChanges } from "./changes.js";
 import { clearFaces, facesParam, findFaces, initFaces, noneChosen, showStatus } from "./faces.js";
 import { renderHistory } from "./history.js";
@@ -470,6 +470,7 @@ async function main() {
     if (state.loaded && state.loaded.edit.input.image === imageId) forgetResult();
   });
   await api.loadConfig();
+  applyLimits();
   await route();
   askAboutLinkKey(); // a link the app was opened with
   document.body.dataset.ready = "true"; // tests wait for this

@@ -2,8 +2,11 @@
 // change", each with its own text and weight. The presets fill whichever text field was used last.
 // One change at weight 1 goes to the API in the simple form (neutral, target); more in the list form.
 
+import * as api from "./api.js";
+
 const $ = (id) => document.getElementById(id);
-const MAX_CHANGES = 4; // the API's MAX_CHANGES_PER_EDIT default
+// The server's MAX_CHANGES_PER_EDIT (/app-config.json); one change, the form every server takes, until known.
+const maxChanges = () => api.limits().max_changes ?? 1;
 
 let active = null; // the text field the presets write into
 let onChange = () => {};
@@ -107,7 +110,7 @@ function renumber() {
     $("weight-main").querySelector(".change-weight").value = "1";
     showWeight($("weight-main"));
   }
-  $("add-change").hidden = rows().length + 1 >= MAX_CHANGES;
+  $("add-change").hidden = rows().length + 1 >= maxChanges();
 }
 
 /** Back to one change (a new photo keeps the texts; "start over" calls this). */
@@ -126,6 +129,19 @@ export function setChanges(changes) {
   $("weight-main").querySelector(".change-weight").value = String(changes[0].weight);
   showWeight($("weight-main"));
   onChange();
+}
+
+/** Apply the server's limits (api.limits(), once /app-config.json is read): text length, weight range, how many
+ * changes. */
+export function applyLimits() {
+  const { max_text_chars: maxText, weight } = api.limits();
+  const template = $("change-row").content;
+  const texts = [$("neutral"), $("target"), ...template.querySelectorAll(".change-target"),
+                 ...document.querySelectorAll("#changes .change-target")];
+  if (maxText) for (const input of texts) input.maxLength = maxText;
+  const sliders = [...template.querySelectorAll(".change-weight"), ...document.querySelectorAll(".change-weight")];
+  if (weight) for (const slider of sliders) [slider.min, slider.max] = weight.map(String);
+  renumber();
 }
 
 /** Wire the controls once at start-up; `changed()` runs after every edit of a text or weight. */

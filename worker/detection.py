@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
-from common.faces import FACES_DONE, FACES_FAILED
+from common.faces import FaceStatus
 from common.models import Image
-from common.storage import ObjectNotFound, original_key
+from common.storage import ObjectNotFound
+from common.storage_layout import original_key
 from worker.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def run_detection(runtime: Runtime, image_id: str) -> str:
         image = session.get(Image, image_id)
         if image is None:
             return "gone"
-        if image.faces_status == FACES_DONE:
+        if image.faces_status == FaceStatus.DONE:
             return "done already"
     try:
         photo = runtime.storage.get(original_key(image_id))
@@ -57,7 +58,7 @@ def run_detection(runtime: Runtime, image_id: str) -> str:
         faces = detect(runtime.editor(), photo)
     except PipelineError as error:  # a photo the pipeline cannot read, or no model: the edit will say why
         log.info("face detection of %s failed: %s", image_id, error)
-        store_faces(runtime, image_id, None, FACES_FAILED)
-        return FACES_FAILED
-    store_faces(runtime, image_id, faces, FACES_DONE)
-    return FACES_DONE
+        store_faces(runtime, image_id, None, FaceStatus.FAILED)
+        return FaceStatus.FAILED
+    store_faces(runtime, image_id, faces, FaceStatus.DONE)
+    return FaceStatus.DONE

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
-from common.edit_resource import changes as edit_changes
-from common.faces import FACES_DONE, FaceChoiceError, chosen_faces
+from common.edit_contract import INVERT, RENDER, EditSpec
+from common.faces import FaceChoiceError, FaceStatus, chosen_faces
+from common.image_formats import FORMATS
 from common.lifecycle import Claim, EditStatus
 from common.metrics import observe_edit
 from common.models import Edit, Image
-from common.storage import ObjectNotFound, StorageUnavailable, inversion_key, original_key, result_key
+from common.storage import ObjectNotFound, StorageUnavailable
+from common.storage_layout import inversion_key, original_key, result_key, results_prefix
 from common.webhooks.outbox import push_events
 from worker.detection import detect, store_faces
 from worker.runtime import Runtime, encoder_run
@@ -48,8 +50,6 @@ log = logging.getLogger("worker.edit")
 INVERT_STAGES = ("align", "invert")
 EDIT_STAGES = {"global": ("direction", "synthesize", "paste"), "optimize": ("optimize", "synthesize", "paste")}
 INVERT_SHARE = 0.4  # of the progress bar, when the inversion is not cached
-_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 def new_token() -> str:
@@ -211,8 +211,9 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
         try:
             from pipeline.edit_params import validate_render
 
-            changes = _changes(edit)
-            validate_render(changes, edit.alphas, edit.beta, edit.mode)  # before any model work
+            spec = edit.spec
+            render_args = _render_args(spec)
+            validate_render(**render_args)  # before any model work
             editor = runtime.editor()
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             if run := encoder_run(editor):
@@ -221,12 +222,10 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             chosen = _chosen_faces(runtime, editor, edit, photo)
             inversions = _inversions(runtime, editor, edit, token, photo, watcher, metrics, chosen)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
-            watcher.phase(EDIT_STAGES[edit.mode], start_share, 1.0)
+            watcher.phase(EDIT_STAGES[spec.mode], start_share, 1.0)
             outputs = OutputWriter(runtime, edit, token)
-            editor.render(
-                photo, inversions, changes, edit.alphas, edit.beta, edit.mode, progress=watcher.progress,
-                should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write,
-            )  # fmt: skip
+            editor.render(photo, inversions, **render_args, progress=watcher.progress,
+                          should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write)
             metrics["store_seconds"] = outputs.store_seconds
             metrics["total_seconds"] = time.perf_counter() - start
             if lifecycle.succeed(session, edit_id, token, outputs.keys, _rounded(metrics), model, outputs.likeness):
@@ -249,11 +248,14 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             return _fail(session, edit_id, token, lifecycle.IMAGE_NOT_FOUND, message, metrics, model, start)
 
 
-def _changes(edit: Edit) -> list:
-    """The edit's changes as the pipeline takes them (the one-change form is one change of weight 1)."""
+def _render_args(spec: EditSpec) -> dict[str, Any]:
+    """The contract's render fields as `Editor.render` takes them, by name: its `changes` as the pipeline's
+    `Change`s."""
     from pipeline.directions import Change
 
-    return [Change(c["neutral"], c["target"], float(c["weight"])) for c in edit_changes(edit)]
+    args = spec.pipeline_args(RENDER)
+    args["changes"] = [Change(c["neutral"], c["target"], float(c["weight"])) for c in args["changes"]]
+    return args
 
 
 def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) -> list[int]:
@@ -261,11 +263,11 @@ def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) ->
     and stored for the next edit. FaceChoiceError when the choice does not fit the photo."""
     with runtime.session_factory() as session:
         image = session.get(Image, edit.image_id)
-        faces = image.faces if image is not None and image.faces_status == FACES_DONE else None
+        faces = image.faces if image is not None and image.faces_status == FaceStatus.DONE else None
     if faces is None:
         faces = detect(editor, photo)
-        store_faces(runtime, edit.image_id, faces, FACES_DONE)
-    return chosen_faces(edit.faces, faces, runtime.settings.max_faces_per_edit)
+        store_faces(runtime, edit.image_id, faces, FaceStatus.DONE)
+    return chosen_faces(edit.spec.faces, faces, runtime.settings.max_faces_per_edit)
 
 
 def _inversions(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
@@ -285,20 +287,14 @@ def _inversions(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo:
     return inversions
 
 
-def face_inversion_key(image_id: str, encoder_version: str, face: int) -> str:
-    """The inversion cache of one face: `inversions/{image}/{encoder}-f{face}.npz`; the largest face keeps the
-    key of the single-face service (`{encoder}.npz`), so the caches it wrote stay hits."""
-    key = inversion_key(image_id, encoder_version)
-    return key if face == 0 else key.removesuffix(".npz") + f"-f{face}.npz"
-
-
 def _inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
                metrics: dict, face: int) -> tuple[Inversion, bool]:
     """Face `face`'s cached inversion, or a fresh one, then cached for the next edit of this photo if the job
     still holds its row once the cache is written (`_still_ours`). Returns it and whether it was cached."""
     from pipeline import Canceled, Inversion, PipelineError
 
-    key = face_inversion_key(edit.image_id, editor.encoder_version, face)
+    spec = edit.spec
+    key = inversion_key(edit.image_id, editor.encoder_version, face, spec.variant(INVERT))
     try:
         inversion = Inversion.from_bytes(runtime.storage.get(key))
         if inversion.face_index == face:
@@ -308,9 +304,8 @@ def _inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: 
         pass
     except PipelineError:  # also the old format that held a copy of the photo: overwritten below
         log.warning("cached inversion %s is unreadable; recomputing", key)
-    inversion = editor.invert(
-        photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel, metrics=metrics
-    )
+    inversion = editor.invert(photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel,
+                              metrics=metrics, **spec.pipeline_args(INVERT))
     runtime.storage.put(key, inversion.to_bytes())
     if not _still_ours(runtime, edit, token):
         runtime.storage.delete([key])
@@ -345,8 +340,9 @@ class OutputWriter:
 
         start = time.perf_counter()
         edit, storage = self.edit, self.runtime.storage
-        key = result_key(edit.id, output.index, _EXTENSIONS[edit.output_format])
-        storage.put(key, encode_image(output.image, edit.output_format), _CONTENT_TYPES[edit.output_format])
+        image_format = FORMATS[edit.output_format]
+        key = result_key(edit.id, output.index, image_format.extension)
+        storage.put(key, encode_image(output.image, image_format.name), image_format.media_type)
         self.keys[output.index] = key
         if output.likeness is not None:
             self.likeness = self.likeness or [None] * len(edit.alphas)
@@ -361,7 +357,7 @@ class OutputWriter:
 
 
 def _discard_results(runtime: Runtime, edit_id: str) -> None:
-    runtime.storage.delete_prefix(f"results/{edit_id}/")
+    runtime.storage.delete_prefix(results_prefix(edit_id))
 
 
 def _fail(session, edit_id, token, code, message, metrics, model, start) -> str:
@@ -381,7 +377,7 @@ def _discard_unless_won(runtime: Runtime, session, edit_id: str) -> None:
         _discard_results(runtime, edit_id)
     elif edit.status == EditStatus.CANCELED:
         kept = set(edit.output_keys or [])
-        runtime.storage.delete([key for key in runtime.storage.list(f"results/{edit_id}/") if key not in kept])
+        runtime.storage.delete([key for key in runtime.storage.list(results_prefix(edit_id)) if key not in kept])
 
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`/app-config.json`: what the static web app needs to find the API (and, in dev mode, a key).
+"""`/app-config.json`: what the static web app needs to find the API (and, in dev mode, a key), and the edit
+limits it builds its requests within (the edit contract's, as this server's settings apply them).
 
 The dev key is handed out only to a page the developer opened on this machine: dev mode on, the
 request's `Host` a loopback name (so a DNS-rebinding page, whose Host is its own name, gets none)
@@ -43,4 +44,5 @@ def is_local_page(request: Request) -> bool:
 @router.get("/app-config.json", response_model=AppConfig)
 def app_config(request: Request, settings: SettingsDep) -> AppConfig:
     give_key = settings.dev_mode and settings.dev_api_key and is_local_page(request)
-    return AppConfig(api_base="/v1", dev_api_key=settings.dev_api_key if give_key else None)
+    return AppConfig(api_base="/v1", dev_api_key=settings.dev_api_key if give_key else None,
+                     limits=settings.edit_limits().public())

@@ -20,10 +20,12 @@ from api.openapi import binary_content
 from api.prefer import parse_prefer_wait
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
+from common.edit_contract import EditSpec
 from common.edit_resource import edit_resource
 from common.edit_sender import EditSender
 from common.errors import ApiError
-from common.faces import FaceChoiceError, chosen_faces
+from common.faces import FaceChoiceError, FaceStatus, chosen_faces
+from common.image_formats import media_type_of_key
 from common.lifecycle import EditStatus
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
@@ -37,7 +39,6 @@ router = APIRouter(prefix="/v1/edits", tags=["edits"])
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 429, 503)}
 _CURSOR_ID = re.compile(r"[0-9a-z_]{1,40}")  # the shape of `common.models.new_id`
-_MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 def load_edit(session: Session, owner: str, edit_id: str) -> Edit:
@@ -92,21 +93,18 @@ def _image_faces(session: Session, owner: str, image_id: str) -> tuple[str, list
 def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate
             ) -> tuple[Edit, int]:
     """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
-    if len(body.alphas) > settings.max_alphas:
-        raise ApiError("validation_error", f"at most {settings.max_alphas} alphas per edit")
-    if len(body.change_list()) > settings.max_changes_per_edit:
-        raise ApiError("validation_error", f"at most {settings.max_changes_per_edit} changes per edit")
-    if isinstance(body.faces, list) and len(body.faces) > settings.max_faces_per_edit:
-        raise ApiError("validation_error", f"at most {settings.max_faces_per_edit} faces per edit")
+    spec = body.spec()
+    if problem := settings.edit_limits().problem(spec):
+        raise ApiError("validation_error", problem)
     faces_status, faces = _image_faces(session, owner, body.image)
-    if faces_status == "done" and faces:  # else the job applies the rule (or fails `no_face`)
+    if faces_status == FaceStatus.DONE and faces:  # else the job applies the rule (or fails `no_face`)
         try:
-            chosen_faces(body.faces, faces, settings.max_faces_per_edit)
+            chosen_faces(spec.faces, faces, settings.max_faces_per_edit)
         except FaceChoiceError as error:
             raise ApiError(error.code, error.message) from None
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
-    edit = _new_edit(owner, body, settings)
+    edit = _new_edit(owner, body, spec, settings)
     position = admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
     try:
         sender.send(edit.id)
@@ -125,21 +123,13 @@ def _queue_row(session: Session, sender: EditSender, settings: Settings, owner: 
     return edit, edit_out(edit, position, request, storage, settings)
 
 
-def _new_edit(owner: str, body: EditCreate, settings: Settings) -> Edit:
+def _new_edit(owner: str, body: EditCreate, spec: EditSpec, settings: Settings) -> Edit:
     now = utcnow()
-    changes = body.change_list()
     return Edit(
         id=new_id("edt"),
         owner=owner,
         image_id=body.image,
-        neutral=changes[0].neutral,  # the one-change form's texts (the first change's for `changes`)
-        target=changes[0].target,
-        changes=[change.model_dump() for change in changes] if body.changes is not None else None,
-        faces=body.faces,
-        alphas=body.alphas,
-        beta=body.beta,
-        mode=body.mode,
-        output_format=body.output_format,
+        **Edit.spec_columns(spec),
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         status=EditStatus.STARTING,
@@ -269,5 +259,5 @@ def get_edit_output(
     except ObjectNotFound:  # deleted under us (retention, erasure) or lost by the store
         log.warning("edit %s output %d: stored object %s is missing", edit_id, index, keys[index])
         raise ApiError("output_not_found", f"edit {edit_id!r} output {index} is no longer stored") from None
-    media_type = _MEDIA_TYPES.get(keys[index].rsplit(".", 1)[-1], "application/octet-stream")
+    media_type = media_type_of_key(keys[index]) or "application/octet-stream"
     return Response(body, media_type=media_type, headers={"Cache-Control": "private"})

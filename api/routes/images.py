@@ -25,15 +25,17 @@ from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.openapi import binary_content
-from api.photo_check import CONTENT_TYPES, inspect_photo
+from api.photo_check import inspect_photo
 from api.prefer import parse_prefer_wait
 from api.schemas import ErrorBody, FaceOut, ImageFromUpload, ImageOut, ImageUrls
 from common.errors import ApiError
-from common.faces import FACES_PENDING, enqueue_detection
+from common.faces import FaceStatus, enqueue_detection
+from common.image_formats import FORMATS
 from common.models import Image, Upload, new_id
 from common.retention import purge_image
 from common.settings import Settings
-from common.storage import ObjectNotFound, Storage, original_key, upload_key
+from common.storage import ObjectNotFound, Storage
+from common.storage_layout import original_key, upload_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -67,7 +69,7 @@ def image_out(image: Image, request: Request, storage: Storage, settings: Settin
     presigned = storage.presigned_get(
         original_key(image.id),
         timedelta(seconds=settings.output_url_expiry_seconds),
-        CONTENT_TYPES[image.format],
+        FORMATS[image.format].media_type,
     )
     return ImageOut(
         id=image.id,
@@ -77,7 +79,7 @@ def image_out(image: Image, request: Request, storage: Storage, settings: Settin
         bytes=image.bytes,
         created_at=image.created_at,
         faces=[FaceOut(**face) for face in image.faces] if image.faces is not None else None,
-        faces_status=image.faces_status or FACES_PENDING,
+        faces_status=image.faces_status or FaceStatus.PENDING,
         urls=ImageUrls(
             get=str(request.url_for("get_image", image_id=image.id)),
             file=presigned or str(request.url_for("get_image_file", image_id=image.id)),
@@ -99,7 +101,7 @@ def store_image(session: Session, storage: Storage, settings: Settings, owner: s
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
-    storage.put(original_key(image.id), data, CONTENT_TYPES[info.format])
+    storage.put(original_key(image.id), data, FORMATS[info.format].media_type)
     session.add(image)
     session.commit()
     return image
@@ -126,7 +128,7 @@ async def wait_for_faces(request: Request, response: Response, session: Session,
         return
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if await run_in_threadpool(_faces_status, request, image.id) != FACES_PENDING:
+        if await run_in_threadpool(_faces_status, request, image.id) != FaceStatus.PENDING:
             break
         await asyncio.sleep(min(settings.wait_poll_seconds, max(0.0, deadline - time.monotonic())))
     await run_in_threadpool(session.refresh, image)
@@ -223,7 +225,7 @@ def get_image_file(image_id: str, owner: OwnerDep, session: SessionDep, storage:
         raise ApiError("image_file_missing", f"the stored photo of {image_id!r} is gone; upload it again") from None
     return Response(
         data,
-        media_type=CONTENT_TYPES[image.format],
+        media_type=FORMATS[image.format].media_type,
         headers={"Cache-Control": "private, max-age=3600"},
     )
 

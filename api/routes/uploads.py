@@ -17,7 +17,8 @@ from api.openapi import binary_content
 from api.schemas import ErrorBody, UploadCreate, UploadOut
 from common.errors import ApiError
 from common.models import Upload, new_id, utcnow
-from common.storage import LocalStorage, upload_key
+from common.storage import LocalStorage
+from common.storage_layout import upload_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 

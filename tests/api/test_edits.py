@@ -8,6 +8,7 @@ import time
 import pytest
 from sqlalchemy import event
 
+from common.edit_contract import MAX_TEXT_CHARS
 from tests.conftest import face_jpeg, make_api
 
 pytestmark = pytest.mark.services
@@ -35,7 +36,7 @@ def test_submit_answers_starting_with_the_resource(queued):
     assert edit["input"] == {"image": image_id, "neutral": "a face", "target": "a smiling face",
                              "changes": [{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
                              "faces": "largest", "alphas": [-2.0, 0.0, 2.0], "beta": 0.15, "mode": "global",
-                             "output_format": "jpeg"}
+                             "steps": None, "inversion": "e4e", "output_format": "jpeg"}
     assert edit["queue_position"] >= 0 and edit["webhook_events_filter"] == ["completed"]
     assert response.headers["location"] == edit["urls"]["get"]
     assert api.get(edit["urls"]["get"]).json()["id"] == edit["id"]
@@ -53,7 +54,10 @@ def test_submit_answers_starting_with_the_resource(queued):
         {"beta": -0.1},
         {"beta": 2},
         {"neutral": "   "},
-        {"target": "x" * 301},
+        {"target": "x" * (MAX_TEXT_CHARS + 1)},
+        {"steps": 10},  # optimize mode only
+        {"mode": "optimize", "steps": 10_000},
+        {"inversion": "psp"},
         {"mode": "magic"},
         {"output_format": "gif"},
         {"webhook": "ftp://example.com"},
@@ -67,6 +71,62 @@ def test_invalid_parameters_are_422(queued, changes):
     response = api.post("/v1/edits", json=_body(image_id, **changes))
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error" and response.json()["message"]
+
+
+def _stored_and_queued(api, settings) -> tuple[int, int]:
+    """Edit rows and queued edit jobs, to show that a refused request left neither."""
+    from redis import Redis
+    from sqlalchemy import func, select
+
+    from common.models import Edit
+
+    with api.client.app.state.session_factory() as session:
+        rows = session.scalar(select(func.count()).select_from(Edit))
+    with Redis.from_url(settings.redis_url) as broker:
+        return rows, broker.llen(settings.edits_queue)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"target": "x" * 250},  # was a 500: the one-change form allowed 300 characters, its change 200
+        {"neutral": "y" * (MAX_TEXT_CHARS + 1)},
+        {"neutral": None, "target": None,  # was accepted, then failed after the inversion
+         "changes": [{"neutral": "a face", "target": "a smiling face"}, {"neutral": "a face", "target": "x" * 250}]},
+    ],
+    ids=["one-change-250", "one-change-neutral", "changes-250"],
+)
+def test_a_text_over_the_contracts_limit_is_refused_at_submit_leaving_nothing(queued, queued_settings, fields):
+    """#21, #23: one text limit (the edit contract's) for both forms, checked at submit: 422 validation_error
+    naming the limit, no row, nothing queued."""
+    api, image_id = queued
+    before = _stored_and_queued(api, queued_settings)
+    body = {k: v for k, v in _body(image_id, **fields).items() if v is not None}
+    response = api.post("/v1/edits", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert f"at most {MAX_TEXT_CHARS} characters" in response.json()["message"]
+    assert _stored_and_queued(api, queued_settings) == before
+
+
+def test_a_text_at_the_contracts_limit_is_accepted_in_either_form(queued):
+    api, image_id = queued
+    text = "x" * MAX_TEXT_CHARS
+    one = api.post("/v1/edits", json=_body(image_id, target=text))
+    assert one.status_code == 201, one.text
+    assert one.json()["input"]["changes"] == [{"neutral": "a face", "target": text, "weight": 1.0}]
+    several = api.post("/v1/edits", json=_body(image_id, neutral=None, target=None, changes=[
+        {"neutral": "a face", "target": text, "weight": 0.5}, {"neutral": text, "target": "a face"}]))
+    assert several.status_code == 201, several.text
+    assert several.json()["input"]["neutral"] is None  # two changes: the list form only
+
+
+def test_the_app_config_publishes_the_edit_limits(queued_settings):
+    """What the web app reads its limits from: the contract's, with this server's settings."""
+    api = make_api(queued_settings.model_copy(update={"max_changes_per_edit": 2, "max_alphas": 5}))
+    limits = api.client.get("/app-config.json").json()["limits"]
+    assert (limits["max_changes"], limits["max_alphas"], limits["max_text_chars"]) == (2, 5, MAX_TEXT_CHARS)
+    assert limits["weight"] == [-2.0, 2.0] and limits["modes"] == ["global", "optimize"]
 
 
 def test_beta_defaults_to_styleclips_value(queued):
@@ -238,7 +298,8 @@ def test_errors_are_json_everywhere(queued):
     assert ready["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
     assert api.client.get("/docs").status_code == 200
     assert "/v1/edits" in api.client.get("/openapi.json").json()["paths"]
-    assert api.client.get("/app-config.json").json() == {"api_base": "/v1", "dev_api_key": None}
+    config = api.client.get("/app-config.json").json()
+    assert (config["api_base"], config["dev_api_key"]) == ("/v1", None)
 
 
 def test_readyz_reports_an_unreachable_broker(queued_settings):
@@ -303,7 +364,7 @@ def test_a_face_index_the_photo_does_not_have_is_422_naming_the_range(queued):
         {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 0}]},
         {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 2.5}]},
         {"neutral": None, "target": None, "changes": [{"neutral": " ", "target": "b", "weight": 1}]},
-        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b" * 201, "weight": 1}]},
+        {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b" * (MAX_TEXT_CHARS + 1)}]},
         {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": "b", "weight": 1}] * 2},
         {"neutral": None, "target": None, "changes": [{"neutral": "a", "target": f"b{i}"} for i in range(5)]},
         {"faces": [0] + list(range(1, 9))},  # MAX_FACES_PER_EDIT is 8

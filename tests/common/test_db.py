@@ -29,7 +29,7 @@ def test_sqlite_file_in_a_new_folder_shares_by_wal_and_enforces_foreign_keys(tmp
         with engine.connect() as connection:
             assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         now = utcnow()
-        orphan = Edit(id=new_id("edt"), owner="o", image_id="img_missing", neutral="a", target="b", alphas=[1],
+        orphan = Edit(id=new_id("edt"), owner="o", image_id="img_missing", changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1],
                       beta=0.1, mode="global", output_format="jpeg", status=EditStatus.STARTING,
                       deadline_at=now + timedelta(minutes=1))  # fmt: skip
         with make_session_factory(engine)() as session:

@@ -38,7 +38,7 @@ def _insert(factory, now: datetime, status: EditStatus = EditStatus.STARTING) ->
     with factory() as session:
         image = Image(id=new_id("img"), owner="o", format="jpeg", width=8, height=8, bytes=1, sha256="0" * 64)
         edit = Edit(
-            id=new_id("edt"), owner="o", image_id=image.id, neutral="a face", target="a smile", alphas=[1.0],
+            id=new_id("edt"), owner="o", image_id=image.id, changes=[{"neutral": "a face", "target": "a smile", "weight": 1.0}], alphas=[1.0],
             beta=0.1, mode="global", output_format="jpeg", status=status, attempt=0, created_at=now,
             deadline_at=now + timedelta(minutes=10),
         )  # fmt: skip

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from common.db import alembic_config, make_engine, upgrade
+from common.db import alembic_config, make_engine, make_session_factory, upgrade
 from common.models import Base
 
 
@@ -64,3 +64,52 @@ def test_the_comparison_sees_a_difference(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url, "0001")
     assert any(diff[0] == "add_table" and diff[1].name == "idempotency_keys" for diff in _drift(url))
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_edits_move_to_the_changes_form_once(database, tmp_path):
+    """0005 (#21): an edit of the one-change form (changes null: SQL NULL or the JSON null the ORM wrote) gets
+    its texts as one change of weight 1, a missing `faces` becomes "largest", and an edit given `changes`
+    keeps them; the downgrade gives back the first change's texts."""
+    if database == "postgresql":
+        from tests.conftest import fresh_database
+
+        with fresh_database() as url:
+            _changes_form_once(url)
+    else:
+        _changes_form_once(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def _changes_form_once(url: str) -> None:
+    from sqlalchemy import text
+
+    from common.models import Edit
+
+    upgrade(url)
+    command.downgrade(alembic_config(url), "0004")
+    engine = make_engine(url)
+    rows = [("e_sql_null", "a face", "a smile", None), ("e_json_null", "a face", "a frown", "null"),
+            ("e_changes", "x", "y", '[{"neutral": "x", "target": "y", "weight": 0.5}]')]
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO images (id, owner, format, width, height, bytes, sha256, created_at, "
+                                    "faces_status) VALUES ('img', 'o', 'jpeg', 1, 1, 1, 's', '2026-12-01', 'done')"))
+            for edit_id, neutral, target, changes in rows:
+                connection.execute(text(
+                    "INSERT INTO edits (id, owner, image_id, neutral, target, alphas, changes, beta, mode, "
+                    "output_format, status, attempt, deadline_at, created_at) VALUES (:id, 'o', 'img', :n, :t, "
+                    "'[1]', :c, 0.15, 'global', 'jpeg', 'succeeded', 1, '2026-12-01', '2026-12-01')"),
+                    {"id": edit_id, "n": neutral, "t": target, "c": changes})
+        upgrade(url)
+        with make_session_factory(engine)() as session:
+            specs = {edit_id: session.get(Edit, edit_id).spec for edit_id, *_ in rows}
+        assert [c.model_dump() for c in specs["e_sql_null"].changes] == [
+            {"neutral": "a face", "target": "a smile", "weight": 1.0}]
+        assert specs["e_json_null"].changes[0].target == "a frown" and specs["e_json_null"].faces == "largest"
+        assert specs["e_changes"].changes[0].weight == 0.5 and specs["e_changes"].inversion == "e4e"
+        command.downgrade(alembic_config(url), "0004")
+        with engine.connect() as connection:
+            texts = dict(connection.execute(text("SELECT id, target FROM edits")).all())
+        assert texts == {"e_sql_null": "a smile", "e_json_null": "a frown", "e_changes": "y"}
+    finally:
+        engine.dispose()

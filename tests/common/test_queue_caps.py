@@ -28,7 +28,7 @@ def _edit(factory, owner: str, status: EditStatus = EditStatus.STARTING) -> Edit
         )
         session.add(image)
         session.commit()
-    return Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a", target="b", alphas=[1], beta=0.1,
+    return Edit(id=new_id("edt"), owner=owner, image_id=image.id, changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1], beta=0.1,
                 mode="global", output_format="jpeg", status=status, deadline_at=utcnow() + timedelta(hours=1))  # fmt: skip
 
 

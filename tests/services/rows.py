@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from common.models import Edit, Image, new_id, utcnow
-from common.storage import original_key
+from common.storage_layout import original_key
 
 
 def stored_image(factory, storage, photo: bytes, owner: str = "alice", format: str = "jpeg") -> str:
@@ -21,9 +21,10 @@ def stored_image(factory, storage, photo: bytes, owner: str = "alice", format: s
 
 
 def starting_edit(factory, image_id: str, owner: str = "alice", alphas=(1.0,), output_format: str = "jpeg",
-                  **fields) -> str:
-    """A queued edit of `image_id` (`neutral`/`target` default to "a face" → "a smiling face"); its id."""
-    fields = {"neutral": "a face", "target": "a smiling face", **fields}
+                  neutral: str = "a face", target: str = "a smiling face", **fields) -> str:
+    """A queued edit of `image_id` (one change, "a face" → "a smiling face", unless `changes` is given); its
+    id."""
+    fields = {"changes": [{"neutral": neutral, "target": target, "weight": 1.0}], **fields}
     edit = Edit(id=new_id("edt"), owner=owner, image_id=image_id, alphas=list(alphas), beta=0.15, mode="global",
                 output_format=output_format, status="starting", attempt=0,
                 deadline_at=utcnow() + timedelta(minutes=10), **fields)  # fmt: skip

@@ -24,7 +24,8 @@ from sqlalchemy import func, select
 from common.models import Edit, Image, Upload, new_id, utcnow
 from common.retention import ORPHAN_TASK, purge_image, purge_owner, sweep_orphans
 from common.settings import Settings
-from common.storage import LocalStorage, S3Storage, inversion_key, original_key, result_key, upload_key
+from common.storage import LocalStorage, S3Storage
+from common.storage_layout import inversion_key, original_key, result_key, upload_key
 from tests.conftest import REPO_ROOT, face_jpeg
 from tests.services.rows import starting_edit, stored_image
 from worker.edit_job import run_edit
@@ -179,7 +180,7 @@ def test_the_sweep_deletes_objects_without_a_row_and_only_those(fresh_pg_url, st
         image = Image(id=new_id("img"), owner="o", format="jpeg", width=1, height=1, bytes=1, sha256="0" * 64)
         session.add(image)
         session.flush()
-        edits = {status: Edit(id=new_id("edt"), owner="o", image_id=image.id, neutral="a", target="b", alphas=[1.0],
+        edits = {status: Edit(id=new_id("edt"), owner="o", image_id=image.id, changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1.0],
                               beta=0.1, mode="global", output_format="jpeg", status=status, attempt=1,
                               deadline_at=now + timedelta(hours=1))
                  for status in ("succeeded", "processing", "failed")}  # fmt: skip

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from common.db import upgrade
 from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
-from common.storage import LocalStorage, result_key
+from common.storage import LocalStorage
+from common.storage_layout import result_key
 from tests.trust.conftest import count
 from tests.trust.harness import running_service, trust_settings
 
@@ -110,7 +111,7 @@ def test_an_output_gone_from_storage_is_a_404(service):
     with service.factory() as session:
         owner = session.get(Edit, service.submit(service.image_id).json()["id"]).owner
         session.add(Edit(
-            id=edit_id, owner=owner, image_id=service.image_id, neutral="a face", target="a smile",
+            id=edit_id, owner=owner, image_id=service.image_id, changes=[{"neutral": "a face", "target": "a smile", "weight": 1.0}],
             alphas=[0, 1], beta=0.15, mode="global", output_format="jpeg", status=EditStatus.SUCCEEDED,
             attempt=1, created_at=now, started_at=now, completed_at=now, output_keys=keys,
             deadline_at=now + timedelta(minutes=5),

@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from common.storage import original_key
+from common.storage_layout import original_key
 from tests.trust.conftest import count
 from tests.trust.harness import running_service, trust_settings
 

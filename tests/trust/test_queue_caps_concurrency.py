@@ -42,7 +42,7 @@ def _submit_all_at_once(factory, submits: list[str], caps: QueueCaps) -> list[st
     barrier = threading.Barrier(len(submits))
 
     def submit(owner: str) -> str:
-        edit = Edit(id=new_id("edt"), owner=owner, image_id=images[owner], neutral="a", target="b", alphas=[1],
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=images[owner], changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1],
                     beta=0.1, mode="global", output_format="jpeg", status="starting",
                     deadline_at=utcnow() + timedelta(hours=1))  # fmt: skip
         with factory() as session:

@@ -11,7 +11,8 @@ from common import idempotency
 from common.idempotency import IdempotencyRecord
 from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, new_id, utcnow
 from common.retention import expire, purge_owner
-from common.storage import LocalStorage, original_key, result_key, upload_key
+from common.storage import LocalStorage
+from common.storage_layout import original_key, result_key, upload_key
 from common.webhooks import outbox
 from worker.retention import run_expiry
 
@@ -32,7 +33,7 @@ def _photo_with_edit(factory, storage, owner, age=timedelta(0)):
                       sha256="0" * 64, created_at=created)
         s.add(image)
         s.flush()
-        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a", target="b", alphas=[1.0],
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1.0],
                     beta=0.1, mode="global", output_format="jpeg", status="succeeded", attempt=1,
                     webhook="http://127.0.0.1:9/h", created_at=created, started_at=created,
                     completed_at=created, deadline_at=created + timedelta(hours=1),

@@ -41,7 +41,7 @@ def _delivery(factory, url: str) -> str:
     with factory() as s:
         image = Image(id=new_id("img"), owner=owner, format="jpeg", width=64, height=64, bytes=1, sha256="0" * 64)
         now = utcnow()
-        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a face", target="a smiling face",
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
                     alphas=[1.0], beta=0.1, mode="global", output_format="jpeg", webhook=url,
                     webhook_events_filter=["completed"], status="failed", error_code="no_face", attempt=1,
                     deadline_at=now + timedelta(hours=1), started_at=now, completed_at=now)

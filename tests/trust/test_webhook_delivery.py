@@ -39,7 +39,7 @@ def _edit(factory, url, status="succeeded", events=None, owner=None):
     with factory() as s:
         image = Image(id=new_id("img"), owner=owner, format="jpeg", width=64, height=64, bytes=1, sha256="0" * 64)
         now = utcnow()
-        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, neutral="a face", target="a smiling face",
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=image.id, changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
                     alphas=[1.0], beta=0.1, mode="global", output_format="jpeg", webhook=url,
                     webhook_events_filter=events, status=status, attempt=1, deadline_at=now + timedelta(hours=1),
                     started_at=now, completed_at=now if status != "processing" else None,

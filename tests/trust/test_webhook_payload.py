@@ -30,7 +30,7 @@ def test_webhook_data_is_the_api_resource(service, status):
     edit_id = new_id("edt")
     with service.factory() as s:
         s.add(Edit(
-            id=edit_id, owner="alice", image_id=image_id, neutral="a face", target="a smiling face",
+            id=edit_id, owner="alice", image_id=image_id, changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
             alphas=[-1.0, 2.0], beta=0.15, mode="global", output_format="png",
             webhook="https://hooks.example/edits?token=t", webhook_events_filter=["completed"], status=status,
             attempt=1, deadline_at=now + timedelta(hours=1), created_at=now - timedelta(seconds=3),

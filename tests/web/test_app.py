@@ -316,3 +316,22 @@ def test_accessible_names_and_dark_mode(new_phone, service, photos, shots: Path)
     small = page.evaluate("""() => [...document.querySelectorAll("#screen-create button, #screen-create label.bigbtn")]
         .filter((el) => el.offsetParent && el.getBoundingClientRect().height < 40).map((el) => el.textContent)""")
     assert not small, f"touch targets under 40px: {small}"
+
+
+def test_the_app_takes_its_limits_from_app_config(phone: Page, service):
+    """#21: no limit is written into the app: the text length, the weight range and how many changes come
+    from /app-config.json (the server's own first, then a server that allows two changes of 12 characters
+    with weights in [-1, 1])."""
+    real = httpx.get(f"{service.url}/app-config.json").json()
+    open_app(phone, service.url)
+    assert phone.locator("#target").evaluate("el => el.maxLength") == real["limits"]["max_text_chars"]
+
+    limits = {**real["limits"], "max_changes": 2, "max_text_chars": 12, "weight": [-1.0, 1.0]}
+    phone.route("**/app-config.json", lambda route: route.fulfill(json={**real, "limits": limits}))
+    open_app(phone, service.url)
+    assert phone.locator("#target").evaluate("el => el.maxLength") == 12
+    phone.get_by_role("button", name="Add another change").click()
+    expect(phone.locator("#changes .change")).to_have_count(1)
+    expect(phone.locator("#add-change")).to_be_hidden()  # the second change is the server's last
+    assert phone.locator("#changes .change-target").evaluate("el => el.maxLength") == 12
+    assert phone.locator("#changes .change-weight").evaluate("el => [el.min, el.max]") == ["-1", "1"]

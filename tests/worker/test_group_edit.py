@@ -22,10 +22,11 @@ from common.edit_resource import edit_resource
 from common.models import Edit, WebhookDelivery, new_id
 from common.models import Image as ImageRow
 from common.settings import Settings
+from common.storage_layout import inversion_key
 from tests.pipeline.images import png_bytes, two_faces
 from tests.services.rows import starting_edit, stored_image
 from worker.detection import run_detection
-from worker.edit_job import face_inversion_key, run_edit
+from worker.edit_job import run_edit
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.services
@@ -109,7 +110,7 @@ def test_all_faces_then_one_face_with_an_inversion_cache_per_face(runtime, pair)
     assert _changed(result, original, faces[0]["box"]) > 3 and _changed(result, original, faces[1]["box"]) > 3
     encoder = runtime.editor().encoder_version
     assert sorted(runtime.storage.list(f"inversions/{image_id}/")) == sorted(
-        face_inversion_key(image_id, encoder, f) for f in (0, 1))
+        inversion_key(image_id, encoder, f) for f in (0, 1))
     assert len(edit.likeness) == 1 and -1 <= edit.likeness[0] <= 1  # the dev bundle has an identity model
 
     second = _edit(runtime, image_id, faces=[1])

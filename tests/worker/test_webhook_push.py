@@ -11,7 +11,7 @@ from sqlalchemy import select
 from common.db import upgrade
 from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
 from common.settings import Settings
-from common.storage import original_key
+from common.storage_layout import original_key
 from common.webhooks.outbox import DELIVER_TASK, DeliveryStatus
 from tests.conftest import face_jpeg
 from worker.edit_job import run_edit
@@ -28,7 +28,7 @@ def test_a_finished_job_has_queued_its_start_output_and_completed_deliveries(dev
     photo = face_jpeg()
     image = Image(id=new_id("img"), owner="alice", format="jpeg", width=1, height=1, bytes=len(photo), sha256="0" * 64)
     runtime.storage.put(original_key(image.id), photo, "image/jpeg")
-    edit = Edit(id=new_id("edt"), owner="alice", image_id=image.id, neutral="a face", target="a smiling face",
+    edit = Edit(id=new_id("edt"), owner="alice", image_id=image.id, changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0}],
                 alphas=[1.0], beta=0.15, mode="global", output_format="jpeg", webhook="https://hooks.example/edits",
                 status="starting", attempt=0, deadline_at=utcnow() + timedelta(minutes=10))
     with runtime.session_factory() as session:
