@@ -205,7 +205,8 @@ def test_everything_it_opens_listens_on_loopback(dev_server: DevServer):
 
 @pytest.mark.services  # no external services, but worker processes and the dev bundle
 def test_edit_end_to_end_with_embedded_defaults(dev_server: DevServer):
-    assert httpx.get(f"{dev_server.base}/app-config.json").json() == {"api_base": "/v1", "dev_api_key": KEY}
+    config = httpx.get(f"{dev_server.base}/app-config.json").json()
+    assert (config["api_base"], config["dev_api_key"]) == ("/v1", KEY) and config["limits"]["max_changes"] >= 1
     with dev_server.client() as client:
         image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
         edit_id = _edit(client, image["id"])
