@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +28,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.registry import Collector
 
 from common.lifecycle import EditStatus
 
@@ -72,6 +73,31 @@ GPU_MEMORY = Gauge(
     multiprocess_mode="liveall",
 )
 
+# What the API finds at scrape time (api/routes/metrics.py): the state the alerts in infra/monitoring watch
+# when nothing is flowing (a dead worker observes no queue wait; an unreachable database fails no edit).
+DEPENDENCY_UP = Gauge(
+    "faceedit_dependency_up",
+    "1 when the API reached the dependency (database, broker, storage) at the last scrape, else 0.",
+    ["dependency"],
+    multiprocess_mode="mostrecent",
+)
+EDITS_WAITING = Gauge(
+    "faceedit_edits_waiting",
+    "Edits accepted and not yet started by a worker (status `starting`), at the last scrape.",
+    multiprocess_mode="mostrecent",
+)
+OLDEST_WAITING = Gauge(
+    "faceedit_edits_oldest_waiting_seconds",
+    "Age of the oldest edit not yet started by a worker at the last scrape; 0 when none waits.",
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "faceedit_webhook_attempts",
+    "Webhook delivery attempts by what the delivery became: delivered, retrying (it will be tried again),"
+    " failed (attempts used up), disabled (410 Gone), refused (the URL guard).",
+    ["outcome"],
+)
+
 # Keys of an edit's `metrics` object that are not pipeline stages although they end in `_seconds`.
 _NOT_STAGES = {"queue_seconds"}
 
@@ -94,9 +120,13 @@ def metrics_payload() -> tuple[bytes, str]:
     return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
-def start_exporter(port: int, addr: str) -> None:
-    """Serve `/metrics` on `addr`:`port` from a daemon thread of this process (the worker's main process)."""
-    start_http_server(port, addr=addr, registry=registry())
+def start_exporter(port: int, addr: str, collectors: Iterable[Collector] = ()) -> None:
+    """Serve `/metrics` on `addr`:`port` from a daemon thread of this process (the worker's main process);
+    `collectors` are read at each scrape beside the metrics above (the worker's heartbeat: worker/liveness.py)."""
+    served = registry()
+    for collector in collectors:
+        served.register(collector)
+    start_http_server(port, addr=addr, registry=served)
 
 
 def observe_edit(

@@ -35,7 +35,8 @@ app.conf.beat_schedule = {
     },
 }
 # Heartbeats for `python -m worker.liveness check`, the probe that notices a worker that stopped consuming.
-liveness.install(app, liveness.config_from_settings())
+_liveness = liveness.config_from_settings()
+liveness.install(app, _liveness)
 
 
 @signals.setup_logging.connect
@@ -49,7 +50,8 @@ def _logging(**_) -> None:
 def _metrics_exporter(**_) -> None:
     settings = get_settings()
     try:
-        start_exporter(settings.metrics_port, settings.metrics_host)
+        start_exporter(settings.metrics_port, settings.metrics_host,
+                       collectors=[liveness.HeartbeatCollector(_liveness)])
     except OSError as error:  # the port is taken (a second worker on this host): work on without metrics
         log.warning("metrics exporter not started on %s:%s: %s", settings.metrics_host, settings.metrics_port, error)
 

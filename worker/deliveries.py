@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common import netguard
 from common.header_integer import header_integer
+from common.metrics import WEBHOOK_ATTEMPTS
 from common.models import WebhookDelivery, utcnow
 from common.webhooks import outbox
 from common.webhooks.outbox import DeliveryStatus
@@ -109,6 +110,7 @@ def _finish(session: Session, delivery: WebhookDelivery, status: str, entry: dic
         execution_options={"synchronize_session": False},
     )
     session.commit()
+    WEBHOOK_ATTEMPTS.labels(outcome="retrying" if status == DeliveryStatus.PENDING else status).inc()
 
 
 def attempt(factory: sessionmaker[Session], config: DeliveryConfig, delivery_id: str,

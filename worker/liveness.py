@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 from kombu.exceptions import KombuError
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,31 @@ def evaluate(records: list[dict[str, Any]], config: LivenessConfig, now: float) 
         f"no message consumed for {age:.0f}s (limit {config.stale_seconds:.0f}s): "
         "connected but not consuming, or a task stuck past its limit"
     )
+
+
+class HeartbeatCollector(Collector):
+    """What the probe sees, for Prometheus: `faceedit_worker_alive` (1 when `evaluate` passes) and the time of
+    the latest heartbeat, read from the records at each scrape of the worker's exporter."""
+
+    def __init__(self, config: LivenessConfig) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = read_records(self.config.directory)
+        alive, _ = evaluate(records, self.config, time.time())
+        yield GaugeMetricFamily(
+            "faceedit_worker_alive",
+            "1 when this worker passes its liveness check (it consumes messages), else 0.",
+            value=1 if alive else 0,
+        )
+        latest = max(
+            (float(r.get(key, 0)) for r in records for key in ("started_at", "finished_at")), default=0
+        )
+        yield GaugeMetricFamily(
+            "faceedit_worker_last_heartbeat_timestamp_seconds",
+            "Unix time a task (a liveness ping or a job) last started or finished in this worker; 0 before any.",
+            value=latest,
+        )
 
 
 # --- wiring into a Celery worker -------------------------------------------------------------------

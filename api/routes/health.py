@@ -8,11 +8,13 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.schemas import Health
 from common.redis_client import redis_client
 from common.settings import Settings
+from common.storage import Storage
 
 router = APIRouter(tags=["health"])
 
@@ -30,8 +32,8 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"description": "a dependency is unreachable"}})
-def readyz(session: SessionDep, storage: StorageDep, settings: SettingsDep):
+def dependency_checks(session: Session, storage: Storage, settings: Settings) -> dict[str, str]:
+    """`ok` or `error: <type>` for each dependency the service cannot work without (also read by /metrics)."""
     checks: dict[str, str] = {}
     try:
         session.execute(text("SELECT 1"))
@@ -48,6 +50,12 @@ def readyz(session: SessionDep, storage: StorageDep, settings: SettingsDep):
         checks["storage"] = "ok"
     except (OSError, BotoCoreError, ClientError) as error:
         checks["storage"] = f"error: {type(error).__name__}"
+    return checks
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "a dependency is unreachable"}})
+def readyz(session: SessionDep, storage: StorageDep, settings: SettingsDep):
+    checks = dependency_checks(session, storage, settings)
     failing = sorted(name for name, state in checks.items() if state != "ok")
     if failing:
         body = {"code": "not_ready", "message": f"unreachable: {', '.join(failing)}", "checks": checks}
