@@ -3,8 +3,9 @@ queued edits is `common.queue_caps`, checked when an edit is submitted.
 
 Buckets are per API key: the hash `api.auth.AuthGate` computed and resolved, read from the scope (never
 from the headers again, so the key that was checked is the key that pays). Requests without a valid
-key never get here: the gate refuses them and charges the client address. Submissions (POST) spend
-from a second, smaller bucket as well: they create work; reads do not. Both buckets are spent in one Redis
+key never get here: the gate refuses them and charges the client address. Submissions (POST, and the PUT
+of an upload slot's bytes) spend from a second, smaller bucket as well: they create work or store bytes;
+reads do not. Both buckets are spent in one Redis
 round trip, all or nothing (`RateLimiter.take_all`): a POST refused by one bucket spends from neither.
 """
 
@@ -20,11 +21,15 @@ from common.errors import ApiError
 from common.ratelimit import Rate, RateLimiter
 from common.settings import Settings
 
+# What spends from the submit bucket: every method of /v1 that creates work or stores bytes (the only PUT is
+# an upload slot's body, up to MAX_UPLOAD_BYTES).
+SUBMIT_METHODS = frozenset({"POST", "PUT"})
+
 
 @dataclass(frozen=True)
 class RateLimits:
     requests: Rate  # every /v1 call
-    submits: Rate  # POST /v1/... (uploads, images, edits)
+    submits: Rate  # POST /v1/... (uploads, images, edits) and PUT /v1/uploads/{id}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -44,7 +49,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limits = [("requests", self.limits.requests)]
-        if scope["method"] == "POST":
+        if scope["method"] in SUBMIT_METHODS:
             limits.append(("submits", self.limits.submits))
         decision = await self.limiter.take_all_async("key:" + principal.key_hash, limits)
         if not decision.allowed:

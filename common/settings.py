@@ -178,9 +178,10 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(60, ge=1, description="Burst of /v1 requests per key above the sustained rate.")
     submit_rate_per_second: float = Field(
-        2.0, gt=0, description="Sustained POSTs (uploads, images, edits) per second per API key."
+        2.0, gt=0, description="Sustained submissions per second per API key: every POST (uploads, images, edits) "
+        "and the PUT of an upload slot's bytes."
     )
-    submit_rate_burst: int = Field(20, ge=1, description="Burst of POSTs per key above the sustained rate.")
+    submit_rate_burst: int = Field(20, ge=1, description="Burst of submissions per key above the sustained rate.")
     auth_failure_per_second: float = Field(
         1.0, gt=0, description="Sustained /v1 requests without a valid key (none, malformed, unknown, revoked) "
         "per client address; refused with 401, then 429 once the burst is spent."

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from common.settings import Settings
 from common.storage_layout import PARTIAL_PREFIX, is_partial
@@ -93,6 +93,22 @@ class LocalStorage:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """A file to write `key` in pieces (a request body as it arrives): a temporary file, renamed over the
+        key only when the block ends without an error, removed otherwise."""
+        path = self._path(key)
+        with self._io():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_PARTIAL)
+        try:
+            with self._io(), os.fdopen(fd, "wb") as handle:  # a full disk is StorageUnavailable, as in `put`
+                yield handle
+            with self._io():
+                os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
