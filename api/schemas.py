@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.edit_contract import MAX_CHANGES, Change, EditSpec, Text, strip_text
+from common.edit_contract import MAX_CHANGES, MAX_TEXT_CHARS, Change, EditSpec, Text, strip_text
 from common.faces import FaceStatus
 from common.image_formats import FORMATS
 from common.lifecycle import EditStatus
@@ -72,17 +72,20 @@ class EditCreate(EditSpec):
     """The edit contract's fields, plus the one-change form (`neutral`/`target`, normalized here to one change
     of weight 1) and what belongs to the request rather than the edit: the image and the webhook."""
 
-    image: str = Field(min_length=1, max_length=64, description="id of an image from `POST /v1/images`")
-    neutral: Text | None = Field(None, description="text describing the photo as it is, e.g. `a face` "
-                                 "(the one-change form; or give `changes`)")
-    target: Text | None = Field(None, description="text describing the wanted result, e.g. `a face with glasses`")
+    image: str = Field(min_length=1, max_length=64, description="an image id from `POST /v1/images`")
+    neutral: Text | None = Field(None, description="text describing the photo as it is, e.g. `a face`; the edit "
+                                 "moves the photo from `neutral` towards `target` (one change, weight 1); "
+                                 f"1..{MAX_TEXT_CHARS} characters, not blank")
+    target: Text | None = Field(None, description="text describing the wanted result, e.g. `a face with glasses` "
+                                f"(1..{MAX_TEXT_CHARS} characters, not blank)")
     changes: list[Change] | None = Field(  # type: ignore[assignment]  # optional at the edge: see `neutral`
-        None, min_length=1, max_length=MAX_CHANGES, description=EditSpec.model_fields["changes"].description
-        + "; instead of `neutral`/`target`")
+        None, min_length=1, max_length=MAX_CHANGES, description="instead of `neutral`/`target`: "
+        + EditSpec.model_fields["changes"].description + ". Giving both forms is 422")
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")
     webhook_events_filter: list[WebhookEvent] | None = Field(
-        None, max_length=4, description="events to notify (default all); `logs` is accepted for Replicate "
-                                        "compatibility but never sent: progress is in the edit resource")
+        None, max_length=4, description="a subset of `start`, `output`, `logs`, `completed` (default all; `logs` "
+        "is accepted so that Replicate clients work unchanged, but an edit emits no log events: its `progress` "
+        "is in `GET /v1/edits/{id}`)")
 
     _texts = field_validator("neutral", "target")(strip_text)
 

@@ -93,28 +93,38 @@ class EditSpec(BaseModel):
 
     changes: Annotated[list[Change], RENDER] = Field(
         min_length=1, max_length=MAX_CHANGES,
-        description="text changes combined (weighted sum of their directions); at most MAX_CHANGES_PER_EDIT "
-        f"(a setting, at most {MAX_CHANGES})")
+        description="several changes combined, `[{\"neutral\", \"target\", \"weight\"}]`, 1..MAX_CHANGES_PER_EDIT "
+        f"(a setting, at most {MAX_CHANGES}); texts 1..{MAX_TEXT_CHARS} characters, not blank; `weight` in "
+        f"[-{MAX_CHANGE_WEIGHT:g}, {MAX_CHANGE_WEIGHT:g}], not 0, default 1; each (neutral, target) pair once. The "
+        "edit moves along the weighted sum of their directions and `alphas` scale that sum; one change of weight 1 "
+        "is exactly the `neutral`/`target` form. `optimize` mode takes one change")
     faces: FaceChoice = Field(
-        "largest", description="`largest` (default), `all`, or a list of face indices of the image's `faces` "
-        f"(unique; at most MAX_FACES_PER_EDIT, a setting, at most {MAX_FACES})")
+        "largest", description="which faces to change: `\"largest\"` (default), `\"all\"`, or a list of indices of "
+        "the image's `faces` (unique, at most MAX_FACES_PER_EDIT, a setting, at most "
+        f"{MAX_FACES}). An index the photo does not have is 422 `invalid_parameter` naming the valid range when "
+        "the faces are known at submit time, else the edit fails with that code; `\"all\"` on more faces than the "
+        "limit is `invalid_parameter` too (list the indices). A photo without a face fails `no_face`")
     alphas: Annotated[list[Alpha], RENDER] = Field(
         min_length=1, max_length=MAX_ALPHAS,
-        description=f"edit strengths in [-{ALPHA_LIMIT:g}, {ALPHA_LIMIT:g}]; one output image per alpha; at most "
-        f"MAX_ALPHAS (a setting, at most {MAX_ALPHAS})")
+        description=f"strengths, 1..MAX_ALPHAS (a setting, at most {MAX_ALPHAS}) numbers in "
+        f"[-{ALPHA_LIMIT:g}, {ALPHA_LIMIT:g}]; one output image per alpha")
     beta: Annotated[float, RENDER] = Field(
         BETA_DEFAULT, gt=0, lt=1, allow_inf_nan=False,
-        description=f"disentanglement threshold in (0, 1) (~0.1-0.2; StyleCLIP's {BETA_DEFAULT} when left out)")
+        description=f"disentanglement threshold in (0, 1), default {BETA_DEFAULT} (0.1–0.2 is typical; ignored "
+        "by `optimize`)")
     mode: Annotated[Mode, RENDER] = Field(
-        "global", description="`global`: StyleCLIP global directions (seconds); `optimize`: latent optimization "
-        "towards one change's target (minutes per face)")
+        MODES[0], description="`global` (default: StyleCLIP global directions, seconds) or `optimize` (latent "
+        "optimization towards the one change's target, minutes per face)")
     steps: Annotated[int | None, RENDER] = Field(
         None, ge=1, le=MAX_STEPS,
-        description=f"optimize mode only: optimization steps, 1..{MAX_STEPS} (default {MAX_STEPS}; fewer is "
+        description=f"`optimize` mode only: optimization steps, 1..{MAX_STEPS} (default {MAX_STEPS}; fewer is "
         "faster and coarser)")
     inversion: Annotated[Inversion, INVERT] = Field(
-        INVERSIONS[0], description=f"the inverter that finds the photo's latent codes: {', '.join(INVERSIONS)}")
-    output_format: OutputFormat = Field("jpeg", description=f"{' | '.join(OUTPUT_FORMATS)}")
+        INVERSIONS[0], description="the inverter that finds the photo's latent codes: "
+        f"{' or '.join(f'`{name}`' for name in INVERSIONS)} (default `{INVERSIONS[0]}`)")
+    output_format: OutputFormat = Field(
+        "jpeg", description=f"{', '.join(f'`{name}`' for name in OUTPUT_FORMATS)} (default `jpeg`); outputs "
+        "carry no metadata")
 
     @field_validator("faces")
     @classmethod
