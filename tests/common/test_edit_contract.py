@@ -37,14 +37,17 @@ def test_the_contracts_largest_edit_passes_the_pipelines_own_checks():
 
 
 def test_every_stage_field_is_an_argument_of_its_pipeline_stage():
-    """The worker passes `pipeline_args(stage)` by name: a field the stage does not take would fail every job."""
+    """The worker passes `pipeline_args(stage)` by name to the stage and, for rendering, to its check first: a
+    field either does not take would fail every job. A new field passes once the pipeline takes it."""
     from pipeline import Editor
+    from pipeline.edit_params import validate_render
 
     spec = EditSpec(changes=[Change(neutral="a face", target="a smile")], alphas=[1.0])
-    for stage, method in ((RENDER, Editor.render), (INVERT, Editor.invert)):
-        assert set(spec.pipeline_args(stage)) <= set(inspect.signature(method).parameters), stage
-    assert set(spec.pipeline_args(RENDER)) == {"changes", "alphas", "beta", "mode", "steps"}
-    assert spec.pipeline_args(INVERT) == {"inversion": "e4e"}
+    for stage, takers in ((RENDER, (Editor.render, validate_render)), (INVERT, (Editor.invert,))):
+        assert spec.pipeline_args(stage), stage
+        for taker in takers:
+            assert set(spec.pipeline_args(stage)) <= set(inspect.signature(taker).parameters), (stage, taker)
+    assert {"faces", "output_format"}.isdisjoint({**spec.pipeline_args(RENDER), **spec.pipeline_args(INVERT)})
 
 
 @pytest.mark.parametrize(("variable", "ceiling"), [("MAX_CHANGES_PER_EDIT", contract.MAX_CHANGES),
