@@ -101,7 +101,7 @@ class LocalStorage:
         path = self._path(key)
         with self._io():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_PARTIAL)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
         try:
             with self._io(), os.fdopen(fd, "wb") as handle:  # a full disk is StorageUnavailable, as in `put`
                 yield handle
