@@ -26,6 +26,7 @@ from pathlib import Path
 
 from api.flower_gate import LOGIN_ENV, UPSTREAM_AUTH_ENV
 from api.supervisor import ChildSpec, Supervisor
+from common import topology
 from common.settings import REPO_ROOT, Settings
 
 DATA_DIR = Path("data")
@@ -137,19 +138,16 @@ def _answers(url: str) -> bool:
 
 
 def _workers(settings: Settings) -> list[ChildSpec]:
-    """Edits on a solo worker (the models, one job at a time); light jobs on their own threads worker, so a
-    webhook receiver that trickles never holds an edit back (no models there: the threads pool sends no
-    worker_process_init); the periodic tasks from one beat."""
-    celery, env = [sys.executable, "-m", "celery", "-A", "worker.app"], _child_env()
-    light_queues = ",".join(dict.fromkeys([settings.io_queue, settings.webhooks_queue]))
-    common = ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    """One worker per role of common/topology.py, as the deployments run them: edits on a model worker, light
+    jobs on an io worker, so a webhook receiver that trickles never holds an edit back; the periodic tasks
+    from one beat."""
+    celery, env = [sys.executable, "-m", "celery"], _child_env()
+    model, io = topology.Role.MODEL, topology.Role.IO
     return [
-        ChildSpec("edit worker", [*celery, "worker", "-P", "solo", "-c", "1", "-Q", settings.edits_queue,
-                                  "-n", "edits@%h", *common], env),
-        ChildSpec("io worker", [*celery, "worker", "-P", "threads", "-c", "4", "-Q", light_queues,
-                                "-n", "io@%h", *common], {**env, "METRICS_PORT": str(settings.metrics_port + 1)}),
-        ChildSpec("beat", [*celery, "beat", "--schedule", str(DATA_DIR / "celerybeat-schedule"),
-                           "--loglevel", "INFO"], env),
+        ChildSpec("edit worker", topology.worker_argv(model, settings, celery, name="edits@%h"), env),
+        ChildSpec("io worker", topology.worker_argv(io, settings, celery, name="io@%h"),
+                  {**env, "METRICS_PORT": str(settings.metrics_port + 1)}),
+        ChildSpec("beat", topology.beat_argv(DATA_DIR / "celerybeat-schedule", celery), env),
     ]  # fmt: skip
 
 
@@ -177,7 +175,7 @@ def _flower(settings: Settings) -> list[ChildSpec]:
         probe.bind(("127.0.0.1", 0))
         private = probe.getsockname()[1]
     inner = f"gate:{secrets.token_urlsafe(24)}"
-    flower = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", "--address=127.0.0.1",
+    flower = [sys.executable, "-m", "celery", "-A", topology.CELERY_APP, "flower", "--address=127.0.0.1",
               f"--port={private}", "--logging=warning"]  # fmt: skip
     gate = [sys.executable, "-m", "api", "flower-gate", "--host", "127.0.0.1", "--port", str(port),
             "--upstream", f"http://127.0.0.1:{private}"]  # fmt: skip

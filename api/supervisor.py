@@ -5,8 +5,8 @@ Three guarantees, one per way the dev server can end:
 * a child that crashes is restarted with a growing delay, and after `max_quick_crashes` crashes in a
   row, each soon after its start, the supervisor gives up and says so (`on_give_up`);
 * a dev server that dies without cleaning up (SIGKILL, OOM) takes its children along: each child asks
-  the kernel for a signal when its parent dies (Linux `PR_SET_PDEATHSIG`). The kernel sends it when
-  the *thread* that forked the child ends, so one long-lived thread, the supervisor's, starts every
+  the kernel for a signal when its parent dies (api/processes.py `die_with_parent`). The kernel sends it
+  when the *thread* that forked the child ends, so one long-lived thread, the supervisor's, starts every
   child and stops them all before it ends.
 
 Each child runs in its own process group: Ctrl-C in the terminal reaches only the dev server, which
@@ -15,8 +15,6 @@ then stops the children in order, and a child's own children are stopped with it
 
 from __future__ import annotations
 
-import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -25,8 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+from api.processes import die_with_parent, kill_group
 
 
 @dataclass(frozen=True)
@@ -49,18 +46,6 @@ class RestartPolicy:
     max_quick_crashes: int = 5  # quick crashes in a row before giving up
     stop_timeout: float = 15.0  # seconds a child gets to stop before SIGKILL
     ready_timeout: float = 60.0
-
-
-def _die_with_parent(death_signal: int, parent: int) -> Callable[[], None]:
-    """preexec_fn: ask for `death_signal` when the parent dies; if it died already, take it now."""
-
-    def preexec() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died between fork and prctl
-            os.kill(os.getpid(), death_signal)
-
-    return preexec
 
 
 @dataclass
@@ -131,7 +116,7 @@ class Supervisor:
             list(spec.argv),
             env=spec.env,
             process_group=0,
-            preexec_fn=_die_with_parent(spec.death_signal, os.getpid()),
+            preexec_fn=die_with_parent(spec.death_signal),
         )
         child.started_at, child.restart_at = time.monotonic(), None
 
@@ -153,7 +138,7 @@ class Supervisor:
             return
         if child.given_up or child.process is None or child.process.poll() is None:
             return
-        _kill_group(child.process.pid)  # whatever the crashed child left behind
+        kill_group(child.process.pid)  # whatever the crashed child left behind
         policy, code = self._policy, child.process.returncode
         child.quick_crashes = child.quick_crashes + 1 if now - child.started_at < policy.quick_seconds else 1
         if child.quick_crashes > policy.max_quick_crashes:
@@ -191,11 +176,4 @@ class Supervisor:
                     child.process.kill()
                     child.process.wait()
             for child in group:
-                _kill_group(child.process.pid)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+                kill_group(child.process.pid)

@@ -90,8 +90,8 @@ class Deployment:
     def __init__(self, stack: ExitStack, name: str, revision: str | None, photo: bytes, users: int, tmp: Path,
                  pg: str, redis_url: str):
         from api.keys import create_key
+        from api.processes import free_port
         from common.db import make_engine, make_session_factory
-        from tests.processes import free_port
         from tests.services.postgres import private_database
         from tests.services.settings import build_settings, drop_queues
 

@@ -28,9 +28,10 @@ from celery.utils.time import utcoffset
 from kombu.exceptions import OperationalError
 from redis import Redis
 
-from common.queue import EDIT_TASK, broker_url
+from common.queue import broker_url
 from common.redis_client import redis_client
 from common.settings import Settings
+from common.topology import PROCESS_EDIT
 
 EVENTS_EXCHANGE = "celeryev"  # celery.events.dispatcher's exchange
 SENT_ROUTING_KEY = "task.sent"
@@ -42,7 +43,7 @@ class EditSender:
 
     def __init__(self, app: Celery, settings: Settings, client: Redis | None = None):
         self.app = app
-        self.queue = settings.edits_queue
+        self.queue = PROCESS_EDIT.queue(settings)
         self.redis = client if client is not None else redis_client(broker_url(settings))
         self.sent_events = bool(app.conf.task_send_sent_event)
         self.hostname = anon_nodename()  # what Celery's producer and event dispatcher call this process
@@ -55,7 +56,7 @@ class EditSender:
         """Queue the edit's job (and its `task-sent` event); kombu's OperationalError when Redis is unreachable,
         as from `send_task`."""
         headers, properties, body, event = self.app.amqp.as_task_v2(
-            edit_id, EDIT_TASK, args=[edit_id], reply_to=self.app.thread_oid, origin=self.hostname,
+            edit_id, PROCESS_EDIT.name, args=[edit_id], reply_to=self.app.thread_oid, origin=self.hostname,
             create_sent_event=self.sent_events, ignore_result=None)  # None: what send_task leaves it
         message = _envelope(body, headers, {**properties, "delivery_mode": 2}, exchange="", routing_key=self.queue)
         pipeline = self.redis.pipeline(transaction=False)

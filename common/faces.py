@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from common.topology import DETECT_FACES
+
 if TYPE_CHECKING:
     from celery import Celery
 
     from common.settings import Settings
-
-DETECT_TASK = "worker.tasks.detect_faces"
-
 
 class FaceStatus(StrEnum):
     """`images.faces_status`: detection runs once per photo, pending → done | failed."""
@@ -63,4 +62,4 @@ def chosen_faces(choice: FaceChoice, faces: Sequence[Any], max_faces: int) -> li
 
 def enqueue_detection(app: Celery, settings: Settings, image_id: str) -> None:
     """Ask a model worker to detect the photo's faces (the edits queue: detection needs the models)."""
-    app.send_task(DETECT_TASK, args=[image_id], queue=settings.edits_queue)
+    app.send_task(DETECT_FACES.name, args=[image_id], queue=DETECT_FACES.queue(settings))

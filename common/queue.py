@@ -11,12 +11,8 @@ from typing import Any
 
 from celery import Celery
 
-from common.retention import EXPIRE_TASK
+from common import topology
 from common.settings import Settings
-from common.webhooks.outbox import DELIVER_TASK, SWEEP_TASK
-
-EDIT_TASK = "worker.tasks.process_edit"
-REAP_TASK = "worker.reaper.reap"
 
 
 def broker_url(settings: Settings) -> str:
@@ -39,39 +35,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": True,
         "task_default_queue": settings.io_queue,
-        "task_routes": {
-            EDIT_TASK: {"queue": settings.edits_queue},
-            # Deliveries wait on other people's servers: their own queue, so a slow receiver never holds up
-            # the reaper, the sweep or retention (each attempt is bounded by WEBHOOK_TIMEOUT_SECONDS anyway).
-            DELIVER_TASK: {"queue": settings.webhooks_queue},
-            **{task: {"queue": settings.io_queue} for task in (REAP_TASK, SWEEP_TASK, EXPIRE_TASK)},
-        },
+        "task_routes": topology.task_routes(settings),  # every task of common/topology.py to its queue
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",
         "enable_utc": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "beat_schedule": {
-            # `expires`: a reap that waited longer than one interval is dropped, not piled up.
-            "reap": {
-                "task": REAP_TASK,
-                "schedule": settings.reaper_interval_seconds,
-                "options": {"expires": settings.reaper_interval_seconds},
-            },
-            # Webhook retries that are due and events nobody recorded (worker/deliveries.py).
-            "webhooks": {
-                "task": SWEEP_TASK,
-                "schedule": settings.webhook_sweep_seconds,
-                "options": {"expires": settings.webhook_sweep_seconds},
-            },
-            # Data past RETENTION_HOURS leaves the database and the storage (worker/retention.py).
-            "retention": {
-                "task": EXPIRE_TASK,
-                "schedule": settings.retention_interval_seconds,
-                "options": {"expires": settings.retention_interval_seconds},
-            },
-        },
+        "beat_schedule": topology.beat_schedule(settings),
     }
 
 
@@ -84,4 +55,5 @@ def make_celery(settings: Settings, name: str = "faceedit") -> Celery:
 
 def enqueue_edit(app: Celery, settings: Settings, edit_id: str) -> None:
     """Send the edit job; `task_id` is the edit id so duplicates are recognisable everywhere."""
-    app.send_task(EDIT_TASK, args=[edit_id], task_id=edit_id, queue=settings.edits_queue)
+    task = topology.PROCESS_EDIT
+    app.send_task(task.name, args=[edit_id], task_id=edit_id, queue=task.queue(settings))

@@ -33,8 +33,6 @@ from common.storage_layout import (
 )
 
 UPLOAD_GRACE = timedelta(hours=1)
-EXPIRE_TASK = "worker.retention.expire_old_data"  # the periodic task (worker/retention.py), by name for beat
-ORPHAN_TASK = "worker.retention.sweep_orphan_objects"  # the periodic orphan sweep, likewise
 
 
 @dataclass

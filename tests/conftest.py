@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import child_pids as _child_pids
-from tests.processes import free_port
-from tests.processes import kill_pids as _kill_pids
+from api.processes import child_pids as _child_pids
+from api.processes import free_port
+from api.processes import kill_pids as _kill_pids
 from tests.services.api import Api, make_api
 from tests.services.postgres import private_database
 from tests.services.provision import ALLOW_MISSING, MISSING_MARK, SERVICES, require

@@ -1,5 +1,6 @@
-"""The Celery app of the workers: `celery -A worker.app worker -P solo -c 1 -Q edits` for a model worker,
-`-Q io,webhooks` for the light one (reaper, webhook sweep, retention; webhook deliveries).
+"""The Celery app of the workers. Which tasks, queues, schedules and worker command lines: common/topology.py
+(a model worker: `celery -A worker.app worker -Q edits --pool solo ...`; an io worker: `-Q io,webhooks --pool
+threads ...`).
 
 One process per accelerator (`-P solo`), one message at a time, late acknowledgement: see
 `common.queue` for the settings and `common.lifecycle` for why a redelivered job is harmless.
@@ -16,7 +17,6 @@ from celery import signals
 from common.logging import configure_logging
 from common.metrics import start_exporter
 from common.queue import make_celery
-from common.retention import ORPHAN_TASK
 from common.settings import get_settings
 from worker import liveness
 
@@ -24,16 +24,6 @@ log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="faceedit-worker")
 app.conf.include = ["worker.tasks", "worker.reaper", "worker.deliveries", "worker.retention"]
-# Stored objects that no row names any more (common/retention.py `sweep_orphans`), on the io queue.
-_settings = get_settings()
-app.conf.beat_schedule = {
-    **app.conf.beat_schedule,
-    "orphans": {
-        "task": ORPHAN_TASK,
-        "schedule": _settings.orphan_sweep_interval_seconds,
-        "options": {"queue": _settings.io_queue, "expires": _settings.orphan_sweep_interval_seconds},
-    },
-}
 # Heartbeats for `python -m worker.liveness check`, the probe that notices a worker that stopped consuming.
 _liveness = liveness.config_from_settings()
 liveness.install(app, _liveness)

@@ -27,6 +27,7 @@ from common import netguard
 from common.header_integer import header_integer
 from common.metrics import WEBHOOK_ATTEMPTS
 from common.models import WebhookDelivery, utcnow
+from common.topology import DELIVER_WEBHOOK, SWEEP_WEBHOOKS
 from common.webhooks import outbox
 from common.webhooks.outbox import DeliveryStatus
 from common.webhooks.signing import signed_headers
@@ -195,15 +196,15 @@ def _context():
     return settings, make_session_factory(make_engine(settings.database_url)), DeliveryConfig.from_settings(settings)
 
 
-@shared_task(name=outbox.DELIVER_TASK, bind=True, ignore_result=True)
+@shared_task(name=DELIVER_WEBHOOK.name, bind=True, ignore_result=True)
 def deliver(self, delivery_id: str) -> None:
     settings, factory, config = _context()
     delay = attempt(factory, config, delivery_id)
     if delay is not None and delay <= INLINE_RETRY_MAX_S:
-        self.app.send_task(outbox.DELIVER_TASK, args=[delivery_id], countdown=delay, queue=settings.webhooks_queue)
+        self.app.send_task(DELIVER_WEBHOOK.name, args=[delivery_id], countdown=delay, queue=settings.webhooks_queue)
 
 
-@shared_task(name=outbox.SWEEP_TASK, bind=True, ignore_result=True)
+@shared_task(name=SWEEP_WEBHOOKS.name, bind=True, ignore_result=True)
 def sweep(self) -> None:
     settings, factory, config = _context()
     due = sweep_once(factory, config, since=timedelta(hours=settings.retention_hours))

@@ -1,6 +1,6 @@
 """Face detection, once per photo, in a model worker (docs/ARCHITECTURE.md, "Face detection").
 
-The API has no pipeline: right after a photo is stored it sends `detect_faces` (common.faces.DETECT_TASK) to
+The API has no pipeline: right after a photo is stored it sends `detect_faces` (common.topology.DETECT_FACES) to
 the edits queue, and the first model worker free runs it and stores the faces on the images row. An edit
 that runs before that (or after a lost message) detects itself and stores the answer the same way, so every
 later edit of the photo reuses it.

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from common import lifecycle
 from common.lifecycle import EditStatus
 from common.models import Edit, utcnow
-from common.queue import REAP_TASK, enqueue_edit
+from common.queue import enqueue_edit
 from common.redis_client import redis_client
+from common.topology import REAP
 from worker.app import app
 from worker.runtime import Runtime, get_runtime
 
@@ -74,6 +75,6 @@ def reap_once(runtime: Runtime, celery: Celery) -> dict[str, int]:
     return counts
 
 
-@app.task(name=REAP_TASK, ignore_result=True)
+@app.task(name=REAP.name, ignore_result=True)
 def reap() -> dict[str, int]:
     return reap_once(get_runtime(), app)

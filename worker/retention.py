@@ -12,7 +12,8 @@ from datetime import timedelta
 from celery import shared_task
 
 from common.models import utcnow
-from common.retention import EXPIRE_TASK, ORPHAN_TASK, Purged, expire, sweep_orphans
+from common.retention import Purged, expire, sweep_orphans
+from common.topology import EXPIRE_OLD_DATA, SWEEP_ORPHANS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def run_expiry(factory, storage, retention: timedelta) -> Purged:
     return purged
 
 
-@shared_task(name=EXPIRE_TASK, ignore_result=True)
+@shared_task(name=EXPIRE_OLD_DATA.name, ignore_result=True)
 def expire_old_data() -> None:
     from common.db import make_engine, make_session_factory
     from common.settings import get_settings
@@ -49,7 +50,7 @@ def run_orphan_sweep(factory, storage, grace: timedelta) -> int:
     return deleted
 
 
-@shared_task(name=ORPHAN_TASK, ignore_result=True)
+@shared_task(name=SWEEP_ORPHANS.name, ignore_result=True)
 def sweep_orphan_objects() -> None:
     from common.db import make_engine, make_session_factory
     from common.settings import get_settings

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from common.faces import DETECT_TASK
 from common.logging import log_context
 from common.metrics import JOBS_IN_PROGRESS, record_gpu_memory
-from common.queue import EDIT_TASK
+from common.topology import DETECT_FACES, PROCESS_EDIT
 from worker.app import app
 from worker.detection import run_detection
 from worker.edit_job import run_edit
@@ -17,7 +16,7 @@ from worker.runtime import get_runtime
 log = logging.getLogger("worker")
 
 
-@app.task(name=EDIT_TASK, acks_late=True, ignore_result=True)
+@app.task(name=PROCESS_EDIT.name, acks_late=True, ignore_result=True)
 def process_edit(edit_id: str) -> str:
     """Run the edit if its row is still claimable; a duplicate or redelivered message is a no-op."""
     with log_context(edit_id=edit_id), JOBS_IN_PROGRESS.track_inprogress():
@@ -29,7 +28,7 @@ def process_edit(edit_id: str) -> str:
             record_gpu_memory()
 
 
-@app.task(name=DETECT_TASK, acks_late=True, ignore_result=True)
+@app.task(name=DETECT_FACES.name, acks_late=True, ignore_result=True)
 def detect_faces(image_id: str) -> str:
     """Detect the photo's faces once and store them on its row (worker.detection)."""
     with log_context(image_id=image_id):

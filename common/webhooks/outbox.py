@@ -19,14 +19,10 @@ from sqlalchemy.orm import Session
 
 from common.lifecycle import TERMINAL
 from common.models import Edit, WebhookDelivery, new_id, utcnow
+from common.topology import DELIVER_WEBHOOK
 from common.webhooks.events import due_events, event_payload
 
 log = logging.getLogger("webhooks")
-
-# Wire names of the Celery tasks (worker/deliveries.py). They predate that module and are kept as they are,
-# so messages already queued by an older release still find their task.
-DELIVER_TASK = "worker.webhooks.deliver"
-SWEEP_TASK = "worker.webhooks.sweep"
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -102,4 +98,4 @@ def push_events(session: Session, celery_app, edit_id: str, api_base: str, queue
 def dispatch(celery_app, delivery_ids: list[str], queue: str) -> None:
     """Send one delivery task per id to `queue`: the webhooks queue, never a model worker's."""
     for delivery_id in delivery_ids:
-        celery_app.send_task(DELIVER_TASK, args=[delivery_id], queue=queue)
+        celery_app.send_task(DELIVER_WEBHOOK.name, args=[delivery_id], queue=queue)

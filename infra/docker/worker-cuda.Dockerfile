@@ -36,4 +36,4 @@ ENV MODEL_DIR=/models DEVICE=cuda
 VOLUME ["/models"]
 # One process per GPU (`solo`: the models load once, in the process that runs the jobs), one job at
 # a time (worker_disable_prefetch in common/queue.py).
-CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--pool", "solo", "--events", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]

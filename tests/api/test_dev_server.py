@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.processes import child_pids, listening_sockets
 from tests.conftest import REPO_ROOT, face_jpeg, free_port
-from tests.processes import listening_sockets
 
 _SERVICE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "STORAGE_BACKEND", "STORAGE_DIR", "S3_ENDPOINT_URL")
 KEY = "dev-test-key"
@@ -31,19 +31,9 @@ EDIT = {"neutral": "a face", "target": "a smiling face", "alphas": [-2, 0, 2], "
 # --- /proc ------------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    pids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return pids
-
-
 def _descendants(pid: int) -> list[int]:
     found = []
-    for child in _children(pid):
+    for child in child_pids(pid):
         found += [child, *_descendants(child)]
     return found
 
@@ -98,7 +88,7 @@ class DevServer:
         """The pid of the live child whose command line contains `marker`."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [p for p in _children(self.process.pid) if marker in _cmdline(p) and _alive(p)]
+            found = [p for p in child_pids(self.process.pid) if marker in _cmdline(p) and _alive(p)]
             if found:
                 return found[0]
             assert time.monotonic() < deadline, f"no child running {marker!r}:\n{self.log[-3000:]}"

@@ -11,9 +11,10 @@ import pytest
 from kombu.exceptions import OperationalError
 from redis import Redis
 
+from api.processes import free_port
 from common.edit_sender import EditSender
-from common.queue import EDIT_TASK, enqueue_edit, make_celery
-from tests.processes import free_port
+from common.queue import enqueue_edit, make_celery
+from common.topology import PROCESS_EDIT
 from tests.services.settings import build_settings, drop_queues
 
 pytestmark = pytest.mark.services
@@ -69,7 +70,7 @@ def test_the_message_and_the_event_are_those_send_task_writes(settings):
         assert our_message["properties"]["delivery_tag"] != celery_message["properties"]["delivery_tag"]
         assert _without(our_message, "clock", "timestamp") == _without(celery_message, "clock", "timestamp")
     message, event = by_sender
-    assert message["headers"]["task"] == EDIT_TASK and message["headers"]["id"] == "edt_same"
+    assert message["headers"]["task"] == PROCESS_EDIT.name and message["headers"]["id"] == "edt_same"
     assert message["body"][0] == ["edt_same"]
     assert event["body"]["type"] == "task-sent" and event["body"]["clock"] > by_celery[1]["body"]["clock"]
 
@@ -83,7 +84,7 @@ def test_kombu_reads_it_as_a_celery_task_message(settings):
         sender.close()
     with app.connection_for_read() as connection, connection.SimpleQueue(settings.edits_queue) as queue:
         message = queue.get(timeout=5)
-        assert message.headers["task"] == EDIT_TASK and message.headers["id"] == "edt_read"
+        assert message.headers["task"] == PROCESS_EDIT.name and message.headers["id"] == "edt_read"
         assert message.decode()[0] == ["edt_read"]
         assert message.delivery_info["routing_key"] == settings.edits_queue
         message.ack()

@@ -22,6 +22,11 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKER_DIR = REPO / "infra" / "docker"
 K8S_DIR = REPO / "infra" / "k8s"
+IMAGE_DOCKERFILES = {  # the k8s image names
+    "faceedit-api": "api.Dockerfile",
+    "faceedit-worker-cuda": "worker-cuda.Dockerfile",
+    "faceedit-worker-cpu": "worker-cpu.Dockerfile",
+}
 
 # Environment variables read by third-party programs rather than by Settings.
 THIRD_PARTY_ENV = {
@@ -223,3 +228,57 @@ def image_argv(path: Path, command: list[str] | None = None, entrypoint: list[st
         if command is None:
             command = exec_form([i for i in instructions if i.keyword == "CMD"][-1].arguments)
     return [*entrypoint, *(command or [])]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command as deployment files run it: `where` names every file and service that runs it, `probes`
+    their health checks (compose `healthcheck`, k8s exec probes)."""
+
+    dockerfile: str
+    argv: tuple[str, ...]
+    where: tuple[str, ...]
+    probes: tuple[tuple[str, ...], ...]
+
+
+def _k8s_probes(container: dict) -> list[tuple[str, ...]]:
+    probes = (container.get(kind, {}) for kind in ("startupProbe", "livenessProbe", "readinessProbe"))
+    return [tuple(probe["exec"]["command"]) for probe in probes if "exec" in probe]
+
+
+def _compose_probes(service: dict) -> list[tuple[str, ...]]:
+    test = command_list(service.get("healthcheck", {}).get("test"))
+    return [tuple(test[1:])] if test[:1] == ["CMD"] else []
+
+
+def deployment_commands(skip_workloads: set[str] = frozenset()) -> list[Command]:
+    """Every command an image runs: each Dockerfile's ENTRYPOINT + CMD, each compose service built here and
+    each k8s container (but those of `skip_workloads`), the same argv on the same image counted once."""
+    where: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    probes: dict[tuple[str, tuple[str, ...]], list[tuple[str, ...]]] = {}
+
+    def add(dockerfile: Path, argv: list[str], place: str, checks: list[tuple[str, ...]]) -> None:
+        key = (dockerfile.name, tuple(argv))
+        where.setdefault(key, []).append(place)
+        probes.setdefault(key, [])
+        probes[key] += [check for check in checks if check not in probes[key]]
+
+    for dockerfile in sorted(DOCKER_DIR.glob("*.Dockerfile")):
+        add(dockerfile, image_argv(dockerfile), f"{dockerfile.name} CMD", [])
+    for name, service in load_compose({})["services"].items():
+        if "build" not in service:
+            continue
+        dockerfile = DOCKER_DIR / Path(service["build"]["dockerfile"]).name
+        entrypoint = service.get("entrypoint")
+        argv = image_argv(dockerfile, command_list(service.get("command")) or None,
+                          command_list(entrypoint) if entrypoint is not None else None)  # fmt: skip
+        add(dockerfile, argv, f"{COMPOSE_FILE.name} {name}", _compose_probes(service))
+    for path, documents in load_k8s_documents().items():
+        for workload, spec in pod_specs(documents):
+            if workload in skip_workloads:
+                continue
+            for container in spec["containers"]:
+                dockerfile = DOCKER_DIR / IMAGE_DOCKERFILES[container["image"].split(":")[0].rsplit("/", 1)[-1]]
+                argv = image_argv(dockerfile, container.get("args"), container.get("command"))
+                add(dockerfile, argv, f"k8s/{path.name} {container['name']}", _k8s_probes(container))
+    return [Command(key[0], key[1], tuple(where[key]), tuple(probes[key])) for key in where]

@@ -20,88 +20,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from api.processes import stop_process
 from common.settings import Settings
 from tests.conftest import free_port
-from tests.infra.specs import (
-    COMPOSE_FILE,
-    DOCKER_DIR,
-    build_layout,
-    command_list,
-    dockerfile_env,
-    image_argv,
-    load_compose,
-    load_k8s_documents,
-    pod_specs,
-    workdir,
-)
-from tests.processes import stop_process
+from tests.infra.specs import DOCKER_DIR, Command, build_layout, deployment_commands, dockerfile_env, workdir
 
 VENV_BIN = Path(sys.executable).parent
-K8S_IMAGES = {"faceedit-api": "api.Dockerfile", "faceedit-worker-cuda": "worker-cuda.Dockerfile",
-              "faceedit-worker-cpu": "worker-cpu.Dockerfile"}  # fmt: skip
 # Needs the internet (the official weights); its module's presence is checked statically in test_k8s.
-NOT_RUN = {"download-models"}
-
-
-@dataclass(frozen=True)
-class Command:
-    """One command as deployment files run it: `where` names every file and service that runs it, `probes`
-    their health checks (compose `healthcheck`, k8s exec probes)."""
-
-    dockerfile: str
-    argv: tuple[str, ...]
-    where: tuple[str, ...]
-    probes: tuple[tuple[str, ...], ...]
-
-
-def _k8s_probes(container: dict) -> list[tuple[str, ...]]:
-    probes = (container.get(kind, {}) for kind in ("startupProbe", "livenessProbe", "readinessProbe"))
-    return [tuple(probe["exec"]["command"]) for probe in probes if "exec" in probe]
-
-
-def _compose_probes(service: dict) -> list[tuple[str, ...]]:
-    test = command_list(service.get("healthcheck", {}).get("test"))
-    return [tuple(test[1:])] if test[:1] == ["CMD"] else []
-
-
-def _commands() -> list[Command]:
-    where: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    probes: dict[tuple[str, tuple[str, ...]], list[tuple[str, ...]]] = {}
-
-    def add(dockerfile: Path, argv: list[str], place: str, checks: list[tuple[str, ...]]) -> None:
-        key = (dockerfile.name, tuple(argv))
-        where.setdefault(key, []).append(place)
-        probes.setdefault(key, [])
-        probes[key] += [check for check in checks if check not in probes[key]]
-
-    for dockerfile in sorted(DOCKER_DIR.glob("*.Dockerfile")):
-        add(dockerfile, image_argv(dockerfile), f"{dockerfile.name} CMD", [])
-    for name, service in load_compose({})["services"].items():
-        if "build" not in service:
-            continue
-        dockerfile = DOCKER_DIR / Path(service["build"]["dockerfile"]).name
-        entrypoint = service.get("entrypoint")
-        argv = image_argv(dockerfile, command_list(service.get("command")) or None,
-                          command_list(entrypoint) if entrypoint is not None else None)  # fmt: skip
-        add(dockerfile, argv, f"{COMPOSE_FILE.name} {name}", _compose_probes(service))
-    for path, documents in load_k8s_documents().items():
-        for workload, spec in pod_specs(documents):
-            if workload.removeprefix("faceedit-") in NOT_RUN:
-                continue
-            for container in spec["containers"]:
-                dockerfile = DOCKER_DIR / K8S_IMAGES[container["image"].split(":")[0].rsplit("/", 1)[-1]]
-                argv = image_argv(dockerfile, container.get("args"), container.get("command"))
-                add(dockerfile, argv, f"k8s/{path.name} {container['name']}", _k8s_probes(container))
-    return [Command(key[0], key[1], tuple(where[key]), tuple(probes[key])) for key in where]
-
-
-COMMANDS = _commands()
+COMMANDS = deployment_commands(skip_workloads={"faceedit-download-models"})
 
 
 @pytest.fixture(scope="module")

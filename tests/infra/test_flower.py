@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from api.processes import stop_process
 from tests.infra.specs import REPO
-from tests.processes import stop_process
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 pytestmark = pytest.mark.services

@@ -18,6 +18,7 @@ import yaml
 
 from common.settings import Settings
 from tests.infra.specs import (
+    IMAGE_DOCKERFILES,
     K8S_DIR,
     REPO,
     THIRD_PARTY_ENV,
@@ -32,11 +33,6 @@ from tests.infra.specs import (
 K8S_VERSION = "1.33.0"
 DOCUMENTS = load_k8s_documents()
 ALL = [doc for docs in DOCUMENTS.values() for doc in docs]
-IMAGE_DOCKERFILES = {
-    "faceedit-api": "api.Dockerfile",
-    "faceedit-worker-cuda": "worker-cuda.Dockerfile",
-    "faceedit-worker-cpu": "worker-cpu.Dockerfile",
-}
 
 
 def _find(kind: str, name: str) -> dict[str, Any]:

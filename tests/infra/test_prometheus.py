@@ -25,8 +25,8 @@ import httpx
 import pytest
 import yaml
 
+from api.processes import die_with_parent, stop_process
 from tests.conftest import face_jpeg, free_port, service_settings
-from tests.processes import die_with_parent, stop_process
 from tests.services.debian import PROMETHEUS, PROMTOOL, require
 from tests.services.settings import REPO_ROOT, settings_env
 from tests.services.worker import WorkerProcess

@@ -17,9 +17,9 @@ import time
 import httpx
 import pytest
 
+from api.processes import free_port
 from tests.conftest import REPO_ROOT, face_jpeg
 from tests.pipeline.hub import Hub, official_format_files
-from tests.processes import free_port
 
 _SERVICE_VARIABLES = ("MODEL_DIR", "DATABASE_URL", "REDIS_URL", "STORAGE_BACKEND", "STORAGE_DIR", "S3_ENDPOINT_URL",
                       "MODEL_MIRROR_URL")

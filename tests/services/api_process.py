@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import die_with_parent, free_port
+from api.processes import die_with_parent, free_port
 from tests.services.settings import REPO_ROOT, settings_env
 
 

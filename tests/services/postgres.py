@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.processes import die_with_parent, free_port
+from api.processes import die_with_parent, free_port
 from tests.services.scratch import scratch_dir
 
 HOW_TO_GET = (

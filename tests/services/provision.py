@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.processes import free_port
+from api.processes import free_port
 from tests.services import postgres, redis
 from tests.services.scratch import sweep_stale
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.processes import die_with_parent, free_port
+from api.processes import die_with_parent, free_port
 from tests.services.scratch import scratch_dir
 
 HOW_TO_GET = (

@@ -1,5 +1,5 @@
 """Temporary folders for the servers a test session starts, and the sweep of those a killed session
-left behind (their servers died with it: see tests/processes.py `die_with_parent`)."""
+left behind (their servers died with it: see api/processes.py `die_with_parent`)."""
 
 from __future__ import annotations
 

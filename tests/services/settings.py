@@ -8,6 +8,8 @@ import os
 import uuid
 from pathlib import Path
 
+from common import topology
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The service tests drive one key hard; rate limits and queue caps have their own tests (tests/trust).
@@ -53,7 +55,7 @@ FAULT_TIMINGS = dict(
 def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None = None,
                    storage_dir: Path | None = None, model_dir: Path | None = None, tag: str = "", **overrides):
     """Settings for one test deployment: S3 at `s3_endpoint` (a private bucket) or local storage in
-    `storage_dir` (no web app served from it), private queues (every `*_queue` setting) named
+    `storage_dir` (no web app served from it), private queues (every queue setting of common/topology.py) named
     `edits-<tag><hex>`, `io-<tag><hex>`..."""
     from common.settings import Settings
 
@@ -62,7 +64,7 @@ def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None
         "database_url": database_url,
         "redis_url": redis_url,
         "model_dir": model_dir,
-        **{field: f"{field.removesuffix('_queue')}-{suffix}" for field in queue_fields()},
+        **{field: f"{field.removesuffix('_queue')}-{suffix}" for field in topology.QUEUE_ROLES},
         **GENEROUS_LIMITS,
     }
     if s3_endpoint is not None:
@@ -72,18 +74,6 @@ def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None
         values.update(storage_backend="local", storage_dir=storage_dir, web_dir=storage_dir / "no-web")
     values.update(overrides)
     return Settings(**values)
-
-
-def queue_fields() -> list[str]:
-    """The settings that name a Celery queue (edits, io, and any added later)."""
-    from common.settings import Settings
-
-    return [name for name in Settings.model_fields if name.endswith("_queue")]
-
-
-def queues(settings) -> list[str]:
-    """Every queue of `settings`: what a worker for that deployment consumes."""
-    return [getattr(settings, field) for field in queue_fields()]
 
 
 def settings_env(settings) -> dict[str, str]:
@@ -101,7 +91,7 @@ def drop_queues(settings) -> None:
 
     client = Redis.from_url(settings.redis_url)
     try:
-        for queue in queues(settings):
+        for queue in topology.queues(settings):
             client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     finally:
         client.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port
+from api.processes import free_port
 from tests.services.postgres import EmbeddedPostgres, PostgresUnavailable, sqlalchemy_to_libpq
 from tests.services.provision import ALLOW_MISSING, missing
 from tests.services.redis import EmbeddedRedis, RedisUnavailable

@@ -17,8 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.processes import child_pids, die_with_parent, kill_group, kill_pids
-from tests.services.settings import REPO_ROOT, queues, settings_env
+from api.processes import child_pids, die_with_parent, kill_group, kill_pids
+from common import topology
+from tests.services.settings import REPO_ROOT, settings_env
 
 
 class WorkerProcess:
@@ -30,16 +31,15 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        name = f"{'fault' if self.preloaded else 'test'}-{uuid.uuid4().hex[:6]}@%h"
+        """A model worker of common/topology.py that also consumes the io queues (one process for the whole
+        test deployment), with beat inside it unless `beat=False`."""
+        options = topology.worker_options(
+            topology.Role.MODEL, self.settings, queue_names=topology.queues(self.settings),
+            name=f"{'fault' if self.preloaded else 'test'}-{uuid.uuid4().hex[:6]}@%h",
+            beat_schedule_file=self.log_path.with_suffix(".beat") if self.beat else None)  # fmt: skip
         if self.preloaded:
-            command = [sys.executable, "-m", "tests.trust.preloaded_worker"]
-        else:
-            command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-c", "1"]
-        command += ["-Q", ",".join(queues(self.settings)), "-n", name, "--loglevel", "INFO",
-                    "--without-gossip", "--without-mingle"]
-        if self.beat:
-            command += ["-B", "--schedule", str(self.log_path.with_suffix(".beat"))]
-        return command
+            return [sys.executable, "-m", "tests.trust.preloaded_worker", *options]
+        return [sys.executable, "-m", "celery", "-A", topology.CELERY_APP, "worker", *options]
 
     def _ready(self, text: str) -> bool:
         if self.preloaded:  # models are loaded before Celery starts

@@ -28,7 +28,7 @@ import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.processes import free_port
+from api.processes import free_port
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://faceedit:faceedit@127.0.0.1:5432/faceedit_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

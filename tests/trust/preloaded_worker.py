@@ -25,7 +25,8 @@ def main() -> None:
     from worker.runtime import get_runtime
 
     get_runtime().warm()  # children inherit the loaded Editor through the cached runtime
-    app.worker_main(["worker", "-P", "prefork", "-c", "1", *sys.argv[1:]])
+    # After the harness's options (tests/services/worker.py): of a repeated option Celery takes the last.
+    app.worker_main(["worker", *sys.argv[1:], "--pool", "prefork", "--concurrency", "1"])
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from common.db import upgrade
 from common.models import Edit, Image
-from common.queue import EDIT_TASK
 from common.storage import LocalStorage
+from common.topology import PROCESS_EDIT
 from tests.trust import hostile
 from tests.trust.harness import running_service, trust_settings
 
@@ -37,7 +37,7 @@ def _queued_edit_jobs(service) -> list[str]:
         messages = [json.loads(m) for m in client.lrange(service.settings.edits_queue, 0, -1)]
     finally:
         client.close()
-    return [m["headers"]["id"] for m in messages if m["headers"]["task"] == EDIT_TASK]
+    return [m["headers"]["id"] for m in messages if m["headers"]["task"] == PROCESS_EDIT.name]
 
 
 def test_missing_wrong_and_revoked_keys_get_401(service):

@@ -22,10 +22,11 @@ import pytest
 from sqlalchemy import func, select
 
 from common.models import Edit, Image, Upload, new_id, utcnow
-from common.retention import ORPHAN_TASK, purge_image, purge_owner, sweep_orphans
+from common.retention import purge_image, purge_owner, sweep_orphans
 from common.settings import Settings
 from common.storage import LocalStorage, S3Storage
 from common.storage_layout import inversion_key, original_key, result_key, upload_key
+from common.topology import SWEEP_ORPHANS
 from tests.conftest import REPO_ROOT, face_jpeg
 from tests.services.rows import starting_edit, stored_image
 from worker.edit_job import run_edit
@@ -239,5 +240,5 @@ def test_beat_runs_the_sweep_on_the_io_queue():
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout  # fmt: skip
     entry, tasks = json.loads(out.strip().splitlines()[-1])
-    assert entry == {"task": ORPHAN_TASK, "schedule": 123.0, "options": {"queue": "io-sweep", "expires": 123.0}}
-    assert ORPHAN_TASK in tasks
+    assert entry == {"task": SWEEP_ORPHANS.name, "schedule": 123.0, "options": {"queue": "io-sweep", "expires": 123.0}}
+    assert SWEEP_ORPHANS.name in tasks

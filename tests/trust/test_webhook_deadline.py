@@ -11,10 +11,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from common import netguard
+from common import netguard, topology
 from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
-from common.queue import EDIT_TASK, REAP_TASK, celery_config
-from common.retention import EXPIRE_TASK
+from common.queue import celery_config
 from common.settings import Settings
 from common.webhooks import outbox
 from tests.trust.receiver import Receiver
@@ -98,8 +97,8 @@ def test_the_lease_outlasts_the_deadline(factory):
 def test_deliveries_have_their_own_queue():
     settings = Settings(io_queue="io-x", edits_queue="edits-x", webhooks_queue="webhooks-x", redis_url="redis://x")
     routes = celery_config(settings)["task_routes"]
-    assert routes[outbox.DELIVER_TASK] == {"queue": "webhooks-x"}
-    for task in (REAP_TASK, outbox.SWEEP_TASK, EXPIRE_TASK):
-        assert routes[task] == {"queue": "io-x"}
-    assert routes[EDIT_TASK] == {"queue": "edits-x"}
+    assert routes[topology.DELIVER_WEBHOOK.name] == {"queue": "webhooks-x"}
+    for task in (topology.REAP, topology.SWEEP_WEBHOOKS, topology.EXPIRE_OLD_DATA):
+        assert routes[task.name] == {"queue": "io-x"}
+    assert routes[topology.PROCESS_EDIT.name] == {"queue": "edits-x"}
     assert Settings().webhooks_queue == "webhooks"

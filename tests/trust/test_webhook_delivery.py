@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from common import netguard
 from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
+from common.topology import DELIVER_WEBHOOK
 from common.webhooks import outbox
 from common.webhooks.signing_secrets import current
 from tests.trust.harness import REDIS_URL
@@ -184,7 +185,7 @@ def test_push_records_and_sends_the_events_at_once(factory):
             sent = outbox.push_events(s, app, edit.id, "", queue)
         assert [_row(factory, i).event for i in sent] == ["start", "output", "completed"]
         messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
-        assert sorted(m["headers"]["task"] for m in messages) == [outbox.DELIVER_TASK] * 3
+        assert sorted(m["headers"]["task"] for m in messages) == [DELIVER_WEBHOOK.name] * 3
         assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted(repr([i]) for i in sent)
         with factory() as s:  # recorded already: nothing new is sent
             assert outbox.push_events(s, app, edit.id, "", queue) == []

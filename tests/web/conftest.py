@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page
 
-from tests.processes import die_with_parent, free_port, kill_group
+from api.processes import die_with_parent, free_port, kill_group
 from tests.services.browser import require_chromium
 
 REPO = Path(__file__).resolve().parents[2]

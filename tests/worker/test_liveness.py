@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.processes import stop_process
+from api.processes import stop_process
 from worker.liveness import LivenessConfig, evaluate, read_records
 
 REPO = Path(__file__).resolve().parents[2]

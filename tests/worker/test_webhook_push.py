@@ -12,7 +12,8 @@ from common.db import upgrade
 from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
 from common.settings import Settings
 from common.storage_layout import original_key
-from common.webhooks.outbox import DELIVER_TASK, DeliveryStatus
+from common.topology import DELIVER_WEBHOOK
+from common.webhooks.outbox import DeliveryStatus
 from tests.conftest import face_jpeg
 from worker.edit_job import run_edit
 from worker.runtime import Runtime
@@ -44,7 +45,7 @@ def test_a_finished_job_has_queued_its_start_output_and_completed_deliveries(dev
         assert sorted(r.event for r in rows) == ["completed", "output", "start"]
         assert {r.status for r in rows} == {DeliveryStatus.PENDING} and {r.url for r in rows} == {edit.webhook}
         queued = broker.lrange(f"webhooks-{tag}", 0, -1)  # their own queue: never `io`, never a model worker's
-        assert len(queued) == 3 and all(DELIVER_TASK.encode() in message for message in queued)
+        assert len(queued) == 3 and all(DELIVER_WEBHOOK.name.encode() in message for message in queued)
         assert broker.llen(f"io-{tag}") == 0
     finally:
         broker.delete(f"io-{tag}", f"webhooks-{tag}")

@@ -1,5 +1,7 @@
-"""Helpers for tests that run real subprocesses (services, workers, Flower): start them so they cannot
-outlive the test session, find their children, stop them."""
+"""Child processes that cannot outlive whoever started them: the dev server's (api/supervisor.py) and the
+test session's (services, workers, Flower). Start them with `die_with_parent`, in a process group of their
+own, and stop what is left of them with `kill_group`.
+"""
 
 from __future__ import annotations
 
@@ -16,25 +18,28 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (on 127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child receive `sig` when the test process dies, however it dies
-    (Linux `PR_SET_PDEATHSIG`; None elsewhere). Start such children from the main thread: the signal
-    follows the death of the thread that forked them."""
+    """A `preexec_fn` that makes the child receive `sig` when this process dies, however it dies (Linux
+    `PR_SET_PDEATHSIG`; None elsewhere). The kernel sends it when the *thread* that forked the child ends:
+    start such children from a thread that lives as long as they should (the main one, or a supervisor's)."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    parent = os.getpid()
 
     def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig)
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), sig)
 
     return arm
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group (a child started with `process_group=0` or `start_new_session=True`), whatever
+    of it is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -54,21 +59,22 @@ def kill_pids(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL a process group started with `start_new_session=True` (whatever of it is left)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def stop_process(process: subprocess.Popen) -> str:
-    """SIGTERM, then SIGKILL after 20 s; returns what the process printed (for failure messages)."""
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> str:
+    """SIGTERM, then SIGKILL after `timeout` seconds; returns what the process printed (for failure messages)."""
     process.terminate()
     try:
-        output, _ = process.communicate(timeout=20)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
     return output
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def listening_sockets(pids: list[int]) -> list[tuple[str, int, int]]:
