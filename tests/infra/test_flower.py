@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from api.processes import stop_process
+from api.processes import free_port, stop_process
 from tests.infra.specs import REPO
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 pytestmark = pytest.mark.services
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
@@ -45,7 +38,7 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
     queue = f"flower-test-{uuid.uuid4().hex[:8]}"
     hostname = f"flowertest-{uuid.uuid4().hex[:8]}@localhost"
-    port = _free_port()
+    port = free_port()
     auth = "operator:s3cret-pass"
     env = {
         **os.environ,
@@ -53,7 +46,7 @@ def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
         "STORAGE_DIR": str(tmp_path / "storage"),
         "MODEL_DIR": str(tmp_path / "no-models"),
-        "METRICS_PORT": str(_free_port()),
+        "METRICS_PORT": str(free_port()),
         "LIVENESS_DIR": str(tmp_path / "liveness"),
         "PYTHONPATH": str(REPO),
     }

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from api.processes import die_with_parent, stop_process
+from common import topology
 from tests.conftest import face_jpeg, free_port, service_settings
 from tests.services.debian import PROMETHEUS, PROMTOOL, require
 from tests.services.settings import REPO_ROOT, settings_env
@@ -106,22 +106,6 @@ def test_dashboard_is_grafana_json_over_prometheus() -> None:
 
 
 # --- a real Prometheus over a running stack -----------------------------------------------------------
-
-
-class _KindWorker(WorkerProcess):
-    """A worker of one kind, as the deployment files run it: the edit worker (`-P solo`, queue `edits`) or
-    the io worker (threads pool, queues `io` and `webhooks`)."""
-
-    def __init__(self, settings, log_path: Path, queues: list[str], pool: list[str], ready: str):
-        super().__init__(settings, log_path, beat=False)
-        self.queues, self.pool, self.ready = queues, pool, ready
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", *self.pool, "-Q", ",".join(self.queues),
-                "-n", f"prom-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-
-    def _ready(self, text: str) -> bool:
-        return self.ready in text
 
 
 @contextlib.contextmanager
@@ -206,15 +190,13 @@ def test_prometheus_scrapes_the_stack_and_knows_every_series_used(pg_url, redis_
         webhook_allow_networks="127.0.0.0/8", webhook_allow_ports="1024-65535",
         webhook_retry_base_seconds=0.2, webhook_retry_max_seconds=1.0, webhook_timeout_seconds=5.0,
     )  # fmt: skip
-    edit_worker = _KindWorker(
+    # One worker of each role, as the deployment files run them (common/topology.py).
+    edit_worker = WorkerProcess(
         settings.model_copy(update={"metrics_port": ports["worker"], "liveness_dir": tmp_path / "live-worker"}),
-        tmp_path / "worker.log", [settings.edits_queue], ["-P", "solo", "-c", "1"], "models ready",
-    )  # fmt: skip
-    io_worker = _KindWorker(
+        tmp_path / "worker.log", beat=False, role=topology.Role.MODEL)  # fmt: skip
+    io_worker = WorkerProcess(
         settings.model_copy(update={"metrics_port": ports["io"], "liveness_dir": tmp_path / "live-io"}),
-        tmp_path / "io.log", [settings.io_queue, settings.webhooks_queue], ["--pool", "threads", "-c", "2"],
-        " ready.",
-    )  # fmt: skip
+        tmp_path / "io.log", beat=False, role=topology.Role.IO)  # fmt: skip
     targets = {"faceedit-api": f"127.0.0.1:{ports['api']}", "faceedit-worker": f"127.0.0.1:{ports['worker']}",
                "faceedit-worker-io": f"127.0.0.1:{ports['io']}"}  # fmt: skip
     config = _prometheus_config(targets, tmp_path / "prometheus.yml")

@@ -24,17 +24,21 @@ from tests.services.settings import REPO_ROOT, settings_env
 
 class WorkerProcess:
     """A worker consuming every queue of `settings` (with beat: the reaper, sweeps, retention), its
-    output in `log_path`. `start()` returns once it is ready (models loaded)."""
+    output in `log_path`; with `role`, a worker of that role only, as deployed (its queues and pool). `start()`
+    returns once it is ready (models loaded, for a model worker)."""
 
-    def __init__(self, settings, log_path: Path, beat: bool = True, preloaded: bool = False):
+    def __init__(self, settings, log_path: Path, beat: bool = True, preloaded: bool = False,
+                 role: topology.Role | None = None):  # fmt: skip
         self.settings, self.log_path, self.beat, self.preloaded = settings, Path(log_path), beat, preloaded
+        self.role = role
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        """A model worker of common/topology.py that also consumes the io queues (one process for the whole
-        test deployment), with beat inside it unless `beat=False`."""
+        """A worker of common/topology.py: without `role`, a model worker that also consumes the io queues (one
+        process for the whole test deployment); with beat inside it unless `beat=False`."""
         options = topology.worker_options(
-            topology.Role.MODEL, self.settings, queue_names=topology.queues(self.settings),
+            self.role or topology.Role.MODEL, self.settings,
+            queue_names=None if self.role else topology.queues(self.settings),
             name=f"{'fault' if self.preloaded else 'test'}-{uuid.uuid4().hex[:6]}@%h",
             beat_schedule_file=self.log_path.with_suffix(".beat") if self.beat else None)  # fmt: skip
         if self.preloaded:
@@ -42,7 +46,7 @@ class WorkerProcess:
         return [sys.executable, "-m", "celery", "-A", topology.CELERY_APP, "worker", *options]
 
     def _ready(self, text: str) -> bool:
-        if self.preloaded:  # models are loaded before Celery starts
+        if self.preloaded or self.role is topology.Role.IO:  # models loaded before Celery starts, or never
             return " ready." in text
         return "models ready" in text or "models not loaded" in text
 
