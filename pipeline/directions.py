@@ -109,6 +109,20 @@ def direction_between(neutral_emb: torch.Tensor, target_emb: torch.Tensor, neutr
     return dt / norm
 
 
+def check_fits(model: torch.nn.Module, texts: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES) -> None:
+    """Every text fits CLIP's context in every prompt template, or ``invalid_parameter`` naming the text: a
+    check of tokens only (milliseconds), so a caller can refuse a text before the costly inversion."""
+    from pipeline.clip_model import tokenize
+
+    for text in texts:
+        _check_text(text)
+        try:
+            tokenize(model, [template.format(text) for template in templates])
+        except PipelineError:
+            raise PipelineError(INVALID_PARAMETER, f"text too long for CLIP ({model.context_length} tokens with "
+                                                   f"its prompt templates): {text[:60]!r}…") from None
+
+
 def _check_text(text: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise PipelineError(INVALID_PARAMETER, "neutral and target texts must be non-empty")

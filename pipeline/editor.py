@@ -177,6 +177,13 @@ class Editor:
                 self._faces.popitem(last=False)
         return faces
 
+    def check_texts(self, changes: Sequence[Change]) -> None:
+        """The changes' texts fit CLIP (``invalid_parameter`` naming one that does not): what ``render`` would
+        find only after the inversion."""
+        from pipeline.directions import check_fits
+
+        check_fits(self.models.clip, [text for change in changes for text in (change.neutral, change.target)])
+
     # --- inversion -----------------------------------------------------------------------------------------
 
     def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,

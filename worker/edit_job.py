@@ -218,6 +218,7 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             if run := encoder_run(editor):
                 model["encoder_run"] = run
+            editor.check_texts(render_args["changes"])  # CLIP's token limit, before the inversion
             photo = runtime.storage.get(original_key(edit.image_id))
             chosen = _chosen_faces(runtime, editor, edit, photo)
             inversions = _inversions(runtime, editor, edit, token, photo, watcher, metrics, chosen)

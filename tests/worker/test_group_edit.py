@@ -219,3 +219,21 @@ def test_without_an_identity_model_likeness_is_absent(runtime, shared, dev_bundl
     edit = _row(plain, Edit, edit_id)
     assert edit.likeness is None and "likeness" not in edit_resource(edit, "", None)
     assert edit_resource(edit, "", None)["output"][0]
+
+
+def test_a_text_too_long_for_clip_fails_before_the_inversion(runtime, pair):
+    """Within the contract's 200 characters but not CLIP's 77 tokens (a run of one-letter words): the edit
+    fails `invalid_parameter` naming the text before any inversion runs or is cached (#23: it used to fail
+    only after the inversion)."""
+    from common.edit_contract import MAX_TEXT_CHARS
+    from common.storage_layout import inversions_prefix
+
+    image_id = _image(runtime, pair)
+    text = ("a " * MAX_TEXT_CHARS)[:MAX_TEXT_CHARS].strip()
+    edit_id = _edit(runtime, image_id, changes=[{"neutral": "a face", "target": "a smiling face", "weight": 1.0},
+                                                {"neutral": "a face", "target": text, "weight": 0.5}])
+    assert run_edit(runtime, edit_id) == "failed"
+    edit = _row(runtime, Edit, edit_id)
+    assert edit.error_code == "invalid_parameter" and "too long for CLIP" in edit.error_message
+    assert "invert_seconds" not in (edit.metrics or {}) and edit.model  # the models answered, no inversion ran
+    assert runtime.storage.list(inversions_prefix(image_id)) == []
