@@ -48,7 +48,7 @@ groups (--only):
   editor     the real Editor's per-stage seconds on the development bundle (CPU)
 
 devices: --device auto runs the suite on the CPU and again on CUDA when it is available; on CUDA the
-generator renders as the service does (pipeline/stylegan2_cuda.py): in the cheapest precision whose image stays
+generator renders as the service does (pipeline/render/cuda.py): in the cheapest precision whose image stays
 within the golden 1024² tolerance of float32 on these weights, through CUDA graphs. --merge adds the devices of
 another machine's --json output (e.g. a GPU server's) to this run's report.
 
@@ -161,8 +161,8 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         record("align_s", timing)
         crop, quad = alignment.crop, alignment.quad
     elif is_face and MODEL_GROUPS & set(args.groups):
-        from pipeline.align import align_face
-        from pipeline.photo import load_photo
+        from pipeline.faces.align import align_face
+        from pipeline.faces.photo import load_photo
 
         alignment = align_face(load_photo(photo), 256)
         crop, quad = alignment.crop, alignment.quad
@@ -182,7 +182,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         with torch.no_grad():
             codes = models.encoder(torch.zeros(1, 3, 256, 256, device=device)).float()
     if device.type == "cuda":
-        from pipeline.stylegan2_cuda import HALF_PRECISION_TOL
+        from pipeline.render.cuda import HALF_PRECISION_TOL
 
         renderer = models.generator.cuda_renderer()  # what the service renders with (measures its precision)
         out.update(precision=renderer.precision, precision_errors=renderer.errors, precision_tol=HALF_PRECISION_TOL,

@@ -35,7 +35,7 @@ class CachedEdit:
     uint8 → paste into the decoded photo, one output per alpha. Stage seconds accumulate in ``stages``."""
 
     def __init__(self, models: Models, inverted: Inverted):
-        from pipeline.directions import TextDirectionCache
+        from pipeline.edit.directions import TextDirectionCache
 
         self.models, self.inverted = models, inverted
         self.cache = TextDirectionCache(None, model_id="bench")
@@ -43,7 +43,7 @@ class CachedEdit:
         self.stages: dict[str, list[float]] = defaultdict(list)
 
     def _direction(self) -> list[torch.Tensor]:
-        from pipeline.directions import style_direction
+        from pipeline.edit.directions import style_direction
 
         m, g = self.models, self.models.generator
         dt = self.cache.get(m.clip, NEUTRAL, TARGET).to(m.device)
@@ -51,15 +51,15 @@ class CachedEdit:
 
     def _faces(self, direction: list[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:
         """The aligned faces at ``alphas``, ``[n, 3, H, W]`` on the models' device."""
-        from pipeline.directions import apply
+        from pipeline.edit.directions import apply
 
         g, device = self.models.generator, self.models.device
         styles = g.styles(self.inverted.codes.to(device, self.models.dtype))
         return g.synthesize(apply(styles, direction, alphas))
 
     def __call__(self, alphas: Sequence[float]) -> list[Image.Image]:
-        from pipeline.paste_gpu import paste_rendered
-        from pipeline.photo import load_photo
+        from pipeline.faces.paste_gpu import paste_rendered
+        from pipeline.faces.photo import load_photo
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -78,9 +78,9 @@ class CachedEdit:
     def progressive(self, alphas: Sequence[float]) -> tuple[float, float]:
         """As ``Editor.render`` serves a job: one strength at a time in ``render_order`` (the middle one first),
         each pasted as soon as it is rendered. Seconds from the call to the first pasted photo, and to the last."""
-        from pipeline.editor import render_order
-        from pipeline.paste_gpu import paste_rendered
-        from pipeline.photo import load_photo
+        from pipeline.edit.editor import render_order
+        from pipeline.faces.paste_gpu import paste_rendered
+        from pipeline.faces.photo import load_photo
 
         start, first = time.perf_counter(), None
         with torch.no_grad():
@@ -130,7 +130,7 @@ def bench_edits(models: Models, inverted: Inverted, alpha_counts: Sequence[int],
 def dev_bundle_dir(requested: Path | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """``requested`` if it holds a bundle, else ``models/dev`` (written by ``make run``), else a fresh one in a
     temporary folder (returned so the caller can remove it)."""
-    from pipeline.dev_bundle import make_dev_bundle
+    from pipeline.weights.dev_bundle import make_dev_bundle
 
     for candidate in (requested, Path("models/dev")):
         if candidate is not None and (candidate / "manifest.json").is_file():

@@ -2,11 +2,11 @@
 strengths render in one batch (issue #16 §2's GPU goals: ≤ 25 ms per 1024 edit at batch 1, ≥ 300 edits/s
 batched).
 
-The served renderer is ``Generator.cuda_renderer()`` (``pipeline/stylegan2_cuda.py``): the precision it chose on
+The served renderer is ``Generator.cuda_renderer()`` (``pipeline/render/cuda.py``): the precision it chose on
 these weights, with graphs. The variants beside it are built the same way with one setting changed, and run in
 alternation so they share the GPU's clocks and the host's load. A batched edit is what a worker batching across
 jobs would do: one render of ``B`` style sets (each job its own inversion and strength), then each face pasted
-into its job's photo where it was rendered (``pipeline.paste_gpu``).
+into its job's photo where it was rendered (``pipeline.faces.paste_gpu``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ EDIT_BATCHES = (16, 64)
 def variants(models: Models) -> dict[str, Callable[[], object]]:
     """Renderer factories: the served renderer's settings and, beside them, one setting changed at a time
     (precision, graphs). Each call builds a fresh renderer: a graph holds its memory."""
-    from pipeline.stylegan2_cuda import CudaRenderer
+    from pipeline.render.cuda import CudaRenderer
 
     g = models.generator
     served = g.cuda_renderer()
@@ -94,8 +94,8 @@ def render_throughput(models: Models, codes: torch.Tensor, batches: tuple[int, .
 def edit_throughput(models: Models, inverted: Inverted, batches: tuple[int, ...], rounds: int = 4) -> dict[int, dict]:
     """Edits per second when ``batch`` jobs' strengths render together: one render, then each job's face
     pasted into its own photo as the worker would (``paste_rendered``: on the GPU when the faces are there)."""
-    from pipeline.paste_gpu import paste_rendered
-    from pipeline.photo import load_photo
+    from pipeline.faces.paste_gpu import paste_rendered
+    from pipeline.faces.photo import load_photo
 
     renderer = models.generator.cuda_renderer()
     photo = load_photo(inverted.photo)

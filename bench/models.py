@@ -73,11 +73,11 @@ def fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def build_models(sizes: Sizes, device: torch.device, seed: int = 0) -> Models:
     """The generator, e4e and CLIP of ``sizes`` with random weights, plus a random relevance matrix whose style
-    statistics are the generator's own (as ``pipeline.relevance`` computes them)."""
+    statistics are the generator's own (as ``pipeline.edit.relevance`` computes them)."""
     from clip.model import CLIP
 
-    from pipeline.e4e import E4E, Encoder4Editing
-    from pipeline.stylegan2 import Generator
+    from pipeline.models.e4e import E4E, Encoder4Editing
+    from pipeline.models.stylegan2 import Generator
 
     with torch.no_grad():
         g = fill(Generator(sizes.generator_size, style_dim=sizes.style_dim,
@@ -109,8 +109,8 @@ class Inverted:
 
 def bench_align(photo: bytes, repeats: int, budget_s: float) -> tuple[Timing, object]:
     """The editor's ``align`` stage: decode the photo, detect the face, FFHQ-align it to 256²."""
-    from pipeline.align import align_face
-    from pipeline.photo import load_photo
+    from pipeline.faces.align import align_face
+    from pipeline.faces.photo import load_photo
 
     result = {}
 
@@ -136,7 +136,7 @@ def bench_invert(models: Models, crop: Image.Image, repeats: int, budget_s: floa
 
 def bench_text(models: Models, repeats: int, budget_s: float) -> dict[str, Timing]:
     """A text direction computed cold (158 prompts through CLIP) and served from the cache (a dictionary hit)."""
-    from pipeline.directions import TextDirectionCache
+    from pipeline.edit.directions import TextDirectionCache
 
     def cold():
         TextDirectionCache(None, model_id="bench").get(models.clip, NEUTRAL, TARGET)

@@ -6,13 +6,13 @@ synthesis benchmark does. The other work on a shared machine slows both alike, s
 than either time.
 
 * e4e: the plain port is the module as written (``E4E`` in PyTorch's default contiguous layout). The fast path
-  is what ``pipeline.e4e.load_encoder`` serves: the same module with weights and activations channels-last, so
+  is what ``pipeline.models.e4e.load_encoder`` serves: the same module with weights and activations channels-last, so
   oneDNN's convolutions skip their layout reorders. Profiled at 256² (IR-SE-50): 90 % of that path's time is in
   convolutions, the largest share in the eleven fine style heads (a 512→512 stride-2 3×3 convolution each on
   the 64² features, about 180 GFLOP/s on the 2-core EPYC); BatchNorm is under 1 % and the 1×1 max-pool
   shortcuts about 1 %, and the eleven heads fused into one convolution measured no faster.
 * paste-back: the plain port does what research code (STIT, StyleCLIP's notebooks) does: warp the face and its
-  mask to the photo's full size with Pillow and blend every pixel in floating point. ``pipeline.paste`` computes
+  mask to the photo's full size with Pillow and blend every pixel in floating point. ``pipeline.faces.paste`` computes
   the same blend in the quad's bounding box only, with OpenCV's warp and Pillow's masked paste. The photo is a
   phone-sized scene: the benchmark photo scaled so that its face is ``PHONE_FACE_PX`` wide, on a
   ``PHONE_SIZE`` canvas, since the cost of the plain port scales with the photo and ours with the face.
@@ -53,12 +53,12 @@ def served_encoder(e4e: torch.nn.Module) -> torch.nn.Module:
 
 
 def paste_plain(photo: Image.Image, face: Image.Image, quad: np.ndarray) -> Image.Image:
-    """``pipeline.paste.paste_back`` computed the plain way: face and mask warped to the whole photo with
+    """``pipeline.faces.paste.paste_back`` computed the plain way: face and mask warped to the whole photo with
     Pillow's affine transform (bicubic, bilinear), blended over every pixel in float64.
 
     The same function up to the interpolation kernels and rounding (Pillow's bicubic is a = -0.5, OpenCV's
     a = -0.75): outside the mask the photo is unchanged."""
-    from pipeline.paste import DEFAULT_FEATHER, face_mask
+    from pipeline.faces.paste import DEFAULT_FEATHER, face_mask
 
     photo = photo.convert("RGB")
     quad = np.asarray(quad, dtype=np.float64)
@@ -105,8 +105,8 @@ def bench_ports(models: Models, crop: Image.Image, photo_bytes: bytes, quad: np.
     Returns ``invert_fast_s``, ``invert_ref_s``, ``paste_s``, ``paste_ref_s`` (``Timing``),
     ``invert_fast_over_ref``, ``paste_over_ref`` (median of per-round ratios), ``paste_photo_megapixels`` and
     ``paste_face_px`` (the scene)."""
-    from pipeline.paste import paste_back_many
-    from pipeline.photo import load_photo
+    from pipeline.faces.paste import paste_back_many
+    from pipeline.faces.photo import load_photo
 
     x = torch.from_numpy(np.asarray(crop.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
     x = (x / 127.5 - 1).to(models.device)
@@ -157,7 +157,7 @@ def ports_markdown(device_results: dict) -> list[str]:
              "Each stage against a plain port of the same computation, in the same run on the same weights and "
              "input, alternating (`bench/ports.py`); the ratio is the median of the per-round ratios. e4e: the "
              "module as written (contiguous layout) against the served channels-last layout. Paste-back: "
-             "`pipeline.paste` (the face's bounding box only, OpenCV warp, Pillow masked paste) against a "
+             "`pipeline.faces.paste` (the face's bounding box only, OpenCV warp, Pillow masked paste) against a "
              "whole-photo Pillow warp and float blend, as research code does it, on a "
              f"{value(scene['paste_photo_megapixels']):.0f} MP photo with a "
              f"{value(scene['paste_face_px']):.0f} px face, one output.", "",

@@ -87,11 +87,11 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
               "The reference is a plain port of rosinality's ops (`impl=\"ref\"`: zero-insertion + pad + one-channel "
               "convolution for upfirdn2d, one grouped convolution per sample for the modulated conv), measured in "
               "the same run on the same weights and input. The fast path on a CPU (`impl=\"fast\"`, see "
-              "`pipeline/stylegan2_cpu.py`): the style and demodulation scale the weights rather than the activations, "
+              "`pipeline/render/cpu.py`): the style and demodulation scale the weights rather than the activations, "
               "3×3 convolutions from 32² up run as NNPACK Winograd, upsampling layers from 64² up run as four "
               "3×3 phase convolutions with the blur folded in, and the noise is added in the pass that interleaves "
               "the phases; the large intermediates go to buffers reused from render to render (NNPACK called directly, "
-              "`pipeline/nnpack.py`, so a fresh 128 MB output does not cost its page faults every time); a batch "
+              "`pipeline/render/nnpack.py`, so a fresh 128 MB output does not cost its page faults every time); a batch "
               "renders one sample at a time. The golden checks hold both paths to the fixtures. Fast and "
               "reference runs alternate, and the ratio is the median of the per-pair ratios.", "",
               "| device | fast | reference | fast / reference | goal |", "|---|---:|---:|---:|---|"]
@@ -182,7 +182,7 @@ def gpu_section(device: str, dev: dict) -> list[str]:
               "| batch | seconds per batch | images per second |", "|---:|---:|---:|"]
     lines += [f"| {b} | {_fmt(v['batch_s'], 's')} | {v['images_per_s']:.0f} |" for b, v in gpu["render_batches"].items()]
     lines += ["", "Batched edits: one render of the batch, then each face pasted into its own photo on the GPU "
-                  "(`pipeline/paste_gpu.py`), the blended region copied into the photo on the host:", "",
+                  "(`pipeline/faces/paste_gpu.py`), the blended region copied into the photo on the host:", "",
               "| batch | edits | seconds | edits per second |", "|---:|---:|---:|---:|"]
     lines += [f"| {b} | {v['edits']} | {v['seconds']:.2f} | {v['edits_per_s']:.0f} |"
               for b, v in gpu["edit_batches"].items()]

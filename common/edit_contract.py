@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.image_formats import OUTPUT_FORMATS
 
-# --- ceilings: what the pipeline accepts (pinned to pipeline.directions / optimize by a test) -------------
+# --- ceilings: what the pipeline accepts (pinned to pipeline.edit.directions / optimize by a test) -------------
 # A neutral or target text; below the pipeline's 300 characters because CLIP reads 77 tokens, 9 of them the longest
 # prompt template's: 200 characters of English fit (a text that still does not fit fails `invalid_parameter`).
 MAX_TEXT_CHARS = 200

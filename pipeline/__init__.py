@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from pipeline.errors import Canceled, PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.bundle import Bundle
-    from pipeline.editor import Editor, Inversion
+    from pipeline.edit.editor import Editor, Inversion
+    from pipeline.weights.bundle import Bundle
 
 __all__ = ["Bundle", "Editor", "Inversion", "PipelineError", "Canceled"]
 
-_LAZY = {"Bundle": "pipeline.bundle", "Editor": "pipeline.editor", "Inversion": "pipeline.editor"}
+_LAZY = {"Bundle": "pipeline.weights.bundle", "Editor": "pipeline.edit.editor", "Inversion": "pipeline.edit.editor"}
 
 
 def __getattr__(name: str):

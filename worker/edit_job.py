@@ -209,7 +209,7 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
     start = time.perf_counter()
     with runtime.session_factory() as session:
         try:
-            from pipeline.edit_params import validate_render
+            from pipeline.edit.params import validate_render
 
             spec = edit.spec
             render_args = _render_args(spec)
@@ -252,7 +252,7 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
 def _render_args(spec: EditSpec) -> dict[str, Any]:
     """The contract's render fields as `Editor.render` takes them, by name: its `changes` as the pipeline's
     `Change`s."""
-    from pipeline.directions import Change
+    from pipeline.edit.directions import Change
 
     args = spec.pipeline_args(RENDER)
     args["changes"] = [Change(c["neutral"], c["target"], float(c["weight"])) for c in args["changes"]]
@@ -337,7 +337,7 @@ class OutputWriter:
 
     def write(self, output) -> None:
         from pipeline import Canceled
-        from pipeline.photo import encode_image
+        from pipeline.faces.photo import encode_image
 
         start = time.perf_counter()
         edit, storage = self.edit, self.runtime.storage

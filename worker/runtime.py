@@ -71,11 +71,11 @@ class Runtime:
             return self._editor
 
     def _build(self) -> tuple[Editor, tuple[int, int] | None]:
-        """The bundle by the pipeline's one rule (`pipeline.choice`, as the CLI and `make run`): MODEL_DIR as
+        """The bundle by the pipeline's one rule (`pipeline.weights.choice`, as the CLI and `make run`): MODEL_DIR as
         it is (incomplete: every job fails `model_missing`, visibly), else a complete models/official, else
         the development bundle (announced)."""
         from pipeline import Editor
-        from pipeline.choice import choose_bundle, open_bundle
+        from pipeline.weights.choice import choose_bundle, open_bundle
 
         choice = choose_bundle(self.settings.model_dir)
         stamp = _manifest_stamp(choice.dir)  # before reading it: a change while loading shows up next time
@@ -99,7 +99,8 @@ class Runtime:
 
 
 def _manifest_stamp(directory: Path) -> tuple[int, int] | None:
-    from pipeline.bundle import MANIFEST  # only called where the pipeline is installed (model workers)
+    # only called where the pipeline is installed (model workers)
+    from pipeline.weights.bundle import MANIFEST
 
     try:
         stat = (Path(directory) / MANIFEST).stat()

@@ -1,4 +1,4 @@
-"""Which bundle a command uses: ``--bundle`` if given, else ``pipeline.choice``'s rule (``$MODEL_DIR``, else a
+"""Which bundle a command uses: ``--bundle`` if given, else ``pipeline.weights.choice``'s rule (``$MODEL_DIR``, else a
 complete ``models/official``, else the development bundle with a loud notice saying why)."""
 
 from __future__ import annotations
@@ -7,19 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.bundle import DEV_WARNING, Bundle
+from pipeline.weights.bundle import DEV_WARNING, Bundle
 
 
 def official_dir(arg: str | None) -> Path:
     """Where ``download`` puts the official weights: ``--dir``, else ``$MODEL_DIR``, else
     ``$MODEL_DOWNLOAD_DIR``, else ``models/official``."""
-    from pipeline.choice import default_official_dir
+    from pipeline.weights.choice import default_official_dir
 
     return Path(arg or os.environ.get("MODEL_DIR") or default_official_dir())
 
 
 def resolve_bundle(arg: str | None) -> Bundle:
-    from pipeline.choice import DEV, choose_bundle, open_bundle
+    from pipeline.weights.choice import DEV, choose_bundle, open_bundle
 
     if arg:
         return Bundle.load(arg)

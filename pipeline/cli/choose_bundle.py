@@ -8,7 +8,7 @@ import argparse
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "choose-bundle", help="say which model bundle would be used, and what keeps the official one out",
-        description="Apply the one bundle rule of the CLI, `make run` and the worker (pipeline/choice.py): "
+        description="Apply the one bundle rule of the CLI, `make run` and the worker (pipeline/weights/choice.py): "
                     "MODEL_DIR when set; else models/official when complete (every file present with its "
                     "size; no hashing); else the development bundle. Prints the choice and, when the official "
                     "bundle is incomplete, each missing file, why its last download failed and how to fix it. "
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from pipeline.choice import choose_bundle
+    from pipeline.weights.choice import choose_bundle
 
     choice = choose_bundle(args.model_dir or os.environ.get("MODEL_DIR") or None)
     if args.json:

@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pipeline.bundle import MANIFEST, read_manifest
     from pipeline.errors import MODEL_MISSING, PipelineError
-    from pipeline.sources import OFFICIAL
-    from pipeline.style_stats import DEFAULT_SAMPLES, DEFAULT_SEED, compute_style_stats_file
+    from pipeline.weights.bundle import MANIFEST, read_manifest
+    from pipeline.weights.sources import OFFICIAL
+    from pipeline.weights.style_stats import DEFAULT_SAMPLES, DEFAULT_SEED, compute_style_stats_file
 
     samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     seed = DEFAULT_SEED if args.seed is None else args.seed

@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.doctor import diagnose
+    from pipeline.weights.doctor import diagnose
 
     directory = bundle_dir(args.bundle)
     if not args.json:
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 def bundle_dir(arg: str | None) -> Path:
     """The folder to diagnose: ``--bundle`` as given (not loaded first: it may be the broken one), else the one the
-    other commands would use (``pipeline.choice``), the development bundle built first when that is the choice."""
-    from pipeline.choice import DEV, choose_bundle, open_bundle
+    other commands would use (``pipeline.weights.choice``), the development bundle built first when that is the choice."""
+    from pipeline.weights.choice import DEV, choose_bundle, open_bundle
 
     if arg:
         return Path(arg)
@@ -73,7 +73,7 @@ def print_check(check) -> None:
 
 
 def summary(report) -> str:
-    from pipeline.doctor import Status
+    from pipeline.weights.doctor import Status
 
     counts = (f"{report.count(Status.PASS)} passed, {report.count(Status.FAIL)} failed, "
               f"{report.count(Status.SKIP)} skipped")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.bundle import ROLES
+from pipeline.weights.bundle import ROLES
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -13,7 +13,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Fill DIR with the official StyleGAN2 FFHQ generator, e4e encoder, CLIP ViT-B/32, StyleCLIP's "
                     "relevance matrix fs3.npy and the style statistics S_mean_std. Each file's sources are tried "
                     "in order (MODEL_MIRROR_URL first when set; the list, pinned to commits, is in "
-                    "pipeline/sources.py and docs/MODELS.md). An answer that is a web page, has the wrong size or "
+                    "pipeline/weights/sources.py and docs/MODELS.md). An answer that is a web page, has the wrong size or "
                     "a hash the publisher did not give is refused and the next source tried; a source with no "
                     "published hash is accepted only once the file loads as its model, and its sha256 is then "
                     "pinned. Broken transfers resume. Files already in DIR (copied by hand) are checked the same "
@@ -38,7 +38,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.cli.bundles import official_dir
-    from pipeline.download import download_bundle
+    from pipeline.weights.download import download_bundle
 
     directory = official_dir(args.dir)
     report = download_bundle(directory, progress=not args.quiet, only=tuple(args.only),
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.only and all(o.ok for o in wanted):
         print(f"\n{', '.join(o.file for o in wanted)}: done; the bundle in {directory} is not complete yet")
         return 0
-    from pipeline.choice import choose_bundle
+    from pipeline.weights.choice import choose_bundle
 
     print("\n" + choose_bundle(official_dir=directory).explain())
     return 1

@@ -107,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.cli.bundles import resolve_bundle
     from pipeline.cli.progress import ProgressBar
-    from pipeline.edit_params import validate_render
-    from pipeline.editor import Change, Editor
+    from pipeline.edit.editor import Change, Editor
+    from pipeline.edit.params import validate_render
     from pipeline.errors import INVALID_PARAMETER, PipelineError
-    from pipeline.photo import encode_image
+    from pipeline.faces.photo import encode_image
 
     changes = [Change(n, t, w) for n, t, w in changes]
     validate_render(changes, alphas, args.beta, args.mode, args.steps)  # before any model loads

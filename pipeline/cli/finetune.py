@@ -1,10 +1,10 @@
-"""``finetune``: fine-tune the e4e encoder on a folder of faces (see ``pipeline/finetune.py``, docs/FINETUNE.md)."""
+"""``finetune``: fine-tune the e4e encoder on a folder of faces (see ``pipeline/train/finetune.py``, docs/FINETUNE.md)."""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.finetune_config import FREEZE_PRESETS, GROUPS, FinetuneConfig
+from pipeline.train.config import FREEZE_PRESETS, GROUPS, FinetuneConfig
 
 DEFAULTS = FinetuneConfig(data="", bundle="", out="")
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from pipeline.finetune import finetune
+    from pipeline.train.finetune import finetune
 
     fields = FinetuneConfig.__dataclass_fields__
     config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -18,8 +18,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.bundle import Bundle
     from pipeline.cli.bundles import resolve_bundle
+    from pipeline.weights.bundle import Bundle
 
     bundle = resolve_bundle(args.bundle)
     if args.verify:

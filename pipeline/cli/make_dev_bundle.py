@@ -23,7 +23,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pipeline.dev_bundle import make_dev_bundle
+    from pipeline.weights.dev_bundle import make_dev_bundle
 
     bundle = make_dev_bundle(args.dir, size=args.size, seed=args.seed)
     for role, entry in bundle.manifest.models.items():

@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pipeline.bundle import read_manifest, set_computed_relevance
-    from pipeline.clip_model import load_clip
+    from pipeline.edit.relevance import precompute_relevance
     from pipeline.errors import MODEL_MISSING, PipelineError
-    from pipeline.relevance import precompute_relevance
-    from pipeline.stylegan2 import load_generator
+    from pipeline.models.clip_model import load_clip
+    from pipeline.models.stylegan2 import load_generator
+    from pipeline.weights.bundle import read_manifest, set_computed_relevance
 
     if args.images < 1 or args.chunk_channels < 1 or args.stats < args.images:
         args.parser.error("--images and --chunk-channels must be positive, --stats at least --images")

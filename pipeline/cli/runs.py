@@ -1,4 +1,4 @@
-"""``runs``: list fine-tuning runs with their metrics, promote one into a bundle (see ``pipeline/runs.py``)."""
+"""``runs``: list fine-tuning runs with their metrics, promote one into a bundle (see ``pipeline/train/runs.py``)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from pipeline import runs
-
+    from pipeline.train import runs
     if args.action == "list":
         found = runs.find_runs(Path(args.root))
         if args.json:

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.align import align_crop, detect_faces, face_quad
+from pipeline.faces.align import align_crop, detect_faces, face_quad
+from pipeline.faces.photo import load_photo
 from pipeline.golden import Check, Fixture
-from pipeline.photo import load_photo
 
 QUAD_TOL_PX = 1e-6
 CROP_MEAN_TOL = 0.5      # mean |ours - reference| over uint8 pixels

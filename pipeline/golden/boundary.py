@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.directions import apply, style_direction
+from pipeline.edit.directions import apply, style_direction
 from pipeline.golden import Check, Fixture, compare, exact
-from pipeline.stylegan2 import Generator
+from pipeline.models.stylegan2 import Generator
 
 TOL_VECTOR = 1e-4
 TOL_IMAGE_F16 = 2e-3

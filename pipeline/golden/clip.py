@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.clip_model import build_clip, image_features, text_features, tokenize
-from pipeline.directions import direction_between, text_embeddings
+from pipeline.edit.directions import direction_between, text_embeddings
 from pipeline.golden import Check, Fixture, compare, exact
+from pipeline.models.clip_model import build_clip, image_features, text_features, tokenize
 
 TOL = 1e-4
 

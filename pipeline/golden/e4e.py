@@ -1,4 +1,4 @@
-"""Golden checks for ``pipeline.e4e``: raw encoder output and codes (``+ latent_avg``) on the fixture's input.
+"""Golden checks for ``pipeline.models.e4e``: raw encoder output and codes (``+ latent_avg``) on the fixture's input.
 
 The weights are filled into an official-format key set (``encoder.*`` plus ``latent_avg``) and go through the
 same key check as ``load_encoder``."""
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.e4e import E4E, PREFIX, Encoder4Editing
 from pipeline.golden import Check, Fixture, compare
-from pipeline.stylegan2 import load_state
+from pipeline.models.e4e import E4E, PREFIX, Encoder4Editing
+from pipeline.models.stylegan2 import load_state
 
 LAYOUT = "e4e_ffhq_encode"
 VECTOR_TOL = 1e-4

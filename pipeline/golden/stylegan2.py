@@ -1,4 +1,4 @@
-"""Golden checks for ``pipeline.stylegan2``: mapping, synthesis from W and W+, style space and style edits.
+"""Golden checks for ``pipeline.models.stylegan2``: mapping, synthesis from W and W+, style space and style edits.
 
 Every ``stylegan2_*`` entry of the fixture's meta with a ``config`` and an ``.npz`` of the same name is checked,
 once per ``impl``. The weights go through ``load_state`` (the checkpoint loader's key check), not a bare
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from pipeline.golden import Check, Fixture, compare, exact
-from pipeline.ops import IMPLS
-from pipeline.stylegan2 import Generator, load_state
-from pipeline.stylegan2_cuda import HALF_PRECISION_TOL, precision_flags
+from pipeline.models.ops import IMPLS
+from pipeline.models.stylegan2 import Generator, load_state
+from pipeline.render.cuda import HALF_PRECISION_TOL, precision_flags
 
 VECTOR_TOL = 1e-4
 

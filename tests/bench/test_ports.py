@@ -20,7 +20,7 @@ from bench.ports import (
     served_encoder,
 )
 from bench.timing import Timing
-from pipeline.paste import paste_back
+from pipeline.faces.paste import paste_back
 
 
 def _scene(size=(300, 400)) -> tuple[Image.Image, Image.Image, np.ndarray]:

@@ -15,7 +15,8 @@ from common.settings import Settings
 
 
 def test_the_ceilings_are_the_pipelines():
-    from pipeline import directions, edit_params, optimize
+    from pipeline.edit import directions, optimize
+    from pipeline.edit import params as edit_params
 
     assert contract.MAX_CHANGES == directions.MAX_CHANGES  # MAX_CHANGES_PER_EDIT may reach it, never pass it
     assert contract.MAX_ALPHAS == directions.MAX_ALPHAS
@@ -27,8 +28,8 @@ def test_the_ceilings_are_the_pipelines():
 
 
 def test_the_contracts_largest_edit_passes_the_pipelines_own_checks():
-    from pipeline.directions import Change as PipelineChange
-    from pipeline.edit_params import validate_render
+    from pipeline.edit.directions import Change as PipelineChange
+    from pipeline.edit.params import validate_render
 
     text = "a" * contract.MAX_TEXT_CHARS
     changes = [PipelineChange(text, f"{i}{text[1:]}", contract.MAX_CHANGE_WEIGHT) for i in range(contract.MAX_CHANGES)]
@@ -40,7 +41,7 @@ def test_every_stage_field_is_an_argument_of_its_pipeline_stage():
     """The worker passes `pipeline_args(stage)` by name to the stage and, for rendering, to its check first: a
     field either does not take would fail every job. A new field passes once the pipeline takes it."""
     from pipeline import Editor
-    from pipeline.edit_params import validate_render
+    from pipeline.edit.params import validate_render
 
     spec = EditSpec(changes=[Change(neutral="a face", target="a smile")], alphas=[1.0])
     for stage, takers in ((RENDER, (Editor.render, validate_render)), (INVERT, (Editor.invert,))):

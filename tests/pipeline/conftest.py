@@ -11,14 +11,14 @@ from tests.pipeline.images import golden_dir
 @pytest.fixture(scope="session")
 def dev_bundle(dev_bundle):
     """The root conftest's development bundle directory (built once by the pipeline CLI), loaded."""
-    from pipeline.bundle import Bundle
+    from pipeline.weights.bundle import Bundle
 
     return Bundle.load(dev_bundle)
 
 
 @pytest.fixture(scope="session")
 def dev_editor(dev_bundle):
-    from pipeline.editor import Editor
+    from pipeline.edit.editor import Editor
 
     return Editor(dev_bundle)
 

@@ -119,8 +119,8 @@ def official_format_files(dev_bundle) -> dict[str, tuple[str, bytes]]:
 
     import numpy as np
 
-    from pipeline.bundle import read_manifest
-    from pipeline.sources import OFFICIAL
+    from pipeline.weights.bundle import read_manifest
+    from pipeline.weights.sources import OFFICIAL
 
     manifest = read_manifest(dev_bundle)
     files = {role: (OFFICIAL[role].file, (dev_bundle / manifest.models[role].file).read_bytes())

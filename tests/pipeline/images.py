@@ -32,7 +32,7 @@ def golden_face() -> tuple[Image.Image, dict[str, np.ndarray]]:
     with np.load(directory / "face_align.npz") as f:
         arrays = {k: f[k] for k in f.files}
     arrays["settings"] = meta["settings"]
-    from pipeline.photo import load_photo
+    from pipeline.faces.photo import load_photo
 
     # Upright, as the service and the golden check see it (a fixture photo may carry an EXIF orientation).
     return load_photo(directory / meta["input_file"]), arrays

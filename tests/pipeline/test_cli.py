@@ -11,9 +11,9 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.cli.edit import output_paths
-from pipeline.photo import load_photo
+from pipeline.faces.photo import load_photo
+from tests.pipeline.edit.test_editor import quad_masks
 from tests.pipeline.images import REPO_ROOT, golden_dir, jpeg_bytes, noise_image
-from tests.pipeline.test_editor import quad_masks
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,9 @@ def test_help_does_not_import_torch():
 
 
 def test_precompute_relevance_replaces_the_bundle_file_and_pins_it(capsys, tmp_path):
-    from pipeline.bundle import Bundle
-    from pipeline.dev_bundle import make_dev_bundle
-    from pipeline.relevance import load_relevance
+    from pipeline.edit.relevance import load_relevance
+    from pipeline.weights.bundle import Bundle
+    from pipeline.weights.dev_bundle import make_dev_bundle
 
     bundle = make_dev_bundle(tmp_path / "b16", size=16)  # 16² generator: the precompute renders in seconds
     before = bundle.manifest.models["relevance"].sha256

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from pipeline import runs
-from pipeline.bundle import Bundle
+from pipeline.train import runs
+from pipeline.weights.bundle import Bundle
 from tests.conftest import WorkerProcess, drop_queues, face_jpeg, make_api, service_settings
-from tests.pipeline.test_runs import fake_run
+from tests.pipeline.train.test_runs import fake_run
 
 pytestmark = pytest.mark.services
 

@@ -1,0 +1,420 @@
+"""``Editor``: photo → ``Inversion`` → edited full-size photos, the one object the worker and the CLI hold.
+
+Models load lazily on first use, once, under a lock, so a worker process can build its ``Editor`` at start and
+share it between threads. Every call takes ``progress(stage, fraction)`` and ``should_cancel()`` (polled between
+stages, raising ``Canceled``) and an optional ``metrics`` dict that receives the seconds spent per stage
+(``align_seconds``, ``invert_seconds``, ``direction_seconds``, ``synthesize_seconds``, ``paste_seconds``, and
+``optimize_seconds`` in optimize mode instead of ``direction_seconds``), so the service can report them without
+shared mutable state on the editor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.edit.directions import Change
+from pipeline.edit.inversion import Inversion
+from pipeline.edit.params import (
+    INVERSIONS,
+    MODES,
+    check_inversions,
+    check_order,
+    validate_edit,
+    validate_render,
+)
+from pipeline.edit.stages import Progress, ShouldCancel, Stages
+from pipeline.errors import INVALID_PARAMETER, PipelineError
+from pipeline.faces.detect import FaceBox
+from pipeline.weights.bundle import DEV_WARNING, Bundle
+
+log = logging.getLogger(__name__)
+
+PhotoSource = bytes | str | os.PathLike | Image.Image
+
+ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
+
+FACES_REMEMBERED = 8  # photos whose detections the editor keeps (a group edit inverts each face of one photo)
+
+__all__ = ["Change", "Editor", "FaceBox", "Inversion", "MODES", "Output", "render_order", "validate_edit",
+           "validate_render"]
+
+
+@dataclass(frozen=True)
+class Models:
+    """Everything loaded from a bundle, on one device."""
+
+    generator: torch.nn.Module
+    encoder: torch.nn.Module
+    clip: torch.nn.Module
+    fs3: torch.Tensor
+    style_std: torch.Tensor
+    identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
+
+
+class Editor:
+    """Edits faces in photos with the models of one ``Bundle``.
+
+    ``directions_dir``: where text directions are cached on disk (default: the bundle's ``cache/directions``).
+    A service whose bundle is mounted read-only passes a writable folder; a write that fails anyway is logged
+    once and the edit goes on."""
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, device: str | torch.device = "cpu",
+                 directions_dir: str | os.PathLike | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.device = torch.device(device)
+        self._directions_dir = Path(directions_dir) if directions_dir else self.bundle.cache_dir / "directions"
+        self._lock = threading.Lock()
+        self._models: Models | None = None
+        self._directions = None
+        self._versions: dict[str, str] | None = None
+        self._faces: OrderedDict[str, list] = OrderedDict()
+        self._faces_lock = threading.Lock()
+        if self.bundle.is_dev:
+            log.warning(DEV_WARNING)
+
+    # --- identity of the models --------------------------------------------------------------------------
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Short content ids of the model files (12 hex digits of each sha256)."""
+        if self._versions is None:
+            self._versions = {role: self.bundle.version(role) for role in self.bundle.manifest.models}
+        return dict(self._versions)
+
+    @property
+    def encoder_version(self) -> str:
+        """Changes whenever the encoder file does (e.g. a fine-tuned encoder promoted): the inversion cache key."""
+        return self.versions["encoder"]
+
+    @property
+    def is_dev(self) -> bool:
+        return self.bundle.is_dev
+
+    @property
+    def models(self) -> Models:
+        """The loaded models (loading them on first access)."""
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    self._models = self._load()
+        return self._models
+
+    def warm_up(self) -> float:
+        """Load the models and render one face, so the first job pays none of the one-time costs (on a CPU the
+        renderer's derived weights and NNPACK's check, on a GPU the precision choice and the batch-1 CUDA
+        graph); returns the seconds it took."""
+        start = time.perf_counter()
+        g = self.models.generator
+        with torch.no_grad():
+            g.synthesize(g.styles(torch.zeros(1, g.n_latent, g.style_dim, device=self.device)))
+        return time.perf_counter() - start
+
+    def _load(self) -> Models:
+        from pipeline.edit.directions import TextDirectionCache
+        from pipeline.edit.relevance import load_relevance
+        from pipeline.models.clip_model import load_clip
+        from pipeline.models.e4e import load_encoder
+        from pipeline.models.stylegan2 import load_generator
+
+        start = time.perf_counter()
+        generator = load_generator(self.bundle.path("generator"), self.device).eval().requires_grad_(False)
+        encoder = load_encoder(self.bundle.path("encoder"), self.device).eval().requires_grad_(False)
+        clip = load_clip(self.bundle.path("clip"), self.device)
+        relevance = load_relevance(self.bundle.path("relevance"))
+        identity = None
+        if self.bundle.has("identity"):
+            from pipeline.train.losses import load_arcface
+
+            identity = load_arcface(self.bundle.path("identity"), self.device)
+        self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
+        # one untimed render, so that its one-off costs (weight-derived kernels, the CPU path's buffers, the
+        # NNPACK self-check: ~1.5 s at 1024² on two cores) fall at load time, not on the first user's edit
+        with torch.inference_mode():
+            generator(torch.zeros(1, generator.style_dim, device=self.device))
+        log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
+        return Models(generator, encoder, clip,
+                      torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
+                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity)
+
+    # --- faces -------------------------------------------------------------------------------------------
+
+    def detect(self, photo: PhotoSource) -> list[FaceBox]:
+        """Every face in ``photo``, largest first (``FaceBox.index`` is what ``invert(face=)`` takes)."""
+        from pipeline.faces.detect import face_boxes
+        from pipeline.faces.photo import load_photo
+
+        raw = _photo_bytes(photo)
+        image = load_photo(raw)
+        return face_boxes(self._find_faces(raw, image), image.size)
+
+    def _find_faces(self, raw: bytes, image: Image.Image) -> list:
+        """``align.find_faces`` of a photo, remembered for the last few photos: inverting several faces of one
+        photo (a group edit) detects once, and ``detect`` and ``invert`` always agree on the order."""
+        from pipeline.faces.align import find_faces
+
+        key = hashlib.sha256(raw).hexdigest()
+        with self._faces_lock:
+            if key in self._faces:
+                self._faces.move_to_end(key)
+                return self._faces[key]
+        faces = find_faces(image)
+        with self._faces_lock:
+            self._faces[key] = faces
+            while len(self._faces) > FACES_REMEMBERED:
+                self._faces.popitem(last=False)
+        return faces
+
+    def check_texts(self, changes: Sequence[Change]) -> None:
+        """The changes' texts fit CLIP (``invalid_parameter`` naming one that does not): what ``render`` would
+        find only after the inversion."""
+        from pipeline.edit.directions import check_fits
+
+        check_fits(self.models.clip, [text for change in changes for text in (change.neutral, change.target)])
+
+    # --- inversion -----------------------------------------------------------------------------------------
+
+    def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,
+               should_cancel: ShouldCancel | None = None, metrics: dict | None = None,
+               inversion: str = INVERSIONS[0]) -> Inversion:
+        """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes, by the ``inversion``
+        inverter (one of ``INVERSIONS``).
+
+        Raises ``no_face`` (none found), ``invalid_parameter`` (``face`` out of range, naming the valid range),
+        ``face_too_small``, ``invalid_image``. ``metrics`` gets the stage totals and an entry for this face in
+        ``metrics["faces"]`` (``index``, ``align_seconds``, ``invert_seconds``)."""
+        from pipeline.faces.align import align_face
+        from pipeline.faces.detect import face_boxes
+        from pipeline.faces.photo import load_photo
+
+        if isinstance(face, bool) or not isinstance(face, int) or face < 0:
+            raise PipelineError(INVALID_PARAMETER, f"face must be a face index >= 0, got {face!r}")
+        if inversion not in INVERSIONS:
+            raise PipelineError(INVALID_PARAMETER, f"inversion must be one of {', '.join(INVERSIONS)}, "
+                                                   f"got {inversion!r}")
+        own: dict[str, float] = {}
+        step = Stages(progress, should_cancel, own)
+        raw = _photo_bytes(photo)
+        with step("align"):
+            image = load_photo(raw)
+            found = self._find_faces(raw, image)
+            alignment = align_face(image, output_size=ENCODER_INPUT, face=face, faces=found)
+        models = self.models
+        with step("invert"), torch.no_grad():
+            x = _to_tensor(alignment.crop, self.device)
+            codes = models.encoder(x)[0].float().cpu().numpy()
+        _record_face(metrics, face, own)
+        return Inversion(codes=codes, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
+                         n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
+                         versions={"encoder": self.encoder_version, "generator": self.versions["generator"]},
+                         face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
+
+    # --- editing -------------------------------------------------------------------------------------------
+
+    def edit(self, inv: Inversion, neutral: str, target: str, alphas: Sequence[float], beta: float = 0.15,
+             mode: str = "global", progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
+             metrics: dict | None = None, steps: int | None = None, *,
+             photo: PhotoSource | None = None) -> list[Image.Image]:
+        """One full-size edited photo per alpha, in order: ``render`` with one face and one change.
+
+        ``photo``: the photo ``inv`` was computed from; needed when ``inv`` carries none (one read back from
+        bytes), else it replaces ``inv.photo``."""
+        if not isinstance(inv, Inversion):
+            raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
+        if photo is None and inv.photo is None:
+            raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
+                                                   "bytes): pass the photo it was computed from as photo=")
+        values = validate_edit(neutral, target, alphas, beta, mode, steps)
+        outputs = self.render(photo, [inv], [Change(neutral, target)], values, beta=beta, mode=mode, steps=steps,
+                              progress=progress, should_cancel=should_cancel, metrics=metrics,
+                              order=range(len(values)), likeness=False)
+        return [output.image for output in outputs]
+
+    def render(self, photo: PhotoSource | None, inversions: Sequence[Inversion], changes: Sequence[Change],
+               alphas: Sequence[float], beta: float = 0.15, mode: str = "global", steps: int | None = None,
+               progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
+               metrics: dict | None = None, on_output: Callable[[Output], None] | None = None,
+               order: Sequence[int] | None = None, *, likeness: bool = True) -> list[Output]:
+        """Every chosen face of ``photo`` edited by the combined ``changes``, one full photo per alpha.
+
+        ``inversions``: one per face (``invert(photo, face=i)``), all of this photo. ``mode="global"``: the
+        weighted sum of each change's StyleCLIP global direction at ``beta``, scaled by each alpha.
+        ``mode="optimize"``: one change only, StyleCLIP latent optimization per face (``steps``).
+        Strengths render in ``order`` (default ``render_order``: the middle one first, then outwards) and
+        ``on_output`` is called with each ``Output`` as soon as its photo is pasted; the list returned is in
+        alpha order. ``likeness`` per face when the bundle has an ``identity`` model (and ``likeness`` is
+        true), else None. ``metrics``: stage totals plus ``first_output_seconds`` and an entry per face in
+        ``metrics["faces"]``."""
+        from pipeline.faces.photo import load_photo
+
+        start = time.perf_counter()
+        alphas, changes = validate_render(changes, alphas, beta, mode, steps)
+        inversions = check_inversions(inversions)
+        order = render_order(len(alphas)) if order is None else check_order(order, len(alphas))
+        raw = _photo_bytes(photo) if photo is not None else inversions[0].photo
+        if raw is None:
+            raise PipelineError(INVALID_PARAMETER, "the inversion carries no photo (it was read back from "
+                                                   "bytes): pass the photo it was computed from as photo=")
+        step = Stages(progress, should_cancel, metrics)
+        models = self.models
+        g = models.generator
+        for inv in inversions:
+            if inv.codes.shape != (g.n_latent, g.style_dim):
+                raise PipelineError(INVALID_PARAMETER, f"the inversion has codes {inv.codes.shape}, this generator "
+                                                       f"needs ({g.n_latent}, {g.style_dim}): invert the photo again")
+        image = load_photo(raw)
+        for inv in inversions:
+            if image.size != inv.photo_size:
+                raise PipelineError(INVALID_PARAMETER, f"the photo is {image.size[0]}x{image.size[1]}, the "
+                                                       f"inversion was computed from a {inv.photo_size[0]}x"
+                                                       f"{inv.photo_size[1]} one")
+        codes = torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device)
+        latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel)
+        identity = models.identity if likeness else None
+        originals = self._embed_originals(image, inversions, identity, step) if identity is not None else None
+        outputs: list[Output | None] = [None] * len(alphas)
+        for done, i in enumerate(order):
+            with step("synthesize", report=False), torch.no_grad():
+                faces = latents(i)
+            with step("paste", report=False):
+                pasted = self._paste(image, inversions, faces)
+            score = None
+            if originals is not None:
+                with step("likeness", report=False), torch.no_grad():
+                    score = tuple(float(v) for v in (identity.embed(faces.float().clamp(-1, 1)) * originals).sum(1))
+            outputs[i] = Output(index=i, alpha=alphas[i], image=pasted, likeness=score)
+            if done == 0 and metrics is not None:
+                metrics["first_output_seconds"] = time.perf_counter() - start
+            # one strength = one more share of synthesis; paste completes with the last strength
+            step.report("synthesize", (done + 1) / len(order))
+            if on_output is not None:
+                on_output(outputs[i])
+        step.report("paste", 1.0)
+        for inv in inversions:
+            _record_face(metrics, inv.face_index, {})
+        return outputs
+
+    def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
+                 steps: int | None, step: Stages, progress: Progress | None,
+                 should_cancel: ShouldCancel | None) -> Callable[[int], torch.Tensor]:
+        """What renders alpha number ``i``: ``[faces, 3, H, W]`` in [-1, 1]. The direction (or optimization)
+        is computed here, once for all alphas."""
+        from pipeline.edit.directions import apply, combine, style_direction
+
+        models = self.models
+        g = models.generator
+        if mode == "global":
+            with step("direction"), torch.no_grad():
+                parts = []
+                for change in changes:
+                    dt = self._directions.get(models.clip, change.neutral, change.target).to(self.device)
+                    parts.append(style_direction(models.fs3, dt, beta, models.style_std, g.style_dims,
+                                                 g.style_is_torgb))
+                direction = combine(parts, [change.weight for change in changes])
+                styles = [g.styles(codes[f:f + 1]) for f in range(codes.shape[0])]
+
+            def global_faces(i: int) -> torch.Tensor:
+                per_face = [apply(s, direction, [alphas[i]]) for s in styles]
+                return g.synthesize([torch.cat(layer) for layer in zip(*per_face, strict=True)])
+
+            return global_faces
+
+        from pipeline.edit.optimize import OptimizeConfig, optimize_latent
+
+        config = OptimizeConfig() if steps is None else OptimizeConfig(steps=steps)
+        results = []
+        with step("optimize"):
+            for f in range(codes.shape[0]):
+                results.append(optimize_latent(g, models.clip, codes[f], changes[0].target, config, progress=progress,
+                                               should_cancel=should_cancel, identity=models.identity))
+
+        def optimized_faces(i: int) -> torch.Tensor:
+            return g(torch.cat([r.interpolate([alphas[i]]) for r in results]))
+
+        return optimized_faces
+
+    def _embed_originals(self, image: Image.Image, inversions: list[Inversion], identity: torch.nn.Module,
+                         step: Stages) -> torch.Tensor:
+        """The identity embedding of each original aligned face ``[faces, 512]`` (what likeness compares to)."""
+        from pipeline.faces.align import align_crop
+
+        with step("likeness", report=False), torch.no_grad():
+            crops = torch.cat([_to_tensor(align_crop(image, inv.quad, ENCODER_INPUT), self.device)
+                               for inv in inversions])
+            return identity.embed(crops)
+
+    def _paste(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
+        """All faces of one strength into the full photo (one face: exactly the single-face paste, on the GPU
+        when the faces are there)."""
+        from pipeline.faces.paste import paste_faces
+        from pipeline.faces.paste_gpu import paste_rendered, to_uint8
+
+        if len(inversions) == 1:
+            return paste_rendered(image, faces, inversions[0].quad)[0]
+        return paste_faces(image, [Image.fromarray(face) for face in to_uint8(faces)], [inv.quad for inv in inversions])
+
+
+@dataclass(frozen=True)
+class Output:
+    """One strength's result: ``index`` = position in the alphas; ``image``: the full photo; ``likeness``: per
+    face (in the inversions' order), cosine of the identity model's embeddings of the original and the edited
+    aligned face, or None when the bundle has no identity model."""
+
+    index: int
+    alpha: float
+    image: Image.Image
+    likeness: tuple[float, ...] | None = None
+
+
+def render_order(n: int) -> list[int]:
+    """The middle strength first (what the app shows first), then outwards, nearer ones first, lower first."""
+    middle = n // 2
+    return sorted(range(n), key=lambda i: (abs(i - middle), i))
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+def _record_face(metrics: dict | None, index: int, seconds: dict[str, float]) -> None:
+    """Add a face's stage seconds to the totals and to its entry in ``metrics["faces"]`` (made if absent)."""
+    if metrics is None:
+        return
+    faces = metrics.setdefault("faces", [])
+    entry = next((f for f in faces if f.get("index") == index), None)
+    if entry is None:
+        entry = {"index": index}
+        faces.append(entry)
+    for key, value in seconds.items():
+        metrics[key] = metrics.get(key, 0.0) + value
+        entry[key] = entry.get(key, 0.0) + value
+
+
+def _photo_bytes(photo: PhotoSource) -> bytes:
+    """The original encoded file (held by a fresh Inversion); a PIL image is encoded losslessly as PNG."""
+    if isinstance(photo, (bytes, bytearray, memoryview)):
+        return bytes(photo)
+    if isinstance(photo, Image.Image):
+        buf = io.BytesIO()
+        photo.save(buf, format="PNG")
+        return buf.getvalue()
+    path = Path(photo)
+    if not path.is_file():
+        raise PipelineError("invalid_image", f"no such image file: {path}")
+    return path.read_bytes()
+
+
+def _to_tensor(crop, device: torch.device) -> torch.Tensor:
+    """An aligned RGB crop (PIL or uint8 HWC) → ``[1, 3, H, W]`` in [-1, 1], as e4e was trained."""
+    a = np.asarray(crop.convert("RGB") if isinstance(crop, Image.Image) else crop, dtype=np.float32)
+    return torch.from_numpy(a).permute(2, 0, 1)[None].to(device) / 127.5 - 1

@@ -1,0 +1,1 @@
+"""Photos and faces: decoding, detection, alignment to the FFHQ crop, and paste-back into the photo."""

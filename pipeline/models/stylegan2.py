@@ -1,0 +1,443 @@
+"""The StyleGAN2 generator with rosinality/stylegan2-pytorch's parameter names, and its style space.
+
+Parameter and buffer names and shapes equal ``g_ema`` of the official ``stylegan2-ffhq-config-f.pt`` (converted
+by rosinality), so that file loads with an explicit key check. Beyond the reference ``forward`` the generator
+exposes StyleSpace (Wu et al.): ``styles(wplus)`` gives the per-layer modulation vectors ``s`` and
+``synthesize(styles)`` renders from them, so an edit is arithmetic on ``s``.
+
+``impl="ref"`` follows the reference computation (per-sample weights in a grouped convolution, reference ops).
+``impl="fast"`` computes the same function faster: without autograd on a CPU through ``CpuRenderer``
+(``pipeline/render/cpu.py``: folded weights, NNPACK, phase convolutions, reused buffers) and on a CUDA GPU
+through ``CudaRenderer`` (``pipeline/render/cuda.py``: half precision within the golden tolerance, CUDA
+graphs); with autograd (training) through the batched path of this module (the style scales the activations,
+one dense convolution for the whole batch, the fast ops of ``pipeline.models.ops``).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
+from pipeline.models.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
+from pipeline.render.cpu import CpuRenderer, renders_on_cpu
+from pipeline.render.cuda import CudaRenderer, renders_on_cuda
+
+BLUR_TAPS = [1, 3, 3, 1]
+
+
+def default_channels(size: int, channel_multiplier: int = 2) -> dict[int, int]:
+    """Feature widths per resolution of the official configs (config-f: ``channel_multiplier=2``)."""
+    widths = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier, 128: 128 * channel_multiplier,
+              256: 64 * channel_multiplier, 512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+    return {r: c for r, c in widths.items() if r <= size}
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with the equalized learning rate: weights stored at unit scale, scaled at run time."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul, impl=impl)
+        return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+
+
+class Mapping(nn.Sequential):
+    """z → w: pixel norm, then ``n_mlp`` equalized linear layers (keys ``style.1`` … ``style.n``)."""
+
+    def __init__(self, style_dim: int, n_mlp: int, lr_mlp: float = 0.01):
+        super().__init__(nn.Identity(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True)
+                                          for _ in range(n_mlp)])
+
+    def forward(self, z: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        x = z * torch.rsqrt(torch.mean(z ** 2, dim=1, keepdim=True) + 1e-8)
+        for layer in list(self)[1:]:
+            x = layer(x, impl)
+        return x
+
+
+class FIRFilter(nn.Module):
+    """A fixed FIR filter (buffer ``kernel``) applied through ``upfirdn2d``."""
+
+    def __init__(self, pad: tuple[int, int], up: int = 1, gain: float = 1.0):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(BLUR_TAPS) * gain)
+        self.pad, self.up = pad, up
+
+    def forward(self, x: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.up, pad=self.pad, impl=impl)
+
+
+class ModulatedConv2d(nn.Module):
+    """Convolution whose input channels are scaled per sample by a style ``s`` (then optionally demodulated).
+
+    ``styles`` holds the modulation layer (w → s); ``forward`` takes ``s`` itself so that edits in style space
+    need no second pass through it."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample, self.demodulate = upsample, demodulate
+        if upsample:  # transposed conv (stride 2), then blur; pads as in the reference for a 4-tap filter
+            p = (len(BLUR_TAPS) - 2) - (kernel_size - 1)
+            self.blur = FIRFilter(pad=((p + 1) // 2 + 1, p // 2 + 1), gain=4.0)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        """``x [B,Cin,H,W]``, ``s [B,Cin]`` → ``[B,Cout,H',W']``."""
+        if check_impl(impl) == "fast" and x.shape[0] > 1:
+            return self._forward_shared_weight(x, s)
+        return self._forward_grouped(x, s, impl)
+
+    def _forward_grouped(self, x: torch.Tensor, s: torch.Tensor, impl: Impl) -> torch.Tensor:
+        """The reference form: one modulated weight per sample, one group per sample."""
+        batch, cin, height, width = x.shape
+        k, cout = self.kernel_size, self.out_channel
+        weight = self.scale * self.weight * s.view(batch, 1, cin, 1, 1)
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
+            weight = weight * demod.view(batch, cout, 1, 1, 1)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(batch * cin, cout, k, k)
+            out = F.conv_transpose2d(x.reshape(1, batch * cin, height, width), weight, stride=2, groups=batch)
+            return self.blur(out.view(batch, cout, *out.shape[2:]), impl)
+        weight = weight.view(batch * cout, cin, k, k)
+        out = F.conv2d(x.reshape(1, batch * cin, height, width), weight, padding=self.padding, groups=batch)
+        return out.view(batch, cout, *out.shape[2:])
+
+    def _forward_shared_weight(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Modulate activations instead of weights: ``conv(x·s, W)·demod`` equals ``conv(x, W·s·demod)`` and
+        runs as one dense convolution for the whole batch."""
+        weight = self.scale * self.weight[0]
+        out = x * s[:, :, None, None]
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(out, weight.transpose(0, 1), stride=2), "fast")
+        else:
+            out = F.conv2d(out, weight, padding=self.padding)
+        if self.demodulate:
+            wsq = weight.pow(2).sum([2, 3])  # [Cout, Cin]
+            out = out.mul_(torch.rsqrt(s.pow(2) @ wsq.t() + 1e-8)[:, :, None, None])
+        return out
+
+
+class ConstantInput(nn.Module):
+    """The learned 4×4 start of the synthesis network (key ``input.input``)."""
+
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.repeat(batch, 1, 1, 1)
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return x + self.weight * noise
+
+
+class FusedLeakyReLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias, impl=impl)
+
+
+class StyledConv(nn.Module):
+    """Modulated 3×3 conv → noise → bias + leaky ReLU."""
+
+    def __init__(self, in_channel: int, out_channel: int, style_dim: int, upsample: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, impl: Impl = "ref") -> torch.Tensor:
+        out = self.conv(x, s, impl)
+        if impl == "ref":
+            return self.activate(self.noise(out, noise), impl)
+        # one in-place epilogue: lrelu(v)·√2 == lrelu(v·√2)
+        out = out.mul_(SQRT2).add_(noise * (self.noise.weight * SQRT2))
+        out = out.add_((self.activate.bias * SQRT2).view(1, -1, 1, 1))
+        return F.leaky_relu_(out, 0.2)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1×1 conv to RGB (no demodulation) plus the upsampled skip image."""
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True):
+        super().__init__()
+        if upsample:
+            self.upsample = FIRFilter(pad=(2, 1), up=2, gain=4.0)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None, impl: Impl = "ref") -> torch.Tensor:
+        if impl == "ref":
+            out = self.conv(x, s, impl) + self.bias
+        else:  # a 1×1 modulated conv is a batched matmul: [B,3,Cin] @ [B,Cin,HW]
+            weight = (self.conv.scale * self.conv.weight[0, :, :, 0, 0])[None] * s[:, None, :]
+            out = torch.baddbmm(self.bias.view(1, 3, 1), weight, x.flatten(2)).view(x.shape[0], 3, *x.shape[2:])
+        if skip is None:
+            return out
+        return out + self.upsample(skip, impl)
+
+
+class Generator(nn.Module):
+    """rosinality's ``Generator`` (``g_ema``) with a style-space interface.
+
+    ``channels`` (resolution → width, for 4 … ``size``) overrides ``channel_multiplier``: tiny development
+    models use it. ``impl`` selects the reference or the fast computation; it can be changed at any time.
+    ``impl="fast"`` renders through a ``CpuRenderer`` (``pipeline/render/cpu.py``) or a ``CudaRenderer``
+    (``pipeline/render/cuda.py``) when autograd is off, else through the batched path below (the style scales
+    the activations, one dense convolution for the whole batch, fast ops)."""
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
+                 channels: dict[int, int] | None = None, impl: Impl = "fast"):
+        super().__init__()
+        self.log_size = int(math.log2(size))
+        if 2 ** self.log_size != size or size < 4:
+            raise ValueError(f"size must be a power of two >= 4, got {size}")
+        self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
+        self.channels = dict(channels) if channels is not None else default_channels(size, channel_multiplier)
+        missing = [2 ** i for i in range(2, self.log_size + 1) if 2 ** i not in self.channels]
+        if missing:
+            raise ValueError(f"channels lacks resolutions {missing}")
+        self.impl = impl
+        ch = self.channels
+
+        self.style = Mapping(style_dim, n_mlp)
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledConv(ch[4], ch[4], style_dim)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.convs, self.to_rgbs = nn.ModuleList(), nn.ModuleList()
+        in_channel = ch[4]
+        for i in range(3, self.log_size + 1):
+            out_channel = ch[2 ** i]
+            self.convs.append(StyledConv(in_channel, out_channel, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_channel, out_channel, style_dim))
+            self.to_rgbs.append(ToRGB(out_channel, style_dim))
+            in_channel = out_channel
+        self.num_layers = (self.log_size - 2) * 2 + 1
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            res = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+        self.n_latent = self.log_size * 2 - 2
+        # not part of g_ema: the checkpoint's mean W, kept beside the weights (moves with .to())
+        self.register_buffer("latent_avg", torch.zeros(0), persistent=False)
+        # the fast CPU path's snapshot of these weights, built on first use (see ``cpu_renderer``)
+        self._cpu_renderer: CpuRenderer | None = None
+        self._cuda_renderer: CudaRenderer | None = None
+
+        # style space, in execution order: (name, module, W+ row)
+        layers: list[tuple[str, ModulatedConv2d, int]] = [("conv1", self.conv1.conv, 0), ("to_rgb1", self.to_rgb1.conv, 1)]
+        for k, to_rgb in enumerate(self.to_rgbs):
+            layers += [(f"convs.{2 * k}", self.convs[2 * k].conv, 2 * k + 1),
+                       (f"convs.{2 * k + 1}", self.convs[2 * k + 1].conv, 2 * k + 2),
+                       (f"to_rgbs.{k}", to_rgb.conv, 2 * k + 3)]
+        self._style_layers = layers
+        self.style_layer_names = [f"{name}.conv.modulation" for name, _, _ in layers]
+        self.style_dims = [conv.in_channel for _, conv, _ in layers]
+        self.style_is_torgb = [name.startswith("to_rgb") for name, _, _ in layers]
+        self.style_wplus_index = [idx for _, _, idx in layers]
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        self._impl = check_impl(impl)
+
+    # --- W space -------------------------------------------------------------------------------------------
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """z ``[B,style_dim]`` → w ``[B,style_dim]``."""
+        return self.style(z, self.impl)
+
+    def mean_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean of ``n`` mapped random z: ``[1,style_dim]`` (the truncation centre)."""
+        device = self.input.input.device
+        z = torch.randn(n, self.style_dim, generator=generator, device="cpu").to(device)
+        return self.mapping(z).mean(0, keepdim=True)
+
+    def forward(self, wplus: torch.Tensor) -> torch.Tensor:
+        """W+ ``[B,n_latent,style_dim]`` (or one w ``[B,style_dim]`` for all layers) → image ``[B,3,size,size]``,
+        unclamped, with the stored noise buffers (the reference's ``randomize_noise=False``)."""
+        return self.synthesize(self.styles(wplus))
+
+    # --- style space ---------------------------------------------------------------------------------------
+
+    def styles(self, wplus: torch.Tensor) -> list[torch.Tensor]:
+        """W+ → the style vector of every modulated layer, in execution order: list of ``[B,C_i]``."""
+        if wplus.ndim == 2:
+            wplus = wplus[:, None, :].expand(-1, self.n_latent, -1)
+        if wplus.shape[1:] != (self.n_latent, self.style_dim):
+            raise ValueError(f"wplus must be [B,{self.n_latent},{self.style_dim}], got {list(wplus.shape)}")
+        return [conv.modulation(wplus[:, idx]) for _, conv, idx in self._style_layers]
+
+    def synthesize(self, styles: list[torch.Tensor]) -> torch.Tensor:
+        """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``."""
+        if len(styles) != len(self._style_layers):
+            raise ValueError(f"expected {len(self._style_layers)} style vectors, got {len(styles)}")
+        for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=True)):
+            if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
+                raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
+        if self.impl == "fast" and renders_on_cpu(styles):
+            return self.cpu_renderer().render(styles)
+        if self.impl == "fast" and renders_on_cuda(styles):
+            return self.cuda_renderer().render(styles)
+        return self._render(styles, self.impl)
+
+    def _render(self, styles: list[torch.Tensor], impl: Impl) -> torch.Tensor:
+        noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+        x = self.input(styles[0].shape[0])
+        x = self.conv1(x, styles[0], noise[0], impl)
+        skip = self.to_rgb1(x, styles[1], None, impl)
+        for k, to_rgb in enumerate(self.to_rgbs):
+            s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
+            x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl)
+            x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl)
+            skip = to_rgb(x, s_rgb, skip, impl)
+        return skip
+
+    # --- the fast CPU path's derived weights ---------------------------------------------------------------
+
+    def cpu_renderer(self) -> CpuRenderer:
+        """The ``CpuRenderer`` of the current weights: built on first use, rebuilt after ``weights_changed``."""
+        renderer = self._cpu_renderer
+        if renderer is None:
+            renderer = self._cpu_renderer = CpuRenderer.from_generator(self)
+        return renderer
+
+    def cuda_renderer(self, precision: str | None = None) -> CudaRenderer:
+        """The ``CudaRenderer`` of the current weights (and device): built on first use (which measures the
+        half-precision error; graphs are recorded as batch sizes come), rebuilt after ``weights_changed``, and
+        replaced when ``precision`` (``auto`` or a ``PRECISIONS`` name) is given."""
+        renderer = self._cuda_renderer
+        if renderer is None or precision is not None:
+            renderer = self._cuda_renderer = CudaRenderer.from_generator(self, precision)
+        return renderer
+
+    def weights_changed(self) -> None:
+        """Drop what the fast path derived from the weights. ``load_state_dict`` and ``.to()`` / ``.float()`` …
+        call it; whoever changes a parameter in place (an optimizer step, ``weight.mul_``) calls it too, or the
+        fast path keeps rendering the weights it copied."""
+        self._cpu_renderer = None
+        self._cuda_renderer = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.weights_changed()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self.weights_changed()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        # a copied or pickled generator builds its own renderer (and buffers) when it first needs one
+        return {**self.__dict__, "_cpu_renderer": None, "_cuda_renderer": None}
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` after an explicit key and shape check; a mismatch is ``model_invalid``
+    naming ``source`` and the first offending keys (never a silent ``strict=False``)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{what}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("wrong shapes", misshaped)) if keys]
+    if problems:
+        raise PipelineError(MODEL_INVALID, f"{source}: does not match the model: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(path: str | Path, safe_globals: list | None = None) -> dict:
+    """``torch.load`` with ``weights_only=True`` (no arbitrary code from a pickle); unreadable → ``model_invalid``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(MODEL_MISSING, f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals(safe_globals or []):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+        raise PipelineError(MODEL_INVALID, f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise PipelineError(MODEL_INVALID, f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def infer_config(state: dict[str, torch.Tensor], source: str) -> dict:
+    """Architecture from the weights' own shapes: size from the number of toRGB layers, widths from the convs."""
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise PipelineError(MODEL_INVALID, f"{source}: not a StyleGAN2 g_ema state dict (missing key {key})")
+        return state[key].shape
+
+    n_mlp = len([k for k in state if re.fullmatch(r"style\.\d+\.weight", k)])
+    n_up = len([k for k in state if re.fullmatch(r"to_rgbs\.\d+\.conv\.weight", k)])
+    channels = {4: shape("input.input")[1]}
+    channels.update({2 ** (k + 3): shape(f"convs.{2 * k}.conv.weight")[1] for k in range(n_up)})
+    return {"size": 2 ** (n_up + 2), "style_dim": shape("conv1.conv.modulation.weight")[1], "n_mlp": n_mlp,
+            "channels": channels}
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", impl: Impl = "fast") -> Generator:
+    """Read an official rosinality checkpoint (``{"g_ema": state_dict, "latent_avg": [512]}``) or one written
+    by ``save_generator``; the architecture is inferred from the shapes. ``generator.latent_avg`` holds the
+    checkpoint's mean W (empty when the file has none)."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("g_ema"), dict):
+        raise PipelineError(MODEL_INVALID, f"{path}: no 'g_ema' state dict (keys: {sorted(ckpt)[:8]})")
+    # rosinality's key names are ours: the key map is the identity, checked key by key in load_state
+    state = dict(ckpt["g_ema"])
+    g = Generator(**infer_config(state, str(path)), impl=impl)
+    load_state(g, state, str(path))
+    latent_avg = ckpt.get("latent_avg")
+    if latent_avg is not None:
+        if latent_avg.shape[-1] != g.style_dim:
+            raise PipelineError(MODEL_INVALID, f"{path}: latent_avg has shape {list(latent_avg.shape)}, "
+                                               f"expected [..., {g.style_dim}]")
+        g.latent_avg = latent_avg.float().clone()
+    return g.to(device).eval()
+
+
+def save_generator(path: str | Path, generator: Generator, latent_avg: torch.Tensor | None = None) -> None:
+    """Write the official layout (``g_ema`` + ``latent_avg``), readable by rosinality's code and ours."""
+    if latent_avg is None and generator.latent_avg.numel():
+        latent_avg = generator.latent_avg
+    ckpt: dict = {"g_ema": {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}}
+    if latent_avg is not None:
+        ckpt["latent_avg"] = latent_avg.detach().cpu().float()
+    torch.save(ckpt, Path(path))

@@ -1,0 +1,209 @@
+"""StyleGAN2 synthesis for inference on a CUDA GPU: the function ``Generator.synthesize`` computes, in less time.
+
+At batch 1 a 1024² render is a few hundred small kernels; at the low resolutions each does microseconds of
+work, so the launches set the time, not the arithmetic. This renderer
+
+* renders in the cheapest precision whose image stays within the golden tolerance of float32 on *these* weights
+  (``choose_precision``: measured once per renderer on a fixed set of styles; float16, then bfloat16, then
+  TF32, else float32): half precision halves the bytes each layer moves and uses the tensor cores;
+* records each batch size's render once as a CUDA graph and replays it with one launch (``torch.cuda.CUDAGraph``):
+  styles are copied into the graph's input tensors, the image is copied out of its output.
+
+Measured on an H200 (docs/BENCHMARKS.md): graphs take a batch-1 render from 9.2 to 5.8 ms (TF32) and 8.7 to
+5.0 ms (float16); channels-last feature maps were no faster at batch 1 and 45 % slower at batch 16, so the
+layout stays NCHW.
+
+It is a snapshot, like ``CpuRenderer``: ``CudaRenderer.from_generator(g)`` copies ``g`` in the chosen dtype, so
+changing ``g`` afterwards leaves it rendering the old weights; ``Generator.weights_changed()`` drops it.
+
+``FACEEDIT_CUDA_PRECISION`` (``auto`` default, ``float16``, ``bfloat16``, ``tf32``, ``float32``) and
+``FACEEDIT_CUDA_GRAPHS`` (``1`` default, ``0`` renders eagerly) are read when a renderer is built; the pipeline
+reads no service settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from pipeline.models.stylegan2 import Generator
+
+log = logging.getLogger(__name__)
+
+PRECISION_ENV, GRAPHS_ENV = "FACEEDIT_CUDA_PRECISION", "FACEEDIT_CUDA_GRAPHS"
+# Cheapest first. "tf32": float32 tensors, convolutions on the tensor cores with 10-bit mantissas (cuDNN's default
+# on Ampere and later); "float32": TF32 off, the exact reference.
+PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {"float16": (torch.float16, False), "bfloat16": (torch.bfloat16, False),
+                                                   "tf32": (torch.float32, True), "float32": (torch.float32, False)}
+# The golden README's tolerance for a 1024² image (max |ours − ref| / max |ref|): about half an 8-bit level on a
+# typical image, invisible once rounded to the photo's pixels.
+HALF_PRECISION_TOL = 2e-3
+# Batches are rounded up to one of these sizes, so a server sees a handful of graphs, not one per batch size;
+# larger batches render in chunks of the largest. A graph keeps its intermediates: at 1024² and batch 16 the
+# transposed convolution's output alone is 8.6 GB in float32, so larger graphs would hold tens of GB for no gain
+# (an H200 renders ~210 images/s at batch 8 and at 64 alike).
+GRAPH_BATCHES = (1, 2, 4, 8, 16)
+
+
+def renders_on_cuda(styles: list[torch.Tensor]) -> bool:
+    """Whether ``CudaRenderer`` applies: styles on a CUDA device and autograd off (training keeps the
+    generator's own path)."""
+    return styles[0].device.type == "cuda" and not torch.is_grad_enabled()
+
+
+def configured_precision() -> str:
+    """``FACEEDIT_CUDA_PRECISION`` (``auto`` when unset); anything else is a ``ValueError`` naming the choices."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if value != "auto" and value not in PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV}={value!r}: expected auto or one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def graphs_enabled() -> bool:
+    """``FACEEDIT_CUDA_GRAPHS``: ``1`` (default) records and replays graphs, ``0`` renders eagerly."""
+    value = os.environ.get(GRAPHS_ENV, "").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{GRAPHS_ENV}={value!r}: expected 1 (CUDA graphs) or 0 (eager)")
+    return value == "1"
+
+
+def probe_styles(generator: Generator, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    """Fixed, realistic styles for the precision check: mapped random z (trained weights: faces)."""
+    device = generator.input.input.device
+    z = torch.randn(batch, generator.style_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    with torch.no_grad():
+        return generator.styles(generator.mapping(z))
+
+
+@contextmanager
+def precision_flags(precision: str, benchmark: bool | None = None) -> Iterator[None]:
+    """cuDNN's TF32 switch (and optionally its autotuner) as ``precision`` needs, restored afterwards."""
+    tf32 = PRECISIONS[precision][1]
+    bench = torch.backends.cudnn.benchmark if benchmark is None else benchmark
+    with torch.backends.cudnn.flags(enabled=True, benchmark=bench, deterministic=False, allow_tf32=tf32):
+        yield
+
+
+def render_in(generator: Generator, styles: list[torch.Tensor], precision: str) -> torch.Tensor:
+    """``generator``'s batched render with ``styles`` in ``precision`` (the generator must already hold that
+    dtype), as float32."""
+    dtype = PRECISIONS[precision][0]
+    with torch.no_grad(), precision_flags(precision):
+        return generator._render([s.to(dtype) for s in styles], "fast").float()
+
+
+def precision_errors(generator: Generator, styles: list[torch.Tensor]) -> dict[str, float]:
+    """Relative image error (max |low − float32| / max |float32|) of each cheaper precision on this device
+    (``tf32`` only on CUDA), against float32 with TF32 off."""
+    cuda = generator.input.input.device.type == "cuda"
+    reference = render_in(generator, styles, "float32")
+    scale = reference.abs().max().clamp_min(1e-12)
+    errors = {}
+    for precision, (dtype, tf32) in PRECISIONS.items():
+        if precision == "float32" or (tf32 and not cuda):
+            continue
+        low = generator if dtype == torch.float32 else copy.deepcopy(generator).to(dtype)
+        errors[precision] = float(((render_in(low, styles, precision) - reference).abs().max() / scale).item())
+        del low
+    return errors
+
+
+def choose_precision(generator: Generator, tol: float = HALF_PRECISION_TOL,
+                     styles: list[torch.Tensor] | None = None) -> tuple[str, dict[str, float]]:
+    """The cheapest precision whose image stays within ``tol`` of float32 on these weights (and the errors
+    measured): float16, bfloat16 (fewer mantissa bits: rarely passes), tf32, else float32. NaN never passes."""
+    errors = precision_errors(generator, styles if styles is not None else probe_styles(generator))
+    for precision in PRECISIONS:
+        if precision == "float32" or errors.get(precision, float("nan")) <= tol:
+            return precision, errors
+    raise AssertionError("unreachable: float32 always qualifies")
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    styles: list[torch.Tensor]  # the graph reads its input here ...
+    image: torch.Tensor  # ... and writes its output here
+
+
+class CudaRenderer:
+    """Renders ``Generator.synthesize``'s function from a private copy of the weights in ``precision``, replaying
+    one CUDA graph per batch size when ``graphs`` (else eagerly). Thread-safe: renders are serialized."""
+
+    def __init__(self, generator: Generator, precision: str, graphs: bool, errors: dict[str, float] | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision, self.graphs, self.errors = precision, graphs, dict(errors or {})
+        self.dtype = PRECISIONS[precision][0]
+        self._model = copy.deepcopy(generator).to(self.dtype).eval()
+        self._model.requires_grad_(False)
+        self._captured: dict[int, _Graph] = {}
+        self._pool = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_generator(cls, generator: Generator, precision: str | None = None) -> CudaRenderer:
+        """A renderer for ``generator``'s current weights in ``precision`` (``auto`` chooses; default:
+        ``FACEEDIT_CUDA_PRECISION``), with graphs as ``FACEEDIT_CUDA_GRAPHS`` says (only on a CUDA device)."""
+        choice, graphs = precision or configured_precision(), graphs_enabled()
+        precision, errors = choose_precision(generator) if choice == "auto" else (choice, {})
+        graphs = graphs and generator.input.input.device.type == "cuda"
+        log.info("generator renders in %s (%s), CUDA graphs %s", precision,
+                 f"chosen: image error vs float32 {errors}, tolerance {HALF_PRECISION_TOL}" if errors
+                 else f"set by {PRECISION_ENV}", "on" if graphs else "off")
+        return cls(generator, precision, graphs=graphs, errors=errors)
+
+    def render(self, styles: list[torch.Tensor]) -> torch.Tensor:
+        """Style vectors ``[B, C_i]`` → float32 image ``[B, 3, size, size]`` (a new tensor, the caller's)."""
+        styles = [s.detach().to(self.dtype) for s in styles]
+        if not self.graphs:
+            with self._lock, torch.no_grad(), precision_flags(self.precision):
+                return self._model._render(styles, "fast").float()
+        # The graph's tensors are recorded once and written by every later render: under inference mode they
+        # would become inference tensors, which no render outside it may write to.
+        with self._lock, torch.inference_mode(False), torch.no_grad():
+            batch, largest = styles[0].shape[0], GRAPH_BATCHES[-1]
+            chunks = [self._replay([s[i:i + largest] for s in styles]) for i in range(0, batch, largest)]
+            return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def _replay(self, styles: list[torch.Tensor]) -> torch.Tensor:
+        batch = styles[0].shape[0]
+        graph = self._graph(next(b for b in GRAPH_BATCHES if b >= batch))
+        for static, s in zip(graph.styles, styles, strict=True):
+            static[:batch].copy_(s)
+        graph.graph.replay()
+        # a copy (also in float32, where .float() would be a view): the next replay overwrites graph.image
+        return graph.image[:batch].to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+    def _graph(self, batch: int) -> _Graph:
+        """The graph for ``batch`` rows, recorded on first use. Warm-up runs on a side stream first (cuDNN picks
+        its algorithms there, with autotuning, which a capture must not do); all graphs share one memory pool,
+        which is safe because renders are serialized and each output is copied out at once."""
+        found = self._captured.get(batch)
+        if found is not None:
+            return found
+        device = self._model.input.input.device
+        static = [torch.zeros(batch, dim, device=device, dtype=self.dtype) for dim in self._model.style_dims]
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with precision_flags(self.precision, benchmark=True):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._model._render(static, "fast")
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                image = self._model._render(static, "fast")
+        captured = self._captured[batch] = _Graph(graph, static, image)
+        return captured
