@@ -257,8 +257,9 @@ def merge_api_load(existing: str, result: dict, command: str) -> str:
 
 
 NNPACK_HEADING = "## The direct NNPACK call and the allocator route"
+EDIT_SEND_HEADING = "## Sending an edit job"  # python -m bench.edit_send
 # Sections measured by hand or by an opt-in group: a run that does not measure them keeps the previous ones.
-CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING)
+CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING, EDIT_SEND_HEADING)
 
 
 def keep_sections(previous: str, new: str, headings: tuple[str, ...] = CARRIED_HEADINGS) -> str:

@@ -2,12 +2,14 @@
 the `task-sent` event Flower shows, written in one Redis round trip.
 
 Why not `send_task` itself: kombu opens a Redis client object per command, declares the queue, runs its
-retry machinery and publishes the event as a second command, about 0.6 ms of CPU per submit against
-~0.05 ms for the two commands in one pipeline: the largest cost of a submit in the API after the database
-(docs/BENCHMARKS.md, "API under load"). The task message itself is still Celery's (`app.amqp.as_task_v2`
-builds its headers, body and event fields); only the envelope, kombu's Redis format (a JSON object with a
-base64 body, LPUSHed onto the queue's list), is written here. tests/common/test_edit_sender.py holds it to
-what `send_task` writes, field by field, and the workers in tests/worker consume it like any other.
+retry machinery and publishes the event as a second command: 0.75 ms of the API's CPU per send against 0.26 ms
+here, paired over 30 rounds (docs/BENCHMARKS.md, "Sending an edit job"), about an eighth of a submit's CPU.
+The task message itself is still Celery's (`app.amqp.as_task_v2` builds its headers, body and event fields);
+only the envelope, kombu's Redis format (a JSON object with a base64 body, LPUSHed onto the queue's list), is
+written here. tests/common/test_edit_sender.py holds it to what `send_task` writes, field by field, under the
+locked kombu (requirements/lock.txt), and the workers in tests/worker consume it like any other. A setting
+that would make `send_task` write something else (a key prefix, priorities, another serializer...) is refused
+when the sender is built, so the API does not start rather than queue jobs no worker sees.
 
 The reaper and other senders keep `common.queue.enqueue_edit` (rare sends, from inside the worker).
 """
@@ -35,6 +37,56 @@ from common.topology import PROCESS_EDIT
 
 EVENTS_EXCHANGE = "celeryev"  # celery.events.dispatcher's exchange
 SENT_ROUTING_KEY = "task.sent"
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket")
+# kombu Redis transport options that change how workers consume or how connections behave, not what a send
+# writes. Any other (global_keyprefix, fanout_prefix/fanout_patterns, priority_steps, sep, body_encoding, or an
+# option of a newer kombu) is refused.
+REPRODUCED_TRANSPORT_OPTIONS = frozenset({
+    "visibility_timeout", "polling_interval", "queue_order_strategy", "ack_emulation", "unacked_key",
+    "unacked_index_key", "unacked_mutex_key", "unacked_mutex_expire", "unacked_restore_limit",
+    "unacked_restore_interval", "unacked_restore_throttle", "socket_timeout", "socket_connect_timeout",
+    "socket_keepalive", "socket_keepalive_options", "max_connections", "health_check_interval",
+    "retry_on_timeout", "client_name",
+})  # fmt: skip
+
+
+class UnsupportedSendSetting(ValueError):
+    """The Celery configuration asks for something EditSender does not write; the message names the fix."""
+
+    def __init__(self, setting: str):
+        super().__init__(
+            f"EditSender writes kombu's Redis message by hand and does not reproduce {setting}: with it, "
+            f"jobs would be queued where no worker reads them. Remove the setting, or send edit jobs with Celery's "
+            f"send_task: build the API without EditSender (api/main.py: common.queue.enqueue_edit).")
+
+
+def unsupported_settings(app: Celery) -> list[str]:
+    """What in `app`'s configuration would make `send_task` write a message other than EditSender's."""
+    conf, found = app.conf, []
+    scheme = str(conf.broker_url or "").partition("://")[0]
+    if scheme not in REDIS_SCHEMES:
+        found.append(f"the broker {scheme or '(none)'}:// (only Redis: {', '.join(REDIS_SCHEMES)})")
+    options = sorted(set(conf.broker_transport_options or {}) - REPRODUCED_TRANSPORT_OPTIONS)
+    found += [f"broker_transport_options[{name!r}]" for name in options]
+    if conf.task_serializer != "json":
+        found.append(f"task_serializer={conf.task_serializer!r} (only json)")
+    if conf.task_compression:
+        found.append(f"task_compression={conf.task_compression!r}")
+    if conf.task_protocol != 2:
+        found.append(f"task_protocol={conf.task_protocol!r} (only 2)")
+    if conf.task_default_priority is not None or conf.task_queue_max_priority is not None:
+        found.append("message priorities (task_default_priority, task_queue_max_priority)")
+    if conf.task_queues:
+        found.append("task_queues (declared queues may bind other exchanges and routing keys)")
+    if conf.task_default_delivery_mode not in ("persistent", 2):
+        found.append(f"task_default_delivery_mode={conf.task_default_delivery_mode!r}")
+    # send_task publishes straight onto the queue's list only for a direct exchange whose routing key is the
+    # queue's name (Celery's default for a queue it creates); anything else goes through kombu's bindings.
+    route = app.amqp.router.route({}, PROCESS_EDIT.name)
+    queue = route.get("queue")
+    if set(route) != {"queue"} or queue.exchange.type != "direct" or queue.routing_key != queue.name:
+        found.append(f"the routing of {PROCESS_EDIT.name} other than straight onto its queue ({route})")
+    return found
 
 
 class EditSender:
@@ -42,6 +94,10 @@ class EditSender:
     redis-py's connection pool is)."""
 
     def __init__(self, app: Celery, settings: Settings, client: Redis | None = None):
+        """Raises UnsupportedSendSetting for a configuration whose messages it would not write as kombu does."""
+        refused = unsupported_settings(app)
+        if refused:
+            raise UnsupportedSendSetting("; ".join(refused))
         self.app = app
         self.queue = PROCESS_EDIT.queue(settings)
         self.redis = client if client is not None else redis_client(broker_url(settings))

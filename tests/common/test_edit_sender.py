@@ -8,11 +8,12 @@ import json
 import time
 
 import pytest
+from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 from redis import Redis
 
 from api.processes import free_port
-from common.edit_sender import EditSender
+from common.edit_sender import EditSender, UnsupportedSendSetting
 from common.queue import enqueue_edit, make_celery
 from common.topology import PROCESS_EDIT
 from tests.services.settings import build_settings, drop_queues
@@ -95,3 +96,33 @@ def test_an_unreachable_broker_is_kombus_operational_error(tmp_path):
     sender = EditSender(make_celery(settings), settings)
     with pytest.raises(OperationalError):  # the route answers 503 broker_unavailable to it
         sender.send("edt_nowhere")
+
+
+@pytest.mark.parametrize(("setting", "value", "named"), [
+    ("broker_transport_options", {"global_keyprefix": "faceedit:"}, "global_keyprefix"),
+    ("broker_transport_options", {"fanout_prefix": False}, "fanout_prefix"),
+    ("broker_transport_options", {"priority_steps": [0, 5]}, "priority_steps"),
+    ("broker_transport_options", {"some_future_option": 1}, "some_future_option"),
+    ("task_serializer", "pickle", "task_serializer='pickle'"),
+    ("task_compression", "gzip", "task_compression='gzip'"),
+    ("task_protocol", 1, "task_protocol=1"),
+    ("task_default_priority", 5, "priorities"),
+    ("task_queue_max_priority", 10, "priorities"),
+    ("task_routes", {PROCESS_EDIT.name: {"queue": "edits", "priority": 3}}, "routing of worker.tasks.process_edit"),
+    ("task_queues", [Queue("edits", Exchange("jobs", type="topic"), routing_key="edit.#")], "task_queues"),
+    ("task_default_delivery_mode", "transient", "task_default_delivery_mode"),
+    ("broker_url", "amqp://guest@localhost//", "the broker amqp://"),
+])  # fmt: skip
+def test_a_setting_it_does_not_reproduce_is_refused_at_construction(settings, setting, value, named):
+    app = make_celery(settings)
+    app.conf[setting] = value
+    with pytest.raises(UnsupportedSendSetting) as refused:
+        EditSender(app, settings)
+    message = str(refused.value)
+    assert named in message and "send_task" in message and "api/main.py" in message, message
+
+
+def test_settings_of_consumption_and_connections_are_accepted(settings):
+    app = make_celery(settings)
+    app.conf.broker_transport_options = {"visibility_timeout": 7200, "socket_timeout": 5, "max_connections": 20}
+    EditSender(app, settings).close()
