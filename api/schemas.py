@@ -127,6 +127,15 @@ class EditUrls(BaseModel):
     cancel: str
 
 
+class EditEstimate(BaseModel):
+    cost_seconds: float | None = Field(
+        description="the edit-worker seconds this edit is expected to take (faces x strengths x mode, from the "
+        "deployment's measured stage times; what admission and the deadline use); null for an edit from before")
+    queue_seconds: float | None = Field(
+        description="while starting: the expected seconds of the edits ahead of it (the ones `queue_position` "
+        "counts), for one edit worker")
+
+
 class EditOut(BaseModel):
     id: str
     status: EditStatus
@@ -150,6 +159,7 @@ class EditOut(BaseModel):
     )
     progress: float | None = Field(description="0..1 while processing")
     queue_position: int | None = Field(description="edits ahead of this one while starting")
+    estimate: EditEstimate
     webhook: str | None
     webhook_events_filter: list[str] | None
     created_at: datetime

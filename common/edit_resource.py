@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from common.edit_cost import Estimate
 from common.image_formats import media_type_of_key
 from common.lifecycle import EditStatus
 from common.models import Edit
@@ -49,9 +50,11 @@ def edit_input(edit: Edit) -> dict[str, Any]:
 
 
 def edit_resource(
-    edit: Edit, base_url: str, queue_position: int | None, presign: Presign | None = None
+    edit: Edit, base_url: str, queue: Estimate | None, presign: Presign | None = None
 ) -> dict[str, Any]:
-    """The public resource of an edit row (datetimes as `datetime`; the caller encodes them)."""
+    """The public resource of an edit row (datetimes as `datetime`; the caller encodes them). `queue`: its place
+    in the queue while `starting` (`lifecycle.queue_positions`, or what `admit` counted)."""
+    starting = edit.status == EditStatus.STARTING and queue is not None
     metrics = dict(edit.metrics or {})
     if edit.started_at and "queue_seconds" not in metrics:
         metrics["queue_seconds"] = round((edit.started_at - edit.created_at).total_seconds(), 3)
@@ -65,7 +68,8 @@ def edit_resource(
         "metrics": metrics,
         "model": edit.model,
         "progress": edit.progress if edit.status == EditStatus.PROCESSING else None,
-        "queue_position": queue_position if edit.status == EditStatus.STARTING else None,
+        "queue_position": queue.position if starting else None,
+        "estimate": {"cost_seconds": edit.cost_seconds, "queue_seconds": queue.ahead_seconds if starting else None},
         "webhook": edit.webhook,
         "webhook_events_filter": edit.webhook_events_filter,
         "created_at": edit.created_at,

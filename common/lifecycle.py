@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from common.edit_cost import Estimate
 from common.models import Edit, utcnow
 
 
@@ -107,34 +108,47 @@ def _held_by(token: str):
 
 
 def _queue_positions_statement():
-    """(id, position) of the edits `:ids`: the `starting` edits before the oldest of them counted once, then
-    for each the `starting` edits between that oldest one and itself."""
+    """(id, position, cost ahead) of the edits `:ids`: the `starting` edits before the oldest of them counted
+    (and their cost summed) once, then for each the `starting` edits between that oldest one and itself."""
     edits = Edit.__table__
     before, within = edits.alias("before_page"), edits.alias("within_page")
     page = (select(edits.c.id, edits.c.created_at)
             .where(edits.c.id.in_(bindparam("ids", expanding=True))).cte("page"))
     oldest = select(func.min(page.c.created_at)).scalar_subquery()
-    ahead = (select(func.count()).select_from(before)
-             .where(before.c.status == EditStatus.STARTING, before.c.created_at < oldest).scalar_subquery())
-    between = (select(func.count()).select_from(within)
-               .where(within.c.status == EditStatus.STARTING, within.c.created_at >= oldest,
-                      within.c.created_at < page.c.created_at)
-               .correlate(page).scalar_subquery())
-    return select(page.c.id, ahead + between)
+
+    def ahead(measure):
+        return (select(measure(before)).select_from(before)
+                .where(before.c.status == EditStatus.STARTING, before.c.created_at < oldest).scalar_subquery())
+
+    def between(measure):
+        return (select(measure(within)).select_from(within)
+                .where(within.c.status == EditStatus.STARTING, within.c.created_at >= oldest,
+                       within.c.created_at < page.c.created_at)
+                .correlate(page).scalar_subquery())
+
+    def count(_table):
+        return func.count()
+
+    def cost(table):  # rows from before migration 0006 have none
+        return func.coalesce(func.sum(func.coalesce(table.c.cost_seconds, 0.0)), 0.0)
+
+    return select(page.c.id, ahead(count) + between(count), ahead(cost) + between(cost))
 
 
 # Built once: building it per call cost the API more CPU than PostgreSQL spent running it.
 _QUEUE_POSITIONS = _queue_positions_statement()
 
 
-def queue_positions(session: Session, edits: list[Edit]) -> dict[str, int]:
-    """How many `starting` edits (of everyone) were created before each of `edits` still `starting`, by id,
-    in one query for a whole page that walks the queue ahead of the page once (a count per edit walked it
-    once per edit: five times for a page of five)."""
+def queue_positions(session: Session, edits: list[Edit]) -> dict[str, Estimate]:
+    """How many `starting` edits (of everyone) were created before each of `edits` still `starting`, and their
+    cost, by id, in one query for a whole page that walks the queue ahead of the page once (a count per edit
+    walked it once per edit: five times for a page of five)."""
     waiting = [edit.id for edit in edits if edit.status == EditStatus.STARTING]
     if not waiting:
         return {}
-    return dict(session.execute(_QUEUE_POSITIONS, {"ids": waiting}).tuples().all())
+    rows = session.execute(_QUEUE_POSITIONS, {"ids": waiting}).tuples().all()
+    return {edit_id: Estimate(position=position, ahead_seconds=round(float(cost), 3))
+            for edit_id, position, cost in rows}
 
 
 def renew_lease(session: Session, edit_id: str, token: str, lease_seconds: float) -> bool:

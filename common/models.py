@@ -150,6 +150,7 @@ class Edit(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deadline_at: Mapped[datetime]
+    cost_seconds: Mapped[float | None] = mapped_column(Float, default=None)  # common/edit_cost.py; None: before 0006
     # results
     output_keys: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: key | null (not done)
     likeness: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: min over faces | null

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common import edit_contract
 from common.edit_contract import EditLimits
+from common.edit_cost import deadline_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +130,8 @@ class Settings(BaseSettings):
     )
     device: str = Field("cpu", description="Torch device of the worker's models (`cpu`, `cuda`, `cuda:1`).")
     job_deadline_seconds: int = Field(
-        1800, ge=5, description="An edit not finished this long after submission fails with `timeout`."
+        1800, ge=5, description="An edit not finished this long after submission, plus twice its cost (its "
+        "expected edit-worker seconds), fails with `timeout`."
     )
     lease_seconds: float = Field(
         60.0, gt=0, description="A processing edit whose worker stopped renewing for this long is requeued."
@@ -203,6 +205,22 @@ class Settings(BaseSettings):
     max_queued_total: int = Field(
         2000, ge=1, description="Unfinished edits of all accounts together; one more is refused with 429."
     )
+    # --- cost-aware admission (common/edit_cost.py): an edit's cost is edit-worker seconds -------------
+    edit_cost_seconds_per_edit: float = Field(
+        1.0, ge=0, description="Measured edit-worker seconds of an edit's fixed work (fetching, storing).")
+    edit_cost_seconds_per_face: float = Field(
+        2.0, ge=0, description="Measured seconds to align and invert one face.")
+    edit_cost_seconds_per_output: float = Field(
+        0.9, ge=0, description="Measured seconds to synthesize and paste one strength of one face "
+        "(docs/BENCHMARKS.md: 0.84 + 0.04 s on a CPU).")
+    edit_cost_seconds_per_optimize_step: float = Field(
+        1.9, ge=0, description="Measured seconds of one optimize-mode step of one face (~190 s for 100 steps on a "
+        "CPU).")
+    max_edit_cost_seconds: float = Field(
+        900.0, gt=0, description="The most one edit may cost; more is refused with 422 `edit_cost_too_high`.")
+    max_queued_cost_seconds_per_owner: float = Field(
+        1800.0, gt=0, description="The most one account's unfinished edits may cost together; more waits: 429 "
+        "`cost_budget_exceeded` with `Retry-After`.")
     idempotency_ttl_hours: float = Field(
         24.0, gt=0, description="How long an `Idempotency-Key` and its stored response are kept."
     )
@@ -275,8 +293,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _visibility_exceeds_deadline(self) -> Settings:
         # Redis would hand a still-running job to a second worker otherwise (celery#5935).
-        if self.visibility_timeout_seconds <= self.job_deadline_seconds:
-            raise ValueError("VISIBILITY_TIMEOUT_SECONDS must be larger than JOB_DEADLINE_SECONDS")
+        longest = deadline_seconds(self.max_edit_cost_seconds, self.job_deadline_seconds)
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(f"VISIBILITY_TIMEOUT_SECONDS must be larger than the longest deadline, {longest:g} s "
+                             "(JOB_DEADLINE_SECONDS + 2 x MAX_EDIT_COST_SECONDS)")
+        if self.max_edit_cost_seconds > self.max_queued_cost_seconds_per_owner:
+            raise ValueError("MAX_EDIT_COST_SECONDS must not exceed MAX_QUEUED_COST_SECONDS_PER_OWNER (no account "
+                             "could ever submit an edit between the two)")
         if self.liveness_ping_seconds >= self.liveness_stale_seconds:
             raise ValueError("LIVENESS_PING_SECONDS must be smaller than LIVENESS_STALE_SECONDS")
         if self.heartbeat_seconds >= self.lease_seconds:

@@ -21,6 +21,15 @@ from api.prefer import parse_prefer_wait
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
 from common import lifecycle
 from common.edit_contract import EditSpec
+from common.edit_cost import (
+    CostLimits,
+    Estimate,
+    StageSeconds,
+    deadline_seconds,
+    edit_cost,
+    faces_counted,
+    too_costly,
+)
 from common.edit_resource import edit_resource
 from common.edit_sender import EditSender
 from common.errors import ApiError
@@ -50,13 +59,13 @@ def load_edit(session: Session, owner: str, edit_id: str) -> Edit:
 
 
 def edit_out(
-    edit: Edit, queue_position: int | None, request: Request, storage: Storage, settings: Settings
+    edit: Edit, queue: Estimate | None, request: Request, storage: Storage, settings: Settings
 ) -> EditOut:
-    """The public resource of an edit row (`queue_position` from `lifecycle.queue_positions`): the one
+    """The public resource of an edit row (`queue` from `lifecycle.queue_positions` or `admit`): the one
     serializer `common.edit_resource`, which the webhook messages use too."""
     expiry = timedelta(seconds=settings.output_url_expiry_seconds)
     return EditOut.model_validate(edit_resource(
-        edit, base_url=str(request.base_url), queue_position=queue_position,
+        edit, base_url=str(request.base_url), queue=queue,
         presign=lambda key, media_type: storage.presigned_get(key, expiry, media_type),
     ))
 
@@ -91,12 +100,17 @@ def _image_faces(session: Session, owner: str, image_id: str) -> tuple[str, list
 
 
 def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate
-            ) -> tuple[Edit, int]:
+            ) -> tuple[Edit, Estimate]:
     """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
     spec = body.spec()
     if problem := settings.edit_limits().problem(spec):
         raise ApiError("validation_error", problem)
     faces_status, faces = _image_faces(session, owner, body.image)
+    detected = len(faces) if faces_status == FaceStatus.DONE and faces is not None else None
+    counted = faces_counted(spec, detected, settings.max_faces_per_edit)
+    cost = edit_cost(spec, counted, StageSeconds.from_settings(settings))
+    if problem := too_costly(cost, counted, detected, spec, CostLimits.from_settings(settings)):
+        raise ApiError("edit_cost_too_high", problem)
     if faces_status == FaceStatus.DONE and faces:  # else the job applies the rule (or fails `no_face`)
         try:
             chosen_faces(spec.faces, faces, settings.max_faces_per_edit)
@@ -104,26 +118,27 @@ def _submit(session: Session, sender: EditSender, settings: Settings, owner: str
             raise ApiError(error.code, error.message) from None
     if body.webhook is not None:
         check_webhook_url(body.webhook, settings)
-    edit = _new_edit(owner, body, spec, settings)
-    position = admit(session, edit, QueueCaps.from_settings(settings))  # 429 queue_full when the caps are reached
+    edit = _new_edit(owner, body, spec, settings, cost)
+    # 429 queue_full or cost_budget_exceeded when the caps are reached
+    estimate = admit(session, edit, QueueCaps.from_settings(settings))
     try:
         sender.send(edit.id)
     except BrokerError:
         session.execute(delete(Edit).where(Edit.id == edit.id))
         session.commit()
         raise ApiError("broker_unavailable", "the job queue is unreachable; retry shortly") from None
-    return edit, position
+    return edit, estimate
 
 
 def _queue_row(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate,
                request: Request, storage: Storage) -> tuple[Edit, EditOut]:
     """Submit and describe the new edit in one trip to the threadpool; its queue position is the one `admit`
     counted (no second query: a poll reads it afresh)."""
-    edit, position = _submit(session, sender, settings, owner, body)
-    return edit, edit_out(edit, position, request, storage, settings)
+    edit, estimate = _submit(session, sender, settings, owner, body)
+    return edit, edit_out(edit, estimate, request, storage, settings)
 
 
-def _new_edit(owner: str, body: EditCreate, spec: EditSpec, settings: Settings) -> Edit:
+def _new_edit(owner: str, body: EditCreate, spec: EditSpec, settings: Settings, cost: float) -> Edit:
     now = utcnow()
     return Edit(
         id=new_id("edt"),
@@ -135,7 +150,8 @@ def _new_edit(owner: str, body: EditCreate, spec: EditSpec, settings: Settings) 
         status=EditStatus.STARTING,
         attempt=0,
         created_at=now,
-        deadline_at=now + timedelta(seconds=settings.job_deadline_seconds),
+        cost_seconds=cost,
+        deadline_at=now + timedelta(seconds=deadline_seconds(cost, settings.job_deadline_seconds)),
     )
 
 

@@ -71,4 +71,4 @@ def payload(event: str, data: Mapping[str, Any], now: datetime | None = None) ->
 def event_payload(event: str, edit: Edit, api_base: str, now: datetime | None = None) -> bytes:
     """The message of one event of `edit`: its `data` is the edit resource the API serves (links to the
     outputs, which need the API key; never image bytes). A queued edit sends no event, so no queue position."""
-    return payload(event, edit_resource(edit, base_url=api_base, queue_position=None), now=now)
+    return payload(event, edit_resource(edit, base_url=api_base, queue=None), now=now)

@@ -399,3 +399,61 @@ def test_finished_outputs_are_served_while_the_edit_is_processing(queued):
     assert api.get(f"/v1/edits/{edit_id}/outputs/1").content == b"\xff\xd8 a finished strength"
     missing = api.get(f"/v1/edits/{edit_id}/outputs/0")
     assert missing.status_code == 404 and missing.json()["code"] == "output_not_found"
+
+
+# --- cost-aware admission (common/edit_cost.py) ---------------------------------------------------------------
+
+
+def _one_face_optimize(image_id: str) -> dict:
+    return _body(image_id, alphas=[1], mode="optimize")
+
+
+def test_an_edit_costing_more_than_the_ceiling_is_refused_naming_it(queued):
+    """Six faces in optimize mode held the only edit worker past the 30-minute deadline (issue 23)."""
+    api, image_id = queued
+    listed = api.get("/v1/edits", params={"limit": 1}).json()["results"]
+    refused = api.post("/v1/edits", json=_body(image_id, alphas=[1], mode="optimize", faces=[0, 1, 2, 3, 4, 5]))
+    assert (refused.status_code, refused.json()["code"]) == (422, "edit_cost_too_high"), refused.text
+    assert "MAX_EDIT_COST_SECONDS" in refused.json()["message"]
+    assert api.get("/v1/edits", params={"limit": 1}).json()["results"] == listed  # nothing stored
+
+
+def test_an_accounts_unfinished_work_is_capped_by_its_cost(queued_settings):
+    from common.edit_contract import EditSpec
+    from common.edit_cost import StageSeconds, edit_cost
+
+    settings = queued_settings.model_copy(update={"max_queued_cost_seconds_per_owner": 1000.0})
+    api = make_api(settings)
+    image_id = api.upload(face_jpeg())["id"]
+    one = edit_cost(EditSpec.model_validate({"changes": [{"neutral": "a face", "target": "a smiling face"}],
+                                             "alphas": [1.0], "mode": "optimize"}), 1, StageSeconds.from_settings(settings))
+    fits = int(1000 // one)
+    for _ in range(fits):
+        assert api.post("/v1/edits", json=_one_face_optimize(image_id)).status_code == 201
+    refused = api.post("/v1/edits", json=_one_face_optimize(image_id))
+    assert (refused.status_code, refused.json()["code"]) == (429, "cost_budget_exceeded"), refused.text
+    assert "MAX_QUEUED_COST_SECONDS_PER_OWNER" in refused.json()["message"] and int(refused.headers["retry-after"]) >= 1
+    assert api.post("/v1/edits", json=_body(image_id, alphas=[1])).status_code == 201  # a cheap edit still fits
+    assert len(api.get("/v1/edits", params={"limit": 100}).json()["results"]) == fits + 1
+
+
+def test_the_deadline_and_the_estimate_come_from_the_cost(queued):
+    from common.models import Edit
+
+    api, image_id = queued
+    first = api.post("/v1/edits", json=_one_face_optimize(image_id)).json()
+    second = api.post("/v1/edits", json=_body(image_id, faces=[0, 1])).json()
+    settings = api.client.app.state.settings
+    with api.client.app.state.session_factory() as session:
+        for out in (first, second):
+            row = session.get(Edit, out["id"])
+            assert out["estimate"]["cost_seconds"] == row.cost_seconds > 0
+            allowed = (row.deadline_at - row.created_at).total_seconds()
+            assert allowed == pytest.approx(settings.job_deadline_seconds + 2 * row.cost_seconds, abs=0.01)
+    assert first["estimate"]["cost_seconds"] > 10 * second["estimate"]["cost_seconds"]  # optimize: minutes
+    # The queue ahead of the second is the first's plus what was ahead of the first; a poll reads the same numbers.
+    assert second["queue_position"] == first["queue_position"] + 1
+    ahead = first["estimate"]["queue_seconds"] + first["estimate"]["cost_seconds"]
+    assert second["estimate"]["queue_seconds"] == pytest.approx(ahead, abs=0.01)
+    polled = api.get(f"/v1/edits/{second['id']}").json()
+    assert (polled["queue_position"], polled["estimate"]) == (second["queue_position"], second["estimate"])

@@ -34,13 +34,13 @@ def edit_id(factory) -> str:
     return _insert(factory, utcnow())
 
 
-def _insert(factory, now: datetime, status: EditStatus = EditStatus.STARTING) -> str:
+def _insert(factory, now: datetime, status: EditStatus = EditStatus.STARTING, cost: float | None = None) -> str:
     with factory() as session:
         image = Image(id=new_id("img"), owner="o", format="jpeg", width=8, height=8, bytes=1, sha256="0" * 64)
         edit = Edit(
             id=new_id("edt"), owner="o", image_id=image.id, changes=[{"neutral": "a face", "target": "a smile", "weight": 1.0}], alphas=[1.0],
             beta=0.1, mode="global", output_format="jpeg", status=status, attempt=0, created_at=now,
-            deadline_at=now + timedelta(minutes=10),
+            deadline_at=now + timedelta(minutes=10), cost_seconds=cost,
         )  # fmt: skip
         session.add(image)
         session.flush()  # no ORM relationship orders the inserts for us
@@ -142,12 +142,14 @@ def test_queue_positions_count_the_starting_edits_created_before(factory):
     edits get a position, and only `starting` ones count (times in 2000, before any other test's rows)."""
     t0 = datetime(2000, 1, 1, tzinfo=UTC)
     _insert(factory, t0 - timedelta(seconds=1), EditStatus.PROCESSING)  # running: not in the queue
-    ids = [_insert(factory, t0 + timedelta(seconds=s)) for s in (0, 1, 1, 2)]
+    ids = [_insert(factory, t0 + timedelta(seconds=s), cost=c) for s, c in ((0, 10.0), (1, 20.0), (1, 40.0), (2, None))]
     done = _insert(factory, t0 + timedelta(seconds=3), EditStatus.SUCCEEDED)
     with factory() as session:
         try:
             rows = [session.get(Edit, i) for i in [*ids, done]]
-            assert lifecycle.queue_positions(session, rows) == dict(zip(ids, [0, 1, 1, 3], strict=True))
+            places = lifecycle.queue_positions(session, rows)  # and the cost queued ahead (none: before 0006)
+            assert {i: (p.position, p.ahead_seconds) for i, p in places.items()} == dict(
+                zip(ids, [(0, 0.0), (1, 10.0), (1, 10.0), (3, 70.0)], strict=True))
             assert lifecycle.queue_positions(session, []) == {}
         finally:  # out of the shared database's queue (a reaper would re-send them)
             for edit_id in ids:

@@ -20,6 +20,7 @@ GENEROUS_LIMITS = dict(
     submit_rate_burst=10000,
     max_queued_per_owner=10000,
     max_queued_total=100000,
+    max_queued_cost_seconds_per_owner=1e7,
 )
 # Leases, cancels and the reaper act within a test's patience.
 FAST_TIMINGS = dict(
