@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 GOLDEN ?= ../shared/golden
+GOLDEN_SFE ?= ../shared/golden-sfe
 PORT   ?= 8000
 
 .PHONY: help venv run test test-fast bench lint verify-golden download-models dev-bundle doctor clean
@@ -32,6 +33,7 @@ test-fast: $(STAMP)  ## unit tests only (no services, no browser, no 1024 models
 
 verify-golden: $(STAMP)  ## numerical parity with the reference implementations
 	$(PY) -m pipeline verify-golden $(GOLDEN)
+	$(PY) -m pipeline verify-golden $(GOLDEN_SFE)
 
 bench: $(STAMP)  ## full-size benchmarks -> docs/BENCHMARKS.md
 	$(PY) -m bench

@@ -9,13 +9,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "verify-golden", help="check our models against the reference implementations' numbers",
         description="Rebuild deterministic random weights from a golden fixture directory (its meta.json and "
-                    "layouts.json), run our StyleGAN2, e4e, CLIP, global-direction and alignment code, and "
-                    "compare with the reference outputs stored there. Exit status 0 only if every check passes.",
-        epilog="example: python -m pipeline verify-golden ../shared/golden --only stylegan2 --only clip")
+                    "layouts.json), run our StyleGAN2, e4e, CLIP, global-direction, alignment and "
+                    "StyleFeatureEditor code, and compare with the reference outputs stored there. Exit status 0 "
+                    "only if every check passes (and at least one ran).",
+        epilog="examples: python -m pipeline verify-golden ../shared/golden --only stylegan2 --only clip; "
+               "python -m pipeline verify-golden ../shared/golden-sfe --device cuda")
     parser.add_argument("dir", help="fixture directory (format: its README.md)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--only", action="append", default=[], metavar="FAMILY",
-                        help="run only this family of checks: stylegan2, e4e, clip, boundary, align (repeatable)")
+                        help="run only this family of checks: stylegan2, e4e, clip, boundary, align, sfe "
+                             "(repeatable); a family whose files the directory lacks is skipped")
     parser.set_defaults(func=run)
     return parser
 

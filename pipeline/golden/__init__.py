@@ -5,7 +5,9 @@ reference code; ``verify_golden(dir)`` rebuilds the weights with the fill rule f
 ``meta.json`` and ``layouts.json``, runs *our* code, and compares. Nothing here assumes a seed, size, batch size,
 text, beta or alpha: all of it comes from the fixture.
 
-Each model family contributes a module in this package with ``checks(fixture) -> Iterator[Check]``.
+Each model family contributes a module in this package with ``checks(fixture) -> Iterator[Check]`` and, where
+a fixture directory may lack its files (``shared/golden`` has no SFE arrays, ``shared/golden-sfe`` nothing
+else), ``applies(fixture) -> bool``: a family that does not apply is skipped and said so.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 # Order matters only for the report; each module is independent.
-CHECK_MODULES = ("stylegan2", "e4e", "clip", "boundary", "align")
+CHECK_MODULES = ("stylegan2", "e4e", "clip", "boundary", "align", "sfe")
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,7 @@ def fill_value(key: str, shape: list[int], base_seed: int, constructed: torch.Te
         if constructed is None:
             raise KeyError(f"{key}: a FIR kernel must come from the constructed model")
         return constructed.detach().clone().float()
-    seed = base_seed + zlib.crc32(key.encode())
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x = seeded_randn(key, shape, base_seed)
     if key.endswith("running_var"):
         return 1 + 0.1 * x.abs()
     if key.endswith("running_mean"):
@@ -103,6 +104,12 @@ def fill_value(key: str, shape: list[int], base_seed: int, constructed: torch.Te
     if len(shape) == 5 or any(s in key for s in ("noise", "modulation.weight", "linear.weight", "input.input", "latent_avg")):
         return x
     return x / math.sqrt(math.prod(shape[1:]))
+
+
+def seeded_randn(key: str, shape: list[int], base_seed: int) -> torch.Tensor:
+    """The fill rule's raw draw for ``key``: float32 normal, seeded with ``base_seed + crc32(key)``."""
+    seed = base_seed + zlib.crc32(key.encode())
+    return torch.randn(list(shape), generator=torch.Generator().manual_seed(seed))
 
 
 def fill_state_dict(layout: dict[str, list[int]], base_seed: int,
@@ -157,6 +164,9 @@ def run_checks(fixture_dir: str | Path, device: str = "cpu", only: tuple[str, ..
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"{__name__}.{mod_name}")
+            if not getattr(module, "applies", lambda _: True)(fixture):
+                emit(f"     {mod_name}: no fixture files here, skipped")
+                continue
             for check in _iter(module.checks(fixture)):
                 results.append(check)
                 emit(check.line())

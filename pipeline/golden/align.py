@@ -18,6 +18,10 @@ DETECTOR_TOL = 0.02      # max corner distance / qsize
 EXIF_ORIENTATION = 0x0112
 
 
+def applies(fixture: Fixture) -> bool:
+    return (fixture.dir / "face_align.npz").is_file()
+
+
 def checks(fixture: Fixture) -> Iterator[Check]:
     meta = fixture.meta["face_align"]
     ref = fixture.npz("face_align")

@@ -20,6 +20,10 @@ TOL_VECTOR = 1e-4
 TOL_IMAGE_F16 = 2e-3
 
 
+def applies(fixture: Fixture) -> bool:
+    return (fixture.dir / "global_boundary.npz").is_file()
+
+
 def checks(fixture: Fixture) -> Iterator[Check]:
     meta = fixture.meta["stylegan2_1024"]
     gb_meta = fixture.meta["global_boundary"]

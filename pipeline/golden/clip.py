@@ -29,6 +29,10 @@ def build_fixture_clip(fixture: Fixture):
     return build_clip(weights).to(fixture.device)
 
 
+def applies(fixture: Fixture) -> bool:
+    return (fixture.dir / "clip_text_direction.npz").is_file()
+
+
 def checks(fixture: Fixture) -> Iterator[Check]:
     meta = fixture.meta["clip_text_direction"]
     ref = fixture.npz("clip_text_direction")

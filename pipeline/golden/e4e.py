@@ -17,6 +17,10 @@ LAYOUT = "e4e_ffhq_encode"
 VECTOR_TOL = 1e-4
 
 
+def applies(fixture: Fixture) -> bool:
+    return (fixture.dir / "e4e.npz").is_file()
+
+
 def checks(fixture: Fixture) -> Iterator[Check]:
     cfg = fixture.meta["e4e"]["config"]
     encoder = Encoder4Editing(cfg["num_layers"], cfg["mode"], cfg["stylegan_size"])

@@ -26,6 +26,10 @@ def image_tol(ref: np.ndarray) -> float:
     return 2e-3 if ref.dtype == np.float16 else 5e-4
 
 
+def applies(fixture: Fixture) -> bool:
+    return bool(generator_entries(fixture))
+
+
 def checks(fixture: Fixture, names: tuple[str, ...] | None = None) -> Iterator[Check]:
     """All generator checks, or only those of the meta entries ``names`` (e.g. ``("stylegan2_256",)``)."""
     for name in generator_entries(fixture):

@@ -302,30 +302,78 @@ class Generator(nn.Module):
             raise ValueError(f"wplus must be [B,{self.n_latent},{self.style_dim}], got {list(wplus.shape)}")
         return [conv.modulation(wplus[:, idx]) for _, conv, idx in self._style_layers]
 
-    def synthesize(self, styles: list[torch.Tensor]) -> torch.Tensor:
-        """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``."""
-        if len(styles) != len(self._style_layers):
+    def synthesize(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
+        """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``.
+
+        ``feature`` ``[B,C_r,r,r]`` (StyleFeatureEditor's injected feature) replaces the ``r``×``r`` block's
+        output before the next block, as the reference's ``new_features`` does: the layers up to ``r`` still
+        run on the styles (the RGB skip image up to ``r`` is the generator's own), the layers above run on
+        the feature."""
+        self._check_styles(styles)
+        if feature is not None:
+            self._check_feature(feature, styles[0].shape[0])
+        # the renderers do not inject features yet: the batched path computes the same function
+        if self.impl == "fast" and feature is None and renders_on_cpu(styles):
+            return self.cpu_renderer().render(styles)
+        if self.impl == "fast" and feature is None and renders_on_cuda(styles):
+            return self.cuda_renderer().render(styles)
+        return self._render(styles, self.impl, feature)
+
+    def feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render only up to ``resolution``: that block's output ``[B,C_r,r,r]`` (what ``synthesize``'s
+        ``feature`` replaces; the reference's ``outs`` with ``early_stop``) and the RGB skip image ``[B,3,r,r]``.
+        Only the style vectors of the layers up to ``resolution`` are read (``feature_layers``)."""
+        styles = list(styles[:self.feature_layers(resolution)])
+        self._check_styles(styles, partial=True)
+        return self._render_feature(styles, self.impl, resolution)
+
+    def feature_layers(self, resolution: int) -> int:
+        """How many style layers (execution order) render up to ``resolution``: conv1, to_rgb1, then three per
+        block."""
+        if resolution not in self.channels or resolution >= self.size:
+            raise ValueError(f"resolution must be one of {sorted(r for r in self.channels if r < self.size)}, "
+                             f"got {resolution}")
+        return 2 + 3 * (int(math.log2(resolution)) - 2)
+
+    def _check_styles(self, styles: list[torch.Tensor], partial: bool = False) -> None:
+        if not partial and len(styles) != len(self._style_layers):
             raise ValueError(f"expected {len(self._style_layers)} style vectors, got {len(styles)}")
-        for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=True)):
+        for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=not partial)):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
-        if self.impl == "fast" and renders_on_cpu(styles):
-            return self.cpu_renderer().render(styles)
-        if self.impl == "fast" and renders_on_cuda(styles):
-            return self.cuda_renderer().render(styles)
-        return self._render(styles, self.impl)
 
-    def _render(self, styles: list[torch.Tensor], impl: Impl) -> torch.Tensor:
+    def _check_feature(self, feature: torch.Tensor, batch: int) -> None:
+        resolution = feature.shape[-1]
+        expected = [batch, self.channels.get(resolution), resolution, resolution]
+        if list(feature.shape) != expected or resolution >= self.size:
+            raise ValueError(f"feature must be [B,C_r,r,r] for a block resolution r below {self.size} "
+                             f"(here {expected}), got {list(feature.shape)}")
+
+    def _render(self, styles: list[torch.Tensor], impl: Impl, feature: torch.Tensor | None = None) -> torch.Tensor:
+        *_, (_, _, image) = self._blocks(styles, impl, feature)  # the last block's skip image is the image
+        return image
+
+    def _render_feature(self, styles: list[torch.Tensor], impl: Impl, resolution: int):
+        for res, x, skip in self._blocks(styles, impl):
+            if res == resolution:
+                return x, skip
+        raise AssertionError("unreachable: feature_layers checked the resolution")
+
+    def _blocks(self, styles: list[torch.Tensor], impl: Impl, feature: torch.Tensor | None = None):
+        """The synthesis network block by block: yields ``(resolution, features, skip image)`` after each."""
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         x = self.input(styles[0].shape[0])
         x = self.conv1(x, styles[0], noise[0], impl)
         skip = self.to_rgb1(x, styles[1], None, impl)
+        yield 4, x, skip
         for k, to_rgb in enumerate(self.to_rgbs):
+            if feature is not None and feature.shape[-1] == x.shape[-1]:
+                x = feature.to(x.dtype)  # SFE: the block above reads the injected feature
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
             x = self.convs[2 * k](x, s_up, noise[2 * k + 1], impl)
             x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl)
             skip = to_rgb(x, s_rgb, skip, impl)
-        return skip
+            yield 2 ** (k + 3), x, skip
 
     # --- the fast CPU path's derived weights ---------------------------------------------------------------
 
