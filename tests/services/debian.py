@@ -88,3 +88,7 @@ def require(program: DebianProgram) -> Path:
 
 PROMETHEUS = DebianProgram("prometheus", ("prometheus",), ("prometheus",), ("PROMETHEUS_PATH",))
 PROMTOOL = DebianProgram("promtool", ("promtool",), ("prometheus",), ("PROMTOOL_PATH",))
+# WebKit for the browser journeys (tests/web/phone.py): the WebDriver server, which brings WebKitGTK and its
+# MiniBrowser, and a virtual X display for its windows.
+WEBKIT_DRIVER = DebianProgram("WebKitWebDriver", ("WebKitWebDriver",), ("webkit2gtk-driver",), ("WEBKIT_DRIVER_PATH",))
+XVFB = DebianProgram("Xvfb", ("Xvfb",), ("xvfb",), ("XVFB_PATH",))
