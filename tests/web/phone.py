@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.processes import free_port
+from api.processes import free_port
 from tests.services.debian import WEBKIT_DRIVER, XVFB, require
 
 PHONE = {"width": 390, "height": 844}  # iPhone 12–15 CSS pixels

@@ -219,6 +219,7 @@ def test_dark_mode_and_service_worker(make_phone, service, photos, shots: Path) 
     phone.pick(GALLERY, photos["face"])
     phone.click(button("Blue hair"))
     wait_until(phone, f"{visible(by_id('photo-img'))} && {by_id('photo-img')}.naturalWidth > 0", what="preview")
+    phone.js(by_id("photo-img") + ".decode().then(() => true)")
     shot(phone, shots, "2-photo-dark")
     scope = phone.js("navigator.serviceWorker.ready.then((r) => r.active && r.scope)")
     assert scope == f"{service.url}/", scope
