@@ -7,20 +7,32 @@ GOLDEN ?= ../shared/golden
 GOLDEN_SFE ?= ../shared/golden-sfe
 PORT   ?= 8000
 
-.PHONY: help venv run test test-fast bench lint verify-golden download-models dev-bundle doctor clean
+# Locks (`make lock`, from the requirements/*.txt inputs; docs in requirements/README.md): lock.txt is
+# everything (this venv, CI), lock-worker.txt the worker images', lock-service.txt the API image's, and
+# lock-worker-cpu.txt the CPU worker image's (lock-worker.txt without torch's CUDA build and its packages).
+LOCK    := requirements/lock.txt
+COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+           --no-emit-find-links --no-header $(if $(UPGRADE),--upgrade)
+CUDA_ONLY := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==
+
+.PHONY: help venv lock run test test-fast bench lint verify-golden download-models dev-bundle doctor clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-$(STAMP): requirements/pipeline.txt requirements/service.txt requirements/dev.txt
+$(STAMP): $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools<81' wheel
-	# torch first, exactly pinned: pip takes it from this machine's disk copy.
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -r requirements/dev.txt
+	# Exact versions, every file checked against its hash; torch is the index's 2.14.1 (on this machine, its disk).
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv and install everything (idempotent)
+venv: $(STAMP)  ## create .venv and install everything from requirements/lock.txt (idempotent)
+
+lock: $(STAMP)  ## requirements/*.txt -> the hash-pinned locks (UPGRADE=1: newest allowed; requirements/README.md)
+	$(COMPILE) -o requirements/lock.txt requirements/dev.txt
+	$(COMPILE) -o requirements/lock-worker.txt requirements/pipeline.txt requirements/service.txt
+	$(COMPILE) -o requirements/lock-service.txt requirements/service.txt
+	awk '/^[a-z0-9]/ { cuda = $$0 ~ /$(CUDA_ONLY)/ } !cuda' requirements/lock-worker.txt > requirements/lock-worker-cpu.txt
 
 run: $(STAMP)  ## start API + worker with embedded defaults on 127.0.0.1:$(PORT)
 	PORT=$(PORT) $(PY) -m api dev

@@ -13,9 +13,10 @@ WORKDIR /app
 # The code is imported from here by every process: Celery puts the working folder on sys.path only
 # while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
 ENV PYTHONPATH=/app
-# Requirements first: the dependency layer is rebuilt only when they change.
-COPY requirements/service.txt requirements/service.txt
-RUN pip install -r requirements/service.txt
+# Requirements first: the dependency layer is rebuilt only when they change. Exact versions, hash-checked
+# (requirements/README.md).
+COPY requirements/lock-service.txt requirements/lock-service.txt
+RUN pip install --require-hashes -r requirements/lock-service.txt
 
 COPY alembic.ini ./
 COPY common/ common/

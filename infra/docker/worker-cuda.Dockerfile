@@ -19,9 +19,9 @@ WORKDIR /app
 # The code is imported from here by every process: Celery puts the working folder on sys.path only
 # while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
 ENV PYTHONPATH=/app
-COPY requirements/ requirements/
-RUN pip install torch==2.14.1 torchvision==0.29.1 \
- && pip install -r requirements/pipeline.txt -r requirements/service.txt
+# Exact versions, hash-checked (requirements/README.md); the lock's torch is PyPI's CUDA build.
+COPY requirements/lock-worker.txt requirements/lock-worker.txt
+RUN pip install --require-hashes -r requirements/lock-worker.txt
 
 COPY alembic.ini ./
 COPY common/ common/

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,21 +83,11 @@ def test_model_bundle_is_mounted_not_baked() -> None:
         assert "MODEL_DIR=/models" in text and 'VOLUME ["/models"]' in text
 
 
-def test_torch_versions_match_requirements() -> None:
-    pins = dict(re.findall(r"^(torch|torchvision)==([\w.]+)", (REPO / "requirements/pipeline.txt").read_text(), re.M))
-    assert set(pins) == {"torch", "torchvision"}
-    for name in ("worker-cuda.Dockerfile", "worker-cpu.Dockerfile"):
-        text = (DOCKER_DIR / name).read_text()
-        for package, version in pins.items():
-            assert f"{package}=={version}" in text, f"{name}: {package} not pinned to {version}"
-    assert "whl/cpu" in (DOCKER_DIR / "worker-cpu.Dockerfile").read_text()
-    assert "whl/cpu" not in (DOCKER_DIR / "worker-cuda.Dockerfile").read_text()
-
-
 def test_api_image_has_no_torch() -> None:
     text = (DOCKER_DIR / "api.Dockerfile").read_text()
     assert "pipeline.txt" not in text and "torch" not in text.replace("No torch", "")
     assert "torch" not in (REPO / "requirements/service.txt").read_text()
+    assert "torch" not in (REPO / "requirements/lock-service.txt").read_text()
     assert not any(source.startswith("pipeline") for source, _ in copies(DOCKER_DIR / "api.Dockerfile"))
 
 
