@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.services.debian import WEBKIT_DRIVER, require
 from tests.web.phone import (
     RECORDER,
     ChromiumPhone,
@@ -38,6 +39,8 @@ ALERT = "#create-alert"
 
 @pytest.fixture(scope="session")
 def webkit_display() -> Iterator[str]:
+    """Xvfb's display for WebKit's windows, once WebKitWebDriver is known to be there (else the failure says how)."""
+    require(WEBKIT_DRIVER)
     with xvfb() as display:
         yield display
 
