@@ -27,6 +27,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ ALPHA_LIMIT = 10.0
 MAX_TEXT_CHARS = 300
 MAX_CHANGES = 8          # changes combined in one edit (the service sets its own, smaller, limit)
 MAX_CHANGE_WEIGHT = 2.0  # |weight| of one change
+COMMON_NEUTRAL = "a face"  # the neutral text of nearly every edit (the app's default): embedded at load
+TEXTS_FOLDER = "texts"     # per-text embeddings, beside the directions in a TextDirectionCache's folder
 
 
 # --- text -------------------------------------------------------------------------------------------------
@@ -134,8 +137,9 @@ class TextDirectionCache:
     """``text_direction`` memoized in memory (LRU) and, when ``dir`` is given, on disk as ``<sha256>.npy``.
 
     The key covers everything the direction depends on: the CLIP model's id, the templates and both texts.
-    Per-text embeddings are memoized too, so a new target with a known neutral ("a face") embeds 79 prompts
-    instead of 158. Thread-safe; a corrupt or foreign file is recomputed, never trusted.
+    Per-text embeddings are memoized too (in memory, and on disk in ``texts/``), so a new target with a known
+    neutral ("a face") embeds 79 prompts instead of 158. Thread-safe; a corrupt or foreign file is recomputed,
+    never trusted.
     """
 
     def __init__(self, dir: Path | None, model_id: str, maxsize: int = 512):
@@ -144,6 +148,7 @@ class TextDirectionCache:
         self.maxsize = maxsize
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pending: dict[str, Future] = {}  # pairs being computed by ``prefetch``
         self._lock = threading.Lock()
         self._write_warned = False
 
@@ -159,6 +164,14 @@ class TextDirectionCache:
             if key in self._memory:
                 self._memory.move_to_end(key)
                 return torch.from_numpy(self._memory[key].copy())
+            pending = self._pending.get(key)
+        if pending is not None:  # a prefetch of this pair: its result (or its error), not a second computation
+            return pending.result().clone()
+        return self._fill(key, model, neutral, target, templates)
+
+    def _fill(self, key: str, model: torch.nn.Module, neutral: str, target: str,
+              templates: Sequence[str]) -> torch.Tensor:
+        """The direction from disk, else computed (and written); remembered in memory."""
         dt = self._read(key)
         if dt is None:
             dt = self._compute(model, neutral, target, templates).numpy()
@@ -167,25 +180,66 @@ class TextDirectionCache:
             _remember(self._memory, key, dt, self.maxsize)
         return torch.from_numpy(dt.copy())
 
+    def prefetch(self, model: torch.nn.Module, neutral: str, target: str,
+                 templates: Sequence[str] = IMAGENET_TEMPLATES) -> Future:
+        """``get`` on a thread of its own, so a direction is computed while the caller does other work (the
+        inversion); a ``get`` of the same pair meanwhile waits for it. The future holds the direction or the
+        error ``get`` would raise."""
+        key = self.key(neutral, target, templates)
+        future: Future = Future()
+        with self._lock:
+            if key in self._pending:
+                return self._pending[key]
+            if key in self._memory:
+                future.set_result(torch.from_numpy(self._memory[key].copy()))
+                return future
+            self._pending[key] = future
+
+        def run() -> None:
+            try:
+                future.set_result(self._fill(key, model, neutral, target, templates))
+            except BaseException as error:  # handed to whoever waits on the future, raised there
+                future.set_exception(error)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+
+        threading.Thread(target=run, name="text-direction", daemon=True).start()
+        return future
+
     def _compute(self, model: torch.nn.Module, neutral: str, target: str, templates: Sequence[str]) -> torch.Tensor:
         # target first, as in text_direction: a cold pair gives exactly its numbers
-        keys = {text: self.key("", text, templates) for text in (target, neutral)}
+        known = self.embeddings(model, [target, neutral], templates)
+        return direction_between(known[neutral], known[target], neutral, target)
+
+    def embeddings(self, model: torch.nn.Module, texts: Sequence[str],
+                   templates: Sequence[str] = IMAGENET_TEMPLATES) -> dict[str, torch.Tensor]:
+        """The ensembled embedding of each distinct text, from memory, else from disk, else the missing ones
+        through CLIP in one call; each kept for the next pair that shares the text (most share the neutral
+        ``COMMON_NEUTRAL``, which ``Editor`` embeds when it loads its models)."""
+        keys = {text: self.key("", text, templates) for text in texts}  # "" is never a valid neutral
         with self._lock:
             known = {text: self._embeddings[k] for text, k in keys.items() if k in self._embeddings}
+        for text in keys.keys() - known.keys():
+            stored = self._read(keys[text], TEXTS_FOLDER)
+            if stored is not None:
+                known[text] = torch.from_numpy(stored)
         missing = [text for text in keys if text not in known]
         if missing:
             fresh = text_embeddings(model, missing, templates).detach().float().cpu()
-            known.update(zip(missing, fresh, strict=True))
+            for text, embedding in zip(missing, fresh, strict=True):
+                known[text] = embedding
+                self._write(keys[text], embedding.numpy(), TEXTS_FOLDER)
         with self._lock:
             for text, k in keys.items():
                 _remember(self._embeddings, k, known[text], self.maxsize)
-        return direction_between(known[neutral], known[target], neutral, target)
+        return known
 
-    def _path(self, key: str) -> Path | None:
-        return self.dir / f"{key}.npy" if self.dir is not None else None
+    def _path(self, key: str, folder: str = "") -> Path | None:
+        return self.dir / folder / f"{key}.npy" if self.dir is not None else None
 
-    def _read(self, key: str) -> np.ndarray | None:
-        path = self._path(key)
+    def _read(self, key: str, folder: str = "") -> np.ndarray | None:
+        path = self._path(key, folder)
         if path is None or not path.is_file():
             return None
         try:
@@ -196,10 +250,10 @@ class TextDirectionCache:
             return None
         return dt
 
-    def _write(self, key: str, dt: np.ndarray) -> None:
+    def _write(self, key: str, dt: np.ndarray, folder: str = "") -> None:
         """Best effort: a cache folder that cannot be written (read-only, full disk) costs a recomputation
         next time, never the edit; said once per cache, not once per edit."""
-        path = self._path(key)
+        path = self._path(key, folder)
         if path is None:
             return
         try:

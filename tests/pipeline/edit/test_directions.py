@@ -237,6 +237,18 @@ def test_cache_reuses_the_neutral_embedding(model, tmp_path):
         cache.get(model, "face", "face", templates)
 
 
+def test_text_embeddings_are_kept_on_disk(model, tmp_path):
+    """A new process reads a known text's embedding from the cache folder: CLIP embeds only the new target."""
+    templates = IMAGENET_TEMPLATES[:4]
+    TextDirectionCache(tmp_path, "clip-a").get(model, "face", "bald face", templates)
+    fresh = TextDirectionCache(tmp_path, "clip-a")
+    embedded = fresh.embeddings(None, ["face", "bald face"], templates)  # no model: both from disk
+    torch.testing.assert_close(embedded["face"], text_embedding(model, "face", templates), rtol=0, atol=1e-6)
+    assert len(list((tmp_path / "texts").glob("*.npy"))) == 2
+    assert TextDirectionCache(tmp_path, "clip-b").embeddings(model, ["face"], templates)["face"].shape == (32,)
+    assert len(list((tmp_path / "texts").glob("*.npy"))) == 3  # another model's embedding is its own
+
+
 # --- several changes ---------------------------------------------------------------------------------------------
 
 def two_directions(beta=0.1):
@@ -290,3 +302,24 @@ def test_bad_changes_are_invalid_parameter(changes):
 def test_good_changes_pass():
     changes = [Change("a face", "a smiling face"), Change("a face", "an old face", -2.0)]
     assert check_changes(tuple(changes)) == changes
+
+
+def test_prefetch_computes_once_and_get_waits_for_it(model, tmp_path, monkeypatch):
+    """A direction prefetched on a thread is what get returns (computed once); its error is get's error."""
+    import pipeline.edit.directions as directions
+
+    templates = IMAGENET_TEMPLATES[:3]
+    calls = []
+    real = directions.text_embeddings
+    monkeypatch.setattr(directions, "text_embeddings", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    cache = TextDirectionCache(tmp_path, "clip-a")
+    future = cache.prefetch(model, "face", "bald face", templates)
+    dt = cache.get(model, "face", "bald face", templates)
+    np.testing.assert_array_equal(dt.numpy(), future.result().numpy())
+    assert calls == [["bald face", "face"]]
+    np.testing.assert_array_equal(dt.numpy(), text_direction(model, "face", "bald face", templates).numpy())
+    assert cache.prefetch(None, "face", "bald face", templates).done()  # known: no thread, no model
+    cache.prefetch(model, "face", "face", templates)
+    with pytest.raises(PipelineError) as error:
+        cache.get(model, "face", "face", templates)
+    assert error.value.code == "invalid_parameter"
