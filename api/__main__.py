@@ -5,7 +5,7 @@
     python -m api keys revoke KEY_ID
     python -m api migrate                                    # alembic upgrade head
     python -m api dev                                        # what `make run` starts
-    python -m api flower-gate --port P --upstream URL        # the login in front of Flower (api/flower_gate.py)
+    python -m api flower-gate --port P [--upstream URL]      # the login in front of Flower (api/flower_gate.py)
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _dev(_args: argparse.Namespace) -> int:
 def _flower_gate(args: argparse.Namespace) -> int:
     from api.flower_gate import run_gate
 
-    return run_gate(args.host, args.port, args.upstream)
+    return run_gate(args.host, args.port, args.upstream, args.flower_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     gate = commands.add_parser("flower-gate", help="the login in front of Flower (make run starts it)")
     gate.add_argument("--host", default="127.0.0.1")
     gate.add_argument("--port", type=int, required=True)
-    gate.add_argument("--upstream", required=True, help="Flower's own address, e.g. http://127.0.0.1:5556")
+    gate.add_argument("--upstream", default=None, help="Flower's own address, e.g. http://127.0.0.1:5556 "
+                      "(FLOWER_BASIC_AUTH: its login); without it the gate starts Flower itself on loopback")
+    gate.add_argument("flower_args", nargs="*", help="after `--`: Flower's own options, when the gate starts it")
     gate.set_defaults(func=_flower_gate)
     args = parser.parse_args(argv)
     return args.func(args)

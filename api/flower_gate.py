@@ -6,9 +6,11 @@ listens on loopback on a private port, with a random ASCII password only this ga
 where operators connect (FLOWER_PORT), checks `Authorization: Basic` as bytes in constant time against
 `dev` + the dev key, and forwards what passes with Flower's private credentials. Anything else, whatever
 its bytes or size, is a 401; an unreachable Flower is a 502. `/healthcheck` and `/metrics`, which Flower
-serves without a login, need one here too.
+serves without a login, need one here too. The gate's own `HEALTH_PATH` needs none (for probes): 200 when
+Flower's health check answers, else 502, and nothing more.
 
     python -m api flower-gate --port 5555 --upstream http://127.0.0.1:5556   # what `make run` starts
+    python -m api flower-gate --host 0.0.0.0 --port 5555 -- --purge_offline_workers=300   # starts Flower too
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ import binascii
 import hmac
 import json
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
 from api.asgi import header
+from api.processes import die_with_parent
 
 # A Basic credential longer than this is refused unread (a key is ~50 characters; the header's own cap is
 # the server's, h11's 64 KiB).
@@ -79,6 +88,9 @@ class FlowerGate:
             return
         if scope["type"] != "http":  # Flower 2 polls over HTTP; no websocket is forwarded
             return
+        if scope["path"] == HEALTH_PATH:
+            await self._health(send)
+            return
         given = presented(header(scope, b"authorization"))
         # Bytes against bytes: compare_digest on str refuses non-ASCII, which is Flower's own 500.
         if given is None or not hmac.compare_digest(given, self.expected):
@@ -98,6 +110,17 @@ class FlowerGate:
                     await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _health(self, send: Send) -> None:
+        client = self.client or httpx.AsyncClient(timeout=5)
+        try:
+            healthy = (await client.get(self.upstream + "/healthcheck", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        finally:
+            if client is not self.client:
+                await client.aclose()
+        await _answer(send, 200 if healthy else 502, {"status": "ok" if healthy else "flower unreachable"})
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
@@ -136,15 +159,60 @@ async def _answer(send: Send, status: int, body: dict, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": payload})
 
 
+HEALTH_PATH = "/gate-healthz"
 UPSTREAM_AUTH_ENV = "FLOWER_BASIC_AUTH"  # Flower reads its own login from this variable too
-LOGIN_ENV = "FLOWER_GATE_AUTH"
+LOGIN_ENV = "FLOWER_GATE_AUTH"  # the setting `flower_gate_auth` (common/settings.py)
 
 
-def run_gate(host: str, port: int, upstream: str) -> int:
-    """Serve the gate (credentials from the environment: never on a command line, which `ps` shows)."""
+def run_gate(host: str, port: int, upstream: str | None, flower_args: list[str]) -> int:
+    """Serve the gate (credentials from the environment: never on a command line, which `ps` shows). Without
+    `upstream`, start Flower itself (`flower_args` added), on a free loopback port with a random password
+    only this process knows, and stop when it stops (what compose and Kubernetes run: one container, and a
+    Flower that exits takes the gate along, so the container is restarted)."""
     import uvicorn
 
-    gate = FlowerGate(upstream, Credentials.parse(os.environ[LOGIN_ENV]),
-                      Credentials.parse(os.environ[UPSTREAM_AUTH_ENV]))
-    uvicorn.run(gate, host=host, port=port, log_level="warning")
-    return 0
+    from common.settings import Settings
+
+    configured = Settings().flower_gate_auth
+    if not configured:
+        raise SystemExit(f"{LOGIN_ENV} is not set: the operators' login (user:password) the gate asks for")
+    login = Credentials.parse(configured)
+    flower = None
+    if upstream is None:
+        flower, upstream, inner = _start_flower(flower_args)
+    else:
+        inner = Credentials.parse(os.environ[UPSTREAM_AUTH_ENV])
+    server = uvicorn.Server(uvicorn.Config(FlowerGate(upstream, login, inner), host=host, port=port,
+                                           log_level="warning"))
+    if flower is not None:
+        threading.Thread(target=_stop_with, args=(flower, server), daemon=True).start()
+    try:
+        server.run()
+    finally:
+        if flower is not None and flower.poll() is None:
+            flower.terminate()
+            try:
+                flower.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                flower.kill()
+                flower.wait()
+    return 1 if flower is not None and flower.returncode not in (None, 0, -signal.SIGTERM) else 0
+
+
+def _start_flower(flower_args: list[str]) -> tuple[subprocess.Popen, str, Credentials]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inner = Credentials("gate", secrets.token_urlsafe(24))
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", "--address=127.0.0.1", f"--port={port}",
+            *flower_args]  # fmt: skip
+    # Flower dies with the gate however the gate ends (a SIGKILL leaves no Flower holding the port or a pipe).
+    flower = subprocess.Popen(argv, env={**os.environ, UPSTREAM_AUTH_ENV: f"{inner.user}:{inner.password}"},
+                              preexec_fn=die_with_parent())
+    return flower, f"http://127.0.0.1:{port}", inner
+
+
+def _stop_with(flower: subprocess.Popen, server) -> None:
+    """Flower exited: stop serving (the process exits non-zero and its supervisor restarts both)."""
+    flower.wait()
+    server.should_exit = True

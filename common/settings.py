@@ -285,6 +285,10 @@ class Settings(BaseSettings):
         5555, ge=0, le=65535, description="Port of the Flower that `python -m api dev` starts on 127.0.0.1 (login "
         "`dev`, password DEV_API_KEY); 0: no Flower. Compose publishes its Flower on it too."
     )
+    flower_gate_auth: str | None = Field(
+        None, description="`user:password` of the operators' login to Flower, checked by its gate "
+        "(`python -m api flower-gate`, api/flower_gate.py; `python -m api dev` sets `dev:<DEV_API_KEY>`)."
+    )
 
     def edit_limits(self) -> EditLimits:
         """The edit limits this deployment applies below the contract's ceilings."""

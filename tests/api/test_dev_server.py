@@ -356,9 +356,12 @@ def test_flower_is_skipped_when_its_port_is_taken_and_never_gets_the_key_on_its_
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        assert _flower(Settings(dev_api_key=KEY, flower_port=port)) is None
+        assert _flower(Settings(dev_api_key=KEY, flower_port=port)) == []
     assert f"Flower not started: 127.0.0.1:{port} is in use" in capsys.readouterr().err
-    assert _flower(Settings(dev_api_key=KEY, flower_port=0)) is None
-    spec = _flower(Settings(dev_api_key=KEY, flower_port=free_port()))
-    assert spec.env["FLOWER_BASIC_AUTH"] == f"dev:{KEY}"
-    assert "--address=127.0.0.1" in spec.argv and not any(KEY in arg for arg in spec.argv)
+    assert _flower(Settings(dev_api_key=KEY, flower_port=0)) == []
+    flower, gate = _flower(Settings(dev_api_key=KEY, flower_port=free_port()))
+    # The operators' login goes to the gate only; Flower gets a random password the gate alone holds.
+    assert gate.env["FLOWER_GATE_AUTH"] == f"dev:{KEY}" and "FLOWER_GATE_AUTH" not in flower.env
+    assert flower.env["FLOWER_BASIC_AUTH"] == gate.env["FLOWER_BASIC_AUTH"] and KEY not in flower.env["FLOWER_BASIC_AUTH"]
+    assert "--address=127.0.0.1" in flower.argv and gate.argv[gate.argv.index("--host") + 1] == "127.0.0.1"
+    assert not any(KEY in arg for spec in (flower, gate) for arg in spec.argv)

@@ -1,4 +1,5 @@
-"""Flower, as compose and k8s run it (`celery -A worker.app flower` with basic auth), sees our worker."""
+"""Flower, as compose and k8s run it (`python -m api flower-gate`: the login gate, which starts Flower behind
+it), sees our worker."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
         "METRICS_PORT": str(free_port()),
         "LIVENESS_DIR": str(tmp_path / "liveness"),
         "PYTHONPATH": str(REPO),
+        "FLOWER_GATE_AUTH": auth,
     }
     common = dict(cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     worker = subprocess.Popen(
@@ -57,8 +59,8 @@ def test_flower_lists_the_worker_behind_basic_auth(tmp_path: Path) -> None:
         **common,
     )
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--port={port}", "--address=127.0.0.1",
-         f"--basic_auth={auth}"],
+        [sys.executable, "-m", "api", "flower-gate", "--host", "127.0.0.1", "--port", str(port), "--",
+         "--purge_offline_workers=300"],
         **common,
     )
     base = f"http://127.0.0.1:{port}"

@@ -204,7 +204,8 @@ def test_single_beat_and_private_flower() -> None:
     flower_service = _find("Service", "faceedit-flower")
     assert flower_service["spec"].get("type", "ClusterIP") == "ClusterIP"
     flower = _containers("faceedit-flower")[0]
-    assert any(e["name"] == "FLOWER_BASIC_AUTH" for e in flower["env"])
+    assert any(e["name"] == "FLOWER_GATE_AUTH" for e in flower["env"])  # the gate's login (api/flower_gate.py)
+    assert flower["args"][:4] == ["python", "-m", "api", "flower-gate"]
 
 
 def test_pods_run_as_non_root() -> None:
