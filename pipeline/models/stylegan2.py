@@ -312,11 +312,10 @@ class Generator(nn.Module):
         self._check_styles(styles)
         if feature is not None:
             self._check_feature(feature, styles[0].shape[0])
-        # the renderers do not inject features yet: the batched path computes the same function
-        if self.impl == "fast" and feature is None and renders_on_cpu(styles):
-            return self.cpu_renderer().render(styles)
-        if self.impl == "fast" and feature is None and renders_on_cuda(styles):
-            return self.cuda_renderer().render(styles)
+        if self.impl == "fast" and renders_on_cpu(styles):
+            return self.cpu_renderer().render(styles, feature)
+        if self.impl == "fast" and renders_on_cuda(styles):
+            return self.cuda_renderer().render(styles, feature)
         return self._render(styles, self.impl, feature)
 
     def feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,6 +324,10 @@ class Generator(nn.Module):
         Only the style vectors of the layers up to ``resolution`` are read (``feature_layers``)."""
         styles = list(styles[:self.feature_layers(resolution)])
         self._check_styles(styles, partial=True)
+        if self.impl == "fast" and renders_on_cpu(styles):
+            return self.cpu_renderer().render_feature(styles, resolution)
+        if self.impl == "fast" and renders_on_cuda(styles):
+            return self.cuda_renderer().render_feature(styles, resolution)
         return self._render_feature(styles, self.impl, resolution)
 
     def feature_layers(self, resolution: int) -> int:

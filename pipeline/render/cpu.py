@@ -128,17 +128,35 @@ class CpuRenderer:
             return cls(g.input.input.clone(), FoldedConv.of(g.conv1, noise[0], input_size=4),
                        FoldedToRGB.of(g.to_rgb1), blocks)
 
-    def render(self, styles: list[torch.Tensor]) -> torch.Tensor:
+    def render(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
         """Style vectors (``Generator.styles`` order, each ``[B,C_i]``) → images ``[B,3,size,size]``, one sample
-        at a time. The result is always a new tensor, never one of the reused buffers.
+        at a time; ``feature`` ``[B,C_r,r,r]`` replaces the ``r``×``r`` block's output as in
+        ``Generator.synthesize``. The result is always a new tensor, never one of the reused buffers.
 
         PyTorch's own ops run on the calling thread alone meanwhile (``nnpack.torch_ops_on_this_thread``): with
         NNPACK's pool beside them, fewer threads than cores stay to share. Measured on the 2-core EPYC under
         other load (1-minute load average 3), paired against PyTorch's two threads: 0.61× the wall time and
         0.63× the CPU time per 1024² render; with it only from the first phase layer on, 0.92×."""
         with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread():
-            images = [self._render_one([s[i] for s in styles]) for i in range(styles[0].shape[0])]
+            images = []
+            for i in range(styles[0].shape[0]):
+                injected = None if feature is None else feature[i:i + 1].float().contiguous()
+                *_, (_, _, image) = self._blocks([s[i] for s in styles], injected)
+                images.append(image)
         return images[0] if len(images) == 1 else torch.cat(images)
+
+    def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Generator.feature``: the ``resolution`` block's output and the skip image there, rendering only the
+        layers up to it (new tensors, out of the reused buffers)."""
+        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread():
+            features, images = [], []
+            for i in range(styles[0].shape[0]):
+                for res, x, image in self._blocks([s[i] for s in styles]):
+                    if res == resolution:
+                        features.append(x.clone())
+                        images.append(image.clone())
+                        break
+        return torch.cat(features), torch.cat(images)
 
     def buffer_bytes(self) -> int:
         """Memory held by the reused activation buffers."""
@@ -151,16 +169,21 @@ class CpuRenderer:
 
     # --- one sample; every layer reads one buffer and writes another -----------------------------------------
 
-    def _render_one(self, styles: list[torch.Tensor]) -> torch.Tensor:
+    def _blocks(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None):
+        """One sample, block by block: yields ``(resolution, features, skip image)``; the features live in a
+        reused buffer, valid until the next step. Every layer reads one buffer and writes another."""
         direct = nnpack.available()  # whether NNPACK can write into our buffers
         x = self._conv(self.conv1, self.const, styles[0], direct)
         image = self._to_rgb(self.rgb1, x, styles[1], None).clone()  # the first skip image: out of the buffers
+        yield 4, x, image
         for k, (up, conv, rgb) in enumerate(self.blocks):
+            if feature is not None and feature.shape[-1] == x.shape[-1]:
+                x = feature  # SFE's injected feature: the caller's tensor, never a buffer
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
             x = self._upsampling_conv(up, x, s_up, direct)  # into buffer "upsampled"
             x = self._conv(conv, x, s_conv, direct)  # into buffer "conv"
             image = self._to_rgb(rgb, x, s_rgb, image)  # a new tensor (the RGB buffer only feeds it)
-        return image
+            yield x.shape[-1], x, image
 
     def _buffer(self, role: str, shape: tuple[int, ...], reads: torch.Tensor) -> torch.Tensor:
         """The ``role`` buffer as ``shape``; refuses to hand out the buffer that ``reads`` (the layer's input)

@@ -131,13 +131,14 @@ def choose_precision(generator: Generator, tol: float = HALF_PRECISION_TOL,
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    styles: list[torch.Tensor]  # the graph reads its input here ...
-    image: torch.Tensor  # ... and writes its output here
+    inputs: list[torch.Tensor]  # the graph reads its input here (the styles, then an injected feature) ...
+    outputs: tuple[torch.Tensor, ...]  # ... and writes its output here
 
 
 class CudaRenderer:
-    """Renders ``Generator.synthesize``'s function from a private copy of the weights in ``precision``, replaying
-    one CUDA graph per batch size when ``graphs`` (else eagerly). Thread-safe: renders are serialized."""
+    """Renders ``Generator.synthesize``'s function (and ``Generator.feature``'s) from a private copy of the
+    weights in ``precision``, replaying one CUDA graph per batch size and kind of call when ``graphs`` (else
+    eagerly). Thread-safe: renders are serialized."""
 
     def __init__(self, generator: Generator, precision: str, graphs: bool, errors: dict[str, float] | None = None):
         if precision not in PRECISIONS:
@@ -146,7 +147,7 @@ class CudaRenderer:
         self.dtype = PRECISIONS[precision][0]
         self._model = copy.deepcopy(generator).to(self.dtype).eval()
         self._model.requires_grad_(False)
-        self._captured: dict[int, _Graph] = {}
+        self._captured: dict[tuple, _Graph] = {}
         self._pool = None
         self._lock = threading.Lock()
 
@@ -162,37 +163,54 @@ class CudaRenderer:
                  else f"set by {PRECISION_ENV}", "on" if graphs else "off")
         return cls(generator, precision, graphs=graphs, errors=errors)
 
-    def render(self, styles: list[torch.Tensor]) -> torch.Tensor:
-        """Style vectors ``[B, C_i]`` → float32 image ``[B, 3, size, size]`` (a new tensor, the caller's)."""
-        styles = [s.detach().to(self.dtype) for s in styles]
+    def render(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
+        """Style vectors ``[B, C_i]`` (and SFE's injected ``feature`` ``[B,C_r,r,r]``, see
+        ``Generator.synthesize``) → float32 image ``[B, 3, size, size]`` (a new tensor, the caller's)."""
+        inputs = [*styles, feature] if feature is not None else list(styles)
+        key = ("image", None if feature is None else feature.shape[-1])
+        (image,) = self._run(key, inputs, lambda args: (self._model._render(
+            args[:len(styles)], "fast", args[len(styles)] if feature is not None else None),))
+        return image
+
+    def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Generator.feature``: the ``resolution`` block's output and skip image, as float32 (new tensors)."""
+        feature, skip = self._run(("feature", resolution), list(styles),
+                                  lambda args: self._model._render_feature(args, "fast", resolution))
+        return feature, skip
+
+    def _run(self, key: tuple, inputs: list[torch.Tensor], fn) -> tuple[torch.Tensor, ...]:
+        """``fn(inputs in this dtype)`` → float32 outputs, eagerly or through the graph of ``key`` and batch."""
+        inputs = [t.detach().to(self.dtype) for t in inputs]
         if not self.graphs:
             with self._lock, torch.no_grad(), precision_flags(self.precision):
-                return self._model._render(styles, "fast").float()
+                return tuple(out.float() for out in fn(inputs))
         # The graph's tensors are recorded once and written by every later render: under inference mode they
         # would become inference tensors, which no render outside it may write to.
         with self._lock, torch.inference_mode(False), torch.no_grad():
-            batch, largest = styles[0].shape[0], GRAPH_BATCHES[-1]
-            chunks = [self._replay([s[i:i + largest] for s in styles]) for i in range(0, batch, largest)]
-            return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+            batch, largest = inputs[0].shape[0], GRAPH_BATCHES[-1]
+            chunks = [self._replay(key, [t[i:i + largest] for t in inputs], fn) for i in range(0, batch, largest)]
+            return chunks[0] if len(chunks) == 1 else tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
 
-    def _replay(self, styles: list[torch.Tensor]) -> torch.Tensor:
-        batch = styles[0].shape[0]
-        graph = self._graph(next(b for b in GRAPH_BATCHES if b >= batch))
-        for static, s in zip(graph.styles, styles, strict=True):
-            static[:batch].copy_(s)
+    def _replay(self, key: tuple, inputs: list[torch.Tensor], fn) -> tuple[torch.Tensor, ...]:
+        batch = inputs[0].shape[0]
+        graph = self._graph(key, next(b for b in GRAPH_BATCHES if b >= batch), inputs, fn)
+        for static, t in zip(graph.inputs, inputs, strict=True):
+            static[:batch].copy_(t)
         graph.graph.replay()
-        # a copy (also in float32, where .float() would be a view): the next replay overwrites graph.image
-        return graph.image[:batch].to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        # copies (also in float32, where .float() would be a view): the next replay overwrites the outputs
+        return tuple(out[:batch].to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                     for out in graph.outputs)
 
-    def _graph(self, batch: int) -> _Graph:
-        """The graph for ``batch`` rows, recorded on first use. Warm-up runs on a side stream first (cuDNN picks
-        its algorithms there, with autotuning, which a capture must not do); all graphs share one memory pool,
-        which is safe because renders are serialized and each output is copied out at once."""
-        found = self._captured.get(batch)
+    def _graph(self, key: tuple, batch: int, example: list[torch.Tensor], fn) -> _Graph:
+        """The graph for ``key`` at ``batch`` rows, recorded on first use with inputs shaped as ``example``'s
+        rows. Warm-up runs on a side stream first (cuDNN picks its algorithms there, with autotuning, which a
+        capture must not do); all graphs share one memory pool, which is safe because renders are serialized
+        and each output is copied out at once."""
+        found = self._captured.get((*key, batch))
         if found is not None:
             return found
         device = self._model.input.input.device
-        static = [torch.zeros(batch, dim, device=device, dtype=self.dtype) for dim in self._model.style_dims]
+        static = [torch.zeros(batch, *t.shape[1:], device=device, dtype=self.dtype) for t in example]
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         with precision_flags(self.precision, benchmark=True):
@@ -200,10 +218,10 @@ class CudaRenderer:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._model._render(static, "fast")
+                    fn(static)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                image = self._model._render(static, "fast")
-        captured = self._captured[batch] = _Graph(graph, static, image)
+                outputs = tuple(fn(static))
+        captured = self._captured[(*key, batch)] = _Graph(graph, static, outputs)
         return captured
