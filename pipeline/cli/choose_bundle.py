@@ -33,4 +33,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{choice.kind}: {choice.dir}")
         if choice.problems:
             print(choice.explain())
+        for line in choice.optional_missing():
+            print(f"note: {line}")
     return 0 if choice.usable else 1

@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REQUIRED_ROLES = ("generator", "encoder", "clip", "relevance")
-# relevance_stats: per-channel style mean/std beside StyleCLIP's fs3.npy; identity: for optimize mode
-OPTIONAL_ROLES = ("relevance_stats", "identity")
+# relevance_stats: per-channel style mean/std beside StyleCLIP's fs3.npy; identity: for optimize mode;
+# sfe: StyleFeatureEditor's Inverter and Feature Editor (the faithful-likeness inversion beside e4e)
+OPTIONAL_ROLES = ("relevance_stats", "identity", "sfe")
+# optional roles without which something is unavailable (choose-bundle says so, and how to add the file)
+FEATURE_ROLES = {"sfe": "the StyleFeatureEditor inversion (faithful likeness)"}
 ROLES = REQUIRED_ROLES + OPTIONAL_ROLES
 
 # Default places, relative to the checkout: downloads go to models/official, the dev bundle to models/dev.

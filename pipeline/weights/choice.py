@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.weights.bundle import (
     DEV_DIR,
+    FEATURE_ROLES,
     MANIFEST,
     OFFICIAL_DIR,
     Bundle,
@@ -62,10 +63,25 @@ class Choice:
                      f"to a complete bundle.")
         return "\n".join(lines)
 
+    def optional_missing(self) -> list[str]:
+        """A line per official file that a complete, real bundle lacks and something needs (``FEATURE_ROLES``;
+        a bundle made before SFE was added has no ``sfe``), with how to add it."""
+        from pipeline.weights.sources import official_entries
+
+        if bundle_problems(self.dir):
+            return []
+        manifest = read_manifest(self.dir)
+        if manifest.dev:
+            return []
+        return [f"{entry.file} ({role}: {FEATURE_ROLES[role]}) is not in {self.dir}: `python -m pipeline download "
+                f"--dir {self.dir} --only {role}` adds it" for role, entry in official_entries().items()
+                if role in FEATURE_ROLES and role not in manifest.models]
+
     def to_dict(self) -> dict:
         ready = not bundle_problems(self.dir)
         return {"dir": str(self.dir), "kind": self.kind, "usable": self.usable, "official_dir": str(self.official_dir),
                 "ready": ready, "dev_bundle": self.kind == DEV or (ready and read_manifest(self.dir).dev),
+                "optional_missing": self.optional_missing(),
                 "problems": [{"role": p.role, "file": p.file, "reason": p.reason} for p in self.problems],
                 "explanation": self.explain()}
 

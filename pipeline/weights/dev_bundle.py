@@ -2,12 +2,12 @@
 
 Every file goes through the same loader as its official counterpart (a rosinality ``g_ema`` checkpoint, an e4e
 checkpoint with ``encoder.*`` keys and ``latent_avg``, a CLIP TorchScript archive, a relevance file written by
-our precompute), so the whole pipeline runs end to end, in a second or two on a CPU, where the real weights
+our precompute, SFE's ``state_dict`` with ``inverter.*`` and ``encoder.*``), so the whole pipeline runs end to end, in a second or two on a CPU, where the real weights
 cannot be downloaded. The edits are noise: the manifest says ``"dev": true`` and every user warns.
 
 Sizes: the generator keeps the official depth for its resolution (so ``n_latent`` and the style layout are the
 real ones for that size) with narrow layers; e4e is the real IR-SE-50 at width 16; W is 8·16 = 128-dimensional
-because e4e's output width is 8·width.
+because e4e's output width is 8·width. SFE keeps the official depths at an eighth of the widths (``dev_sfe``).
 
 The relevance file is the one deliberate shortcut: running ``precompute_relevance`` on even this generator
 renders two images per style channel per sample (over a thousand renders, minutes on a shared CPU), so its
@@ -33,7 +33,8 @@ RELEVANCE_STATS = 4096      # samples for the style statistics
 LICENSE = "generated locally from random weights: no license restrictions, no meaning"
 
 FILES = {"generator": "stylegan2-dev.pt", "encoder": "e4e-dev.pt", "clip": "clip-dev.pt",
-         "relevance": "relevance-dev.npz", "identity": "arcface-dev.pt"}
+         "relevance": "relevance-dev.npz", "identity": "arcface-dev.pt", "sfe": "sfe-dev.pt"}
+SFE_WIDTH = 8  # the official SFE's widths / 8, its depths and key layout
 
 
 def dev_channels(size: int) -> dict[int, int]:
@@ -45,6 +46,7 @@ def make_dev_bundle(directory: Path, size: int = 256, seed: int = 0) -> Bundle:
     """Write the development bundle into ``directory`` and return it loaded."""
     from pipeline.models.clip_model import save_clip_archive
     from pipeline.models.e4e import save_encoder
+    from pipeline.models.sfe import FEATURE_RESOLUTION, save_sfe
     from pipeline.models.stylegan2 import save_generator
 
     if size < 16 or size & (size - 1):
@@ -61,6 +63,11 @@ def make_dev_bundle(directory: Path, size: int = 256, seed: int = 0) -> Bundle:
         save_encoder(directory / FILES["encoder"], encoder,
                      {"encoder_type": "Encoder4Editing", "stylegan_size": size, "dev": True, "seed": seed})
         torch.save(dev_arcface().state_dict(), directory / FILES["identity"])  # model_ir_se50.pt's layout
+        files = dict(FILES)
+        if size > FEATURE_RESOLUTION:  # SFE's feature replaces a block below the generator's last
+            save_sfe(directory / FILES["sfe"], dev_sfe(generator))
+        else:
+            del files["sfe"]
         clip_model = dev_clip()
         save_clip_archive(clip_model, directory / FILES["clip"])
         write_dev_relevance(directory / FILES["relevance"], generator, embed_dim=clip_model.text_projection.shape[1],
@@ -68,7 +75,7 @@ def make_dev_bundle(directory: Path, size: int = 256, seed: int = 0) -> Bundle:
     models = {role: ModelFile(file=name, url=None, sha256=sha256_file(directory / name),
                               bytes=(directory / name).stat().st_size, license=LICENSE,
                               source=f"python -m pipeline make-dev-bundle (size {size}, seed {seed})")
-              for role, name in FILES.items()}
+              for role, name in files.items()}
     Manifest(models, dev=True, extra={"dev_config": {"size": size, "seed": seed}}).write(directory)
     return Bundle.load(directory)
 
@@ -108,6 +115,32 @@ def dev_encoder(size: int, latent_avg: torch.Tensor):
     for block in encoder.styles:
         block.linear.weight.mul_(0.01)
     return E4E(encoder, latent_avg)
+
+
+def dev_sfe(generator):
+    """StyleFeatureEditor for ``generator``: its heads give that generator's W+, its feature has the generator's
+    64² width. Random heads are scaled down as e4e's (codes near ``latent_avg``); the fuser passes the
+    generator's own feature through and the Feature Editor subtracts the edit's change of it (what the trained
+    ones approximate), each plus small random residual branches: dev inversions and edits then look like the
+    generator's own renders, not noise over noise."""
+    from pipeline.models.sfe import FEATURE_RESOLUTION, SFE, SFEConfig
+
+    depths = [blocks for _, blocks in SFEConfig().stages]
+    cfg = SFEConfig(stem=SFE_WIDTH, stages=tuple((SFE_WIDTH * 2 ** i, n) for i, n in enumerate(depths)),
+                    n_styles=generator.n_latent, style_dim=generator.style_dim,
+                    feature_channels=generator.channels[FEATURE_RESOLUTION])
+    sfe = SFE(cfg).eval()
+    eye = torch.eye(cfg.feature_channels)[:, :, None, None]
+    for head in sfe.inverter.fs_backbone.styles:
+        head.weight.mul_(0.01)
+        head.bias.zero_()
+    # fuser: cat([predicted, generator's]) → the generator's; editor: cat([fused, delta]) → fused − delta
+    for fuser, (first, second) in ((sfe.inverter.fuser, (0.0, 1.0)), (sfe.feature_editor, (1.0, -1.0))):
+        fuser.conv.weight.copy_(torch.cat([first * eye, second * eye], dim=1))
+        fuser.conv.bias.zero_()
+        for block in fuser.body:
+            block.body[5].weight.mul_(0.01)  # the BatchNorm closing the residual branch
+    return sfe
 
 
 def dev_arcface():

@@ -107,9 +107,12 @@ def download_bundle(directory: str | Path, progress: bool = True, only: tuple[st
         raise PipelineError(INVALID_PARAMETER, f"no such model: {sorted(unknown)}; known: {sorted(entries)}")
     if (directory / MANIFEST).is_file() and not bundle_problems(directory):
         manifest = read_manifest(directory)
-        outcomes = tuple(Outcome(role, e.file, e.hash or RECORDED, "already here", e.bytes)
-                         for role, e in manifest.models.items())
-        return Report(outcomes, Bundle.load(directory))
+        # a complete bundle stays as it is, unless ``only`` asks for a role it lacks (a bundle made before SFE
+        # was added gets it with ``--only sfe``)
+        if set(only) <= set(manifest.models):
+            outcomes = tuple(Outcome(role, e.file, e.hash or RECORDED, "already here", e.bytes)
+                             for role, e in manifest.models.items())
+            return Report(outcomes, Bundle.load(directory))
 
     kept = {role: e for role, e in _present_manifest_entries(directory).items()
             if role in entries and e.file != entries[role].file}  # official names are checked again below
@@ -319,6 +322,10 @@ def check_loads(role: str, path: Path) -> None:
         from pipeline.edit.relevance import load_style_stats
 
         load_style_stats(path)
+    elif role == "sfe":
+        from pipeline.models.sfe import load_sfe
+
+        load_sfe(path)
     else:
         read_checkpoint(path)
 

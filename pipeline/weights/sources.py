@@ -95,8 +95,20 @@ RELEVANCE_STATS_FFHQ = ModelFile(
                git_blob="4530e6451de15f796f6c1a6e056ab78758858fcf"),
     ),
 )
+_SFE_COMMIT = "7c10a9d146527fefbd3f089434cf11600a6ced91"  # "deleta large, add light models"
+SFE_EDITOR = ModelFile(
+    file="sfe_editor_light.pt", url=None, sha256=None, bytes=None,
+    license="MIT (ControlGenAI/StyleFeatureEditor, formerly AIRI-Institute); trained with the NC-licensed generator: "
+            "non-commercial use only",
+    source="StyleFeatureEditor (CVPR 2024) Inverter and Feature Editor, the light checkpoint (their state dicts "
+           "only, under inverter.* and encoder.*)",
+    sources=(
+        Source(f"{_HF}/AIRI-Institute/StyleFeatureEditor/resolve/{_SFE_COMMIT}/pretrained_models/sfe_editor_light.pt",
+               sha256="ced3e79813ec6ff1418404576cc43e3c92849ab124ec87cd72be42dcb25311ea", bytes=649_325_957),
+    ),
+)
 OFFICIAL = {"generator": STYLEGAN2_FFHQ, "encoder": E4E_FFHQ, "clip": CLIP_VIT_B32, "relevance": RELEVANCE_FFHQ,
-            "relevance_stats": RELEVANCE_STATS_FFHQ}
+            "relevance_stats": RELEVANCE_STATS_FFHQ, "sfe": SFE_EDITOR}
 # roles that `download` can make locally when no source answers
 COMPUTABLE = ("relevance_stats",)
 

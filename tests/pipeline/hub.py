@@ -111,8 +111,8 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 def official_format_files(dev_bundle) -> dict[str, tuple[str, bytes]]:
     """The development bundle's models as the official files (role -> (official file name, bytes)): its
-    generator, encoder and CLIP archive as they are (official formats already), its relevance file split into
-    StyleCLIP's ``fs3.npy`` and ``S_mean_std`` (a pickle of per-layer mean and std lists)."""
+    generator, encoder, CLIP archive and SFE as they are (official formats already), its relevance file split
+    into StyleCLIP's ``fs3.npy`` and ``S_mean_std`` (a pickle of per-layer mean and std lists)."""
     import io
     import json
     import pickle
@@ -124,7 +124,7 @@ def official_format_files(dev_bundle) -> dict[str, tuple[str, bytes]]:
 
     manifest = read_manifest(dev_bundle)
     files = {role: (OFFICIAL[role].file, (dev_bundle / manifest.models[role].file).read_bytes())
-             for role in ("generator", "encoder", "clip")}
+             for role in ("generator", "encoder", "clip", "sfe")}
     with np.load(dev_bundle / manifest.models["relevance"].file) as rel:
         fs3, mean, std, meta = rel["fs3"], rel["style_mean"], rel["style_std"], json.loads(str(rel["meta"]))
     buffer = io.BytesIO()

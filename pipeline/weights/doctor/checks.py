@@ -4,10 +4,12 @@ one-line reason; the decisions and their thresholds are in ``pipeline.weights.do
 1. the manifest, each file (present, not a web page saved in its place, the manifest's size and sha256), and the
    bundle as the pipeline itself accepts it (``Bundle.load(verify=True)``);
 2. each model loads with the pipeline's own loader; the encoder's codes fit the generator; the relevance file
-   fits the generator and CLIP (a real text direction is computed through them);
+   fits the generator and CLIP (a real text direction is computed through them); SFE (optional) fits the
+   generator and renders through its injected feature;
 3. a face renders from a random latent;
 4. real weights only (never on the development bundle, never with ``fast``): CLIP sees a face in that render;
-   inverting the sample photo gives it back; "a face" → "a smiling face" makes CLIP's smiling score rise.
+   inverting the sample photo gives it back; "a face" → "a smiling face" makes CLIP's smiling score rise; SFE's
+   reconstruction of the sample photo is closer than e4e's.
 
 A check whose prerequisite failed is skipped, not failed: the first failure names the file or the check.
 """
@@ -44,8 +46,11 @@ from pipeline.weights.doctor.verdicts import Check, Status, failed, passed, skip
 log = logging.getLogger(__name__)
 
 SAMPLE_PHOTO = Path(__file__).resolve().parents[2] / "samples" / "astronaut.jpg"
-LOAD_ROLES = ("generator", "encoder", "clip", "relevance", "identity")
-SEMANTIC = ("clip-face", "reconstruction", "smile-edit")
+LOAD_ROLES = ("generator", "encoder", "clip", "relevance", "identity", "sfe")
+SEMANTIC = ("clip-face", "reconstruction", "smile-edit", "reconstruction-sfe")
+# what an absent optional model leaves out
+OPTIONAL_USE = {"identity": "optimize mode's identity loss",
+                "sfe": "the StyleFeatureEditor inversion; `python -m pipeline download --only sfe` adds it"}
 RENDER_SEED = 7
 TRUNCATION = 0.7   # toward the mean W, as StyleGAN2's curated samples: a typical face, not a tail sample
 CROP = 256         # e4e's input and its evaluation resolution
@@ -126,6 +131,7 @@ class _Session:
             self.record(f"load:{role}", lambda role=role: self.check_load(role))
         self.record("wiring:encoder", self.check_encoder_wiring)
         self.record("wiring:relevance", self.check_relevance_wiring)
+        self.record("wiring:sfe", self.check_sfe_wiring)
         self.record("render", self.check_render)
         blocked = [c.name for c in self.checks if c.status is Status.FAIL]
         for name in SEMANTIC:
@@ -146,6 +152,7 @@ class _Session:
             editor = Editor(self.bundle, device=self.device, directions_dir=directions)
             self.record("reconstruction", lambda: self.check_reconstruction(editor))
             self.record("smile-edit", lambda: self.check_smile(editor))
+            self.record("reconstruction-sfe", lambda: self.check_sfe_reconstruction(editor))
 
     # --- files ---------------------------------------------------------------------------------------------
 
@@ -196,7 +203,7 @@ class _Session:
     def check_load(self, role: str) -> Check:
         name = f"load:{role}"
         if role not in self.manifest.models:
-            return skipped(name, "no identity model in the bundle (optional: optimize mode's identity loss)")
+            return skipped(name, f"no {role} model in the bundle (optional: {OPTIONAL_USE[role]})")
         entry = self.manifest.models[role]
         if self.status(f"file:{role}") is Status.FAIL:
             return skipped(name, f"not run: file:{role} failed")
@@ -241,6 +248,29 @@ class _Session:
         return passed(name, f"relevance {list(rel.fs3.shape)} fits the generator's style channels and CLIP's "
                             f"{dt.shape[0]}-d space; {WIRING_TEXTS[0]!r} → {WIRING_TEXTS[1]!r} moves {kept} "
                             f"channels at beta {v.SMILE_BETA}", channels=kept)
+
+    def check_sfe_wiring(self) -> Check:
+        from pipeline.models.sfe import FEATURE_RESOLUTION, INPUT_SIZE
+
+        name = "wiring:sfe"
+        g, sfe = self.models.get("generator"), self.models.get("sfe")
+        if "sfe" not in self.manifest.models:
+            return skipped(name, f"no sfe model in the bundle (optional: {OPTIONAL_USE['sfe']})")
+        if g is None or sfe is None:
+            return skipped(name, "not run: the generator or SFE did not load")
+        cfg, width = sfe.cfg, g.channels.get(FEATURE_RESOLUTION)
+        if (cfg.n_styles, cfg.style_dim, cfg.feature_channels) != (g.n_latent, g.style_dim, width) \
+                or g.size <= FEATURE_RESOLUTION:
+            return failed(name, f"SFE predicts {cfg.n_styles}x{cfg.style_dim} codes and a {cfg.feature_channels}-"
+                                f"channel {FEATURE_RESOLUTION}² feature; the {g.size}² generator needs "
+                                f"{g.n_latent}x{g.style_dim} and {width} channels there: they do not belong together")
+        with torch.no_grad():
+            inversion = sfe.invert(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=self.device), g)
+            image = g.synthesize(g.styles(inversion.wplus), feature=sfe.edit_feature(inversion.fused))
+        if not (torch.isfinite(inversion.fused).all() and torch.isfinite(image).all()):
+            return failed(name, "SFE's inversion of a grey image does not render finite: corrupt SFE weights")
+        return passed(name, f"SFE's codes and {cfg.feature_channels}-channel {FEATURE_RESOLUTION}² feature fit the "
+                            f"{g.size}² generator and render")
 
     def check_render(self) -> Check:
         g = self.models.get("generator")
@@ -321,6 +351,33 @@ class _Session:
         return v.judge_smile(list(v.SMILE_ALPHAS), scores)
 
 
+    def check_sfe_reconstruction(self, editor) -> Check:
+        """SFE's reconstruction of the sample photo against e4e's, on the same 256² crop and metric (SFE reads
+        the crop at the generator's size, as its FFHQ training crops; e4e the 256² one)."""
+        from pipeline.faces.align import align_crop
+        from pipeline.faces.photo import load_photo
+        from pipeline.models.sfe import inverter_input
+
+        name = "reconstruction-sfe"
+        if "sfe" not in self.manifest.models:
+            return skipped(name, f"no sfe model in the bundle (optional: {OPTIONAL_USE['sfe']})")
+        if self.inversion is None:
+            return skipped(name, "not run: the sample photo could not be inverted (see reconstruction)")
+        g = editor.models.generator
+        sfe = _load("sfe", self.directory / self.manifest.models["sfe"].file, self.device)
+        photo = load_photo(SAMPLE_PHOTO.read_bytes())
+        quad = self.inversion.quad
+        target = _pixels(align_crop(photo, quad, CROP), self.device)
+        crop = _pixels(align_crop(photo, quad, g.size, transform_size=4 * g.size), self.device)
+        with torch.no_grad():
+            inversion = sfe.invert(inverter_input(crop), g)
+            rebuilt = g.synthesize(g.styles(inversion.wplus), feature=sfe.edit_feature(inversion.fused))
+            codes = torch.from_numpy(self.inversion.codes.copy())[None].to(self.device)
+            sfe_mse = float(F.mse_loss(_at_crop(rebuilt), target))
+            e4e_mse = float(F.mse_loss(_at_crop(g(codes)), target))
+        return v.judge_sfe_reconstruction(sfe_mse, e4e_mse)
+
+
 # --- helpers -------------------------------------------------------------------------------------------------------
 
 def _load(role: str, path: Path, device: torch.device, stats: Path | None = None):
@@ -341,6 +398,10 @@ def _load(role: str, path: Path, device: torch.device, stats: Path | None = None
         from pipeline.edit.relevance import load_relevance
 
         return load_relevance(path, stats) if stats else load_relevance(path)
+    if role == "sfe":
+        from pipeline.models.sfe import load_sfe
+
+        return load_sfe(path, device).requires_grad_(False)
     from pipeline.train.losses import load_arcface
 
     return load_arcface(path, device)
@@ -357,6 +418,11 @@ def _describe(role: str, model) -> str:
                 f"logit scale {float(model.logit_scale.exp()):.1f}")
     if role == "relevance":
         return f"fs3 {list(model.fs3.shape)}, {model.style_std.numel()} style std values"
+    if role == "sfe":
+        cfg = model.cfg
+        depth = 2 * sum(blocks for _, blocks in cfg.stages) + 2
+        return (f"StyleFeatureEditor: iResNet-{depth} to {cfg.n_styles}x{cfg.style_dim} codes and a "
+                f"{cfg.feature_channels}-channel feature, feature editor of {cfg.editor_blocks} blocks")
     return "ArcFace IR-SE-50"
 
 

@@ -179,6 +179,24 @@ def judge_reconstruction(mse: float, average_face_mse: float, identity: float | 
     return passed(name, f"MSE {mse:.4f} <= {RECON_MSE_MAX} (average face: {average_face_mse:.4f}){extra}", **values)
 
 
+# --- SFE gives the photo back more closely than e4e ---------------------------------------------------------------
+
+# StyleFeatureEditor's own Table 1 (CVPR 2024, CelebA-HQ): L2 0.002 and LPIPS 0.019 against e4e's 0.047 and 0.199
+# (the GAN Inverter benchmark's e4e figures): an order of magnitude. On one photo we only ask for the direction,
+# strictly closer on the same crop and metric; a swapped file, a feature injected at the wrong place or a broken
+# fuser gives a worse image than e4e's codes alone.
+
+def judge_sfe_reconstruction(sfe_mse: float, e4e_mse: float) -> Check:
+    """SFE's and e4e's reconstruction MSE of the sample photo (256² crop, [-1, 1], clamped renders)."""
+    name = "reconstruction-sfe"
+    values = {"sfe_mse": round(sfe_mse, 5), "e4e_mse": round(e4e_mse, 5)}
+    if not (math.isfinite(sfe_mse) and sfe_mse < e4e_mse):
+        return failed(name, f"SFE's reconstruction (MSE {sfe_mse:.4f}) is not closer to the photo than e4e's "
+                            f"({e4e_mse:.4f}): SFE is not the real one or not wired to this generator", **values)
+    return passed(name, f"MSE {sfe_mse:.4f} against e4e's {e4e_mse:.4f} ({e4e_mse / max(sfe_mse, 1e-12):.1f}x "
+                        f"closer)", **values)
+
+
 # --- a smile edit makes the face smile more -------------------------------------------------------------------
 
 # StyleCLIP's README lists Smile as neutral "face" → target "smiling face"; positive manipulation strength moves

@@ -185,6 +185,9 @@ def test_the_cli_choose_bundle_command_says_the_same(tmp_path, monkeypatch, caps
     out = json.loads(capsys.readouterr().out)
     assert (out["kind"], out["dir"], out["usable"], out["ready"]) == (OFFICIAL, str(tmp_path / "official"), True, True)
     assert out["dev_bundle"] is False
+    # a complete bundle without the optional SFE file says how to add it
+    assert [line.split(" (")[0] for line in out["optional_missing"]] == ["sfe_editor_light.pt"]
+    assert "--only sfe" in out["optional_missing"][0]
     assert main(["choose-bundle", "--json", "--model-dir", str(_fake_bundle(tmp_path / "dev", dev=True))]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["kind"], out["dev_bundle"]) == (EXPLICIT, True)

@@ -18,9 +18,9 @@ from pipeline.weights.doctor import verdicts as v
 from tests.pipeline.images import REPO_ROOT
 
 FILE_CHECKS = ("manifest", "bundle")
-MODEL_CHECKS = ("load:generator", "load:encoder", "load:clip", "load:relevance", "load:identity",
-                "wiring:encoder", "wiring:relevance", "render")
-SEMANTIC = ("clip-face", "reconstruction", "smile-edit")
+MODEL_CHECKS = ("load:generator", "load:encoder", "load:clip", "load:relevance", "load:identity", "load:sfe",
+                "wiring:encoder", "wiring:relevance", "wiring:sfe", "render")
+SEMANTIC = ("clip-face", "reconstruction", "smile-edit", "reconstruction-sfe")
 
 
 def by_name(report: dict) -> dict[str, dict]:
@@ -123,6 +123,17 @@ def test_smile_verdict(scores, status, words):
     assert check.status is status and words in check.reason
 
 
+@pytest.mark.parametrize("sfe, e4e, status, words", [
+    (0.002, 0.047, Status.PASS, "23.5x closer"),
+    (0.047, 0.047, Status.FAIL, "not closer"),
+    (0.08, 0.047, Status.FAIL, "not closer"),
+    (float("nan"), 0.047, Status.FAIL, "MSE nan"),
+])
+def test_sfe_reconstruction_verdict(sfe, e4e, status, words):
+    check = v.judge_sfe_reconstruction(sfe, e4e)
+    assert check.status is status and words in check.reason, check.reason
+
+
 def test_smile_verdict_needs_one_score_per_ascending_alpha():
     with pytest.raises(ValueError):
         v.judge_smile((4, 2, 0), (0.1, 0.2, 0.3))
@@ -205,6 +216,20 @@ def test_random_weights_labelled_real_fail(capsys, dev_bundle, tmp_path):
     assert all(checks[name]["status"] == "skip" and "render failed" in checks[name]["reason"] for name in SEMANTIC)
 
 
+def test_a_bundle_without_sfe_skips_its_checks_saying_how_to_add_it(capsys, dev_bundle, tmp_path):
+    manifest = json.loads((dev_bundle.dir / "manifest.json").read_text())
+    del manifest["sfe"]
+    for entry in manifest.values():
+        if isinstance(entry, dict) and "file" in entry:
+            (tmp_path / entry["file"]).symlink_to(dev_bundle.dir / entry["file"])
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    code, report = run_json(capsys, "--bundle", tmp_path, "--fast")
+    checks = by_name(report)
+    assert code == 0, report
+    for name in ("load:sfe", "wiring:sfe"):
+        assert checks[name]["status"] == "skip" and "--only sfe" in checks[name]["reason"]
+
+
 def test_no_manifest_fails_naming_it(capsys, tmp_path):
     code, report = run_json(capsys, "--bundle", tmp_path)
     assert code == 1
@@ -222,6 +247,7 @@ def test_semantic_checks_run_end_to_end_on_the_dev_bundle(dev_bundle):
     assert 0 < checks["clip-face"].values["face_probability"] < 1
     recon = checks["reconstruction"].values
     assert all(math.isfinite(recon[k]) for k in ("mse", "average_face_mse", "identity"))  # dev has an identity model
+    assert all(math.isfinite(checks["reconstruction-sfe"].values[k]) for k in ("sfe_mse", "e4e_mse"))
     assert len(checks["smile-edit"].values["smile_scores"]) == len(v.SMILE_ALPHAS)
 
 

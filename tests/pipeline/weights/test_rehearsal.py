@@ -31,9 +31,10 @@ def hub(dev_bundle, tmp_path_factory):
     """The hubs, and a sources file: sha256 published for CLIP and the style statistics, none for the rest
     (pinned once they load)."""
     server = Hub()
-    server.routes.html |= {f"login/{role}" for role in ("generator", "encoder", "clip", "relevance", "relevance_stats")}
+    files = official_format_files(dev_bundle.dir)
+    server.routes.html |= {f"login/{role}" for role in files}
     entries = {}
-    for role, (name, data) in official_format_files(dev_bundle.dir).items():
+    for role, (name, data) in files.items():
         published = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} \
             if role in ("clip", "relevance_stats") else {}
         entries[role] = {"sources": [{"url": f"{server.url}/gone/{name}", **published},
@@ -56,9 +57,10 @@ def test_download_passes_404_html_redirect_and_a_broken_transfer(hub, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline", "download", "--dir", str(tmp_path), "--quiet"],
                           env=_env(MODEL_SOURCES_FILE=str(sources)), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:6]}
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:7]}
     assert rows["ViT-B-32.pt"][3] == "verified" and rows["S_mean_std"][3] == "verified"
     assert rows["stylegan2-ffhq-config-f.pt"][3] == "pinned" and rows["fs3.npy"][3] == "pinned"
+    assert rows["sfe_editor_light.pt"][3] == "pinned"  # loaded as SFE (load_sfe's key check) before pinning
     assert all(row[1].startswith(server.url) and "/resolve/0123/" in row[1] for row in rows.values())
     assert "bundle complete" in done.stdout
     assert "HTTP 404" in done.stderr and "answered text/html" in done.stderr and "resuming" in done.stderr
