@@ -18,12 +18,13 @@ WORKDIR /app
 # while it loads the app, so a later `import pipeline` (the worker's warm-up) would fail without it.
 ENV PYTHONPATH=/app
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# torch's CPU build first, from the CPU index (its own dependencies come from the lock, hence --no-deps); then
-# the rest, exact versions and hash-checked: lock-worker-cpu.txt holds no torch and none of the CUDA build's
-# packages (requirements/README.md). `pip check`: the two together are a consistent environment.
+# torch's CPU build first, from the CPU index; then the rest, exact versions and hash-checked: lock-worker-cpu.txt
+# holds no torch and none of the CUDA build's packages (requirements/README.md). Both --no-deps: torch's own
+# dependencies are in the lock, and pip would otherwise resolve the installed torch's requirements again, which
+# hash-checking mode refuses for anything not in the file. `pip check`: together they are a consistent environment.
 COPY requirements/lock-worker-cpu.txt requirements/lock-worker-cpu.txt
 RUN pip install --no-deps --index-url "${TORCH_INDEX_URL}" torch==2.14.1+cpu torchvision==0.29.1+cpu \
- && pip install --require-hashes -r requirements/lock-worker-cpu.txt \
+ && pip install --no-deps --require-hashes -r requirements/lock-worker-cpu.txt \
  && pip check
 
 COPY alembic.ini ./
