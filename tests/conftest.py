@@ -23,6 +23,7 @@ import pytest
 from api.processes import child_pids as _child_pids
 from api.processes import free_port
 from api.processes import kill_pids as _kill_pids
+from tests.services import attack_counts
 from tests.services.api import Api, make_api
 from tests.services.postgres import private_database
 from tests.services.provision import ALLOW_MISSING, MISSING_MARK, SERVICES, require
@@ -79,7 +80,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Where each service came from; skips said out loud (a skip is not a pass)."""
+    """Where each service came from; skips said out loud (a skip is not a pass); the attack suite's
+    closing counts when its tests ran (tests/services/attack_counts.py)."""
+    attack_counts.report(terminalreporter)
     lines = SERVICES.describe()
     skipped = terminalreporter.stats.get("skipped", [])
     for_services = sum(MISSING_MARK in str(report.longrepr) for report in skipped)
@@ -100,6 +103,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 def fresh_database() -> Iterator[str]:
     """A new PostgreSQL database at head, dropped afterwards."""
     with private_database(require("postgresql")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of the test's own."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of the module's own."""
+    with fresh_database() as url:
         yield url
 
 

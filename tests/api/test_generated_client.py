@@ -26,8 +26,8 @@ from api.keys import create_key
 from api.main import create_app
 from tests.conftest import face_jpeg, free_port, service_settings
 from tests.services.settings import drop_queues
+from tests.services.webhook_receiver import Receiver
 from tests.services.worker import WorkerProcess
-from tests.trust.receiver import Receiver
 
 pytestmark = pytest.mark.services
 

@@ -29,8 +29,8 @@ from common import topology
 from tests.conftest import face_jpeg, free_port, service_settings
 from tests.services.debian import PROMETHEUS, PROMTOOL, require
 from tests.services.settings import REPO_ROOT, settings_env
+from tests.services.webhook_receiver import Receiver
 from tests.services.worker import WorkerProcess
-from tests.trust.receiver import Receiver
 
 MONITORING = REPO_ROOT / "infra" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"

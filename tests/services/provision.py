@@ -11,6 +11,7 @@ and die with the test process if it is killed.
 
 A test that needs a service that cannot be had FAILS, naming how to get it. With
 FACEEDIT_ALLOW_MISSING_SERVICES=1 it is skipped instead, and the skips are counted at the end.
+`PrivateRedis` and `PrivatePostgres` are servers of one test's own, for the tests that restart them.
 """
 
 from __future__ import annotations
@@ -209,3 +210,34 @@ def require(*names: str) -> str:
     if problems:
         missing("\n".join(problems))  # outside the except: no chained traceback in the report
     return url
+
+
+class PrivateRedis(redis.EmbeddedRedis):
+    """A `redis-server` of one test's own, for tests that restart it (the session's is never touched);
+    `persistent=False` empties it on restart (the CI configuration). No binary: the test fails, saying
+    how to get it."""
+
+    def __init__(self, persistent: bool = False):
+        try:
+            super().__init__(persistent=persistent)
+        except redis.RedisUnavailable as error:
+            missing(f"redis: {error}")
+
+
+class PrivatePostgres(postgres.EmbeddedPostgres):
+    """A throwaway PostgreSQL cluster of one test's own on a free port; `stop()` is a crash, `restart()`
+    a crash and recovery. No binaries: the test fails, saying how to get them."""
+
+    def __init__(self):
+        try:
+            super().__init__()
+        except postgres.PostgresUnavailable as error:
+            missing(f"postgresql: {error}")
+
+    def start(self, timeout: float = 60) -> PrivatePostgres:
+        try:
+            super().start(timeout)
+        except postgres.PostgresUnavailable as error:
+            self.close()
+            missing(f"postgresql: {error}")
+        return self

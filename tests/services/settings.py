@@ -12,7 +12,7 @@ from common import topology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# The service tests drive one key hard; rate limits and queue caps have their own tests (tests/trust).
+# The service tests drive one key hard; rate limits and queue caps have their own tests (marker `trust`).
 GENEROUS_LIMITS = dict(
     rate_limit_per_second=1000.0,
     rate_limit_burst=10000,
@@ -75,6 +75,22 @@ def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None
         values.update(storage_backend="local", storage_dir=storage_dir, web_dir=storage_dir / "no-web")
     values.update(overrides)
     return Settings(**values)
+
+
+def local_settings(database_url: str, storage_dir: Path, **overrides):
+    """A deployment on local storage in `storage_dir` and the session's Redis (unless `redis_url`), generous
+    limits unless a test asks for tight ones: what the attack tests (marker `trust`) run against."""
+    from tests.services.provision import require
+
+    redis_url = overrides.pop("redis_url", None) or require("redis")
+    return build_settings(database_url, redis_url, storage_dir=storage_dir, tag="trust-", **overrides)
+
+
+def fault_settings(database_url: str, redis_url: str, storage_dir: Path, model_dir: Path, **overrides):
+    """FAULT_TIMINGS on local storage: short leases and a fast beat, so kills and restarts are recovered
+    within seconds."""
+    return build_settings(database_url, redis_url, storage_dir=storage_dir, model_dir=model_dir, tag="f",
+                          **{**FAULT_TIMINGS, **overrides})
 
 
 def settings_env(settings) -> dict[str, str]:

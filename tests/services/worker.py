@@ -1,7 +1,7 @@
 """The one worker launcher of the tests: a real Celery worker process for a test deployment.
 
 Two flavours, same options: the production `celery worker -P solo` (models load in the process that
-runs jobs), and `preloaded=True`, `python -m tests.trust.preloaded_worker`, a prefork worker whose parent
+runs jobs), and `preloaded=True`, `python -m tests.services.preloaded_worker`, a prefork worker whose parent
 loads the models once so a SIGKILLed child is replaced in a moment (the fault tests kill it many
 times). Each worker runs in a process group of its own, so stopping or killing it takes its embedded
 beat and pool children along.
@@ -42,7 +42,7 @@ class WorkerProcess:
             name=f"{'fault' if self.preloaded else 'test'}-{uuid.uuid4().hex[:6]}@%h",
             beat_schedule_file=self.log_path.with_suffix(".beat") if self.beat else None)  # fmt: skip
         if self.preloaded:
-            return [sys.executable, "-m", "tests.trust.preloaded_worker", *options]
+            return [sys.executable, "-m", "tests.services.preloaded_worker", *options]
         return [sys.executable, "-m", "celery", "-A", topology.CELERY_APP, "worker", *options]
 
     def _ready(self, text: str) -> bool:

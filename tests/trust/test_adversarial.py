@@ -10,11 +10,12 @@ import uuid
 import pytest
 
 from tests.conftest import face_jpeg
-from tests.trust import hostile
-from tests.trust.conftest import count
-from tests.trust.harness import GENEROUS_LIMITS, GOOD_EDIT, running_service
+from tests.services import upload_files
+from tests.services.api import GOOD_EDIT, running_service
+from tests.services.attack_counts import count
+from tests.services.settings import GENEROUS_LIMITS
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 MISSING_IMAGE = "img_00000000000000000000000000"
 
@@ -25,7 +26,7 @@ def service(settings):
     queues), with limits out of the way so each hostile request meets the check it targets."""
     trust = settings.model_copy(update={**GENEROUS_LIMITS, "max_upload_bytes": 10 * 1024 * 1024})
     with running_service(trust, owner_suffix=f"-{uuid.uuid4().hex[:8]}", drop_queues=False) as svc:
-        image_id = svc.upload("alice").json()["id"]
+        image_id = svc.post_image("alice").json()["id"]
         edit_id = svc.submit(image_id).json()["id"]
         svc.ids = {"image": image_id, "edit": edit_id}
         yield svc
@@ -64,7 +65,7 @@ def auth_cases(svc):
 
 
 def upload_cases(svc):
-    for name, (data, filename) in hostile.hostile_uploads().items():
+    for name, (data, filename) in upload_files.hostile_uploads().items():
         yield f"upload {name}", lambda d=data, f=filename: svc.client.post(
             "/v1/images", files={"file": (f, d, "image/jpeg")}, headers=svc.auth())
     big = b"\xff\xd8\xff" + b"\0" * (80 * 1024 * 1024)
@@ -196,7 +197,7 @@ def test_cross_owner_answers_equal_missing_ids(service):
 
 def test_alice_data_survived_and_a_normal_edit_still_succeeds(service, worker):
     assert service.client.get(f"/v1/images/{service.ids['image']}", headers=service.auth()).status_code == 200
-    image_id = service.upload(data=face_jpeg()).json()["id"]
+    image_id = service.post_image(data=face_jpeg()).json()["id"]
     r = service.submit(image_id)
     assert r.status_code == 201, r.text
     deadline = time.monotonic() + 240

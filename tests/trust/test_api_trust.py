@@ -13,15 +13,16 @@ from common.db import upgrade
 from common.models import Edit, Image
 from common.storage import LocalStorage
 from common.topology import PROCESS_EDIT
-from tests.trust import hostile
-from tests.trust.harness import running_service, trust_settings
+from tests.services import upload_files
+from tests.services.api import running_service
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture
 def service(fresh_pg_url, tmp_path):
-    with running_service(trust_settings(fresh_pg_url, tmp_path / "storage")) as svc:
+    with running_service(local_settings(fresh_pg_url, tmp_path / "storage")) as svc:
         yield svc
 
 
@@ -48,7 +49,7 @@ def test_missing_wrong_and_revoked_keys_get_401(service):
 
 
 def test_someone_elses_ids_look_exactly_like_missing_ones(service):
-    image_id = service.upload("alice").json()["id"]
+    image_id = service.post_image("alice").json()["id"]
     edit_id = service.submit(image_id).json()["id"]
     for path, missing in ((f"/v1/images/{image_id}", "/v1/images/img_00000000000000000000000000"),
                           (f"/v1/edits/{edit_id}", "/v1/edits/edt_00000000000000000000000000"),
@@ -64,13 +65,13 @@ def test_someone_elses_ids_look_exactly_like_missing_ones(service):
 
 
 def test_idempotent_upload_and_edit(service):
-    photo = hostile.photo("JPEG", (128, 128))
-    first = service.upload(data=photo, **{"Idempotency-Key": "up-1"})
-    again = service.upload(data=photo, **{"Idempotency-Key": "up-1"})
+    photo = upload_files.photo("JPEG", (128, 128))
+    first = service.post_image(data=photo, **{"Idempotency-Key": "up-1"})
+    again = service.post_image(data=photo, **{"Idempotency-Key": "up-1"})
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
     assert _count(service, Image) == 1
-    other = service.upload(data=hostile.photo("PNG", (128, 128)), **{"Idempotency-Key": "up-1"})
+    other = service.post_image(data=upload_files.photo("PNG", (128, 128)), **{"Idempotency-Key": "up-1"})
     assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
 
     image_id = first.json()["id"]
@@ -83,11 +84,11 @@ def test_idempotent_upload_and_edit(service):
     changed = service.client.post("/v1/edits", json={**body, "beta": 0.2}, headers=headers)
     assert (changed.status_code, changed.json()["code"]) == (422, "idempotency_key_reused")
     # Keys are per caller: bob's identical key is his own.
-    assert service.upload("bob", data=photo, **{"Idempotency-Key": "up-1"}).json()["id"] != image_id
+    assert service.post_image("bob", data=photo, **{"Idempotency-Key": "up-1"}).json()["id"] != image_id
 
 
 def test_in_flight_key_gets_409_and_failed_request_releases_key(service):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     body = {"image": image_id, "neutral": "a face", "target": "a face with a hat", "alphas": [1], "beta": 0.1}
     headers = service.auth(**{"Idempotency-Key": "slow", "Prefer": "wait=3"})
     with ThreadPoolExecutor(1) as pool:  # no worker runs: the first request holds for its 3 s
@@ -96,12 +97,12 @@ def test_in_flight_key_gets_409_and_failed_request_releases_key(service):
         second = service.client.post("/v1/edits", json=body, headers=headers)
         assert (second.status_code, second.json().get("code")) == (409, "idempotency_key_in_flight"), second.text
         assert first.result().status_code == 201
-    bad = service.upload(data=b"not a photo", **{"Idempotency-Key": "retry-me"})
+    bad = service.post_image(data=b"not a photo", **{"Idempotency-Key": "retry-me"})
     assert bad.status_code == 415
-    good = service.upload(**{"Idempotency-Key": "retry-me"})
+    good = service.post_image(**{"Idempotency-Key": "retry-me"})
     assert good.status_code == 201  # a refused request did not burn the key
     for bad_key in ('""', "x" * 300, b"caf\xe9", b"a\x01b"):
-        r = service.upload(**{"Idempotency-Key": bad_key})
+        r = service.post_image(**{"Idempotency-Key": bad_key})
         assert (r.status_code, r.json()["code"]) == (400, "invalid_idempotency_key")
 
 
@@ -121,15 +122,15 @@ def test_webhook_secret_per_account(service):
     ("gopher://localhost:6379/_FLUSHALL", "validation_error"),
 ])
 def test_webhook_urls_refused_at_submission(service, url, code):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     r = service.submit(image_id, webhook=url)
     assert (r.status_code, r.json()["code"]) == (422, code)
 
 
 def test_delete_my_data_removes_everything_of_mine_only(service):
-    mine = service.upload("alice").json()["id"]
+    mine = service.post_image("alice").json()["id"]
     service.submit(mine)
-    theirs = service.upload("bob").json()["id"]
+    theirs = service.post_image("bob").json()["id"]
     assert service.client.delete("/v1/me/data", headers=service.auth("alice")).status_code == 204
     assert service.client.get(f"/v1/images/{mine}", headers=service.auth("alice")).status_code == 404
     assert _count(service, Image, Image.owner == "alice") == _count(service, Edit, Edit.owner == "alice") == 0
@@ -139,10 +140,10 @@ def test_delete_my_data_removes_everything_of_mine_only(service):
 
 
 def test_rate_limit_and_queue_caps(fresh_pg_url, tmp_path):
-    settings = trust_settings(fresh_pg_url, tmp_path / "s", rate_limit_per_second=0.01, rate_limit_burst=5,
+    settings = local_settings(fresh_pg_url, tmp_path / "s", rate_limit_per_second=0.01, rate_limit_burst=5,
                               max_queued_per_owner=2)
     with running_service(settings) as service:
-        image_id = service.upload().json()["id"]
+        image_id = service.post_image().json()["id"]
         assert [service.submit(image_id).status_code for _ in range(3)] == [201, 201, 429]
         full = service.submit(image_id)
         assert full.status_code == 429 and full.json()["code"] in ("queue_full", "rate_limited")
@@ -162,9 +163,9 @@ def test_concurrent_submits_cannot_overshoot_the_queue_cap(database, request, tm
         upgrade(url)
     else:
         url = request.getfixturevalue("fresh_pg_url")
-    settings = trust_settings(url, tmp_path / "s", max_queued_per_owner=cap)
+    settings = local_settings(url, tmp_path / "s", max_queued_per_owner=cap)
     with running_service(settings) as service:
-        image_id = service.upload().json()["id"]
+        image_id = service.post_image().json()["id"]
         barrier = threading.Barrier(n)
 
         def submit(_):

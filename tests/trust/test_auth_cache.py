@@ -4,7 +4,11 @@ through a real service: test_ingress_idempotent_replay.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from api.auth import LiveKeys
+
+pytestmark = pytest.mark.trust
 
 
 def _cache(ttl_s: float, max_keys: int = 10_000):

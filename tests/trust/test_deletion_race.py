@@ -33,7 +33,7 @@ from worker.edit_job import run_edit
 from worker.retention import run_orphan_sweep
 from worker.runtime import Runtime
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 PREFIXES = ("originals/", "inversions/", "results/", "uploads/")
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import pytest
 
 from common.models import Image
-from tests.trust.harness import GOOD_EDIT, running_service, trust_settings
+from tests.services.api import GOOD_EDIT, running_service
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 CHANGE = {"neutral": "a face", "target": "a smiling face", "weight": 1.0}
 
 
 @pytest.fixture(scope="module")
 def service(module_pg_url, tmp_path_factory):
-    settings = trust_settings(module_pg_url, tmp_path_factory.mktemp("faces") / "storage", max_faces_per_edit=3,
+    settings = local_settings(module_pg_url, tmp_path_factory.mktemp("faces") / "storage", max_faces_per_edit=3,
                               max_changes_per_edit=2)
     with running_service(settings) as svc:
         yield svc
@@ -26,7 +27,7 @@ def service(module_pg_url, tmp_path_factory):
 
 def _with_faces(service, count: int, who: str = "alice") -> str:
     """An image of `who` whose detection found `count` faces (what the worker's `detect_faces` stores)."""
-    image_id = service.upload(who).json()["id"]
+    image_id = service.post_image(who).json()["id"]
     with service.factory() as session:
         image = session.get(Image, image_id)
         image.faces = [{"index": i, "box": [i, 0, i + 1, 1], "score": 0.9} for i in range(count)]

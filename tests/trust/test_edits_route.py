@@ -16,10 +16,11 @@ from common.lifecycle import EditStatus
 from common.models import Edit, new_id, utcnow
 from common.storage import LocalStorage
 from common.storage_layout import result_key
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -30,8 +31,8 @@ def service(request, tmp_path_factory):
         upgrade(url)
     else:
         url = request.getfixturevalue("module_pg_url")
-    with running_service(trust_settings(url, folder / "storage")) as svc:
-        svc.image_id = svc.upload().json()["id"]
+    with running_service(local_settings(url, folder / "storage")) as svc:
+        svc.image_id = svc.post_image().json()["id"]
         for _ in range(2):
             assert svc.submit(svc.image_id).status_code == 201
         yield svc

@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import select
 
 from common.models import Edit, WebhookDelivery
-from tests.conftest import face_jpeg
-from tests.trust.conftest import count, pg_database
-from tests.trust.private_services import PrivatePostgres, PrivateRedis
-from tests.trust.receiver import Receiver
-from tests.trust.stack import fault_settings, running_stack
+from tests.conftest import face_jpeg, fresh_database
+from tests.services.attack_counts import count
+from tests.services.deployment import running_deployment
+from tests.services.provision import PrivatePostgres, PrivateRedis
+from tests.services.settings import fault_settings
+from tests.services.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 KILLS = int(os.environ.get("FAULT_KILLS", "20"))
 
@@ -65,16 +66,16 @@ def stack(redis_url, dev_bundle, tmp_path_factory):
     """A deployment of its own: its own database too, or the session worker's reaper and sweep (same
     database, other queues and storage) would pick up these edits."""
     base = tmp_path_factory.mktemp("faults")
-    with pg_database() as database_url:
+    with fresh_database() as database_url:
         settings = fault_settings(database_url, redis_url, base / "storage", dev_bundle)
-        with running_stack(settings, base) as s:
+        with running_deployment(settings, base) as s:
             yield s
 
 
 def test_sigkill_worker_mid_job(stack):
     rng = random.Random(7)
     with Receiver() as receiver:
-        image_id = stack.upload(face_jpeg())
+        image_id = stack.upload(face_jpeg())["id"]
         first = len(stack.accepted)
         kills: Counter[str] = Counter()
         deadline = time.monotonic() + 240
@@ -113,7 +114,7 @@ def test_webhook_receiver_down_then_up_is_delivered(stack):
     with Receiver() as probe:
         url = probe.url  # a port nobody listens on once this receiver is closed
     port = int(url.split(":")[2].split("/")[0])
-    image_id = stack.upload(face_jpeg())
+    image_id = stack.upload(face_jpeg())["id"]
     stack.accepted.clear()
     edit_id = stack.submit(image_id, webhook=url, webhook_events_filter=["completed"]).json()["id"]
     stack.wait_terminal([edit_id], timeout=120)
@@ -141,8 +142,8 @@ def test_redis_and_postgres_restarts_under_a_stream_of_submissions(dev_bundle, t
     redis_server = PrivateRedis().start()
     try:
         settings = fault_settings(postgres.url, redis_server.url, tmp_path / "storage", dev_bundle)
-        with running_stack(settings, tmp_path) as stack, Receiver() as receiver:
-            image_id = stack.upload(face_jpeg())
+        with running_deployment(settings, tmp_path) as stack, Receiver() as receiver:
+            image_id = stack.upload(face_jpeg())["id"]
             refused: Counter[int] = Counter()
             stop = threading.Event()
 

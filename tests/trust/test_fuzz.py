@@ -15,19 +15,20 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 
 
 @pytest.fixture(scope="module")
 def service(module_pg_url, tmp_path_factory):
-    settings = trust_settings(module_pg_url, tmp_path_factory.mktemp("fuzz"), max_upload_bytes=2 * 1024 * 1024)
+    settings = local_settings(module_pg_url, tmp_path_factory.mktemp("fuzz"), max_upload_bytes=2 * 1024 * 1024)
     with running_service(settings) as svc:
-        svc.image_id = svc.upload().json()["id"]
+        svc.image_id = svc.post_image().json()["id"]
         svc.edit_id = svc.submit(svc.image_id).json()["id"]
         yield svc
 

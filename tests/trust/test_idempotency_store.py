@@ -9,7 +9,7 @@ from sqlalchemy.orm import sessionmaker
 
 from common import idempotency as idem
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ import uuid
 
 import pytest
 
-from tests.trust.harness import running_service, trust_settings
-from tests.trust.ingress_asgi import call
+from tests.services.api import asgi_request, running_service
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
 def service(module_pg_url, tmp_path_factory):
-    settings = trust_settings(module_pg_url, tmp_path_factory.mktemp("storage"), rate_limit_per_second=0.01,
+    settings = local_settings(module_pg_url, tmp_path_factory.mktemp("storage"), rate_limit_per_second=0.01,
                               rate_limit_burst=3)
     with running_service(settings, owner_suffix="-" + uuid.uuid4().hex[:6]) as svc:
         yield svc
@@ -35,11 +35,11 @@ def test_a_second_authorization_header_does_not_escape_the_key_limit(service):
         other = "Bearer fe_" + secrets.token_urlsafe(32)
         pair = [("authorization", alice), ("authorization", other)] if i % 2 else [("authorization", other),
                                                                                  ("authorization", alice)]
-        answer = call(service.client.app, "GET", "/v1/edits", pair, client=_client())
+        answer = asgi_request(service.client.app, "GET", "/v1/edits", pair, client=_client())
         statuses.append((answer.status, answer.code))
     assert all(status == (401, "ambiguous_credentials") for status in statuses), statuses
     # and the key's own bucket (burst 3) holds
-    alone = [call(service.client.app, "GET", "/v1/edits", [("authorization", alice)]).status for _ in range(4)]
+    alone = [asgi_request(service.client.app, "GET", "/v1/edits", [("authorization", alice)]).status for _ in range(4)]
     assert alone == [200, 200, 200, 429]
 
 
@@ -54,12 +54,12 @@ def test_a_second_authorization_header_does_not_escape_the_key_limit(service):
     "Bearer fe_abcé".encode(),  # non-ASCII
 ])
 def test_ambiguous_credentials_are_refused(service, value):
-    answer = call(service.client.app, "GET", "/v1/edits", [("authorization", value)], client=_client())
+    answer = asgi_request(service.client.app, "GET", "/v1/edits", [("authorization", value)], client=_client())
     assert (answer.status, answer.code) == (401, "ambiguous_credentials"), answer.body
     assert answer.headers.get("www-authenticate") == "Bearer"
 
 
 def test_plain_other_schemes_and_empty_bearer_are_just_unauthorized(service):
     for value in ("Basic YWxpY2U6cHc=", "Bearer", "Bearer    ", "Bearer " + "A" * 8000):
-        answer = call(service.client.app, "GET", "/v1/edits", [("authorization", value)], client=_client())
+        answer = asgi_request(service.client.app, "GET", "/v1/edits", [("authorization", value)], client=_client())
         assert (answer.status, answer.code) == (401, "unauthorized"), value[:20]

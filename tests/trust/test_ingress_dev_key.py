@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 DEV_KEY = "dev-test-key-0123456789"
 
@@ -23,7 +24,7 @@ def _config(app, host: str, client: str) -> str | None:
 
 
 def test_dev_key_only_for_a_loopback_page_in_dev_mode(fresh_pg_url, tmp_path):
-    settings = trust_settings(fresh_pg_url, tmp_path / "s", dev_mode=True, dev_api_key=DEV_KEY)
+    settings = local_settings(fresh_pg_url, tmp_path / "s", dev_mode=True, dev_api_key=DEV_KEY)
     with running_service(settings) as svc:
         app = svc.client.app
         assert _config(app, "attacker.example:8000", "127.0.0.1") is None  # DNS rebinding
@@ -36,7 +37,7 @@ def test_dev_key_only_for_a_loopback_page_in_dev_mode(fresh_pg_url, tmp_path):
 
 
 def test_dev_key_is_no_key_outside_dev_mode(fresh_pg_url, tmp_path):
-    settings = trust_settings(fresh_pg_url, tmp_path / "s", dev_mode=False, dev_api_key=DEV_KEY)
+    settings = local_settings(fresh_pg_url, tmp_path / "s", dev_mode=False, dev_api_key=DEV_KEY)
     with running_service(settings) as svc:
         assert _config(svc.client.app, "127.0.0.1:8000", "127.0.0.1") is None
         refused = svc.client.get("/v1/edits", headers={"Authorization": f"Bearer {DEV_KEY}"})

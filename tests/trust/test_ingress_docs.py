@@ -8,15 +8,16 @@ import re
 
 import pytest
 
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
 def service(module_pg_url, tmp_path_factory):
-    with running_service(trust_settings(module_pg_url, tmp_path_factory.mktemp("storage"))) as svc:
+    with running_service(local_settings(module_pg_url, tmp_path_factory.mktemp("storage"))) as svc:
         yield svc
 
 

@@ -10,15 +10,16 @@ import pytest
 from PIL import Image
 
 from common.storage_layout import original_key
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
 def service(module_pg_url, tmp_path_factory):
-    with running_service(trust_settings(module_pg_url, tmp_path_factory.mktemp("storage"))) as svc:
+    with running_service(local_settings(module_pg_url, tmp_path_factory.mktemp("storage"))) as svc:
         yield svc
 
 
@@ -33,7 +34,7 @@ def _mpo(size=(320, 240)) -> bytes:
 def test_a_phone_mpo_jpeg_is_a_jpeg(service):
     data = _mpo()
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    response = service.upload(data=data)
+    response = service.post_image(data=data)
     count("cases tried")
     assert response.status_code == 201, response.text
     image = response.json()
@@ -43,7 +44,7 @@ def test_a_phone_mpo_jpeg_is_a_jpeg(service):
 
 
 def test_a_missing_stored_photo_is_a_404_not_a_500(service):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     service.client.app.state.storage.delete_prefix(original_key(image_id))
     response = service.client.get(f"/v1/images/{image_id}/file", headers=service.auth())
     count("cases tried")

@@ -12,10 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.settings import REPO_ROOT
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 PROXY = "192.0.2.1"
 
@@ -39,12 +40,12 @@ def _failures(app, peer: str, forwarded: list[str]) -> list[int]:
 def test_forwarded_for_counts_only_from_a_configured_proxy(fresh_pg_url, tmp_path):
     tight = dict(auth_failure_per_second=0.01, auth_failure_burst=2)
     spoofed = [_address() for _ in range(4)]
-    settings = trust_settings(fresh_pg_url, tmp_path / "a", **tight)
+    settings = local_settings(fresh_pg_url, tmp_path / "a", **tight)
     with running_service(settings, owner_suffix="-" + uuid.uuid4().hex[:6]) as svc:
         # a client that is not a proxy cannot get a fresh bucket by naming another address
         assert _failures(svc.client.app, _address(), spoofed) == [401, 401, 429, 429]
     proxied = dict(tight, forwarded_allow_ips=PROXY)
-    with running_service(trust_settings(fresh_pg_url, tmp_path / "b", **proxied),
+    with running_service(local_settings(fresh_pg_url, tmp_path / "b", **proxied),
                          owner_suffix="-" + uuid.uuid4().hex[:6]) as svc:
         # behind the configured proxy, each real client has its own bucket
         fresh = [_address()] * 2 + [_address()] * 2

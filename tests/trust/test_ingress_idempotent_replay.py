@@ -10,20 +10,21 @@ import time
 import pytest
 
 from api.keys import create_key, revoke_key
-from tests.trust import hostile
-from tests.trust.conftest import count
-from tests.trust.harness import running_service, trust_settings
+from tests.services import upload_files
+from tests.services.api import running_service
+from tests.services.attack_counts import count
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 def test_a_revoked_key_cannot_replay_its_stored_response(fresh_pg_url, tmp_path):
     cache_s = 1.0
-    with running_service(trust_settings(fresh_pg_url, tmp_path / "storage", auth_cache_seconds=cache_s)) as svc:
+    with running_service(local_settings(fresh_pg_url, tmp_path / "storage", auth_cache_seconds=cache_s)) as svc:
         with svc.factory() as session:
             row, key = create_key(session, "soon-revoked", owner="alice")
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "upload-1"}
-        files = {"file": ("face.jpg", hostile.photo("JPEG", (128, 128)), "image/jpeg")}
+        files = {"file": ("face.jpg", upload_files.photo("JPEG", (128, 128)), "image/jpeg")}
         stored = svc.client.post("/v1/images", files=files, headers=headers)
         replay = svc.client.post("/v1/images", files=files, headers=headers)
         assert (stored.status_code, replay.status_code) == (201, 201)

@@ -8,8 +8,12 @@ import logging
 import socket
 import time
 
+import pytest
+
 from common.ratelimit import LocalBuckets, Rate, RateLimiter
-from tests.trust.conftest import count
+from tests.services.attack_counts import count
+
+pytestmark = pytest.mark.trust
 
 
 def test_a_hanging_redis_costs_one_timeout_and_limits_still_hold(caplog):

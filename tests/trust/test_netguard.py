@@ -17,7 +17,9 @@ from common.netguard import (
     resolve,
     resolve_and_post,
 )
-from tests.trust.receiver import Receiver
+from tests.services.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.trust
 
 DENY_ALL = NetPolicy()
 # Test receivers listen on loopback at a random port: both need an explicit allowance.

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import face_jpeg
-from tests.trust.harness import GENEROUS_LIMITS, running_service
+from tests.services.api import running_service
+from tests.services.settings import GENEROUS_LIMITS
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 def _with_gps(jpeg: bytes) -> bytes:
@@ -34,7 +35,7 @@ def test_results_have_no_exif_and_logs_no_secrets(settings, worker, caplog):
     caplog.set_level(logging.DEBUG)  # the service resets the level to its own LOG_LEVEL
     with running_service(trust, owner_suffix="-privacy", drop_queues=False) as svc:
         secret = svc.client.get("/v1/webhooks/secret", headers=svc.auth()).json()["key"]
-        image_id = svc.upload(data=photo).json()["id"]
+        image_id = svc.post_image(data=photo).json()["id"]
         edit_id = svc.submit(image_id, output_format="jpeg").json()["id"]
         deadline = time.monotonic() + 240
         while (edit := svc.client.get(f"/v1/edits/{edit_id}", headers=svc.auth()).json())["status"] in (

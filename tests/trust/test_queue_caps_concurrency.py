@@ -18,8 +18,10 @@ from sqlalchemy import func, select
 from common.errors import ApiError
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
+from tests.services.attack_counts import count
 from tests.services.sessions import BOTH, sessions_on
-from tests.trust.conftest import count
+
+pytestmark = pytest.mark.trust
 
 
 @pytest.fixture(params=BOTH)

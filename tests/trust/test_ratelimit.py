@@ -9,6 +9,8 @@ import redis
 
 from common.ratelimit import LocalBuckets, Rate, RateLimiter
 
+pytestmark = pytest.mark.trust
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 

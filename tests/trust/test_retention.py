@@ -16,7 +16,7 @@ from common.storage_layout import original_key, result_key, upload_key
 from common.webhooks import outbox
 from worker.retention import run_expiry
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ from PIL import Image
 
 from api.photo_check import inspect_photo
 from common.errors import ApiError
-from tests.trust import hostile
+from tests.services import upload_files
+
+pytestmark = pytest.mark.trust
 
 MAX_PIXELS, MIN_SIDE = 40_000_000, 64
 
@@ -28,7 +30,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_hostile_upload_refused_with_code(name):
-    data, _ = hostile.hostile_uploads()[name]
+    data, _ = upload_files.hostile_uploads()[name]
     with pytest.raises(ApiError) as e:
         inspect_photo(data, MAX_PIXELS, MIN_SIDE)
     assert e.value.code == EXPECTED[name] and 400 <= e.value.status < 500
@@ -37,13 +39,13 @@ def test_hostile_upload_refused_with_code(name):
 def test_bomb_refused_from_the_header_below_pillows_own_limit():
     # 8000×8000 = 64 MP: under Pillow's default limit (89 MP) but over ours.
     with pytest.raises(ApiError) as e:
-        inspect_photo(hostile.png_header_claiming(8000, 8000), MAX_PIXELS, MIN_SIDE)
+        inspect_photo(upload_files.png_header_claiming(8000, 8000), MAX_PIXELS, MIN_SIDE)
     assert e.value.code == "image_too_large"
 
 
 @pytest.mark.parametrize(("fmt", "name"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")])
 def test_real_photos_pass(fmt, name):
-    info = inspect_photo(hostile.photo(fmt, (96, 80)), MAX_PIXELS, MIN_SIDE)
+    info = inspect_photo(upload_files.photo(fmt, (96, 80)), MAX_PIXELS, MIN_SIDE)
     assert (info.format, info.width, info.height) == (name, 96, 80)
 
 
@@ -58,7 +60,7 @@ def test_heic_passes():
 
 
 def test_exif_rotation_swaps_reported_dimensions():
-    info = inspect_photo(hostile.photo("JPEG", (96, 80), exif_orientation=6), MAX_PIXELS, MIN_SIDE)
+    info = inspect_photo(upload_files.photo("JPEG", (96, 80), exif_orientation=6), MAX_PIXELS, MIN_SIDE)
     assert (info.width, info.height) == (80, 96)
 
 
@@ -86,7 +88,7 @@ def test_mutated_photos_never_crash_the_check():
     pillow_heif.register_heif_opener()
     heif = io.BytesIO()
     Image.new("RGB", (96, 80)).save(heif, format="HEIF")
-    seeds = [hostile.photo(f, (96, 80)) for f in ("JPEG", "PNG", "WEBP")] + [heif.getvalue()]
+    seeds = [upload_files.photo(f, (96, 80)) for f in ("JPEG", "PNG", "WEBP")] + [heif.getvalue()]
     rng = random.Random(20261125)
     crashes = {}
     for _ in range(1500):

@@ -16,10 +16,10 @@ from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
 from common.queue import celery_config
 from common.settings import Settings
 from common.webhooks import outbox
-from tests.trust.receiver import Receiver
+from tests.services.webhook_receiver import Receiver
 from worker.deliveries import LEASE_MARGIN_S, DeliveryConfig, attempt
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 DEADLINE_S = 1.5
 CONFIG = DeliveryConfig(

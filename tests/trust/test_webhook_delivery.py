@@ -18,11 +18,10 @@ from common.models import Edit, Image, WebhookDelivery, new_id, utcnow
 from common.topology import DELIVER_WEBHOOK
 from common.webhooks import outbox
 from common.webhooks.signing_secrets import current
-from tests.trust.harness import REDIS_URL
-from tests.trust.receiver import Receiver
+from tests.services.webhook_receiver import Receiver
 from worker.deliveries import DeliveryConfig, attempt, backoff_seconds, retry_after_seconds, sweep_once
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 LOOPBACK = netguard.NetPolicy.from_strings(["127.0.0.0/8"], ports="1024-65535", deadline_s=3)
 CONFIG = DeliveryConfig(policy=LOOPBACK, max_attempts=3, retry_base_s=0.0, retry_max_s=0.0)
@@ -173,12 +172,12 @@ def test_backoff_grows_exponentially_with_jitter():
     assert backoff_seconds(30, 5, 100, rng) <= 100
 
 
-def test_push_records_and_sends_the_events_at_once(factory):
+def test_push_records_and_sends_the_events_at_once(factory, redis_url):
     """What the worker and the API's cancel call right after a state change: the deliveries are recorded and
     their tasks are on the webhooks queue now (not at the next sweep), once."""
     queue = f"webhooks-push-{new_id('q')}"
-    app = Celery(broker=REDIS_URL)
-    client = redis.Redis.from_url(REDIS_URL)
+    app = Celery(broker=redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         edit = _edit(factory, "http://127.0.0.1:9/hook")  # succeeded: start, output and completed are due
         with factory() as s:

@@ -10,22 +10,23 @@ import pytest
 from api.schemas import EditOut
 from common.models import Edit, WebhookDelivery, new_id, utcnow
 from common.webhooks import outbox
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture
 def service(fresh_pg_url, tmp_path):
     # Links in messages start with PUBLIC_BASE_URL; the test client's base is http://testserver.
-    settings = trust_settings(fresh_pg_url, tmp_path / "storage", public_base_url="http://testserver")
+    settings = local_settings(fresh_pg_url, tmp_path / "storage", public_base_url="http://testserver")
     with running_service(settings) as svc:
         yield svc
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "canceled"])
 def test_webhook_data_is_the_api_resource(service, status):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     now = utcnow()
     edit_id = new_id("edt")
     with service.factory() as s:

@@ -13,18 +13,19 @@ from standardwebhooks.webhooks import WebhookVerificationError as ReferenceError
 from common import netguard
 from common.models import Edit, Image, WebhookSecret, new_id, utcnow
 from common.webhooks import outbox
-from tests.trust.harness import running_service, trust_settings
-from tests.trust.receiver import Receiver
+from tests.services.api import running_service
+from tests.services.settings import local_settings
+from tests.services.webhook_receiver import Receiver
 from worker.deliveries import DeliveryConfig, attempt
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 CONFIG = DeliveryConfig(policy=netguard.NetPolicy.from_strings(["127.0.0.0/8"], ports="1024-65535", deadline_s=3))
 
 
 @pytest.fixture
 def service(fresh_pg_url, tmp_path):
-    with running_service(trust_settings(fresh_pg_url, tmp_path / "storage", webhook_secret_grace_hours=24)) as svc:
+    with running_service(local_settings(fresh_pg_url, tmp_path / "storage", webhook_secret_grace_hours=24)) as svc:
         yield svc
 
 

@@ -11,6 +11,8 @@ from standardwebhooks.webhooks import WebhookVerificationError as ReferenceError
 from common.webhooks.events import normalize_filter, payload
 from common.webhooks.signing import WebhookVerificationError, generate_secret, signed_headers, verify
 
+pytestmark = pytest.mark.trust
+
 
 def _message():
     return payload("completed", {"id": "ed_1", "status": "succeeded", "output": ["https://x/0.jpg"]})

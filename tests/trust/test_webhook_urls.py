@@ -5,19 +5,20 @@ import pytest
 from pydantic import ValidationError
 
 from common.settings import Settings
-from tests.trust.harness import running_service, trust_settings
+from tests.services.api import running_service
+from tests.services.settings import local_settings
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.trust, pytest.mark.services]
 
 
 @pytest.fixture
 def service(fresh_pg_url, tmp_path):
-    with running_service(trust_settings(fresh_pg_url, tmp_path / "storage", webhook_allow_ports="6379")) as svc:
+    with running_service(local_settings(fresh_pg_url, tmp_path / "storage", webhook_allow_ports="6379")) as svc:
         yield svc
 
 
 def test_a_refused_host_name_does_not_reveal_its_address(service):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     r = service.submit(image_id, webhook="http://localhost/hook")
     assert (r.status_code, r.json()["code"]) == (422, "url_forbidden_address")
     message = r.json()["message"]
@@ -33,7 +34,7 @@ def test_a_refused_host_name_does_not_reveal_its_address(service):
     ("https://93.184.216.34:8443/hook", 422),
 ])
 def test_port_policy_at_submission(service, url, status):
-    image_id = service.upload().json()["id"]
+    image_id = service.post_image().json()["id"]
     r = service.submit(image_id, webhook=url)
     assert r.status_code == status, r.text
     if status == 422:

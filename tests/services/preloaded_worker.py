@@ -5,7 +5,7 @@ inherits the loaded models and is ready in a moment instead of re-importing torc
 weights (~30 s on a busy CI machine). The job-level guarantees under test (claim, lease, reaper,
 redelivery) are the same as with the production `-P solo` worker.
 
-    python -m tests.trust.preloaded_worker <celery worker options>
+    python -m tests.services.preloaded_worker <celery worker options>
 """
 
 from __future__ import annotations

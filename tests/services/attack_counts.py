@@ -1,5 +1,6 @@
-"""Fixtures of the trust suite: a private PostgreSQL database migrated to head, and the closing counts
-(cases tried, 5xx seen, jobs lost, jobs duplicated) printed at the end of the run."""
+"""The attack suite's closing counts (tests marked `trust`): cases tried, 5xx seen, jobs checked, lost and
+duplicated, worker kills. Tests add to them with `count`; the session prints them at the end and writes
+them to TRUST_COUNTS_FILE (default runs/trust-counts.json), whichever folder the tests live in."""
 
 from __future__ import annotations
 
@@ -8,38 +9,19 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from tests.services.postgres import private_database
-from tests.services.provision import require
-
 COUNTS: Counter[str] = Counter()
 COUNT_NAMES = ("cases tried", "5xx seen", "jobs checked", "jobs lost", "jobs duplicated", "worker kills")
 
 
 def count(name: str, n: int = 1) -> None:
     """Add to one of the closing counts (COUNT_NAMES)."""
+    if name not in COUNT_NAMES:
+        raise ValueError(f"unknown closing count {name!r}: one of {COUNT_NAMES}")
     COUNTS[name] += n
 
 
-def pg_database():
-    """A new PostgreSQL database migrated to head, dropped afterwards (tests/services/postgres.py)."""
-    return private_database(require("postgresql"), prefix="trust")
-
-
-@pytest.fixture
-def fresh_pg_url():
-    with pg_database() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def module_pg_url():
-    with pg_database() as url:
-        yield url
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
+def report(terminalreporter) -> None:
+    """Print the counts and write them to TRUST_COUNTS_FILE; nothing when no test counted anything."""
     if not COUNTS:
         return
     line = ", ".join(f"{name}: {COUNTS.get(name, 0)}" for name in COUNT_NAMES)

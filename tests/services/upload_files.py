@@ -1,4 +1,5 @@
-"""Hostile and valid upload files built in memory (shared by the upload-guard and adversarial tests)."""
+"""Upload files built in memory, hostile and valid: bombs, truncations, renamed text, SVG with script, real
+photos of any format and size (for the upload check's tests and the attack tests)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 uvicorn API process, with junk bearer tokens and with a valid key; the API process's peak memory (VmHWM)
 and CPU time (user + system) per scenario, each on a fresh process.
 
-    .venv/bin/python -m tests.trust.ingress_attack                      # this checkout
-    .venv/bin/python -m tests.trust.ingress_attack --tree /tmp/before   # another checkout (git worktree)
+    .venv/bin/python -m bench.ingress_attack                      # this checkout
+    .venv/bin/python -m bench.ingress_attack --tree /tmp/before   # another checkout (git worktree)
 
 Needs PostgreSQL (TEST_DATABASE_URL, as the tests) and Redis (TEST_REDIS_URL). Not a test: a measurement
 for docs/SECURITY.md.
