@@ -1,9 +1,17 @@
 """Queue caps: `admit` counts unfinished edits and inserts the new one, or refuses with 429 `queue_full`.
-(Concurrent submits through the API: tests/trust/test_api_trust.py.)"""
+
+The caps stay exact when many accounts submit at once: submits of different accounts do not wait for one
+global lock on PostgreSQL, they hold a shared lock and count its holders, and near the total cap fall back
+to the exclusive lock. The concurrent tests start every submit at one barrier so they all count the same
+queue, and check that no cap is overshot and no submit that fits is refused. (Concurrent submits through
+the API: tests/api/test_accounts.py.)"""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -13,12 +21,15 @@ from common.errors import ApiError
 from common.lifecycle import ACTIVE, EditStatus
 from common.models import Edit, Image, new_id, utcnow
 from common.queue_caps import QueueCaps, admit
+from tests.services.attack_counts import count
 from tests.services.sessions import BOTH, sessions_on
+
+pytestmark = pytest.mark.trust
 
 
 @pytest.fixture(params=BOTH)
 def factory(request, tmp_path):
-    yield from sessions_on(request, tmp_path)
+    yield from sessions_on(request, tmp_path, "fresh_pg_url")  # its own database: the total is only this test's rows
 
 
 def _edit(factory, owner: str, status: EditStatus = EditStatus.STARTING) -> Edit:
@@ -79,3 +90,63 @@ def test_caps_must_be_positive(field):
     values = {"per_owner": 1, "total": 1, "retry_after_s": 1, field: 0}
     with pytest.raises(ValueError):
         QueueCaps(**values)
+
+
+# --- many accounts at once ---------------------------------------------------------------------------
+
+
+def _images(factory, owners: list[str]) -> dict[str, str]:
+    with factory() as session:
+        images = {owner: Image(id=new_id("img"), owner=owner, format="jpeg", width=8, height=8, bytes=1,
+                               sha256="0" * 64) for owner in owners}  # fmt: skip
+        session.add_all(images.values())
+        session.commit()
+        return {owner: image.id for owner, image in images.items()}
+
+
+def _submit_all_at_once(factory, submits: list[str], caps: QueueCaps) -> list[str]:
+    """Each owner in `submits` submits one edit, all released together: 'admitted' or the refusal's code."""
+    images = _images(factory, sorted(set(submits)))
+    barrier = threading.Barrier(len(submits))
+
+    def submit(owner: str) -> str:
+        edit = Edit(id=new_id("edt"), owner=owner, image_id=images[owner], changes=[{"neutral": "a", "target": "b", "weight": 1.0}], alphas=[1],
+                    beta=0.1, mode="global", output_format="jpeg", status="starting",
+                    deadline_at=utcnow() + timedelta(hours=1))  # fmt: skip
+        with factory() as session:
+            barrier.wait(timeout=30)
+            try:
+                admit(session, edit, caps)
+            except ApiError as refused:
+                return refused.code
+        return "admitted"
+
+    with ThreadPoolExecutor(len(submits)) as pool:
+        return list(pool.map(submit, submits))
+
+
+def _stored_by_owner(factory) -> Counter:
+    with factory() as session:
+        return Counter(dict(session.execute(select(Edit.owner, func.count()).group_by(Edit.owner)).all()))
+
+
+def test_the_total_cap_is_exact_when_many_accounts_submit_at_once(factory):
+    """24 accounts, one submit each, against a total of 5: exactly 5 get in, the rest are `queue_full`."""
+    owners = [f"user{i}-{uuid.uuid4().hex[:6]}" for i in range(24)]
+    outcomes = _submit_all_at_once(factory, owners, QueueCaps(per_owner=100, total=5))
+    count("cases tried", len(owners))
+    assert Counter(outcomes) == {"admitted": 5, "queue_full": 19}
+    assert sum(_stored_by_owner(factory).values()) == 5
+
+
+def test_both_caps_hold_together_and_nothing_that_fits_is_refused(factory):
+    """8 accounts submit 3 each at once, at most 2 per account and 11 in all: 11 get in (the total binds),
+    nobody has more than 2. Then, far below the cap, 16 accounts at once all get in (no false refusal)."""
+    owners = [f"user{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
+    outcomes = _submit_all_at_once(factory, [o for o in owners for _ in range(3)], QueueCaps(per_owner=2, total=11))
+    stored = _stored_by_owner(factory)
+    count("cases tried", 24)
+    assert Counter(outcomes)["admitted"] == sum(stored.values()) == 11
+    assert max(stored.values()) <= 2
+    more = [f"more{i}-{uuid.uuid4().hex[:6]}" for i in range(16)]
+    assert _submit_all_at_once(factory, more, QueueCaps(per_owner=2, total=1000)) == ["admitted"] * 16
