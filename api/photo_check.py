@@ -24,7 +24,7 @@ ALLOWED_FORMATS = {f.pillow: f.name for f in FORMATS.values()}
 _REPORTED_FORMATS = ALLOWED_FORMATS | {"MPO": "jpeg"}
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
-# What Pillow's decoders raise on hostile bytes (found by tests/trust/test_upload_guard.py's mutations).
+# What Pillow's decoders raise on hostile bytes (found by tests/api/test_photo_check.py's mutations).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
 
 

@@ -1,6 +1,6 @@
 """Revocation at once on every replica (api/key_revocations.py): two API processes on one database and one
 Redis, each caching live keys for a minute; a revoke from the CLI or from code stops the key on both within
-a moment. With Redis unreachable, AUTH_CACHE_SECONDS is the bound (tests/trust/test_auth_cache.py)."""
+a moment. With Redis unreachable, AUTH_CACHE_SECONDS is the bound (tests/api/test_auth.py)."""
 
 from __future__ import annotations
 
