@@ -18,6 +18,8 @@ tests import it.
 
 from __future__ import annotations
 
+import unicodedata
+
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -55,9 +57,13 @@ OutputFormat = Literal[OUTPUT_FORMATS]  # type: ignore[valid-type]
 
 
 def strip_text(value: str | None) -> str | None:
-    """A text without its surrounding blanks; a blank one is refused (it names no change)."""
+    """A text without its surrounding blanks; a blank one is refused (it names no change), and so is one with a
+    control character other than a tab or line break (a NUL cannot be stored in PostgreSQL's text, and none of
+    them is something a person typed)."""
     if value is None:
         return None
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+        raise ValueError("must not contain control characters")
     if not value.strip():
         raise ValueError("must not be blank")
     return value.strip()

@@ -80,6 +80,14 @@ def test_texts_stop_at_the_contracts_limit():
         Change(neutral="a face", target="x" * (contract.MAX_TEXT_CHARS + 1))
 
 
+@pytest.mark.parametrize("text", ["a face\u0000", "a\u0007 smile", "a face\u009b"])
+def test_texts_with_control_characters_are_refused(text):
+    """A NUL passed the contract and reached PostgreSQL's JSON as a 201 (the attack suite caught it)."""
+    with pytest.raises(ValidationError, match="control characters"):
+        Change(neutral="a face", target=text)
+    assert Change(neutral="a face", target="a smiling\nface\t").target == "a smiling\nface"
+
+
 def test_steps_only_for_optimize_and_one_change_for_optimize():
     change = Change(neutral="a face", target="a smile")
     assert EditSpec(changes=[change], alphas=[1.0], mode="optimize", steps=10).steps == 10
