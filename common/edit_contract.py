@@ -19,7 +19,6 @@ tests import it.
 from __future__ import annotations
 
 import unicodedata
-
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
