@@ -36,7 +36,7 @@ MAX_ALPHAS = 16  # strengths (output images) of one edit
 ALPHA_LIMIT = 10.0  # |alpha|
 BETA_DEFAULT = 0.15  # StyleCLIP's disentanglement threshold; beta is in the open interval (0, 1)
 MODES = ("global", "optimize")
-INVERSIONS = ("e4e",)  # the inverters the pipeline offers; the first is the default
+INVERSIONS = ("e4e", "sfe")  # the inverters the pipeline offers; the first is the default
 # --- ceilings of the service (the pipeline has none of its own here) ---------------------------------------
 MAX_FACES = 32  # faces one edit changes (each costs an alignment, an inversion and a paste per strength)
 MAX_FACE_INDEX = 999

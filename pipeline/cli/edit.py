@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.edit.inversion import INVERSIONS
+
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 EPILOG = """\
@@ -16,6 +18,8 @@ smile_a-2.jpg and smile_a2.jpg. The output has the photo's size and orientation 
 
 examples:
   python -m pipeline edit me.jpg --neutral "a face" --target "a smiling face" --alpha 3 --out smile.jpg
+  python -m pipeline edit me.jpg --neutral "a face" --target "a smiling face" --alpha 3 --inversion sfe \
+      --out smile-likeness.jpg
   python -m pipeline edit me.jpg --neutral "face with hair" --target "face with grey hair" --alpha 4 \\
       --beta 0.1 --out grey.png --bundle models/official
   python -m pipeline edit me.jpg --neutral "a face" --target "a face with glasses" --mode optimize \\
@@ -48,6 +52,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("global", "optimize"), default="global",
                         help="global direction (fast, default) or latent optimization (slow, more literal)")
     parser.add_argument("--steps", type=int, default=None, help="optimization steps for --mode optimize (default 100)")
+    parser.add_argument("--inversion", choices=INVERSIONS, default=INVERSIONS[0],
+                        help="how the face is inverted: e4e (default) or sfe (StyleFeatureEditor: keeps the "
+                             "likeness and details, slower; needs the bundle's sfe model; --mode global only)")
     parser.add_argument("--bundle", default=None,
                         help="model bundle directory (default: $MODEL_DIR, models/official, else the dev bundle models/dev)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             if max(chosen) >= len(found):
                 raise PipelineError(INVALID_PARAMETER, f"face {max(chosen)} is out of range: the photo has "
                                                        f"{len(found)} faces (valid: 0-{len(found) - 1})")
-        inversions = [editor.invert(args.photo, face=i, progress=bar, metrics=metrics) for i in chosen]
+        inversions = [editor.invert(args.photo, face=i, progress=bar, metrics=metrics, inversion=args.inversion)
+                      for i in chosen]
 
         def write(output) -> None:
             path = paths[output.index]

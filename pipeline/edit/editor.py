@@ -36,7 +36,7 @@ from pipeline.edit.params import (
     validate_render,
 )
 from pipeline.edit.stages import Progress, ShouldCancel, Stages
-from pipeline.errors import INVALID_PARAMETER, PipelineError
+from pipeline.errors import INVALID_PARAMETER, MODEL_MISSING, PipelineError
 from pipeline.faces.detect import FaceBox
 from pipeline.weights.bundle import DEV_WARNING, Bundle
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 PhotoSource = bytes | str | os.PathLike | Image.Image
 
 ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
+FFHQ_TRANSFORM = 4  # FFHQ's QUAD warp is 4× the output size (4096 for 1024): SFE's crops are aligned so
 
 FACES_REMEMBERED = 8  # photos whose detections the editor keeps (a group edit inverts each face of one photo)
 
@@ -62,6 +63,7 @@ class Models:
     fs3: torch.Tensor
     style_std: torch.Tensor
     identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
+    sfe: torch.nn.Module | None = None  # StyleFeatureEditor, for inversion="sfe" (optional)
 
 
 class Editor:
@@ -139,6 +141,11 @@ class Editor:
             from pipeline.train.losses import load_arcface
 
             identity = load_arcface(self.bundle.path("identity"), self.device)
+        sfe = None
+        if self.bundle.has("sfe"):
+            from pipeline.models.sfe import load_sfe
+
+            sfe = load_sfe(self.bundle.path("sfe"), self.device).requires_grad_(False)
         self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
         # one untimed render, so that its one-off costs (weight-derived kernels, the CPU path's buffers, the
         # NNPACK self-check: ~1.5 s at 1024² on two cores) fall at load time, not on the first user's edit
@@ -147,7 +154,7 @@ class Editor:
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
-                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity)
+                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity, sfe)
 
     # --- faces -------------------------------------------------------------------------------------------
 
@@ -204,22 +211,48 @@ class Editor:
         if inversion not in INVERSIONS:
             raise PipelineError(INVALID_PARAMETER, f"inversion must be one of {', '.join(INVERSIONS)}, "
                                                    f"got {inversion!r}")
+        if inversion == "sfe" and not self.bundle.has("sfe"):
+            raise PipelineError(MODEL_MISSING, f"inversion sfe needs the SFE model, which the bundle in "
+                                               f"{self.bundle.dir} does not have (`python -m pipeline download "
+                                               f"--only sfe` adds it)")
         own: dict[str, float] = {}
         step = Stages(progress, should_cancel, own)
         raw = _photo_bytes(photo)
+        models = self.models
+        # SFE reads the crop at the generator's size, FFHQ-aligned, as it was trained (then resized to 256²)
+        size, transform = (models.generator.size, FFHQ_TRANSFORM * models.generator.size) if inversion == "sfe" \
+            else (ENCODER_INPUT, None)
         with step("align"):
             image = load_photo(raw)
             found = self._find_faces(raw, image)
-            alignment = align_face(image, output_size=ENCODER_INPUT, face=face, faces=found)
-        models = self.models
+            alignment = align_face(image, output_size=size, transform_size=transform, face=face, faces=found)
+        versions = {"encoder": self.encoder_version, "generator": self.versions["generator"]}
         with step("invert"), torch.no_grad():
             x = _to_tensor(alignment.crop, self.device)
-            codes = models.encoder(x)[0].float().cpu().numpy()
+            if inversion == "sfe":
+                fields = self._invert_sfe(x)
+                versions["sfe"] = self.versions["sfe"]
+            else:
+                fields = {"codes": models.encoder(x)[0].float().cpu().numpy()}
         _record_face(metrics, face, own)
-        return Inversion(codes=codes, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
+        return Inversion(**fields, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
                          n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
-                         versions={"encoder": self.encoder_version, "generator": self.versions["generator"]},
-                         face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
+                         versions=versions, face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
+
+    def _invert_sfe(self, crop: torch.Tensor) -> dict:
+        """SFE's W+ and fused feature, and e4e's W+ of the same 256² input, as the reference computes them
+        (``pipeline/models/sfe.py``): e4e's codes there take the generator's mean W, as SFE's do."""
+        from pipeline.edit.inversion import FEATURE_DTYPE
+        from pipeline.models.sfe import inverter_input
+
+        models = self.models
+        g, e4e = models.generator, models.encoder
+        x = inverter_input(crop)
+        inversion = models.sfe.invert(x, g)
+        latent_avg = g.latent_avg if g.latent_avg.numel() else e4e.latent_avg
+        return {"inverter": "sfe", "codes": (e4e(x) + (latent_avg - e4e.latent_avg))[0].float().cpu().numpy(),
+                "sfe_codes": inversion.wplus[0].float().cpu().numpy(),
+                "feature": inversion.fused[0].cpu().numpy().astype(FEATURE_DTYPE)}
 
     # --- editing -------------------------------------------------------------------------------------------
 
@@ -280,8 +313,9 @@ class Editor:
                 raise PipelineError(INVALID_PARAMETER, f"the photo is {image.size[0]}x{image.size[1]}, the "
                                                        f"inversion was computed from a {inv.photo_size[0]}x"
                                                        f"{inv.photo_size[1]} one")
+        sfe = _sfe_inversions(inversions, mode, models.sfe)
         codes = torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device)
-        latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel)
+        latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel, sfe)
         identity = models.identity if likeness else None
         originals = self._embed_originals(image, inversions, identity, step) if identity is not None else None
         outputs: list[Output | None] = [None] * len(alphas)
@@ -307,10 +341,10 @@ class Editor:
         return outputs
 
     def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
-                 steps: int | None, step: Stages, progress: Progress | None,
-                 should_cancel: ShouldCancel | None) -> Callable[[int], torch.Tensor]:
+                 steps: int | None, step: Stages, progress: Progress | None, should_cancel: ShouldCancel | None,
+                 sfe: list[Inversion] | None = None) -> Callable[[int], torch.Tensor]:
         """What renders alpha number ``i``: ``[faces, 3, H, W]`` in [-1, 1]. The direction (or optimization)
-        is computed here, once for all alphas."""
+        is computed here, once for all alphas; ``sfe``: the faces' SFE inversions (global mode only)."""
         from pipeline.edit.directions import apply, combine, style_direction
 
         models = self.models
@@ -324,6 +358,8 @@ class Editor:
                                                  g.style_is_torgb))
                 direction = combine(parts, [change.weight for change in changes])
                 styles = [g.styles(codes[f:f + 1]) for f in range(codes.shape[0])]
+            if sfe is not None:
+                return self._sfe_faces(direction, styles, sfe, alphas)
 
             def global_faces(i: int) -> torch.Tensor:
                 per_face = [apply(s, direction, [alphas[i]]) for s in styles]
@@ -344,6 +380,28 @@ class Editor:
             return g(torch.cat([r.interpolate([alphas[i]]) for r in results]))
 
         return optimized_faces
+
+    def _sfe_faces(self, direction, e4e_styles: list[list[torch.Tensor]], inversions: list[Inversion],
+                   alphas: list[float]) -> Callable[[int], torch.Tensor]:
+        """StyleFeatureEditor's edit: the direction added to SFE's styles (and to e4e's, whose 64² feature the
+        generator knows: how the edit moves it is the Feature Editor's input), rendered from the edited feature
+        (``pipeline/models/sfe.py``). The unedited e4e feature is rendered once for all strengths."""
+        from pipeline.edit.directions import apply
+
+        g, sfe = self.models.generator, self.models.sfe
+        with torch.no_grad():
+            fused = torch.from_numpy(np.stack([inv.feature for inv in inversions])).to(self.device, torch.float32)
+            resolution = fused.shape[-1]
+            styles = [g.styles(torch.from_numpy(inv.sfe_codes.copy())[None].to(self.device)) for inv in inversions]
+            e4e_feature, _ = g.feature(_faces_batch(e4e_styles), resolution)
+
+        def sfe_faces(i: int) -> torch.Tensor:
+            edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in styles])
+            e4e_edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in e4e_styles])
+            delta = e4e_feature - g.feature(e4e_edited, resolution)[0]
+            return g.synthesize(edited, feature=sfe.edit_feature(fused, delta))
+
+        return sfe_faces
 
     def _embed_originals(self, image: Image.Image, inversions: list[Inversion], identity: torch.nn.Module,
                          step: Stages) -> torch.Tensor:
@@ -376,6 +434,34 @@ class Output:
     alpha: float
     image: Image.Image
     likeness: tuple[float, ...] | None = None
+
+
+def _faces_batch(per_face: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-face style lists (each layer ``[1, C]``) → one list of ``[faces, C]`` layers."""
+    return [torch.cat(layer) for layer in zip(*per_face, strict=True)]
+
+
+def _sfe_inversions(inversions: list[Inversion], mode: str, sfe) -> list[Inversion] | None:
+    """The inversions when they are SFE's (all of them: one render injects one feature per face), else None;
+    ``invalid_parameter`` for a mix, optimize mode, or shapes this generator and SFE do not take."""
+    inverters = {inv.inverter for inv in inversions}
+    if inverters == {"e4e"}:
+        return None
+    if len(inverters) > 1:
+        raise PipelineError(INVALID_PARAMETER, "the faces of one edit must come from one inversion, got "
+                                               f"{sorted(inverters)}")
+    if mode != "global":
+        raise PipelineError(INVALID_PARAMETER, f"mode {mode} works from e4e inversions only: invert with e4e")
+    if sfe is None:
+        raise PipelineError(MODEL_MISSING, "the inversion is SFE's, and this bundle has no SFE model: invert again")
+    from pipeline.models.sfe import FEATURE_RESOLUTION
+
+    expected = (sfe.cfg.feature_channels, FEATURE_RESOLUTION, FEATURE_RESOLUTION)
+    for inv in inversions:
+        if inv.feature.shape != expected:
+            raise PipelineError(INVALID_PARAMETER, f"the inversion's feature is {inv.feature.shape}, this model "
+                                                   f"needs {expected}: invert the photo again")
+    return inversions
 
 
 def render_order(n: int) -> list[int]:

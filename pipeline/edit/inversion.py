@@ -22,6 +22,12 @@ import numpy as np
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 
 FORMAT = 2
+INVERSIONS = ("e4e", "sfe")  # ``Editor.invert``'s inverters; the first is the default (sfe needs its model)
+# SFE's fused 64² feature is stored in float16: 4 MB a face instead of 8. Measured on the golden SFE weights, the
+# rounding (3.8e-4 of the feature's largest value) moves the 1024² inversion by 8.5e-5 and the edited image by
+# 7.5e-5 of their largest value, against the 2e-3 image tolerance; bfloat16 would move them 5.7e-4 / 6.6e-4, and
+# W+ in float16 5.2e-4 (W+ stays float32: 36 KB).
+FEATURE_DTYPE = np.float16
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,8 +36,12 @@ class Inversion:
 
     codes: ``[n_latent, 512]`` float32 (e4e output + latent_avg); quad: ``[4, 2]`` float64 corners of the
     aligned crop in oriented-photo pixels; photo_size: (width, height) after EXIF orientation; versions: model
-    versions that produced it (``encoder``, ``generator``); photo: the original encoded file, in memory only
-    (never written by ``to_bytes``), or None."""
+    versions that produced it (``encoder``, ``generator``, ``sfe``); photo: the original encoded file, in memory
+    only (never written by ``to_bytes``), or None.
+
+    ``inverter`` says which inversion made it. ``"sfe"`` (StyleFeatureEditor) adds ``sfe_codes`` (SFE's W+,
+    float32, what the face renders from) and ``feature`` (the fused feature ``[C, 64, 64]``, ``FEATURE_DTYPE``);
+    ``codes`` are then e4e's W+ of the same crop, which measure how an edit moves the generator's feature."""
 
     codes: np.ndarray
     quad: np.ndarray
@@ -43,6 +53,9 @@ class Inversion:
     face_index: int = 0
     box: tuple[int, int, int, int] | None = None
     photo: bytes | None = field(default=None, repr=False)
+    inverter: str = "e4e"
+    sfe_codes: np.ndarray | None = field(default=None, repr=False)
+    feature: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         codes = np.array(self.codes, dtype=np.float32)
@@ -59,19 +72,38 @@ class Inversion:
             object.__setattr__(self, "box", tuple(int(v) for v in self.box))
         if self.photo is not None:
             object.__setattr__(self, "photo", bytes(self.photo))
+        self._check_sfe()
+
+    def _check_sfe(self) -> None:
+        if self.inverter not in INVERSIONS:
+            raise ValueError(f"inverter must be one of {', '.join(INVERSIONS)}, got {self.inverter!r}")
+        if (self.inverter == "sfe") != (self.sfe_codes is not None and self.feature is not None):
+            raise ValueError("an sfe inversion has sfe_codes and a feature, an e4e one neither")
+        if self.inverter == "sfe":
+            sfe_codes = np.array(self.sfe_codes, dtype=np.float32)
+            feature = np.array(self.feature, dtype=FEATURE_DTYPE)
+            if sfe_codes.shape != self.codes.shape or feature.ndim != 3:
+                raise ValueError(f"sfe_codes must be shaped as codes {self.codes.shape} and feature [C, H, W], got "
+                                 f"{sfe_codes.shape} and {feature.shape}")
+            sfe_codes.setflags(write=False)
+            feature.setflags(write=False)
+            object.__setattr__(self, "sfe_codes", sfe_codes)
+            object.__setattr__(self, "feature", feature)
 
     def with_photo(self, photo: bytes | None) -> Inversion:
         """The same inversion bound to ``photo`` (the encoded file it was computed from)."""
         return replace(self, photo=photo)
 
     def to_bytes(self) -> bytes:
-        """Codes, quad, sizes, note, versions, face index and box; never the photo."""
+        """Codes, quad, sizes, note, versions, face index, box and the inverter's own fields; never the photo."""
         buf = io.BytesIO()
+        sfe = {"sfe_codes": self.sfe_codes, "feature": self.feature} if self.inverter == "sfe" else {}
         np.savez(buf, format=np.int64(FORMAT), codes=self.codes, quad=self.quad, qsize=np.float64(self.qsize),
                  n_faces=np.int64(self.n_faces), note=np.str_(self.note),
                  photo_size=np.array(self.photo_size, np.int64),
                  versions=np.str_(json.dumps(self.versions, sort_keys=True)), face_index=np.int64(self.face_index),
-                 box=np.array(self.box if self.box is not None else (), np.int64))
+                 box=np.array(self.box if self.box is not None else (), np.int64), inverter=np.str_(self.inverter),
+                 **sfe)
         return buf.getvalue()
 
     @classmethod
@@ -87,6 +119,10 @@ class Inversion:
                            versions=json.loads(str(f["versions"])),
                            # blobs written before group photos hold the largest face and no box
                            face_index=int(f["face_index"]) if "face_index" in f.files else 0,
-                           box=tuple(int(v) for v in f["box"]) if "box" in f.files and f["box"].size else None)
+                           box=tuple(int(v) for v in f["box"]) if "box" in f.files and f["box"].size else None,
+                           # blobs written before SFE are e4e's
+                           inverter=str(f["inverter"]) if "inverter" in f.files else "e4e",
+                           sfe_codes=f["sfe_codes"] if "sfe_codes" in f.files else None,
+                           feature=f["feature"] if "feature" in f.files else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             raise PipelineError(INVALID_PARAMETER, f"not a stored inversion: {type(exc).__name__}: {exc}") from exc

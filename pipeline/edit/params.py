@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.edit.directions import Change
-from pipeline.edit.inversion import Inversion
+from pipeline.edit.inversion import INVERSIONS, Inversion  # noqa: F401 (INVERSIONS: re-exported for editor)
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 
 MODES = ("global", "optimize")
-INVERSIONS = ("e4e",)  # ``Editor.invert``'s inverters; the first is the default
 
 
 def validate_edit(neutral: str, target: str, alphas: Sequence[float] | float, beta: float = 0.15,

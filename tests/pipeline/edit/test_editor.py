@@ -66,7 +66,7 @@ def test_dev_bundle_loads_through_the_official_loaders(dev_bundle):
 
 def test_versions_are_file_hashes(dev_editor, dev_bundle):
     versions = dev_editor.versions
-    assert set(versions) == {"generator", "encoder", "clip", "relevance", "identity"}
+    assert set(versions) == {"generator", "encoder", "clip", "relevance", "identity", "sfe"}
     assert dev_editor.encoder_version == dev_bundle.manifest.models["encoder"].sha256[:12]
 
 
