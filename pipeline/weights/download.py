@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import urllib.error
@@ -352,8 +353,8 @@ def _stream(url: str, part: Path, sizes: set[int], progress: bool) -> None:
             raise _Refused(f"answered {ctype} (a web page, not the file)")
         if have and response.status != 206:  # the server ignored the range: start over
             have = 0
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length and length.isdigit() else None
+        length = content_length(response.headers.get("Content-Length"))
+        total = have + length if length is not None else None
         if total is not None and sizes and total not in sizes:
             raise _Refused(f"announces {total:,} bytes; published: {' or '.join(f'{s:,}' for s in sorted(sizes))}")
         bar = _bar(part.name.removesuffix(".part"), total, have, progress)
@@ -428,6 +429,14 @@ def format_table(outcomes: tuple[Outcome, ...] | list[Outcome]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]).rstrip()
                      for r in rows)
+
+
+
+def content_length(value: str | None) -> int | None:
+    """A Content-Length as a byte count, or None for anything but plain ASCII digits (``str.isdigit`` takes "²",
+    which ``int`` then refuses: a mirror's bad header must not crash the download)."""
+    value = (value or "").strip()
+    return int(value) if re.fullmatch(r"[0-9]{1,18}", value) else None
 
 
 def _bar(name: str, total: int | None, initial: int, enabled: bool):

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.weights.bundle import MANIFEST, ModelFile, Source, read_manifest
 from pipeline.weights.choice import DEV, OFFICIAL, choose_bundle
-from pipeline.weights.download import download_bundle, fetch_file, git_blob_id
+from pipeline.weights.download import content_length, download_bundle, fetch_file, git_blob_id
 from tests.pipeline.hub import Hub, official_format_files
 
 
@@ -218,3 +218,9 @@ def test_a_bundle_made_before_sfe_gets_it_with_only_sfe(tmp_path, hub, official_
     outcome, _ = fetch_file("sfe", _entry("other.pt", Source(hub.add("e4e-as-sfe.pt", official_files["encoder"][1]))),
                             tmp_path / "other")
     assert not outcome.ok and "does not load as the sfe model" in outcome.reason and "inverter." in outcome.reason
+
+
+@pytest.mark.parametrize("header, expected", [("1024", 1024), (" 7 ", 7), ("²", None), ("١٢", None), ("-1", None),
+                                              ("1e3", None), ("9" * 40, None), ("", None), (None, None)])
+def test_a_content_length_is_plain_ascii_digits_or_ignored(header, expected):
+    assert content_length(header) == expected
