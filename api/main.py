@@ -35,6 +35,7 @@ from api.photo_check import enable_heif
 from api.rate_limit import RateLimitMiddleware, RateLimits
 from api.routes import app_config, docs, edits, health, images, me, metrics, uploads, webhooks
 from api.security_headers import SecurityHeaders
+from common import tracing
 from common.db import make_engine, make_session_factory
 from common.edit_sender import EditSender
 from common.errors import ApiError
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API with its own engine, storage and Celery client (nothing global, tests build many)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    tracing.configure_tracing("faceedit-api")  # off unless OTEL_TRACES_EXPORTER asks (common/tracing.py)
     enable_heif()
     app = FastAPI(
         title="faceedit",
@@ -157,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, metrics, app_config, docs, images, uploads, edits, webhooks, me):
         app.include_router(module.router)
+    tracing.instrument_app(app)
     docs.mount_assets(app)
     install_openapi(app)
     if settings.web_dir.is_dir():

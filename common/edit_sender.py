@@ -30,6 +30,7 @@ from celery.utils.time import utcoffset
 from kombu.exceptions import OperationalError
 from redis import Redis
 
+from common import tracing
 from common.queue import broker_url
 from common.redis_client import redis_client
 from common.settings import Settings
@@ -114,15 +115,17 @@ class EditSender:
         headers, properties, body, event = self.app.amqp.as_task_v2(
             edit_id, PROCESS_EDIT.name, args=[edit_id], reply_to=self.app.thread_oid, origin=self.hostname,
             create_sent_event=self.sent_events, ignore_result=None)  # None: what send_task leaves it
-        message = _envelope(body, headers, {**properties, "delivery_mode": 2}, exchange="", routing_key=self.queue)
-        pipeline = self.redis.pipeline(transaction=False)
-        pipeline.lpush(self.queue, json.dumps(message))
-        if event is not None:
-            pipeline.publish(self.event_channel, json.dumps(self._sent_event(event)))
-        try:
-            pipeline.execute()
-        except redis.RedisError as error:
-            raise OperationalError(f"the broker is unreachable: {type(error).__name__}: {error}") from error
+        with tracing.publishing(PROCESS_EDIT.name, edit_id, headers):
+            message = _envelope(body, headers, {**properties, "delivery_mode": 2}, exchange="",
+                                routing_key=self.queue)
+            pipeline = self.redis.pipeline(transaction=False)
+            pipeline.lpush(self.queue, json.dumps(message))
+            if event is not None:
+                pipeline.publish(self.event_channel, json.dumps(self._sent_event(event)))
+            try:
+                pipeline.execute()
+            except redis.RedisError as error:
+                raise OperationalError(f"the broker is unreachable: {type(error).__name__}: {error}") from error
 
     def _sent_event(self, fields: dict[str, Any]) -> dict[str, Any]:
         """The `task-sent` event as celery.events.EventDispatcher.publish wraps it (a transient message)."""

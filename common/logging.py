@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from common.tracing import trace_id  # the trace a line was logged in, so a line leads to its trace
+
 # Immutable default (a tuple of pairs): a dict default would be shared and mutated across contexts.
 _context: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
     "faceedit_log_context", default=()
@@ -98,6 +100,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in _context.get():
             entry[key] = redact(value, key)
+        if current_trace := trace_id():
+            entry["trace_id"] = current_trace
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = redact(value, key)
@@ -116,7 +120,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact_text(super().format(record))
-        context = " ".join(f"{k}={redact(v, k)}" for k, v in _context.get())
+        fields = [f"{k}={redact(v, k)}" for k, v in _context.get()]
+        if current_trace := trace_id():
+            fields.append(f"trace_id={current_trace}")
+        context = " ".join(fields)
         return f"{line} [{context}]" if context else line
 
 

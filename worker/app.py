@@ -14,6 +14,7 @@ import logging
 
 from celery import signals
 
+from common import tracing
 from common.logging import configure_logging
 from common.metrics import start_exporter
 from common.queue import make_celery
@@ -48,6 +49,7 @@ def _metrics_exporter(**_) -> None:
 
 @signals.worker_process_init.connect
 def _warm(**_) -> None:
+    tracing.configure_tracing("faceedit-worker")  # off unless OTEL_TRACES_EXPORTER asks (common/tracing.py)
     # Sent by the solo pool in the main process and by prefork in each child, before consuming.
     from worker.runtime import get_runtime
 

@@ -1,11 +1,14 @@
-"""Stages of a pipeline call: timed into the caller's ``metrics``, reported to its ``progress`` callback, and a
-cancellation point at every boundary (the worker's cancel lands between stages and between strengths)."""
+"""Stages of a pipeline call: timed into the caller's ``metrics``, reported to its ``progress`` callback, a
+cancellation point at every boundary (the worker's cancel lands between stages and between strengths), and an
+OpenTelemetry span each (no-op unless the worker turned tracing on: common/tracing.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from opentelemetry import trace
 
 from pipeline.errors import Canceled
 
@@ -37,7 +40,9 @@ class Stages:
         if report:
             self.report(stage, 0.0)
         start = time.perf_counter()
-        yield
+        # A span per stage (per strength for the repeated ones): a no-op unless the process set up tracing.
+        with trace.get_tracer("pipeline").start_as_current_span(stage):
+            yield
         key = f"{stage}_seconds"
         self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
         if report:
