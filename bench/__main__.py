@@ -17,6 +17,7 @@ import torch
 
 from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
+from pipeline.render.config import RenderConfig
 
 GROUPS = ("align", "invert", "text", "synthesis", "edit", "ports", "gpu", "api", "api-load", "editor")
 MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "ports", "gpu", "editor"}
@@ -85,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-rounds", type=int, default=None, help="api-load: rounds per tree (default 3, quick: 1)")
     parser.add_argument("--api-baseline", default=None, metavar="REV",
                         help="api-load: also serve git revision REV's tree, alternating rounds with this checkout")
+    RenderConfig.add_arguments(parser)
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO,
                         help="a photo with one face (default: the golden face_input.png beside the repository)")
     parser.add_argument("--dev-bundle", type=Path, default=None,
@@ -170,7 +172,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         return out
 
     start = time.perf_counter()
-    models = build_models(sizes, device)
+    models = build_models(sizes, device, render=RenderConfig.from_args(args))
     log(f"{device}: built {sizes.name} models in {time.perf_counter() - start:.1f}s")
     if crop is None:
         from PIL import Image
@@ -184,7 +186,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
     if device.type == "cuda":
         from pipeline.render.cuda import HALF_PRECISION_TOL
 
-        renderer = models.generator.cuda_renderer()  # what the service renders with (measures its precision)
+        renderer = models.renderer.cuda()  # what the service renders with (measures its precision)
         out.update(precision=renderer.precision, precision_errors=renderer.errors, precision_tol=HALF_PRECISION_TOL,
                    graphs=renderer.graphs)
         log(f"{device}: renders in {renderer.precision} (errors vs float32 {renderer.errors}), graphs {renderer.graphs}")

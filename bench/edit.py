@@ -55,7 +55,7 @@ class CachedEdit:
 
         g, device = self.models.generator, self.models.device
         styles = g.styles(self.inverted.codes.to(device, self.models.dtype))
-        return g.synthesize(apply(styles, direction, alphas))
+        return self.models.renderer.render(apply(styles, direction, alphas))
 
     def __call__(self, alphas: Sequence[float]) -> list[Image.Image]:
         from pipeline.faces.paste_gpu import paste_rendered

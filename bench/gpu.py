@@ -2,7 +2,7 @@
 strengths render in one batch (issue #16 §2's GPU goals: ≤ 25 ms per 1024 edit at batch 1, ≥ 300 edits/s
 batched).
 
-The served renderer is ``Generator.cuda_renderer()`` (``pipeline/render/cuda.py``): the precision it chose on
+The served renderer is ``Renderer.cuda()`` (``pipeline/render/renderer.py``): the precision it chose on
 these weights, with graphs. The variants beside it are built the same way with one setting changed, and run in
 alternation so they share the GPU's clocks and the host's load. A batched edit is what a worker batching across
 jobs would do: one render of ``B`` style sets (each job its own inversion and strength), then each face pasted
@@ -29,7 +29,7 @@ def variants(models: Models) -> dict[str, Callable[[], object]]:
     from pipeline.render.cuda import CudaRenderer
 
     g = models.generator
-    served = g.cuda_renderer()
+    served = models.renderer.cuda()
     if models.device.type != "cuda":  # --quick on a CPU: no TF32, no graphs
         return {"float32 eager": lambda: CudaRenderer(g, "float32", graphs=False),
                 "float16 eager": lambda: CudaRenderer(g, "float16", graphs=False),
@@ -82,7 +82,7 @@ def batch_styles(models: Models, codes: torch.Tensor, batch: int, seed: int = 1)
 def render_throughput(models: Models, codes: torch.Tensor, batches: tuple[int, ...], repeats: int,
                       budget_s: float) -> dict[int, dict]:
     """The served renderer at several batch sizes: seconds per batch and images per second."""
-    renderer = models.generator.cuda_renderer()
+    renderer = models.renderer.cuda()
     out = {}
     for batch in batches:
         styles = batch_styles(models, codes, batch)
@@ -97,7 +97,7 @@ def edit_throughput(models: Models, inverted: Inverted, batches: tuple[int, ...]
     from pipeline.faces.paste_gpu import paste_rendered
     from pipeline.faces.photo import load_photo
 
-    renderer = models.generator.cuda_renderer()
+    renderer = models.renderer.cuda()
     photo = load_photo(inverted.photo)
     out = {}
     for batch in batches:
@@ -120,7 +120,7 @@ def edit_throughput(models: Models, inverted: Inverted, batches: tuple[int, ...]
 
 def bench_gpu(models: Models, inverted: Inverted, repeats: int, budget_s: float, quick: bool = False) -> dict:
     """All of the above; on a CPU (``--quick`` smoke tests) graphs are left out and batches kept small."""
-    renderer = models.generator.cuda_renderer()
+    renderer = models.renderer.cuda()
     repeats = max(repeats, 3 if quick else 30)
     batches, edit_batches = ((2,), (2,)) if quick else (BATCHES, EDIT_BATCHES)
     return {"precision": renderer.precision, "precision_errors": renderer.errors, "graphs": renderer.graphs,

@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 
 from bench.timing import Timing, measure, measure_interleaved
+from pipeline.render.config import RenderConfig
+from pipeline.render.renderer import Renderer
 
 NEUTRAL, TARGET = "a face", "a face with a beard"
 
@@ -58,6 +60,7 @@ class Models:
     fs3: torch.Tensor        # [conv style channels, embed_dim]
     style_std: torch.Tensor  # [all style channels]
     device: torch.device
+    renderer: Renderer       # how the service renders the generator (``pipeline/render/renderer.py``)
     dtype: torch.dtype = torch.float32  # of the generator (float16/bfloat16 on CUDA where tolerances hold)
 
 
@@ -71,9 +74,10 @@ def fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def build_models(sizes: Sizes, device: torch.device, seed: int = 0) -> Models:
+def build_models(sizes: Sizes, device: torch.device, seed: int = 0, render: RenderConfig | None = None) -> Models:
     """The generator, e4e and CLIP of ``sizes`` with random weights, plus a random relevance matrix whose style
-    statistics are the generator's own (as ``pipeline.edit.relevance`` computes them)."""
+    statistics are the generator's own (as ``pipeline.edit.relevance`` computes them), and the generator's
+    ``Renderer`` with ``render`` (default: the service's defaults)."""
     from clip.model import CLIP
 
     from pipeline.models.e4e import E4E, Encoder4Editing
@@ -92,8 +96,9 @@ def build_models(sizes: Sizes, device: torch.device, seed: int = 0) -> Models:
         n_conv = sum(d for d, rgb in zip(g.style_dims, g.style_is_torgb, strict=True) if not rgb)
         fs3 = torch.randn(n_conv, sizes.clip["embed_dim"], generator=rng)
         fs3 /= fs3.norm(dim=1, keepdim=True)
-    return Models(g.to(device), e4e.to(device), clip_model.to(device), fs3.to(device),
-                  styles.std(0, unbiased=False).to(device), device)
+    g = g.to(device)
+    return Models(g, e4e.to(device), clip_model.to(device), fs3.to(device), styles.std(0, unbiased=False).to(device),
+                  device, Renderer(g, render))
 
 
 # --- the benchmarks ----------------------------------------------------------------------------------------
@@ -149,23 +154,22 @@ def bench_text(models: Models, repeats: int, budget_s: float) -> dict[str, Timin
 
 
 def bench_synthesis(models: Models, codes: torch.Tensor, repeats: int, budget_s: float) -> dict[str, Timing]:
-    """One image from its style vectors (``Generator.synthesize``) at batch 1 with the fast and the reference
-    ops, measured in alternation (``measure_interleaved``): ``{"fast": …, "ref": …}``."""
+    """One image from its style vectors at batch 1 as the service renders it (``models.renderer``) and by the
+    reference (``Generator.synthesize`` with ``impl="ref"``), measured in alternation (``measure_interleaved``):
+    ``{"fast": …, "ref": …}``."""
     g = models.generator
     with torch.no_grad():
         styles = [s.to(models.dtype) for s in g.styles(codes.to(models.dtype))]
 
-    def render(impl: str):
-        def run():
-            previous, g.impl = g.impl, impl
-            try:
-                with torch.no_grad():
-                    g.synthesize(styles)
-            finally:
-                g.impl = previous
-        return run
+    def fast():
+        with torch.no_grad():
+            models.renderer.render(styles)
 
-    return measure_interleaved({"fast": render("fast"), "ref": render("ref")}, repeats, budget_s, models.device)
+    def ref():
+        with torch.no_grad():
+            g.synthesize(styles, impl="ref")
+
+    return measure_interleaved({"fast": fast, "ref": ref}, repeats, budget_s, models.device)
 
 
 def face_photo(path: Path | None, size: int) -> tuple[bytes, bool]:

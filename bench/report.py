@@ -172,7 +172,7 @@ def gpu_section(device: str, dev: dict) -> list[str]:
     gpu = dev["gpu"]
     lines = ["", f"## The generator on {device}", "",
              "Renders of 1024² images from their style vectors: batch 1 with the variants in alternation, and "
-             "images per second at a larger batch (the served one is `Generator.cuda_renderer()`, what the worker "
+             "images per second at a larger batch (the served one is `Renderer.cuda()`, what the worker "
              "uses; eager runs have no larger batch here):", "",
              "| variant | batch 1 | runs | images/s at batch " + str(_variant_batch(gpu)) + " |", "|---|---:|---:|---:|"]
     for name, v in gpu["variants"].items():

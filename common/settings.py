@@ -129,6 +129,19 @@ class Settings(BaseSettings):
         "reaper or retention (the io workers consume both).",
     )
     device: str = Field("cpu", description="Torch device of the worker's models (`cpu`, `cuda`, `cuda:1`).")
+    # The render layer's options (pipeline/render/config.py RenderConfig; a test pins these choices to it).
+    render_nnpack: Literal["direct", "torch", "off"] = Field(
+        "direct", description="CPU renderer's 3×3 convolutions: `direct` (NNPACK called into reused buffers, the "
+        "fastest, checked at first use), `torch` (PyTorch's own NNPACK call), `off` (PyTorch's default "
+        "convolution). docs/BENCHMARKS.md has the numbers."
+    )
+    render_cuda_precision: Literal["auto", "float16", "bfloat16", "tf32", "float32"] = Field(
+        "auto", description="CUDA renderer's precision: `auto` measures, when the models load, the cheapest one "
+        "whose image stays within the golden tolerance of float32 on the loaded weights; a name pins it."
+    )
+    render_cuda_graphs: bool = Field(
+        True, description="CUDA renderer replays one CUDA graph per batch size (false: renders eagerly)."
+    )
     job_deadline_seconds: int = Field(
         1800, ge=5, description="An edit not finished this long after submission, plus twice its cost (its "
         "expected edit-worker seconds), fails with `timeout`."

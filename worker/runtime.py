@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from pipeline import Editor
+    from pipeline.render.config import RenderConfig
 
 log = logging.getLogger("worker")
 
@@ -82,7 +83,8 @@ class Runtime:
         bundle = open_bundle(choice)
         stamp = stamp or _manifest_stamp(bundle.dir)  # a development bundle built just now
         # Caches go to CACHE_DIR, never into the bundle: it may be mounted read-only.
-        return Editor(bundle, device=self.settings.device, directions_dir=self.directions_dir), stamp
+        return Editor(bundle, device=self.settings.device, directions_dir=self.directions_dir,
+                      render=render_config(self.settings)), stamp
 
     def warm(self) -> None:
         """Load the models before the first job; a missing bundle is logged and every job then fails
@@ -118,3 +120,11 @@ def encoder_run(editor: Editor) -> str | None:
 @cache
 def get_runtime() -> Runtime:
     return Runtime(get_settings())
+
+
+def render_config(settings: Settings) -> RenderConfig:
+    """The render layer's options from the settings (``RENDER_*``)."""
+    from pipeline.render.config import RenderConfig
+
+    return RenderConfig(nnpack=settings.render_nnpack, cuda_precision=settings.render_cuda_precision,
+                        cuda_graphs=settings.render_cuda_graphs)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.edit.inversion import INVERSIONS
+from pipeline.render.config import RenderConfig
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -58,6 +59,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--bundle", default=None,
                         help="model bundle directory (default: $MODEL_DIR, models/official, else the dev bundle models/dev)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    RenderConfig.add_arguments(parser)
     parser.add_argument("--out", required=True, help="output file; its extension picks the format (.png .jpg .webp)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run, parser=parser)
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     changes = [Change(n, t, w) for n, t, w in changes]
     validate_render(changes, alphas, args.beta, args.mode, args.steps)  # before any model loads
-    editor = Editor(resolve_bundle(args.bundle), device=args.device)
+    editor = Editor(resolve_bundle(args.bundle), device=args.device, render=RenderConfig.from_args(args))
     metrics: dict = {}
     paths = output_paths(args.out, alphas)
     with ProgressBar(enabled=not args.quiet) as bar:

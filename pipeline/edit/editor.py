@@ -38,6 +38,8 @@ from pipeline.edit.params import (
 from pipeline.edit.stages import Progress, ShouldCancel, Stages
 from pipeline.errors import INVALID_PARAMETER, MODEL_MISSING, PipelineError
 from pipeline.faces.detect import FaceBox
+from pipeline.render.config import RenderConfig
+from pipeline.render.renderer import Renderer
 from pipeline.weights.bundle import DEV_WARNING, Bundle
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Models:
     clip: torch.nn.Module
     fs3: torch.Tensor
     style_std: torch.Tensor
+    renderer: Renderer          # the generator's styles → images, by the fastest path that fits
     identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
     sfe: torch.nn.Module | None = None  # StyleFeatureEditor, for inversion="sfe" (optional)
 
@@ -71,12 +74,13 @@ class Editor:
 
     ``directions_dir``: where text directions are cached on disk (default: the bundle's ``cache/directions``).
     A service whose bundle is mounted read-only passes a writable folder; a write that fails anyway is logged
-    once and the edit goes on."""
+    once and the edit goes on. ``render``: how the generator renders (the worker builds it from its settings)."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike, device: str | torch.device = "cpu",
-                 directions_dir: str | os.PathLike | None = None):
+                 directions_dir: str | os.PathLike | None = None, render: RenderConfig | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.device = torch.device(device)
+        self.render_config = render if render is not None else RenderConfig()
         self._directions_dir = Path(directions_dir) if directions_dir else self.bundle.cache_dir / "directions"
         self._lock = threading.Lock()
         self._models: Models | None = None
@@ -121,7 +125,7 @@ class Editor:
         start = time.perf_counter()
         g = self.models.generator
         with torch.no_grad():
-            g.synthesize(g.styles(torch.zeros(1, g.n_latent, g.style_dim, device=self.device)))
+            self.models.renderer(torch.zeros(1, g.n_latent, g.style_dim, device=self.device))
         return time.perf_counter() - start
 
     def _load(self) -> Models:
@@ -147,14 +151,16 @@ class Editor:
 
             sfe = load_sfe(self.bundle.path("sfe"), self.device).requires_grad_(False)
         self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
+        renderer = Renderer(generator, self.render_config)
         # one untimed render, so that its one-off costs (weight-derived kernels, the CPU path's buffers, the
         # NNPACK self-check: ~1.5 s at 1024² on two cores) fall at load time, not on the first user's edit
         with torch.inference_mode():
-            generator(torch.zeros(1, generator.style_dim, device=self.device))
+            renderer(torch.zeros(1, generator.style_dim, device=self.device))
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
-                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), identity, sfe)
+                      torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), renderer,
+                      identity, sfe)
 
     # --- faces -------------------------------------------------------------------------------------------
 
@@ -363,7 +369,7 @@ class Editor:
 
             def global_faces(i: int) -> torch.Tensor:
                 per_face = [apply(s, direction, [alphas[i]]) for s in styles]
-                return g.synthesize([torch.cat(layer) for layer in zip(*per_face, strict=True)])
+                return models.renderer.render([torch.cat(layer) for layer in zip(*per_face, strict=True)])
 
             return global_faces
 
@@ -377,7 +383,7 @@ class Editor:
                                                should_cancel=should_cancel, identity=models.identity))
 
         def optimized_faces(i: int) -> torch.Tensor:
-            return g(torch.cat([r.interpolate([alphas[i]]) for r in results]))
+            return models.renderer(torch.cat([r.interpolate([alphas[i]]) for r in results]))
 
         return optimized_faces
 
@@ -388,18 +394,18 @@ class Editor:
         (``pipeline/models/sfe.py``). The unedited e4e feature is rendered once for all strengths."""
         from pipeline.edit.directions import apply
 
-        g, sfe = self.models.generator, self.models.sfe
+        g, sfe, renderer = self.models.generator, self.models.sfe, self.models.renderer
         with torch.no_grad():
             fused = torch.from_numpy(np.stack([inv.feature for inv in inversions])).to(self.device, torch.float32)
             resolution = fused.shape[-1]
             styles = [g.styles(torch.from_numpy(inv.sfe_codes.copy())[None].to(self.device)) for inv in inversions]
-            e4e_feature, _ = g.feature(_faces_batch(e4e_styles), resolution)
+            e4e_feature, _ = renderer.feature(_faces_batch(e4e_styles), resolution)
 
         def sfe_faces(i: int) -> torch.Tensor:
             edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in styles])
             e4e_edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in e4e_styles])
-            delta = e4e_feature - g.feature(e4e_edited, resolution)[0]
-            return g.synthesize(edited, feature=sfe.edit_feature(fused, delta))
+            delta = e4e_feature - renderer.feature(e4e_edited, resolution)[0]
+            return renderer.render(edited, sfe.edit_feature(fused, delta))
 
         return sfe_faces
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from pipeline.errors import INVALID_PARAMETER, MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.models.clip_model import clip_preprocess, image_features
+from pipeline.render.renderer import Renderer
 from pipeline.weights.style_stats import FILE as STYLE_STATS_FILE
 from pipeline.weights.style_stats import sample_styles
 
@@ -96,6 +97,7 @@ def precompute_relevance(generator: torch.nn.Module, clip_model: torch.nn.Module
     with torch.inference_mode():
         stats = _load_or_compute_stats(partial, generator, settings, device)
         conv = _conv_channels(generator)
+        renderer = Renderer(generator)
         starts = range(0, len(conv), settings.chunk_channels)
         done = [s for s in starts if (partial / f"chunk_{s:07d}.npy").is_file()]
         bar = tqdm(total=len(conv), initial=sum(min(settings.chunk_channels, len(conv) - s) for s in done),
@@ -106,7 +108,7 @@ def precompute_relevance(generator: torch.nn.Module, clip_model: torch.nn.Module
                 if path.is_file():
                     continue
                 channels = conv[start:start + settings.chunk_channels]
-                rows = _relevance_rows(generator, clip_model, stats, channels, settings)
+                rows = _relevance_rows(renderer, clip_model, stats, channels, settings)
                 _atomic_write(path, lambda f, rows=rows: np.save(f, rows))
                 bar.update(len(channels))
         fs3 = np.concatenate([np.load(partial / f"chunk_{s:07d}.npy") for s in starts])
@@ -161,8 +163,9 @@ def _conv_channels(generator) -> list[tuple[int, int]]:
     return channels
 
 
-def _relevance_rows(generator, clip_model, stats, channels, settings: RelevanceSettings) -> np.ndarray:
+def _relevance_rows(renderer: Renderer, clip_model, stats, channels, settings: RelevanceSettings) -> np.ndarray:
     """fs3 rows ``[len(channels), D]`` for one chunk (StyleCLIP ``EditOneC`` + ``GetImgF`` + ``GetFs``)."""
+    generator = renderer.generator
     device = next(generator.parameters()).device
     base = torch.from_numpy(stats["base_styles"]).to(device)               # [N, total]
     mean = torch.from_numpy(stats["style_mean"]).float().to(device)
@@ -180,7 +183,7 @@ def _relevance_rows(generator, clip_model, stats, channels, settings: RelevanceS
         rows, ch = torch.arange(len(flat), device=device), index[batch]
         # reference: the channel set to its mean, then alpha * std added (float32, like its numpy arrays)
         flat[rows, ch] = mean[ch] + (sign[batch] * settings.alpha) * std[ch]
-        images = generator.synthesize(list(flat.split(generator.style_dims, dim=1)))
+        images = renderer.render(list(flat.split(generator.style_dims, dim=1)))
         # the reference embeds uint8 images: (x + 1) * 127.5, clamped, truncated
         images = ((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).float() / 127.5 - 1
         features.append(image_features(clip_model, clip_preprocess(images, resolution)))

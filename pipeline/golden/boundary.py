@@ -15,6 +15,7 @@ import torch
 from pipeline.edit.directions import apply, style_direction
 from pipeline.golden import Check, Fixture, compare, exact
 from pipeline.models.stylegan2 import Generator
+from pipeline.render.renderer import Renderer
 
 TOL_VECTOR = 1e-4
 TOL_IMAGE_F16 = 2e-3
@@ -59,5 +60,5 @@ def checks(fixture: Fixture) -> Iterator[Check]:
         yield Check("boundary edited_image sample", float("inf"), 0.0, f"sample {spec['sample']} not stored")
         return
     direction = style_direction(fs3, dt, float(spec["beta"]), std, dims, is_rgb)
-    image = g.synthesize(apply(styles, direction, [float(spec["alpha"])]))
+    image = Renderer(g).render(apply(styles, direction, [float(spec["alpha"])]))
     yield compare("boundary edited_image (1024)", image, ref["edited_image"], TOL_IMAGE_F16)

@@ -1,22 +1,24 @@
 """Golden checks for ``pipeline.models.stylegan2``: mapping, synthesis from W and W+, style space and style edits.
 
 Every ``stylegan2_*`` entry of the fixture's meta with a ``config`` and an ``.npz`` of the same name is checked,
-once per ``impl``. The weights go through ``load_state`` (the checkpoint loader's key check), not a bare
+once per render path that runs on the device (``variants``). The weights go through ``load_state`` (the checkpoint loader's key check), not a bare
 ``load_state_dict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.golden import Check, Fixture, compare, exact
-from pipeline.models.ops import IMPLS
 from pipeline.models.stylegan2 import Generator, load_state
+from pipeline.render.config import RenderConfig
 from pipeline.render.cuda import HALF_PRECISION_TOL, precision_flags
+from pipeline.render.renderer import Renderer
 
 VECTOR_TOL = 1e-4
 
@@ -48,13 +50,39 @@ def reference_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
-def variants(device: torch.device) -> list[tuple[str, str | None]]:
-    """``(impl, CUDA precision)`` pairs to check. On a GPU the fast path runs through the ``CudaRenderer``
-    twice: in float32 at the strict tolerances, and in the precision it chooses by itself (``auto``) at the
-    1024² image tolerance that choice is made with."""
+@dataclass(frozen=True)
+class Variant:
+    """One render path: ``path`` as ``Renderer.path`` names it; ``precision`` for the CUDA renderer."""
+
+    path: str
+    precision: str | None = None
+
+    @property
+    def impl(self) -> str:
+        return "ref" if self.path == "reference" else "fast"
+
+
+def variants(device: torch.device) -> list[Variant]:
+    """The render paths to check: the reference, the model's batched path (what training differentiates) and
+    the device's renderer through the render layer. On a GPU the ``CudaRenderer`` runs twice: in float32 at
+    the strict tolerances, and in the precision it chooses by itself (``auto``) at the 1024² image tolerance
+    that choice is made with."""
     if device.type != "cuda":
-        return [(impl, None) for impl in IMPLS]
-    return [("ref", None), ("fast", "float32"), ("fast", "auto")]
+        return [Variant("reference"), Variant("batched"), Variant("cpu")]
+    return [Variant("reference"), Variant("batched"), Variant("cuda", "float32"), Variant("cuda", "auto")]
+
+
+def _render_function(g: Generator, variant: Variant) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], str]:
+    """How ``variant`` renders styles, and its tag."""
+    if variant.path == "reference":
+        return (lambda styles: g.synthesize(styles, impl="ref")), "ref"
+    if variant.path == "batched":
+        return (lambda styles: g.synthesize(styles, impl="fast")), "batched"
+    renderer = Renderer(g, RenderConfig(cuda_precision=variant.precision or "auto"))
+    if variant.path == "cpu":
+        return renderer.cpu().render, "fast cpu"
+    chosen = renderer.cuda().precision
+    return renderer.cuda().render, f"fast cuda {variant.precision}{f'={chosen}' if variant.precision == 'auto' else ''}"
 
 
 def generator_entries(fixture: Fixture) -> list[str]:
@@ -74,25 +102,23 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
 
     yield exact(f"{name} style_layers", g.style_layer_names, entry["style_layers"])
     yield exact(f"{name} style_dims", g.style_dims, entry["style_dims"])
-    for impl, precision in variants(fixture.device):
+    for variant in variants(fixture.device):
         with reference_precision(fixture.device):
-            yield from _checks_variant(g, name, entry, data, t, impl, precision)
+            yield from _checks_variant(g, name, entry, data, t, variant)
 
 
-def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, torch.Tensor], impl: str,
-                    precision: str | None) -> Iterator[Check]:
-    g.impl = impl
-    tag, tol = f"{name}[{impl}]", image_tol
-    if precision is not None:  # through the CudaRenderer (CUDA graphs) in this precision
-        chosen = g.cuda_renderer(precision).precision
-        tag = f"{name}[{impl} cuda {precision}{f'={chosen}' if precision == 'auto' else ''}]"
-        if precision == "auto":
-            tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
+def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, torch.Tensor],
+                    variant: Variant) -> Iterator[Check]:
+    g.impl = variant.impl
+    render, label = _render_function(g, variant)
+    tag, tol = f"{name}[{label}]", image_tol
+    if variant.precision == "auto":
+        tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
     if "z" in t and "w" in t:
         w = g.mapping(t["z"])
         yield compare(f"{tag} w", w, data["w"], VECTOR_TOL)
         if "image_from_w" in t:  # from our own w: the reference fed its own w through
-            yield compare(f"{tag} image_from_w", g(w), data["image_from_w"], tol(data["image_from_w"]))
+            yield compare(f"{tag} image_from_w", render(g.styles(w)), data["image_from_w"], tol(data["image_from_w"]))
     styles = g.styles(t["wplus"])
     for i, s in enumerate(styles):
         key = f"style_{i:02d}"
@@ -104,7 +130,7 @@ def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, tor
     # one batched synthesis of the unedited and every edited style set, as the editor runs it
     sets = [styles] * (len(images) - len(edited)) + list(edited.values())
     batch = [torch.cat([ss[i] for ss in sets]) for i in range(len(styles))]
-    out = g.synthesize(batch).split(styles[0].shape[0])
+    out = render(batch).split(styles[0].shape[0])
     for (key, ref), ours in zip(images.items(), out, strict=True):
         yield compare(f"{tag} {key}", ours, ref, tol(ref))
 

@@ -6,11 +6,10 @@ exposes StyleSpace (Wu et al.): ``styles(wplus)`` gives the per-layer modulation
 ``synthesize(styles)`` renders from them, so an edit is arithmetic on ``s``.
 
 ``impl="ref"`` follows the reference computation (per-sample weights in a grouped convolution, reference ops).
-``impl="fast"`` computes the same function faster: without autograd on a CPU through ``CpuRenderer``
-(``pipeline/render/cpu.py``: folded weights, NNPACK, phase convolutions, reused buffers) and on a CUDA GPU
-through ``CudaRenderer`` (``pipeline/render/cuda.py``: half precision within the golden tolerance, CUDA
-graphs); with autograd (training) through the batched path of this module (the style scales the activations,
-one dense convolution for the whole batch, the fast ops of ``pipeline.models.ops``).
+``impl="fast"`` computes the same function as one batch (the style scales the activations, one dense
+convolution for the whole batch, the fast ops of ``pipeline.models.ops``); it is what training differentiates.
+Faster inference renderers (CPU, CUDA) live above this module, in the render layer (``pipeline/render/``):
+this file imports none of them and holds no state for them.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from torch import nn
 
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.models.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
-from pipeline.render.cpu import CpuRenderer, renders_on_cpu
-from pipeline.render.cuda import CudaRenderer, renders_on_cuda
 
 BLUR_TAPS = [1, 3, 3, 1]
 
@@ -212,10 +209,8 @@ class Generator(nn.Module):
     """rosinality's ``Generator`` (``g_ema``) with a style-space interface.
 
     ``channels`` (resolution → width, for 4 … ``size``) overrides ``channel_multiplier``: tiny development
-    models use it. ``impl`` selects the reference or the fast computation; it can be changed at any time.
-    ``impl="fast"`` renders through a ``CpuRenderer`` (``pipeline/render/cpu.py``) or a ``CudaRenderer``
-    (``pipeline/render/cuda.py``) when autograd is off, else through the batched path below (the style scales
-    the activations, one dense convolution for the whole batch, fast ops)."""
+    models use it. ``impl`` selects the reference or the batched fast computation; it can be changed at any
+    time. ``pipeline.render.renderer.Renderer`` renders it faster for inference."""
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
                  channels: dict[int, int] | None = None, impl: Impl = "fast"):
@@ -251,9 +246,6 @@ class Generator(nn.Module):
         self.n_latent = self.log_size * 2 - 2
         # not part of g_ema: the checkpoint's mean W, kept beside the weights (moves with .to())
         self.register_buffer("latent_avg", torch.zeros(0), persistent=False)
-        # the fast CPU path's snapshot of these weights, built on first use (see ``cpu_renderer``)
-        self._cpu_renderer: CpuRenderer | None = None
-        self._cuda_renderer: CudaRenderer | None = None
 
         # style space, in execution order: (name, module, W+ row)
         layers: list[tuple[str, ModulatedConv2d, int]] = [("conv1", self.conv1.conv, 0), ("to_rgb1", self.to_rgb1.conv, 1)]
@@ -302,33 +294,29 @@ class Generator(nn.Module):
             raise ValueError(f"wplus must be [B,{self.n_latent},{self.style_dim}], got {list(wplus.shape)}")
         return [conv.modulation(wplus[:, idx]) for _, conv, idx in self._style_layers]
 
-    def synthesize(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
-        """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``.
+    def synthesize(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None,
+                   impl: Impl | None = None) -> torch.Tensor:
+        """Style vectors (as from ``styles``, any batch size B) → image ``[B,3,size,size]``, computed as ``impl``
+        says (default: ``self.impl``).
 
         ``feature`` ``[B,C_r,r,r]`` (StyleFeatureEditor's injected feature) replaces the ``r``×``r`` block's
         output before the next block, as the reference's ``new_features`` does: the layers up to ``r`` still
         run on the styles (the RGB skip image up to ``r`` is the generator's own), the layers above run on
         the feature."""
-        self._check_styles(styles)
+        self.check_styles(styles)
         if feature is not None:
-            self._check_feature(feature, styles[0].shape[0])
-        if self.impl == "fast" and renders_on_cpu(styles):
-            return self.cpu_renderer().render(styles, feature)
-        if self.impl == "fast" and renders_on_cuda(styles):
-            return self.cuda_renderer().render(styles, feature)
-        return self._render(styles, self.impl, feature)
+            self.check_feature(feature, styles[0].shape[0])
+        return self._render(styles, self.impl if impl is None else check_impl(impl), feature)
 
-    def feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature(self, styles: list[torch.Tensor], resolution: int,
+                impl: Impl | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render only up to ``resolution``: that block's output ``[B,C_r,r,r]`` (what ``synthesize``'s
-        ``feature`` replaces; the reference's ``outs`` with ``early_stop``) and the RGB skip image ``[B,3,r,r]``.
-        Only the style vectors of the layers up to ``resolution`` are read (``feature_layers``)."""
+        ``feature`` replaces; the reference's ``outs`` with ``early_stop``) and the RGB skip image ``[B,3,r,r]``,
+        computed as ``impl`` says (default: ``self.impl``). Only the style vectors of the layers up to
+        ``resolution`` are read (``feature_layers``)."""
         styles = list(styles[:self.feature_layers(resolution)])
-        self._check_styles(styles, partial=True)
-        if self.impl == "fast" and renders_on_cpu(styles):
-            return self.cpu_renderer().render_feature(styles, resolution)
-        if self.impl == "fast" and renders_on_cuda(styles):
-            return self.cuda_renderer().render_feature(styles, resolution)
-        return self._render_feature(styles, self.impl, resolution)
+        self.check_styles(styles, partial=True)
+        return self._render_feature(styles, self.impl if impl is None else check_impl(impl), resolution)
 
     def feature_layers(self, resolution: int) -> int:
         """How many style layers (execution order) render up to ``resolution``: conv1, to_rgb1, then three per
@@ -338,14 +326,17 @@ class Generator(nn.Module):
                              f"got {resolution}")
         return 2 + 3 * (int(math.log2(resolution)) - 2)
 
-    def _check_styles(self, styles: list[torch.Tensor], partial: bool = False) -> None:
+    def check_styles(self, styles: list[torch.Tensor], partial: bool = False) -> None:
+        """``ValueError`` unless ``styles`` is one ``[B,C_i]`` vector per modulated layer (``partial``: per layer
+        of a prefix of them), all of one batch B."""
         if not partial and len(styles) != len(self._style_layers):
             raise ValueError(f"expected {len(self._style_layers)} style vectors, got {len(styles)}")
         for i, (s, dim) in enumerate(zip(styles, self.style_dims, strict=not partial)):
             if s.ndim != 2 or s.shape[1] != dim or s.shape[0] != styles[0].shape[0]:
                 raise ValueError(f"style {i} ({self.style_layer_names[i]}) must be [B,{dim}], got {list(s.shape)}")
 
-    def _check_feature(self, feature: torch.Tensor, batch: int) -> None:
+    def check_feature(self, feature: torch.Tensor, batch: int) -> None:
+        """``ValueError`` unless ``feature`` is ``[batch,C_r,r,r]`` for a block resolution ``r`` below the size."""
         resolution = feature.shape[-1]
         expected = [batch, self.channels.get(resolution), resolution, resolution]
         if list(feature.shape) != expected or resolution >= self.size:
@@ -377,43 +368,6 @@ class Generator(nn.Module):
             x = self.convs[2 * k + 1](x, s_conv, noise[2 * k + 2], impl)
             skip = to_rgb(x, s_rgb, skip, impl)
             yield 2 ** (k + 3), x, skip
-
-    # --- the fast CPU path's derived weights ---------------------------------------------------------------
-
-    def cpu_renderer(self) -> CpuRenderer:
-        """The ``CpuRenderer`` of the current weights: built on first use, rebuilt after ``weights_changed``."""
-        renderer = self._cpu_renderer
-        if renderer is None:
-            renderer = self._cpu_renderer = CpuRenderer.from_generator(self)
-        return renderer
-
-    def cuda_renderer(self, precision: str | None = None) -> CudaRenderer:
-        """The ``CudaRenderer`` of the current weights (and device): built on first use (which measures the
-        half-precision error; graphs are recorded as batch sizes come), rebuilt after ``weights_changed``, and
-        replaced when ``precision`` (``auto`` or a ``PRECISIONS`` name) is given."""
-        renderer = self._cuda_renderer
-        if renderer is None or precision is not None:
-            renderer = self._cuda_renderer = CudaRenderer.from_generator(self, precision)
-        return renderer
-
-    def weights_changed(self) -> None:
-        """Drop what the fast path derived from the weights. ``load_state_dict`` and ``.to()`` / ``.float()`` …
-        call it; whoever changes a parameter in place (an optimizer step, ``weight.mul_``) calls it too, or the
-        fast path keeps rendering the weights it copied."""
-        self._cpu_renderer = None
-        self._cuda_renderer = None
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.weights_changed()
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn, recurse=True):
-        self.weights_changed()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        # a copied or pickled generator builds its own renderer (and buffers) when it first needs one
-        return {**self.__dict__, "_cpu_renderer": None, "_cuda_renderer": None}
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ computes the same image differently, one sample at a time:
 
 A renderer is a snapshot: ``CpuRenderer.from_generator(g)`` copies what it needs from ``g``'s parameters and
 buffers into its own derived tensors, so changing ``g`` afterwards cannot corrupt it, only leave it rendering the
-old weights. ``Generator`` keeps one and drops it in ``weights_changed()`` (called by its loads and ``.to()``).
+old weights. The render layer (``pipeline/render/renderer.py``) keeps one per weights version and builds a new
+one when the weights change.
 """
 
 from __future__ import annotations
@@ -39,12 +40,6 @@ if TYPE_CHECKING:
 # NNPACK rather than as a transposed convolution plus blur: 4× the multiplications at ~3× the rate and no blur
 # pass; below it the transposed convolution is faster (measured on a 2-core AVX2 EPYC, see docs/BENCHMARKS.md).
 UPSAMPLE_PHASES_MIN_SIZE = 64
-
-
-def renders_on_cpu(styles: list[torch.Tensor]) -> bool:
-    """Whether ``CpuRenderer`` applies: styles on the CPU and autograd off (training and GPUs keep the
-    generator's own batched path)."""
-    return styles[0].device.type == "cpu" and not torch.is_grad_enabled()
 
 
 @dataclass(frozen=True)
@@ -105,16 +100,18 @@ class CpuRenderer:
     """Renders style vectors to images like ``Generator.synthesize``, on the CPU without autograd.
 
     Holds its own derived weights (built once by ``from_generator``) and the reusable activation buffers; a
-    lock serializes renders, since two renders must not share the buffers."""
+    lock serializes renders, since two renders must not share the buffers. ``nnpack_mode`` (``nnpack.MODES``)
+    routes the 3×3 convolutions."""
 
     def __init__(self, const: torch.Tensor, conv1: FoldedConv, rgb1: FoldedToRGB,
-                 blocks: list[tuple[FoldedConv, FoldedConv, FoldedToRGB]]):
+                 blocks: list[tuple[FoldedConv, FoldedConv, FoldedToRGB]], nnpack_mode: str = "direct"):
         self.const, self.conv1, self.rgb1, self.blocks = const, conv1, rgb1, blocks
+        self.nnpack_mode = nnpack.check_mode(nnpack_mode)
         self._buffers = Scratch()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_generator(cls, g: Generator) -> CpuRenderer:
+    def from_generator(cls, g: Generator, nnpack_mode: str = "direct") -> CpuRenderer:
         """Derive everything the renderer needs from ``g``'s current parameters and buffers (copies: later
         changes to ``g`` do not reach this renderer)."""
         # normal tensors even when built under inference mode (later renders may run outside it); no_grad
@@ -126,7 +123,7 @@ class CpuRenderer:
                        FoldedToRGB.of(to_rgb))
                       for k, to_rgb in enumerate(g.to_rgbs)]
             return cls(g.input.input.clone(), FoldedConv.of(g.conv1, noise[0], input_size=4),
-                       FoldedToRGB.of(g.to_rgb1), blocks)
+                       FoldedToRGB.of(g.to_rgb1), blocks, nnpack_mode)
 
     def render(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
         """Style vectors (``Generator.styles`` order, each ``[B,C_i]``) → images ``[B,3,size,size]``, one sample
@@ -137,7 +134,7 @@ class CpuRenderer:
         NNPACK's pool beside them, fewer threads than cores stay to share. Measured on the 2-core EPYC under
         other load (1-minute load average 3), paired against PyTorch's two threads: 0.61× the wall time and
         0.63× the CPU time per 1024² render; with it only from the first phase layer on, 0.92×."""
-        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread():
+        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread(self.nnpack_mode):
             images = []
             for i in range(styles[0].shape[0]):
                 injected = None if feature is None else feature[i:i + 1].float().contiguous()
@@ -148,7 +145,7 @@ class CpuRenderer:
     def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``Generator.feature``: the ``resolution`` block's output and the skip image there, rendering only the
         layers up to it (new tensors, out of the reused buffers)."""
-        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread():
+        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread(self.nnpack_mode):
             features, images = [], []
             for i in range(styles[0].shape[0]):
                 for res, x, image in self._blocks([s[i] for s in styles]):
@@ -172,7 +169,7 @@ class CpuRenderer:
     def _blocks(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None):
         """One sample, block by block: yields ``(resolution, features, skip image)``; the features live in a
         reused buffer, valid until the next step. Every layer reads one buffer and writes another."""
-        direct = nnpack.available()  # whether NNPACK can write into our buffers
+        direct = nnpack.available(self.nnpack_mode)  # whether NNPACK can write into our buffers
         x = self._conv(self.conv1, self.const, styles[0], direct)
         image = self._to_rgb(self.rgb1, x, styles[1], None).clone()  # the first skip image: out of the buffers
         yield 4, x, image
@@ -196,7 +193,8 @@ class CpuRenderer:
     def _conv(self, layer: FoldedConv, x: torch.Tensor, s: torch.Tensor, direct: bool) -> torch.Tensor:
         scale = (layer.demodulation(s)[:, None] * s[None, :])[:, :, None, None]  # [Cout,Cin,1,1]
         out = self._buffer("conv", (1, layer.weight.shape[0], *x.shape[2:]), x) if direct else None
-        out = conv2d_same(x, layer.weight * scale, layer.bias, out=out).add_(layer.noise)
+        out = conv2d_same(x, layer.weight * scale, layer.bias, out=out, nnpack_mode=self.nnpack_mode)
+        out = out.add_(layer.noise)
         return F.leaky_relu_(out, 0.2)
 
     def _upsampling_conv(self, layer: FoldedConv, x: torch.Tensor, s: torch.Tensor, direct: bool) -> torch.Tensor:
@@ -205,7 +203,7 @@ class CpuRenderer:
         if layer.kind == "phases":
             scale = (demod.repeat_interleave(4)[:, None] * s[None, :])[:, :, None, None]  # [4·Cout,Cin,1,1]
             out = self._buffer("phases", (1, layer.weight.shape[0], height, width), x) if direct else None
-            phases = conv2d_same(x, layer.weight * scale, layer.bias, out=out)
+            phases = conv2d_same(x, layer.weight * scale, layer.bias, out=out, nnpack_mode=self.nnpack_mode)
             upsampled = self._buffer("upsampled", (1, phases.shape[1] // 4, 2 * height, 2 * width), phases)
             out = pixel_shuffle_add(phases, layer.noise, out=upsampled)
         else:

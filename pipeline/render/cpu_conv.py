@@ -1,6 +1,6 @@
 """The dense convolutions of the CPU renderer (``pipeline/render/cpu.py``), for inference only.
 
-``conv2d_same`` sends large 3×3 convolutions to NNPACK's Winograd (switched by ``FACEEDIT_NNPACK``, see
+``conv2d_same`` sends large 3×3 convolutions to NNPACK's Winograd (its ``nnpack`` mode, see
 ``pipeline.render.nnpack``); ``upsample_conv_phases`` turns a transposed convolution plus blur into four stride-1
 convolutions on the input grid, ``upsample_fir_phases`` does the same for a FIR upsampling, and
 ``pixel_shuffle_add`` interleaves the phases while adding. The phase kernels are read off the reference ops'
@@ -21,20 +21,21 @@ NNPACK_MIN_SIZE = 32
 
 
 def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, nnpack_mode: str = "direct") -> torch.Tensor:
     """A stride-1 convolution with "same" padding for an odd square kernel, for inference; returns ``out``
     when it could write there (one image through NNPACK), else a new tensor.
 
     PyTorch routes batch-1 convolutions to oneDNN's direct algorithm; NNPACK's Winograd transform does a 3×3
     convolution with ~3× fewer multiplications, so large batch-1 feature maps go there (PyTorch only picks
     NNPACK itself for batches of 16 and more). Same function, results within float32 rounding of Winograd.
-    ``FACEEDIT_NNPACK=off`` leaves every convolution to PyTorch's default; ``torch`` never writes into ``out``."""
+    ``nnpack_mode`` (``nnpack.MODES``): ``off`` leaves every convolution to PyTorch's default; ``torch`` never
+    writes into ``out``."""
     k = weight.shape[-1]
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and k == 3 and min(x.shape[-2:]) >= NNPACK_MIN_SIZE
-            and not torch.is_grad_enabled() and nnpack.mode() != "off" and nnpack.in_pytorch()):
+    if (nnpack.check_mode(nnpack_mode) != "off" and x.device.type == "cpu" and x.dtype == torch.float32 and k == 3
+            and min(x.shape[-2:]) >= NNPACK_MIN_SIZE and not torch.is_grad_enabled() and nnpack.in_pytorch()):
         x, weight = x.contiguous(), weight.contiguous()
         bias = x.new_zeros(weight.shape[0]) if bias is None else bias.contiguous()
-        if out is not None and nnpack.conv3x3_into(x, weight, bias, out):
+        if out is not None and nnpack_mode == "direct" and nnpack.conv3x3_into(x, weight, bias, out):
             return out
         return torch._nnpack_spatial_convolution(x, weight, bias, [k // 2, k // 2])
     return F.conv2d(x, weight, bias, padding=k // 2)

@@ -14,18 +14,17 @@ Measured on an H200 (docs/BENCHMARKS.md): graphs take a batch-1 render from 9.2 
 layout stays NCHW.
 
 It is a snapshot, like ``CpuRenderer``: ``CudaRenderer.from_generator(g)`` copies ``g`` in the chosen dtype, so
-changing ``g`` afterwards leaves it rendering the old weights; ``Generator.weights_changed()`` drops it.
+changing ``g`` afterwards leaves it rendering the old weights; the render layer (``pipeline/render/renderer.py``)
+builds a new one when the weights version moves.
 
-``FACEEDIT_CUDA_PRECISION`` (``auto`` default, ``float16``, ``bfloat16``, ``tf32``, ``float32``) and
-``FACEEDIT_CUDA_GRAPHS`` (``1`` default, ``0`` renders eagerly) are read when a renderer is built; the pipeline
-reads no service settings.
+The precision (``auto`` or one of ``PRECISIONS``) and whether to record graphs are arguments
+(``RenderConfig.cuda_precision`` and ``cuda_graphs``, from the ``RENDER_CUDA_*`` settings).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRECISION_ENV, GRAPHS_ENV = "FACEEDIT_CUDA_PRECISION", "FACEEDIT_CUDA_GRAPHS"
 # Cheapest first. "tf32": float32 tensors, convolutions on the tensor cores with 10-bit mantissas (cuDNN's default
 # on Ampere and later); "float32": TF32 off, the exact reference.
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {"float16": (torch.float16, False), "bfloat16": (torch.bfloat16, False),
@@ -52,28 +50,6 @@ HALF_PRECISION_TOL = 2e-3
 # transposed convolution's output alone is 8.6 GB in float32, so larger graphs would hold tens of GB for no gain
 # (an H200 renders ~210 images/s at batch 8 and at 64 alike).
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
-
-
-def renders_on_cuda(styles: list[torch.Tensor]) -> bool:
-    """Whether ``CudaRenderer`` applies: styles on a CUDA device and autograd off (training keeps the
-    generator's own path)."""
-    return styles[0].device.type == "cuda" and not torch.is_grad_enabled()
-
-
-def configured_precision() -> str:
-    """``FACEEDIT_CUDA_PRECISION`` (``auto`` when unset); anything else is a ``ValueError`` naming the choices."""
-    value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
-    if value != "auto" and value not in PRECISIONS:
-        raise ValueError(f"{PRECISION_ENV}={value!r}: expected auto or one of {', '.join(PRECISIONS)}")
-    return value
-
-
-def graphs_enabled() -> bool:
-    """``FACEEDIT_CUDA_GRAPHS``: ``1`` (default) records and replays graphs, ``0`` renders eagerly."""
-    value = os.environ.get(GRAPHS_ENV, "").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"{GRAPHS_ENV}={value!r}: expected 1 (CUDA graphs) or 0 (eager)")
-    return value == "1"
 
 
 def probe_styles(generator: Generator, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -98,7 +74,7 @@ def render_in(generator: Generator, styles: list[torch.Tensor], precision: str) 
     dtype), as float32."""
     dtype = PRECISIONS[precision][0]
     with torch.no_grad(), precision_flags(precision):
-        return generator._render([s.to(dtype) for s in styles], "fast").float()
+        return generator.synthesize([s.to(dtype) for s in styles], impl="fast").float()
 
 
 def precision_errors(generator: Generator, styles: list[torch.Tensor]) -> dict[str, float]:
@@ -152,15 +128,16 @@ class CudaRenderer:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_generator(cls, generator: Generator, precision: str | None = None) -> CudaRenderer:
-        """A renderer for ``generator``'s current weights in ``precision`` (``auto`` chooses; default:
-        ``FACEEDIT_CUDA_PRECISION``), with graphs as ``FACEEDIT_CUDA_GRAPHS`` says (only on a CUDA device)."""
-        choice, graphs = precision or configured_precision(), graphs_enabled()
-        precision, errors = choose_precision(generator) if choice == "auto" else (choice, {})
+    def from_generator(cls, generator: Generator, precision: str = "auto", graphs: bool = True) -> CudaRenderer:
+        """A renderer for ``generator``'s current weights in ``precision`` (``auto``: the cheapest within the
+        golden tolerance, measured now), replaying CUDA graphs when ``graphs`` (only on a CUDA device)."""
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision, errors = choose_precision(generator) if precision == "auto" else (precision, {})
         graphs = graphs and generator.input.input.device.type == "cuda"
         log.info("generator renders in %s (%s), CUDA graphs %s", precision,
                  f"chosen: image error vs float32 {errors}, tolerance {HALF_PRECISION_TOL}" if errors
-                 else f"set by {PRECISION_ENV}", "on" if graphs else "off")
+                 else "as configured", "on" if graphs else "off")
         return cls(generator, precision, graphs=graphs, errors=errors)
 
     def render(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,14 +145,14 @@ class CudaRenderer:
         ``Generator.synthesize``) → float32 image ``[B, 3, size, size]`` (a new tensor, the caller's)."""
         inputs = [*styles, feature] if feature is not None else list(styles)
         key = ("image", None if feature is None else feature.shape[-1])
-        (image,) = self._run(key, inputs, lambda args: (self._model._render(
-            args[:len(styles)], "fast", args[len(styles)] if feature is not None else None),))
+        (image,) = self._run(key, inputs, lambda args: (self._model.synthesize(
+            args[:len(styles)], args[len(styles)] if feature is not None else None, impl="fast"),))
         return image
 
     def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``Generator.feature``: the ``resolution`` block's output and skip image, as float32 (new tensors)."""
         feature, skip = self._run(("feature", resolution), list(styles),
-                                  lambda args: self._model._render_feature(args, "fast", resolution))
+                                  lambda args: self._model.feature(args, resolution, impl="fast"))
         return feature, skip
 
     def _run(self, key: tuple, inputs: list[torch.Tensor], fn) -> tuple[torch.Tensor, ...]:

@@ -12,8 +12,9 @@ this process against ``torch._nnpack_spatial_convolution`` (the same library and
 verdict is kept for the process. Missing symbols, a failed or crashed check, or any non-success status and
 ``available()`` is False: callers fall back to PyTorch's own calls, which compute the same function.
 
-``FACEEDIT_NNPACK`` (environment, read on each use) chooses: ``direct`` (default) this call; ``torch`` only
-PyTorch's own NNPACK call (fresh outputs, no ctypes); ``off`` no NNPACK at all (PyTorch's default convolution).
+The caller chooses among ``MODES`` (``RenderConfig.nnpack``, from the ``RENDER_NNPACK`` setting): ``direct``
+(default) this call; ``torch`` only PyTorch's own NNPACK call (fresh outputs, no ctypes); ``off`` no NNPACK at
+all (PyTorch's default convolution).
 
 NNPACK's pool workers spin-wait for the next call after each one (pthreadpool), and PyTorch's OpenMP workers
 spin at the end of each parallel loop: on two cores, the passes between two convolutions then share the cores
@@ -38,10 +39,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.render.config import NNPACK_MODES as MODES
+
 log = logging.getLogger(__name__)
 
-ENV = "FACEEDIT_NNPACK"
-MODES = ("direct", "torch", "off")
 # the child imports torch from scratch: seconds on an idle machine, far more on a loaded one
 CHECK_TIMEOUT_S = 180.0
 
@@ -121,12 +122,11 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         return call(base + (-base % 64), size)
 
 
-def mode() -> str:
-    """``FACEEDIT_NNPACK``: ``direct`` (default), ``torch`` or ``off``; anything else is a ``ValueError``."""
-    value = os.environ.get(ENV, "").strip().lower() or "direct"
-    if value not in MODES:
-        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
-    return value
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of ``MODES``, else a ``ValueError`` naming them."""
+    if mode not in MODES:
+        raise ValueError(f"NNPACK mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
 
 
 @functools.cache
@@ -195,13 +195,13 @@ def verdict() -> Verdict:
             result = check_here()
     if not result.ok:
         log.warning("NNPACK's direct call is not used (%s); convolutions go through PyTorch's own call "
-                    "(%s=torch silences this check)", result.reason, ENV)
+                    "(the render option nnpack=torch silences this check)", result.reason)
     return result
 
 
-def available() -> bool:
-    """Whether the direct call is chosen (``FACEEDIT_NNPACK=direct``, the default) and works in this process."""
-    return mode() == "direct" and verdict().ok
+def available(mode: str = "direct") -> bool:
+    """Whether the direct call is chosen (``mode`` is ``direct``, the default) and works in this process."""
+    return check_mode(mode) == "direct" and verdict().ok
 
 
 @functools.cache
@@ -226,13 +226,13 @@ def _openmp() -> ctypes.CDLL | None:
 
 
 @contextlib.contextmanager
-def torch_ops_on_this_thread() -> Iterator[None]:
+def torch_ops_on_this_thread(mode: str = "direct") -> Iterator[None]:
     """Within: PyTorch's parallel CPU ops started from this thread run on it alone, while NNPACK's direct calls
     keep their own pool (sized before, from ``torch.get_num_threads()``). Other threads are unaffected: the
     OpenMP team size is per thread. Does nothing when the direct call is not in use (every convolution is then
     PyTorch's and needs its threads) or the OpenMP runtime is not the one found beside ``libtorch_cpu``."""
     lib = _library()
-    omp = _openmp() if lib is not None and available() else None
+    omp = _openmp() if lib is not None and available(mode) else None
     if omp is None:
         yield
         return
@@ -248,8 +248,7 @@ def torch_ops_on_this_thread() -> Iterator[None]:
 
 def conv3x3_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> bool:
     """``out ← conv2d(x, weight, bias, padding=1)`` for one float32 CPU image; False (``out`` untouched or
-    partly written) when the direct call does not apply, is switched off or fails, so that the caller computes
-    it otherwise."""
+    partly written) when the direct call does not apply or fails, so that the caller computes it otherwise."""
     lib = _library()
     cout, cin = weight.shape[:2]
     if (lib is None or x.dtype != torch.float32 or x.device.type != "cpu"

@@ -1,16 +1,19 @@
 """The worker's Editor holder: an explicit MODEL_DIR without a bundle fails typed, and is retried per job; a
-read-only bundle still serves new text pairs (caches go to CACHE_DIR)."""
+read-only bundle still serves new text pairs (caches go to CACHE_DIR); the Editor renders as the RENDER_*
+settings say."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from common.settings import Settings
 from pipeline import PipelineError
-from worker.runtime import Runtime
+from pipeline.render.config import CUDA_PRECISIONS, NNPACK_MODES, RenderConfig
+from worker.runtime import Runtime, render_config
 
 
 def test_missing_bundle_fails_typed_then_loads_once_it_appears(dev_bundle, tmp_path):
@@ -25,6 +28,7 @@ def test_missing_bundle_fails_typed_then_loads_once_it_appears(dev_bundle, tmp_p
     shutil.copytree(dev_bundle, model_dir, dirs_exist_ok=True)  # e.g. `make download-models` while running
     editor = runtime.editor()
     assert editor.bundle.dir == model_dir and editor.is_dev
+    assert editor.render_config == RenderConfig()  # the settings' defaults are the render layer's
     assert runtime.editor() is editor  # unchanged manifest: the same Editor, models loaded once
 
 
@@ -53,3 +57,18 @@ def test_a_read_only_bundle_still_edits_new_text_pairs(dev_bundle, tmp_path, cap
     assert run_edit(runtime, edit_id) == "succeeded", caplog.text[-3000:]
     assert len(list((tmp_path / "cache" / "directions").glob("*.npy"))) == 1  # cached where it can be
     assert (bundle / "cache").is_file()  # the bundle untouched
+
+
+def test_the_render_settings_are_the_render_layers_choices(monkeypatch):
+    """RENDER_NNPACK / RENDER_CUDA_PRECISION / RENDER_CUDA_GRAPHS reach the Editor's RenderConfig; the settings
+    offer exactly the choices the render layer takes, with the same defaults."""
+    fields = Settings.model_fields
+    assert get_args(fields["render_nnpack"].annotation) == NNPACK_MODES
+    assert get_args(fields["render_cuda_precision"].annotation) == CUDA_PRECISIONS
+    defaults = RenderConfig()
+    assert (fields["render_nnpack"].default, fields["render_cuda_precision"].default,
+            fields["render_cuda_graphs"].default) == (defaults.nnpack, defaults.cuda_precision, defaults.cuda_graphs)
+    monkeypatch.setenv("RENDER_NNPACK", "torch")
+    monkeypatch.setenv("RENDER_CUDA_PRECISION", "tf32")
+    monkeypatch.setenv("RENDER_CUDA_GRAPHS", "false")
+    assert render_config(Settings()) == RenderConfig("torch", "tf32", False)

@@ -321,8 +321,8 @@ class _Session:
         target = _pixels(align_crop(load_photo(raw), inversion.quad, CROP), self.device)
         with torch.no_grad():
             codes = torch.from_numpy(inversion.codes.copy())[None].to(self.device)
-            rebuilt = _at_crop(models.generator(codes))
-            average = _at_crop(models.generator(_mean_w(models.generator, self.device)))
+            rebuilt = _at_crop(models.renderer(codes))
+            average = _at_crop(models.renderer(_mean_w(models.generator, self.device)))
             mse, average_mse = float(F.mse_loss(rebuilt, target)), float(F.mse_loss(average, target))
             identity = None
             if models.identity is not None:

@@ -250,7 +250,7 @@ def test_one_change_of_weight_one_renders_exactly_todays_edit(dev_editor, invers
     with torch.no_grad():
         dt = dev_editor._directions.get(m.clip, "a face", "a smiling face")
         direction = style_direction(m.fs3, dt, 0.15, m.style_std, g.style_dims, g.style_is_torgb)
-        faces = g.synthesize(apply(g.styles(torch.from_numpy(inversion.codes.copy())[None]), direction, alphas))
+        faces = m.renderer.render(apply(g.styles(torch.from_numpy(inversion.codes.copy())[None]), direction, alphas))
     before = paste_back_many(load_photo(face_bytes), [Image.fromarray(f) for f in to_uint8(faces)], inversion.quad)
     outputs = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face", 1.0)], alphas)
     edited = dev_editor.edit(inversion, "a face", "a smiling face", alphas)
@@ -348,8 +348,7 @@ def test_warm_up_renders_once_so_the_first_job_pays_no_setup(dev_bundle, tmp_pat
     editor = Editor(dev_bundle, directions_dir=tmp_path)
     assert editor._models is None
     seconds = editor.warm_up()
-    g = editor.models.generator
-    assert seconds > 0 and g._cpu_renderer is not None  # the CPU renderer's derived weights are built
-    renderer = g._cpu_renderer
+    snapshots = editor.models.renderer.snapshots()
+    assert seconds > 0 and "cpu" in snapshots  # the CPU renderer's derived weights are built
     editor.warm_up()
-    assert g._cpu_renderer is renderer  # built once
+    assert editor.models.renderer.snapshots()["cpu"] is snapshots["cpu"]  # built once

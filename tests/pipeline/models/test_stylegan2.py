@@ -1,24 +1,19 @@
-"""The generator: both impls agree (the reference, the batched path and the CPU renderer), style space
-round-trips, checkpoints round-trip and bad ones are refused, and the golden fixtures (256 by default, 1024
-marked slow) match the reference implementation."""
+"""The generator: both impls agree (the reference and the batched path), style space round-trips, checkpoints
+round-trip and bad ones are refused, and the golden fixtures (256 by default, 1024 marked slow) match the
+reference implementation on every render path (the fast renderers: tests/pipeline/render/test_renderer.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.render import nnpack
-from pipeline.render.cpu_conv import NNPACK_MIN_SIZE
 from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
 from pipeline.golden import Fixture
 from pipeline.golden import stylegan2 as golden
 from pipeline.models.stylegan2 import Generator, load_generator, save_generator
-from pipeline.render.cpu import UPSAMPLE_PHASES_MIN_SIZE, CpuRenderer
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[4] / "shared" / "golden"))
 needs_golden = pytest.mark.skipif(not (GOLDEN / "meta.json").is_file(), reason=f"no golden fixture at {GOLDEN}")
@@ -77,89 +72,6 @@ def test_fast_equals_ref(tiny):
         out[impl] = (tiny(wplus), tiny(wplus[:1]), tiny.mapping(wplus[:, 0]))
     for fast, ref in zip(out["fast"], out["ref"], strict=False):
         assert rel_err(fast, ref) < 1e-5
-
-
-@pytest.fixture(scope="module")
-def wide() -> Generator:
-    """Big enough for every branch of the fast path: NNPACK convolutions (≥32²) and phase upsampling (≥64²)."""
-    torch.manual_seed(1)
-    g = Generator(128, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 12, 64: 8, 128: 8}).eval()
-    assert 128 // 2 >= UPSAMPLE_PHASES_MIN_SIZE >= NNPACK_MIN_SIZE
-    with torch.no_grad():
-        for conv in [g.conv1, *g.convs]:
-            conv.noise.weight.fill_(0.3)
-            conv.activate.bias.normal_(0, 0.1)
-    return g
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_folded_cpu_path_equals_ref(wide, batch):
-    wplus = wplus_for(wide, batch, seed=7).detach()
-    wide.impl = "ref"
-    with torch.inference_mode():
-        ref = wide(wplus)
-        standalone = CpuRenderer.from_generator(wide).render(wide.styles(wplus))
-    wide.impl = "fast"
-    with torch.inference_mode():
-        folded = wide(wplus)
-    unfolded = wide(wplus)  # autograd on: the batched shared-weight / grouped path
-    assert rel_err(folded, ref) < 1e-5 and rel_err(unfolded.detach(), ref) < 1e-5
-    assert torch.equal(standalone, folded)
-
-
-def test_a_render_on_the_calling_thread_alone_is_bit_identical(wide, monkeypatch):
-    """``CpuRenderer.render`` keeps PyTorch's ops on its thread (``nnpack.torch_ops_on_this_thread``): the same
-    numbers as with PyTorch's threads."""
-    styles = wide.styles(wplus_for(wide, 1, seed=13).detach())
-    renderer = CpuRenderer.from_generator(wide)
-    with torch.inference_mode():
-        alone = renderer.render(styles)
-        monkeypatch.setattr(nnpack, "torch_ops_on_this_thread", contextlib.nullcontext)
-        shared = renderer.render(styles)
-    assert torch.equal(alone, shared)
-
-
-@pytest.mark.parametrize("mode", ["torch", "off"])
-def test_renders_with_the_direct_nnpack_call_switched_off(wide, mode, monkeypatch):
-    """``FACEEDIT_NNPACK=torch|off``: the same image, without the ctypes call (and for ``off`` without NNPACK)."""
-    wplus = wplus_for(wide, 2, seed=12).detach()
-    wide.impl = "ref"
-    with torch.inference_mode():
-        ref = wide(wplus)
-    monkeypatch.setenv(nnpack.ENV, mode)
-    assert not nnpack.available()
-    g = copy.deepcopy(wide)  # a renderer and buffers of its own
-    g.impl = "fast"
-    with torch.inference_mode():
-        assert rel_err(g(wplus), ref) < 1e-5
-    assert g.cpu_renderer().buffer_bytes() > 0  # it did take the CPU renderer's path
-
-
-def test_the_renderer_is_a_snapshot_rebuilt_when_the_weights_change(wide):
-    """The CPU renderer copies what it derives from the weights: an in-place update reaches it through
-    ``weights_changed()``; loads and ``.to()`` call that themselves."""
-    g = copy.deepcopy(wide)
-    g.impl = "fast"
-    wplus = wplus_for(g, 1, seed=8).detach()
-    layer = g.convs[8].conv  # an upsampling layer on the phase path
-    with torch.inference_mode():
-        before = g(wplus)
-    with torch.no_grad():
-        layer.weight.mul_(1.5).add_(0.1)
-    with torch.inference_mode():
-        assert torch.equal(g(wplus), before)  # the snapshot: unchanged, not half-updated
-    g.weights_changed()
-    with torch.inference_mode():
-        after = g(wplus)
-    g.impl = "ref"
-    with torch.inference_mode():
-        assert rel_err(after, g(wplus)) < 1e-5 and rel_err(after, before) > 1e-3
-        g.load_state_dict(wide.state_dict())
-        g.impl = "fast"
-        assert rel_err(g(wplus), before) < 1e-6
-    renderer = g.cpu_renderer()
-    assert g.to("cpu").cpu_renderer() is not renderer
-    assert copy.deepcopy(g).cpu_renderer() is not renderer
 
 
 @torch.inference_mode()
@@ -257,28 +169,3 @@ def test_golden_256(assert_golden):
 @pytest.mark.slow
 def test_golden_1024(assert_golden):
     run_golden(assert_golden, "stylegan2_1024")
-
-
-@torch.inference_mode()
-def test_what_synthesize_returns_outlives_the_next_render(wide):
-    """The folded path reuses buffers between renders; none of them may be what the caller gets back."""
-    wide.impl = "fast"
-    styles = [wide.styles(wplus_for(wide, 1, seed=seed)) for seed in (9, 10)]
-    first = wide.synthesize(styles[0])
-    kept = first.clone()
-    second = wide.synthesize(styles[1])
-    assert torch.equal(first, kept) and rel_err(first, second) > 1e-2
-    assert wide.cpu_renderer().buffer_bytes() > 0
-
-
-def test_renders_in_and_out_of_inference_mode_share_the_buffers(wide):
-    """The worker renders under inference mode, the golden runner and tools under no_grad: either may come first."""
-    g = copy.deepcopy(wide)
-    g.impl = "fast"
-    wplus = wplus_for(g, 1, seed=11).detach()
-    with torch.inference_mode():
-        first = g(wplus)
-    with torch.no_grad():
-        assert torch.equal(g(wplus), first)
-    with torch.inference_mode():
-        assert torch.equal(g(wplus), first)

@@ -1,5 +1,5 @@
 """The direct NNPACK call: bit-identical to PyTorch's own, refuses what it cannot do, survives a fork, checks
-itself in a child process (a crash there is a fallback here), obeys ``FACEEDIT_NNPACK``, keeps PyTorch's ops on
+itself in a child process (a crash there is a fallback here), obeys its mode (``RenderConfig.nnpack``), keeps PyTorch's ops on
 the calling thread when asked; and the scratch buffers grow and are reused."""
 
 from __future__ import annotations
@@ -132,24 +132,23 @@ def test_a_failed_check_falls_back_to_pytorchs_call(failed_check):
 
 @torch.inference_mode()
 @pytest.mark.parametrize("mode", ["direct", "torch", "off"])
-def test_the_switch(mode, monkeypatch):
+def test_the_switch(mode):
     """``direct`` writes into the caller's buffer, ``torch`` is PyTorch's NNPACK call, ``off`` PyTorch's default."""
-    monkeypatch.setenv(nnpack.ENV, mode.upper() if mode == "off" else mode)  # case does not matter
     x, weight, bias = conv_case(4, hw=(NNPACK_MIN_SIZE + 3, NNPACK_MIN_SIZE))
     out = torch.zeros(1, 9, *x.shape[2:])
-    result = conv2d_same(x, weight, bias, out=out)
-    assert (result.data_ptr() == out.data_ptr()) == (mode == "direct") == nnpack.available()
+    result = conv2d_same(x, weight, bias, out=out, nnpack_mode=mode)
+    assert (result.data_ptr() == out.data_ptr()) == (mode == "direct") == nnpack.available(mode)
     expected = F.conv2d(x, weight, bias, padding=1) if mode == "off" else \
         torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])
     assert torch.equal(result, expected)
 
 
-def test_an_unknown_switch_value_is_refused(monkeypatch):
-    monkeypatch.setenv(nnpack.ENV, "fast")
-    with pytest.raises(ValueError, match="FACEEDIT_NNPACK='fast'"):
-        nnpack.mode()
-    monkeypatch.setenv(nnpack.ENV, "")
-    assert nnpack.mode() == "direct"
+def test_an_unknown_switch_value_is_refused():
+    with pytest.raises(ValueError, match="'fast': expected one of direct, torch, off"):
+        nnpack.available("fast")
+    x, weight, bias = conv_case(4, hw=(NNPACK_MIN_SIZE, NNPACK_MIN_SIZE))
+    with pytest.raises(ValueError, match="'fast'"):
+        conv2d_same(x, weight, bias, nnpack_mode="fast")
 
 
 def test_torch_ops_run_on_the_calling_thread_alone_within(monkeypatch):
@@ -180,9 +179,8 @@ def test_torch_ops_run_on_the_calling_thread_alone_within(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["torch", "off"])
-def test_without_the_direct_call_torch_keeps_its_threads(mode, monkeypatch):
+def test_without_the_direct_call_torch_keeps_its_threads(mode):
     """PyTorch's convolutions (``torch``: its NNPACK on its own pool; ``off``: oneDNN) need its threads."""
-    monkeypatch.setenv(nnpack.ENV, mode)
     threads = torch.get_num_threads()
-    with nnpack.torch_ops_on_this_thread():
+    with nnpack.torch_ops_on_this_thread(mode):
         assert torch.get_num_threads() == threads

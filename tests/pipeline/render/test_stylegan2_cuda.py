@@ -1,5 +1,5 @@
-"""The CUDA renderer's device-independent parts, on the CPU: settings, the precision choice, the eager render and
-its snapshot semantics, and the generator's bookkeeping. CUDA graphs themselves need a GPU: they are checked by
+"""The CUDA renderer's device-independent parts, on the CPU: the precision choice, the eager render and its
+snapshot semantics, and the render layer's bookkeeping. CUDA graphs themselves need a GPU: they are checked by
 ``python -m pipeline verify-golden DIR --device cuda`` (``pipeline/golden/stylegan2.py``'s CUDA variants) and
 measured by ``python -m bench --device cuda`` (docs/BENCHMARKS.md)."""
 
@@ -7,23 +7,15 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 
 import pytest
 import torch
 
-from pipeline.golden.stylegan2 import variants
+from pipeline.golden.stylegan2 import Variant, variants
 from pipeline.models.stylegan2 import Generator
-from pipeline.render.cuda import (
-    GRAPHS_ENV,
-    PRECISION_ENV,
-    CudaRenderer,
-    choose_precision,
-    configured_precision,
-    graphs_enabled,
-    probe_styles,
-    renders_on_cuda,
-)
+from pipeline.render.config import RenderConfig
+from pipeline.render.cuda import CudaRenderer, choose_precision, probe_styles
+from pipeline.render.renderer import Renderer
 
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16, 64: 8}
 
@@ -32,21 +24,6 @@ CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16, 64: 8}
 def generator() -> Generator:
     torch.manual_seed(3)
     return Generator(64, 64, 2, channels=CHANNELS).eval()
-
-
-def test_settings_default_and_refuse_unknown_values(monkeypatch):
-    monkeypatch.delenv(PRECISION_ENV, raising=False)
-    monkeypatch.delenv(GRAPHS_ENV, raising=False)
-    assert configured_precision() == "auto" and graphs_enabled()
-    monkeypatch.setenv(PRECISION_ENV, " TF32 ")
-    monkeypatch.setenv(GRAPHS_ENV, "0")
-    assert configured_precision() == "tf32" and not graphs_enabled()
-    monkeypatch.setenv(PRECISION_ENV, "fp8")
-    with pytest.raises(ValueError, match="FACEEDIT_CUDA_PRECISION='fp8'"):
-        configured_precision()
-    monkeypatch.setenv(GRAPHS_ENV, "yes")
-    with pytest.raises(ValueError, match="FACEEDIT_CUDA_GRAPHS"):
-        graphs_enabled()
 
 
 def test_precision_choice_follows_the_tolerance(generator):
@@ -72,7 +49,7 @@ def test_eager_render_is_the_generator_function_and_a_snapshot(generator):
     styles = probe_styles(generator, batch=3)
     renderer = CudaRenderer(generator, "float32", graphs=False)
     with torch.no_grad():
-        expected = generator._render(styles, "fast")
+        expected = generator.synthesize(styles, impl="fast")
         ours = renderer.render(styles)
         assert ours.dtype == torch.float32 and torch.equal(ours, expected)
         assert ours.data_ptr() != renderer.render(styles).data_ptr()  # each call hands out its own tensor
@@ -86,7 +63,7 @@ def test_eager_render_is_the_generator_function_and_a_snapshot(generator):
 def test_half_precision_render_stays_near_float32(generator):
     styles = probe_styles(generator)
     with torch.no_grad():
-        reference = generator._render(styles, "fast")
+        reference = generator.synthesize(styles, impl="fast")
         half = CudaRenderer(generator, "bfloat16", graphs=False).render(styles)
     assert half.dtype == torch.float32
     assert float((half - reference).abs().max() / reference.abs().max()) < 0.05
@@ -95,29 +72,25 @@ def test_half_precision_render_stays_near_float32(generator):
 def test_unknown_precision_is_refused(generator):
     with pytest.raises(ValueError, match="precision must be one of"):
         CudaRenderer(generator, "int8", graphs=False)
+    with pytest.raises(ValueError, match="precision must be auto or one of"):
+        CudaRenderer.from_generator(generator, "fp8")
 
 
-def test_generator_drops_its_cuda_renderer_when_weights_change(generator, monkeypatch):
+def test_the_render_layer_rebuilds_its_cuda_renderer_when_weights_change(generator):
+    """Its snapshot is keyed by the weights' version: the same renderer while they stay, a new one after a
+    load or ``.to()``; the precision and graphs are the config's."""
     g = copy.deepcopy(generator)
-    monkeypatch.setenv(PRECISION_ENV, "float32")
-    renderer = g.cuda_renderer()
-    assert renderer is g.cuda_renderer() and not renderer.graphs  # graphs only on a CUDA device
-    assert g.cuda_renderer("bfloat16").precision == "bfloat16"  # an explicit precision replaces it
-    for change in (lambda: g.load_state_dict(g.state_dict()), lambda: g.to(torch.float32)):
-        g.cuda_renderer()
+    layer = Renderer(g, RenderConfig(cuda_precision="bfloat16", cuda_graphs=False))
+    renderer = layer.cuda()
+    assert renderer is layer.cuda() and renderer.precision == "bfloat16" and not renderer.graphs
+    assert not Renderer(g, RenderConfig(cuda_precision="float32")).cuda().graphs  # graphs only on a CUDA device
+    for change in (lambda: g.load_state_dict(g.state_dict()), lambda: g.double().float()):
+        held = layer.cuda()
         change()
-        assert g._cuda_renderer is None
-    g.cuda_renderer()
-    assert pickle.loads(pickle.dumps(g))._cuda_renderer is None
-    assert copy.deepcopy(g)._cuda_renderer is None
+        assert layer.cuda() is not held
 
 
-def test_renders_on_cuda_only_for_cuda_styles_without_autograd():
-    assert not renders_on_cuda([torch.zeros(1, 4)])
-    with torch.no_grad():
-        assert not renders_on_cuda([torch.zeros(1, 4)])
-
-
-def test_golden_checks_the_cuda_renderer_in_both_precisions():
-    assert variants(torch.device("cpu")) == [("ref", None), ("fast", None)]
-    assert variants(torch.device("cuda")) == [("ref", None), ("fast", "float32"), ("fast", "auto")]
+def test_golden_checks_every_render_path():
+    assert variants(torch.device("cpu")) == [Variant("reference"), Variant("batched"), Variant("cpu")]
+    assert variants(torch.device("cuda")) == [Variant("reference"), Variant("batched"), Variant("cuda", "float32"),
+                                              Variant("cuda", "auto")]
