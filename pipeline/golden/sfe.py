@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 
 from pipeline.golden import Check, Fixture, compare, exact, fill_value, seeded_randn
-from pipeline.golden.stylegan2 import reference_precision, variants
+from pipeline.golden.stylegan2 import Variant, reference_precision, render_functions, variants
 from pipeline.models.e4e import E4E, Encoder4Editing
 from pipeline.models.e4e import PREFIX as E4E_PREFIX
 from pipeline.models.e4e import infer_config as e4e_config
 from pipeline.models.sfe import SFE, feature_delta, inverter_input
 from pipeline.models.sfe import infer_config as sfe_config
 from pipeline.models.stylegan2 import Generator, load_state
+from pipeline.render.cuda import HALF_PRECISION_TOL
 
 NPZ = "sfe"
 SFE_LAYOUT, GENERATOR_LAYOUT, E4E_LAYOUT = "sfe_editor_light", "stylegan2_1024", "e4e_ffhq_encode"
@@ -81,12 +82,12 @@ def checks(fixture: Fixture) -> Iterator[Check]:
     delta = t["edit_delta"].split(generator.style_dims)
     codes = _Codes(styles, [s + d for s, d in zip(styles, delta, strict=True)], e4e_styles,
                    [s + d for s, d in zip(e4e_styles, delta, strict=True)], predicted)
-    # the fast renderers do not inject features yet (Renderer.render hands a feature to the model's own path),
-    # so the model's two paths are every render path a feature takes
+    # the reference and the device's fast renderers (the model's batched path is held to the reference by the
+    # generator's own golden checks and by tests/pipeline/models/test_sfe.py)
     for variant in variants(device):
-        if variant.path in ("reference", "batched"):
+        if variant.path != "batched":
             with reference_precision(device):
-                yield from _render_checks(generator, sfe, variant.impl, codes, check)
+                yield from _render_checks(generator, sfe, variant, codes, check)
 
 
 @dataclass(frozen=True)
@@ -101,26 +102,28 @@ class _Codes:
     predicted: torch.Tensor
 
 
-def _render_checks(generator: Generator, sfe: SFE, impl: str, codes: _Codes, check) -> Iterator[Check]:
-    """Everything downstream of the generator's 64² feature, on one of the model's paths (``impl``)."""
-    generator.impl = impl
-    tag, floor = f"[{impl}]", 0.0
+def _render_checks(generator: Generator, sfe: SFE, variant: Variant, codes: _Codes, check) -> Iterator[Check]:
+    """Everything downstream of the generator's 64² feature, on one render path. The CUDA renderer in the
+    precision it chooses itself (``auto``) is held to the tolerance that choice is made with."""
+    generator.impl = variant.impl
+    paths = render_functions(generator, variant)
+    tag, floor = f"[{paths.label}]", HALF_PRECISION_TOL if variant.precision == "auto" else 0.0
     resolution = codes.predicted.shape[-1]
-    own, skip = generator.feature(codes.styles, resolution)
+    own, skip = paths.feature(codes.styles, resolution)
     yield check("w_feat", own, tag, floor)
     yield check("inversion_skip64", skip, tag, floor)
     fused = sfe.inverter.fuser.merge(codes.predicted, own)
     yield check("fused_feat", fused, tag, floor)
     feature = sfe.edit_feature(fused)
     yield check("feature", feature, tag, floor)
-    yield check("inversion", generator.synthesize(codes.styles, feature=feature), tag, floor)
-    e4e_feat, _ = generator.feature(codes.e4e_styles, resolution)
+    yield check("inversion", paths.render(codes.styles, feature), tag, floor)
+    e4e_feat, _ = paths.feature(codes.e4e_styles, resolution)
     yield check("e4e_feat", e4e_feat, tag, floor)
     feat_delta = feature_delta(generator, codes.e4e_styles, codes.e4e_edited, resolution)
     yield check("feat_delta", feat_delta, tag, floor)
     edited_feature = sfe.edit_feature(fused, feat_delta)
     yield check("edited_feature", edited_feature, tag, floor)
-    yield check("edited_image", generator.synthesize(codes.edited, feature=edited_feature), tag, floor)
+    yield check("edited_image", paths.render(codes.edited, edited_feature), tag, floor)
 
 
 # --- models from the fixture's layouts ---------------------------------------------------------------------

@@ -72,17 +72,32 @@ def variants(device: torch.device) -> list[Variant]:
     return [Variant("reference"), Variant("batched"), Variant("cuda", "float32"), Variant("cuda", "auto")]
 
 
-def _render_function(g: Generator, variant: Variant) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], str]:
-    """How ``variant`` renders styles, and its tag."""
-    if variant.path == "reference":
-        return (lambda styles: g.synthesize(styles, impl="ref")), "ref"
-    if variant.path == "batched":
-        return (lambda styles: g.synthesize(styles, impl="fast")), "batched"
-    renderer = Renderer(g, RenderConfig(cuda_precision=variant.precision or "auto"))
-    if variant.path == "cpu":
-        return renderer.cpu().render, "fast cpu"
-    chosen = renderer.cuda().precision
-    return renderer.cuda().render, f"fast cuda {variant.precision}{f'={chosen}' if variant.precision == 'auto' else ''}"
+@dataclass(frozen=True)
+class RenderFunctions:
+    """One variant's ``render(styles, feature=None)`` → image and ``feature(styles, resolution)`` → (block
+    output, skip image), and the tag its checks carry."""
+
+    label: str
+    render: Callable[..., torch.Tensor]
+    feature: Callable[[list[torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def render_functions(g: Generator, variant: Variant) -> RenderFunctions:
+    """How ``variant`` renders: the model's own path for ``reference`` / ``batched``, else the device's fast
+    renderer as the render layer builds it (for the CUDA one, in ``variant.precision``)."""
+    if variant.path in ("reference", "batched"):
+        impl = variant.impl
+        return RenderFunctions("ref" if impl == "ref" else "batched",
+                               lambda styles, feature=None: g.synthesize(styles, feature, impl=impl),
+                               lambda styles, resolution: g.feature(styles, resolution, impl=impl))
+    layer = Renderer(g, RenderConfig(cuda_precision=variant.precision or "auto"))
+    renderer = layer.cpu() if variant.path == "cpu" else layer.cuda()
+    label = "fast"
+    if variant.path == "cuda":
+        label = f"fast cuda {variant.precision}{f'={renderer.precision}' if variant.precision == 'auto' else ''}"
+    return RenderFunctions(label, renderer.render,
+                           lambda styles, resolution: renderer.render_feature(
+                               list(styles[:g.feature_layers(resolution)]), resolution))
 
 
 def generator_entries(fixture: Fixture) -> list[str]:
@@ -110,8 +125,8 @@ def _checks_one(fixture: Fixture, name: str, entry: dict) -> Iterator[Check]:
 def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, torch.Tensor],
                     variant: Variant) -> Iterator[Check]:
     g.impl = variant.impl
-    render, label = _render_function(g, variant)
-    tag, tol = f"{name}[{label}]", image_tol
+    paths = render_functions(g, variant)
+    render, tag, tol = paths.render, f"{name}[{paths.label}]", image_tol
     if variant.precision == "auto":
         tol = lambda ref: max(image_tol(ref), HALF_PRECISION_TOL)  # noqa: E731
     if "z" in t and "w" in t:
