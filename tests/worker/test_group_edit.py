@@ -237,3 +237,17 @@ def test_a_text_too_long_for_clip_fails_before_the_inversion(runtime, pair):
     assert edit.error_code == "invalid_parameter" and "too long for CLIP" in edit.error_message
     assert "invert_seconds" not in (edit.metrics or {}) and edit.model  # the models answered, no inversion ran
     assert runtime.storage.list(inversions_prefix(image_id)) == []
+
+
+def test_an_sfe_edit_succeeds_with_its_own_inversion_cache(runtime, shared):
+    """`inversion: "sfe"` (StyleFeatureEditor, in the development bundle): the job inverts and renders with it,
+    and caches each face's SFE inversion under its own key, beside (never instead of) e4e's."""
+    from pipeline import Inversion
+
+    edit_id = _edit(runtime, shared, faces="all", options={"inversion": "sfe"})
+    assert run_edit(runtime, edit_id) == "succeeded", _row(runtime, Edit, edit_id).error_message
+    assert _row(runtime, Edit, edit_id).spec.inversion == "sfe"
+    encoder = runtime.editor().encoder_version
+    for face in (0, 1):
+        blob = runtime.storage.get(inversion_key(shared, encoder, face, "inversion=sfe"))
+        assert Inversion.from_bytes(blob).inverter == "sfe"
