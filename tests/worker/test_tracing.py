@@ -20,8 +20,8 @@ import pytest
 from common.topology import PROCESS_EDIT
 from tests.conftest import face_jpeg, service_settings
 from tests.services.api_process import ApiProcess
+from tests.services.webhook_receiver import Receiver
 from tests.services.worker import WorkerProcess
-from tests.trust.receiver import Receiver
 
 pytestmark = pytest.mark.services
 
