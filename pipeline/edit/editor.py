@@ -142,7 +142,7 @@ class Editor:
         relevance = load_relevance(self.bundle.path("relevance"))
         identity = None
         if self.bundle.has("identity"):
-            from pipeline.train.losses import load_arcface
+            from pipeline.models.arcface import load_arcface
 
             identity = load_arcface(self.bundle.path("identity"), self.device)
         sfe = None

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.golden import Check, Fixture, compare
+from pipeline.models.checkpoints import load_state
 from pipeline.models.e4e import E4E, PREFIX, Encoder4Editing
-from pipeline.models.stylegan2 import load_state
 
 LAYOUT = "e4e_ffhq_encode"
 VECTOR_TOL = 1e-4

@@ -19,12 +19,13 @@ from PIL import Image
 
 from pipeline.golden import Check, Fixture, compare, exact, fill_value, seeded_randn
 from pipeline.golden.stylegan2 import Variant, reference_precision, render_functions, variants
+from pipeline.models.checkpoints import load_state
 from pipeline.models.e4e import E4E, Encoder4Editing
 from pipeline.models.e4e import PREFIX as E4E_PREFIX
 from pipeline.models.e4e import infer_config as e4e_config
 from pipeline.models.sfe import SFE, feature_delta, inverter_input
 from pipeline.models.sfe import infer_config as sfe_config
-from pipeline.models.stylegan2 import Generator, load_state
+from pipeline.models.stylegan2 import Generator
 from pipeline.render.cuda import HALF_PRECISION_TOL
 
 NPZ = "sfe"

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.golden import Check, Fixture, compare, exact
-from pipeline.models.stylegan2 import Generator, load_state
+from pipeline.models.checkpoints import load_state
+from pipeline.models.stylegan2 import Generator
 from pipeline.render.config import RenderConfig
 from pipeline.render.cuda import HALF_PRECISION_TOL, precision_flags
 from pipeline.render.renderer import Renderer

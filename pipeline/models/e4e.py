@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MODEL_INVALID, PipelineError
-from pipeline.models.stylegan2 import EqualLinear, load_state, read_checkpoint
+from pipeline.models.checkpoints import load_state, read_checkpoint
+from pipeline.models.stylegan2 import EqualLinear
 
 # units per stage of the IR backbones (stage widths: 1, 2, 4, 8 × width)
 BLOCK_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MODEL_INVALID, PipelineError
-from pipeline.models.stylegan2 import Generator, load_state, read_checkpoint
+from pipeline.models.checkpoints import load_state, read_checkpoint
+from pipeline.models.stylegan2 import Generator
 
 # The official file's prefixes: the phase-1 Inverter under ``inverter.``, the Feature Editor under ``encoder.``
 # (the reference's name for its trainable part).

@@ -15,7 +15,6 @@ this file imports none of them and holds no state for them.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import MODEL_INVALID, MODEL_MISSING, PipelineError
+from pipeline.errors import MODEL_INVALID, PipelineError
+from pipeline.models.checkpoints import load_state, read_checkpoint
 from pipeline.models.ops import SQRT2, Impl, check_impl, fused_leaky_relu, make_kernel, upfirdn2d
 
 BLUR_TAPS = [1, 3, 3, 1]
@@ -370,38 +370,7 @@ class Generator(nn.Module):
             yield 2 ** (k + 3), x, skip
 
 
-# --- checkpoints -------------------------------------------------------------------------------------------
-
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` after an explicit key and shape check; a mismatch is ``model_invalid``
-    naming ``source`` and the first offending keys (never a silent ``strict=False``)."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = [f"{what}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
-                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                   ("wrong shapes", misshaped)) if keys]
-    if problems:
-        raise PipelineError(MODEL_INVALID, f"{source}: does not match the model: {'; '.join(problems)}")
-    module.load_state_dict(state, strict=True)
-
-
-def read_checkpoint(path: str | Path, safe_globals: list | None = None) -> dict:
-    """``torch.load`` with ``weights_only=True`` (no arbitrary code from a pickle); unreadable → ``model_invalid``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(MODEL_MISSING, f"{path}: no such file")
-    try:
-        with torch.serialization.safe_globals(safe_globals or []):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
-        raise PipelineError(MODEL_INVALID, f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict):
-        raise PipelineError(MODEL_INVALID, f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    return ckpt
-
+# --- the checkpoint -------------------------------------------------------------------------------------------
 
 def infer_config(state: dict[str, torch.Tensor], source: str) -> dict:
     """Architecture from the weights' own shapes: size from the number of toRGB layers, widths from the convs."""

@@ -223,9 +223,10 @@ class Trainer:
 
     def _models(self, bundle):
         from pipeline.errors import MODEL_INVALID
+        from pipeline.models.arcface import load_arcface
         from pipeline.models.e4e import load_encoder
         from pipeline.models.stylegan2 import load_generator
-        from pipeline.train.losses import LPIPS_DIR, load_arcface, load_lpips
+        from pipeline.train.losses import LPIPS_DIR, load_lpips
 
         generator = load_generator(bundle.path("generator"), self.device).eval().requires_grad_(False)
         e4e = load_encoder(bundle.path("encoder"), self.device)
@@ -245,7 +246,7 @@ class Trainer:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
-        from pipeline.models.stylegan2 import load_state
+        from pipeline.models.checkpoints import load_state
         from pipeline.train.dataset import StreamSampler
         from pipeline.train.losses import loss_terms, render
         from pipeline.weights.bundle import Bundle
@@ -362,7 +363,8 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, e4e, generator, lpips, arcface, loader) -> dict[str, float]:
         """Reconstruction of the held-out faces: L2, LPIPS (or its untrained stand-in), identity similarity."""
-        from pipeline.train.losses import identity_similarity, render
+        from pipeline.models.arcface import identity_similarity
+        from pipeline.train.losses import render
 
         autocast, _ = autocast_for(self.device, self.c.amp)
         sums: dict[str, float] = {}

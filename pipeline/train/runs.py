@@ -66,8 +66,8 @@ def save_checkpoint(path: Path, e4e, opts: dict, training: dict | None = None) -
 
 def read_training_state(path: Path) -> tuple[dict, dict]:
     """(encoder state dict without prefix, training state) of a ``latest.pt``."""
+    from pipeline.models.checkpoints import read_checkpoint
     from pipeline.models.e4e import PREFIX
-    from pipeline.models.stylegan2 import read_checkpoint
 
     ckpt = read_checkpoint(path)
     if "training" not in ckpt:

@@ -145,7 +145,7 @@ def dev_sfe(generator):
 
 def dev_arcface():
     """The identity model of optimize mode (ArcFace IR-SE-50) at encoder width."""
-    from pipeline.train.losses import ArcFace
+    from pipeline.models.arcface import ArcFace
 
     return ArcFace(width=ENCODER_WIDTH).eval()
 

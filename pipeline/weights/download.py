@@ -301,7 +301,7 @@ def _compute_stats(role: str, entry: ModelFile, directory: Path, generator: Mode
 
 def check_loads(role: str, path: Path) -> None:
     """Load ``path`` as ``role``'s model with the loader the pipeline uses; PipelineError if it does not."""
-    from pipeline.models.stylegan2 import read_checkpoint
+    from pipeline.models.checkpoints import read_checkpoint
 
     if role == "generator":
         from pipeline.models.stylegan2 import load_generator

@@ -307,13 +307,8 @@ class _Session:
     def check_reconstruction(self, editor) -> Check:
         from pipeline.faces.align import align_crop
         from pipeline.faces.photo import load_photo
-        from pipeline.train.losses import (
-            LPIPS_BACKBONE,
-            LPIPS_DIR,
-            LPIPS_LINEAR,
-            identity_similarity,
-            load_lpips,
-        )
+        from pipeline.models.arcface import identity_similarity
+        from pipeline.train.losses import LPIPS_BACKBONE, LPIPS_DIR, LPIPS_LINEAR, load_lpips
 
         raw = SAMPLE_PHOTO.read_bytes()
         inversion = self.inversion = editor.invert(raw)
@@ -402,7 +397,7 @@ def _load(role: str, path: Path, device: torch.device, stats: Path | None = None
         from pipeline.models.sfe import load_sfe
 
         return load_sfe(path, device).requires_grad_(False)
-    from pipeline.train.losses import load_arcface
+    from pipeline.models.arcface import load_arcface
 
     return load_arcface(path, device)
 

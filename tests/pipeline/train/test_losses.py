@@ -1,4 +1,4 @@
-"""The e4e losses: the W-delta term by hand, LPIPS and ArcFace loaders on files in the official key layouts."""
+"""The e4e losses: the W-delta term by hand, the LPIPS loader on files in the official key layouts."""
 
 from __future__ import annotations
 
@@ -6,17 +6,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.train.losses import (
-    ALEX_CHANNELS,
-    LPIPS_BACKBONE,
-    LPIPS_LINEAR,
-    ArcFace,
-    delta_loss,
-    identity_similarity,
-    l2_loss,
-    load_arcface,
-    load_lpips,
-)
+from pipeline.train.losses import ALEX_CHANNELS, LPIPS_BACKBONE, LPIPS_LINEAR, delta_loss, l2_loss, load_lpips
 
 
 def test_delta_loss_is_the_sum_of_row_distances_to_w0():
@@ -47,19 +37,3 @@ def test_lpips_loads_the_official_files_and_is_zero_on_equal_images(tmp_path):
     with pytest.raises(PipelineError, match="missing keys"):
         load_lpips(tmp_path)
     assert not load_lpips(None).trained
-
-
-def test_arcface_loads_model_ir_se50_layout_and_compares_faces(tmp_path):
-    torch.manual_seed(0)
-    state = ArcFace(width=16).eval().state_dict()
-    assert {"input_layer.0.weight", "body.23.res_layer.5.fc2.weight", "output_layer.3.weight",
-            "output_layer.4.running_var"} <= state.keys()
-    torch.save(state, tmp_path / "model_ir_se50.pt")
-    model = load_arcface(tmp_path / "model_ir_se50.pt")
-    faces = torch.rand(2, 3, 256, 256) * 2 - 1
-    same = identity_similarity(model, faces, faces)
-    assert same.shape == (2,) and torch.allclose(same, torch.ones(2), atol=1e-5)
-    assert (identity_similarity(model, faces, faces.flip(0)) < 0.999).all()
-    torch.save({"input_layer.0.weight": state["input_layer.0.weight"]}, tmp_path / "bad.pt")
-    with pytest.raises(PipelineError, match="not an ArcFace"):
-        load_arcface(tmp_path / "bad.pt")
