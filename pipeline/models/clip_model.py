@@ -4,9 +4,9 @@ The model class is the `clip` package's own (PyPI ``clip-anytorch``), so the num
 add loading that never silently drops keys, float32 everywhere (``clip.model.build_model`` converts to float16,
 which would round float32 checkpoints), and two speed-ups that do not change the result:
 
-* text is tokenized to 77 tokens, then texts of one real length run together, cut at that length: the causal
-  mask means positions after a text's EOT never influence it, so features are identical and a 10-token prompt
-  costs ~1/7 of the full context;
+* text is tokenized to 77 tokens, then cut to the longest real sequence of the batch: the causal mask means
+  positions after a token's EOT never influence it, so features are identical and a 10-token prompt costs
+  ~1/7 of the full context;
 * ``clip_preprocess`` is a differentiable tensor version of CLIP's PIL transform (resize, center crop, normalize),
   usable inside an optimization loop and on generator output of any size.
 """
@@ -125,31 +125,19 @@ def tokenize(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
 
 
 def text_features(model: torch.nn.Module, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Raw ``encode_text`` features ``[N, embed_dim]`` (not normalized), float32 on the model's device, in the
-    order of ``texts``.
-
-    Texts of one token length go through CLIP together, each batch cut at that length (``by_length``): the
-    causal mask means a text's feature, read at its end-of-text token, never sees the positions after it, so
-    cutting changes nothing, and 79 prompt templates of 10 to 16 tokens cost what their own tokens cost
-    instead of 77 positions each (or the longest one's 16)."""
+    """Raw ``encode_text`` features ``[N, embed_dim]`` (not normalized), float32 on the model's device."""
     tokens = tokenize(model, texts)
     device = next(model.parameters()).device
-    out = torch.zeros(len(tokens), model.text_projection.shape[1], device=device)
+    out = []
     with torch.no_grad():
-        for length, rows in by_length(tokens, batch_size):
-            out[rows] = model.encode_text(tokens[rows, :length].to(device)).float()
-    return out
-
-
-def by_length(tokens: torch.Tensor, batch_size: int) -> list[tuple[int, torch.Tensor]]:
-    """Batches of at most ``batch_size`` row indices of ``tokens`` whose texts have one real length (the EOT
-    token has the largest id: its position + 1), with that length; shortest first."""
-    lengths = tokens.argmax(dim=-1) + 1
-    batches = []
-    for length in lengths.unique().tolist():
-        rows = (lengths == length).nonzero().flatten()
-        batches += [(int(length), rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-    return batches
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start:start + batch_size]
+            # The EOT token has the largest id: its position + 1 is each text's real length. One call cut at
+            # the longest, not one per length: on 2 busy cores, 7 calls for the 79 templates' 7 lengths took
+            # 3.9x as long (paired runs, load ~12), more parallel regions costing more than padding saves.
+            length = int(batch.argmax(dim=-1).max()) + 1
+            out.append(model.encode_text(batch[:, :length].to(device)).float())
+    return torch.cat(out) if out else torch.zeros(0, model.text_projection.shape[1], device=device)
 
 
 # --- images -----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from clip.model import CLIP
 from PIL import Image
 
 from pipeline.models.clip_model import (
-    by_length,
     clip_preprocess,
     image_features,
     load_clip,
@@ -90,17 +89,6 @@ def test_truncated_tokens_give_full_context_features(model):
     full = model.encode_text(clip.tokenize(TEXTS)).float()
     fast = text_features(model, TEXTS, batch_size=2)  # two batches with different real lengths
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
-
-
-def test_texts_run_in_batches_of_one_length_in_their_own_order(model):
-    texts = ["a face", "a smiling face", "x", "a face", "a photo of a face"] * 3
-    tokens = tokenize(model, texts)
-    batches = by_length(tokens, batch_size=4)
-    lengths = tokens.argmax(dim=-1) + 1
-    assert sorted(int(i) for _, rows in batches for i in rows) == list(range(len(texts)))
-    assert all(len(rows) <= 4 and bool((lengths[rows] == n).all()) for n, rows in batches)
-    full = model.encode_text(clip.tokenize(texts)).float()
-    torch.testing.assert_close(text_features(model, texts, batch_size=4), full, rtol=0, atol=1e-5)
 
 
 def test_too_long_text_is_invalid_parameter(model):
