@@ -1,6 +1,6 @@
 """``python -m bench``: how fast every stage of a face edit is, on this machine, at full size.
 
-See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, api, api-load, editor.
+See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, new-photo, ports, gpu, api, api-load, editor.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
 from pipeline.render.config import RenderConfig
 
-GROUPS = ("align", "invert", "text", "synthesis", "edit", "ports", "gpu", "api", "api-load", "editor")
-MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "ports", "gpu", "editor"}
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu", "api", "api-load", "editor")
+MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu", "editor"}
 DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "api-load")
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
 
@@ -39,6 +39,9 @@ groups (--only):
   synthesis  1024² image from style vectors at batch 1, fast and reference ops run in alternation; their ratio
   edit       cached edit (boundary + synthesis + paste-back) with 1, 4 and 16 alphas; edits per second; a
              5-strength edit served strength by strength: call → first pasted output, and → all five
+  new-photo  a new photo and a new text pair: call → first image seen and → first full-size pasted output, per
+             stage, serial and with the text direction beside the inversion, in rounds with the cached edit's
+             first output (the ratios); alone, it replaces only its own section of the report
   ports      e4e (the module as written vs the served channels-last layout) and paste-back (12 MP photo)
              against plain ports, in alternation
   gpu        (CUDA only) the generator's precisions and CUDA graphs at batch 1, batches of 8–64 images, and
@@ -168,7 +171,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
 
         alignment = align_face(load_photo(photo), 256)
         crop, quad = alignment.crop, alignment.quad
-    if not {"invert", "text", "synthesis", "edit", "ports", "gpu"} & set(args.groups):
+    if not {"invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu"} & set(args.groups):
         return out
 
     start = time.perf_counter()
@@ -221,6 +224,15 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         out["runs"]["edit_first_output_1024_s"] = out["runs"]["edit_5_alphas_1024_s"] = first["first_output_runs"]
         log(f"{device}: first of 5 strengths {first['edit_first_output_1024_s']:.4f}s, all "
             f"{first['edit_5_alphas_1024_s']:.4f}s (ratio {first['first_over_all']:.2f})")
+    if "new-photo" in args.groups and is_face:
+        from bench.new_photo import bench_new_photo
+
+        new = bench_new_photo(models, photo, Inverted(photo, quad, codes), args.repeats, 3 * args.budget)
+        out["new_photo"] = new
+        for key in ("new_photo_first_view_s", "new_photo_first_output_1024_s"):
+            out[key] = new[key]
+            out["runs"][key] = new["rounds"]
+        log(f"{device}: new photo {new}")
     if "gpu" in args.groups and (device.type == "cuda" or args.quick):
         from bench.gpu import bench_gpu
 
@@ -283,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from bench.report import chart, keep_sections, markdown, merge_api_load
+    from bench.report import chart, keep_sections, markdown, merge_api_load, merge_new_photo
 
     if args.out and not MODEL_GROUPS & set(args.groups) and "api_load" in result and Path(args.out).is_file():
         # API load alone: its section replaces the one in the existing report; the rest stays as it was
         Path(args.out).write_text(merge_api_load(Path(args.out).read_text(), result, command.strip()))
         log(f"updated the API-under-load section of {args.out}")
+    elif args.out and args.groups == ["new-photo"] and Path(args.out).is_file():
+        Path(args.out).write_text(merge_new_photo(Path(args.out).read_text(), result, command.strip()))
+        log(f"updated the new-photo section of {args.out}")
     elif args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.new_photo import HEADING as NEW_PHOTO_HEADING
+from bench.new_photo import new_photo_markdown
 from bench.ports import ports_markdown
 
 # metric → (label, unit); the order of the table
@@ -24,6 +26,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "edit_first_output_1024_s": ("5 strengths served one by one: call → first pasted output", "s"),
     "edit_5_alphas_1024_s": ("5 strengths served one by one: call → all five", "s"),
     "first_over_all": ("first output / all five, median of per-run ratios (goal ≤ 0.3)", "ratio"),
+    "new_photo_first_view_s": ("new photo + new text: call → first image seen", "s"),
+    "new_photo_first_output_1024_s": ("new photo + new text: call → first full-size pasted output", "s"),
 }
 CPU_RATIO_GOAL = 0.25  # fast / reference synthesis on a CPU (issue #16 §2)
 FIRST_OUTPUT_GOAL = 0.3  # first of five strengths / all five (issue #16 §1)
@@ -117,6 +121,8 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
             lines.append(f"| {stage} ({n} alpha{'s' if n > 1 else ''}) | "
                          + " | ".join(_fmt(result["devices"][d].get(key), "s") for d in devices) + " |")
     lines += first_output_section(result, devices)
+    new_photo = new_photo_markdown(result["devices"])
+    lines += [""] + new_photo if new_photo else []
     lines += ports_markdown(result["devices"])
     for d in devices:
         if "gpu" in result["devices"][d]:
@@ -245,10 +251,21 @@ def api_load_section(load: dict, command: str) -> list[str]:
 
 def merge_api_load(existing: str, result: dict, command: str) -> str:
     """`existing` report with its API-under-load section replaced (or added before "## Reproduce")."""
-    section = "\n".join(api_load_section(result["api_load"], command)) + "\n"
-    if API_LOAD_HEADING in existing:
-        start = existing.index(API_LOAD_HEADING)
-        end = existing.find("\n## ", start + len(API_LOAD_HEADING))
+    return merge_section(existing, API_LOAD_HEADING, api_load_section(result["api_load"], command))
+
+
+def merge_new_photo(existing: str, result: dict, command: str) -> str:
+    """`existing` report with its new-photo section replaced (or added), saying which command measured it."""
+    lines = new_photo_markdown(result["devices"])
+    return merge_section(existing, NEW_PHOTO_HEADING, lines + [f"Measured by `{command}`.", ""])
+
+
+def merge_section(existing: str, heading: str, lines: list[str]) -> str:
+    """`existing` report with the section under `heading` replaced by `lines` (or added before "## Reproduce")."""
+    section = "\n".join(lines) + "\n"
+    if heading in existing:
+        start = existing.index(heading)
+        end = existing.find("\n## ", start + len(heading))
         return existing[:start] + section + ("\n" + existing[end + 1:] if end != -1 else "")
     anchor = existing.find("## Reproduce")
     if anchor == -1:
@@ -259,7 +276,7 @@ def merge_api_load(existing: str, result: dict, command: str) -> str:
 NNPACK_HEADING = "## The direct NNPACK call and the allocator route"
 EDIT_SEND_HEADING = "## Sending an edit job"  # python -m bench.edit_send
 # Sections measured by hand or by an opt-in group: a run that does not measure them keeps the previous ones.
-CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING, EDIT_SEND_HEADING)
+CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING, EDIT_SEND_HEADING, NEW_PHOTO_HEADING)
 
 
 def keep_sections(previous: str, new: str, headings: tuple[str, ...] = CARRIED_HEADINGS) -> str:

@@ -219,6 +219,8 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             if run := encoder_run(editor):
                 model["encoder_run"] = run
             editor.check_texts(render_args["changes"])  # CLIP's token limit, before the inversion
+            if spec.mode == "global":  # a new text's direction computes while the photo is inverted
+                editor.prefetch_directions(render_args["changes"])
             photo = runtime.storage.get(original_key(edit.image_id))
             chosen = _chosen_faces(runtime, editor, edit, photo)
             inversions = _inversions(runtime, editor, edit, token, photo, watcher, metrics, chosen)

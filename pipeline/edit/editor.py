@@ -129,7 +129,7 @@ class Editor:
         return time.perf_counter() - start
 
     def _load(self) -> Models:
-        from pipeline.edit.directions import TextDirectionCache
+        from pipeline.edit.directions import COMMON_NEUTRAL, TextDirectionCache
         from pipeline.edit.relevance import load_relevance
         from pipeline.models.clip_model import load_clip
         from pipeline.models.e4e import load_encoder
@@ -151,6 +151,7 @@ class Editor:
 
             sfe = load_sfe(self.bundle.path("sfe"), self.device).requires_grad_(False)
         self._directions = TextDirectionCache(self._directions_dir, model_id=self.versions["clip"])
+        self._directions.embeddings(clip, [COMMON_NEUTRAL])  # so a new pair embeds only its target
         renderer = Renderer(generator, self.render_config)
         # one untimed render, so that its one-off costs (weight-derived kernels, the CPU path's buffers, the
         # NNPACK self-check: ~1.5 s at 1024² on two cores) fall at load time, not on the first user's edit
@@ -196,6 +197,14 @@ class Editor:
         from pipeline.edit.directions import check_fits
 
         check_fits(self.models.clip, [text for change in changes for text in (change.neutral, change.target)])
+
+    def prefetch_directions(self, changes: Sequence[Change]) -> None:
+        """Start computing the changes' text directions on a thread, so that a new text pair's CLIP work runs
+        while the photo is inverted (``render`` waits for them, or raises their error); cached ones cost
+        nothing. For ``mode="global"``, after ``check_texts``."""
+        models = self.models
+        for change in changes:
+            self._directions.prefetch(models.clip, change.neutral, change.target)
 
     # --- inversion -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""A new photo with a new text pair: the call → the first image a person sees, at full size.
+
+What a person waits for after uploading a photo and typing a change nobody asked for before: the photo
+aligned, e4e, the text direction computed cold (CLIP embeds the target's 79 prompts; the neutral "a face" is
+embedded when the models load, as ``Editor`` does), then the first strength rendered and pasted into the photo.
+The steps repeat ``Editor.invert`` + ``Editor.render`` with the same pipeline functions (as ``bench.edit``
+does for the cached edit: an ``Editor`` needs a bundle on disk). Two ways, in the same rounds as the cached
+edit's first output (``CachedEdit.progressive``), so each ratio compares runs that saw the same load:
+
+* ``serial``: one step after the other;
+* ``side_by_side``: the text direction on a thread (``TextDirectionCache.prefetch``) while the photo is
+  aligned and inverted, as the worker serves a job.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from bench.edit import BETA, CachedEdit, spread_alphas
+from bench.models import NEUTRAL, TARGET, Inverted, Models
+from bench.timing import synchronize
+
+HEADING = "## A new photo's first result"
+STAGES = ("align", "invert", "direction", "synthesize", "paste")
+WAYS = ("serial", "side_by_side")
+N_ALPHAS = 5  # the middle one renders first (render_order), as for the cached edit it is compared with
+
+
+class NewPhotoEdit:
+    """One new photo and one new text pair through to the first pasted strength; each call starts from a fresh
+    text cache that knows only the common neutral (as a loaded ``Editor``'s does)."""
+
+    def __init__(self, models: Models, photo: bytes):
+        self.models, self.photo = models, photo
+
+    def __call__(self, side_by_side: bool) -> dict[str, float]:
+        """Seconds per stage, and ``first_output`` from the call to the first pasted full-size photo."""
+        from pipeline.edit.directions import COMMON_NEUTRAL, TextDirectionCache, apply, style_direction
+        from pipeline.edit.editor import ENCODER_INPUT, render_order
+        from pipeline.faces.align import align_face
+        from pipeline.faces.paste_gpu import paste_rendered
+        from pipeline.faces.photo import load_photo
+
+        m, g = self.models, self.models.generator
+        cache = TextDirectionCache(None, model_id="bench")
+        cache.embeddings(m.clip, [COMMON_NEUTRAL])  # not timed: the Editor embeds it when it loads
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        pending = cache.prefetch(m.clip, NEUTRAL, TARGET) if side_by_side else None
+        with torch.no_grad():
+            t = time.perf_counter()
+            image = load_photo(self.photo)
+            alignment = align_face(image, output_size=ENCODER_INPUT)
+            seconds["align"] = time.perf_counter() - t
+            t = time.perf_counter()
+            x = torch.from_numpy(np.asarray(alignment.crop.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+            codes = m.encoder((x / 127.5 - 1).to(m.device)).float()
+            synchronize(m.device)
+            seconds["invert"] = time.perf_counter() - t
+            t = time.perf_counter()
+            dt = (pending.result() if pending is not None else cache.get(m.clip, NEUTRAL, TARGET)).to(m.device)
+            direction = style_direction(m.fs3, dt, BETA, m.style_std, g.style_dims, g.style_is_torgb)
+            synchronize(m.device)
+            seconds["direction"] = time.perf_counter() - t  # side by side: what was left to wait for
+            t = time.perf_counter()
+            alphas = spread_alphas(N_ALPHAS)
+            middle = render_order(N_ALPHAS)[0]
+            faces = g.synthesize(apply(g.styles(codes.to(m.dtype)), direction, [alphas[middle]]))
+            synchronize(m.device)
+            seconds["synthesize"] = time.perf_counter() - t
+            t = time.perf_counter()
+            paste_rendered(image, faces, alignment.quad)
+            seconds["paste"] = time.perf_counter() - t
+        seconds["first_output"] = time.perf_counter() - start
+        return seconds
+
+
+def bench_new_photo(models: Models, photo: bytes, inverted: Inverted, repeats: int, budget_s: float) -> dict:
+    """Rounds of [cached first output, new photo serial, new photo side by side] after one untimed round;
+    medians per way and stage, and the median of the per-round ratios to the cached first output."""
+    new, cached = NewPhotoEdit(models, photo), CachedEdit(models, inverted)
+    alphas = spread_alphas(N_ALPHAS)
+
+    def one_round() -> dict:
+        row = {"cached": cached.progressive(alphas)[0], "load_1m": os.getloadavg()[0]}
+        row.update({way: new(side_by_side=way == "side_by_side") for way in WAYS})
+        return row
+
+    warm_start = time.perf_counter()
+    one_round()
+    per_round = time.perf_counter() - warm_start
+    rounds = [one_round() for _ in range(max(1, min(repeats, int(budget_s // per_round))))]
+    out: dict = {"rounds": len(rounds), "cached_first_output_s": statistics.median(r["cached"] for r in rounds),
+                 "load_average_1m": [round(r["load_1m"], 2) for r in rounds]}
+    for way in WAYS:
+        first = [r[way]["first_output"] for r in rounds]
+        out[way] = {"first_output_s": statistics.median(first),
+                    "first_view_s": statistics.median(first),  # no preview yet: the first view is the output
+                    "over_cached": statistics.median(f / r["cached"] for f, r in zip(first, rounds, strict=True)),
+                    "stages": {s: statistics.median(r[way][s] for r in rounds) for s in STAGES}}
+    best = min(WAYS, key=lambda w: out[w]["first_output_s"])
+    served = "side_by_side"  # what the worker does (see the section's text)
+    out.update(served=served, best=best, new_photo_first_output_1024_s=out[served]["first_output_s"],
+               new_photo_first_view_s=out[served]["first_view_s"])
+    return out
+
+
+FIRST_VIEW_GOAL, FIRST_OUTPUT_GOAL = 1.5, 2.0  # × the cached edit's first output of the same run (issue 25)
+
+
+def new_photo_markdown(devices: dict[str, dict]) -> list[str]:
+    """The section of ``docs/BENCHMARKS.md`` for every device that ran the ``new-photo`` group."""
+    measured = {d: dev["new_photo"] for d, dev in devices.items() if "new_photo" in dev}
+    if not measured:
+        return []
+    lines = [HEADING, "",
+             "A photo never seen and a text pair never asked for, from the call to the first full-size pasted "
+             "photo (`new_photo_first_output_1024_s`) and to the first image the person sees "
+             "(`new_photo_first_view_s`: the same, while there is no preview), against a cached edit's first "
+             "output (`edit_first_output_1024_s`: inversion and direction cached) in the same rounds "
+             "(`bench/new_photo.py`). The neutral \"a face\" is embedded when the models load; the target's 79 "
+             "prompts go through CLIP. `serial`: one step after the other; `side by side`: the text direction on a "
+             "thread while the photo is aligned and inverted (what the worker does); its `direction` row is what "
+             "was left to wait for after the inversion. Ratios are medians of per-round ratios.", ""]
+    for d, r in measured.items():
+        lines += [f"**{d}**: {r['rounds']} round(s), 1-minute load average at each round's start "
+                  f"{r['load_average_1m']} on {os.cpu_count()} cores"
+                  + (" (**noisy**: more work than cores)" if max(r["load_average_1m"]) > (os.cpu_count() or 1)
+                     else "") + ".", "",
+                  "| | serial | side by side |", "|---|---:|---:|"]
+        for stage in STAGES:
+            lines.append(f"| {stage} | " + " | ".join(_ms(r[w]["stages"][stage]) for w in WAYS) + " |")
+        lines.append("| **call → first full-size output** | "
+                     + " | ".join(f"**{_ms(r[w]['first_output_s'])}**" for w in WAYS) + " |")
+        lines.append("| × cached first output ({}) | ".format(_ms(r["cached_first_output_s"]))
+                     + " | ".join(f"{r[w]['over_cached']:.2f}" for w in WAYS) + " |")
+        ratio = r[r["served"]]["over_cached"]
+        lines += ["", f"Goals (× the cached first output): first view ≤ {FIRST_VIEW_GOAL}: "
+                      f"{_verdict(ratio <= FIRST_VIEW_GOAL)} ({ratio:.2f}, no preview yet); first full-size ≤ "
+                      f"{FIRST_OUTPUT_GOAL}: {_verdict(ratio <= FIRST_OUTPUT_GOAL)} ({ratio:.2f}).", ""]
+    return lines
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
