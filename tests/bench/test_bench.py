@@ -15,7 +15,7 @@ from tests.conftest import FACE_PHOTO, REPO_ROOT
 DEVICE_KEYS = ("align_s", "invert_s", "text_direction_cold_s", "text_direction_cached_s", "synthesis_1024_s",
                "synthesis_1024_ref_s", "synthesis_fast_over_ref", "edit_cached_1024_s", "edits_per_s_1",
                "edits_per_s_4", "edits_per_s_16", "edit_first_output_1024_s", "edit_5_alphas_1024_s",
-               "first_over_all")
+               "first_over_all", "new_photo_first_view_s", "new_photo_first_output_1024_s")
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -50,6 +50,13 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     # results as they come: the first of five strengths is pasted before the last is rendered
     assert result["edit_first_output_1024_s"] < result["edit_5_alphas_1024_s"] and 0 < result["first_over_all"] < 1
     assert "## The first result, before the last" in report
+    # a new photo and a new text: every stage, both ways, each in the same rounds as the cached first output
+    new = result["devices"]["cpu"]["new_photo"]
+    for way in ("serial", "side_by_side"):
+        assert set(new[way]["stages"]) == {"align", "invert", "direction", "synthesize", "paste"}
+        assert sum(new[way]["stages"].values()) <= new[way]["first_output_s"]
+        assert new[way]["over_cached"] > 0
+    assert "## A new photo's first result" in report and "| **call → first full-size output** |" in report
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -106,3 +113,17 @@ def test_interleaved_measurement_alternates_and_pairs_its_rounds():
     # the median of per-round ratios, not the ratio of medians
     fast, ref = Timing((1.0, 2.0, 9.0), None), Timing((4.0, 4.0, 10.0), None)
     assert paired_ratio(fast, ref) == 0.5
+
+
+def test_the_new_photo_group_alone_replaces_only_its_section():
+    from bench.report import merge_new_photo
+
+    stages = {"align": 0.1, "invert": 0.9, "direction": 0.6, "synthesize": 0.8, "paste": 0.04}
+    way = {"first_output_s": 2.5, "first_view_s": 2.5, "over_cached": 2.8, "stages": stages}
+    result = {"devices": {"cpu": {"new_photo": {"rounds": 3, "cached_first_output_s": 0.9, "load_average_1m": [1.2],
+                                                "serial": way, "side_by_side": way, "served": "side_by_side"}}}}
+    before = "# Benchmarks\n\n## Medians\n\nkept\n\n## Reproduce\n\n```\nx\n```\n"
+    once = merge_new_photo(before, result, "python -m bench --only new-photo")
+    assert once.index("## Medians") < once.index("## A new photo's first result") < once.index("## Reproduce")
+    assert "kept" in once and "first full-size ≤ 2.0: **not met** (2.80)" in once
+    assert merge_new_photo(once, result, "python -m bench --only new-photo") == once
