@@ -70,7 +70,7 @@ class NewPhotoEdit:
             t = time.perf_counter()
             alphas = spread_alphas(N_ALPHAS)
             middle = render_order(N_ALPHAS)[0]
-            faces = g.synthesize(apply(g.styles(codes.to(m.dtype)), direction, [alphas[middle]]))
+            faces = m.renderer.render(apply(g.styles(codes.to(m.dtype)), direction, [alphas[middle]]))
             synchronize(m.device)
             seconds["synthesize"] = time.perf_counter() - t
             t = time.perf_counter()
