@@ -126,7 +126,9 @@ def new_photo_markdown(devices: dict[str, dict]) -> list[str]:
              "(`bench/new_photo.py`). The neutral \"a face\" is embedded when the models load; the target's 79 "
              "prompts go through CLIP. `serial`: one step after the other; `side by side`: the text direction on a "
              "thread while the photo is aligned and inverted (what the worker does); its `direction` row is what "
-             "was left to wait for after the inversion. Ratios are medians of per-round ratios.", ""]
+             "was left to wait for after the inversion. Ratios are medians of per-round ratios. On a loaded machine a "
+             "second thread also wins a larger share of the shared CPUs, so side by side gains more there than on "
+             "quiet cores: a quiet run's two columns say whether the thread pays.", ""]
     for d, r in measured.items():
         lines += [f"**{d}**: {r['rounds']} round(s), 1-minute load average at each round's start "
                   f"{r['load_average_1m']} on {os.cpu_count()} cores"

@@ -257,7 +257,7 @@ def merge_api_load(existing: str, result: dict, command: str) -> str:
 def merge_new_photo(existing: str, result: dict, command: str) -> str:
     """`existing` report with its new-photo section replaced (or added), saying which command measured it."""
     lines = new_photo_markdown(result["devices"])
-    return merge_section(existing, NEW_PHOTO_HEADING, lines + [f"Measured by `{command}`.", ""])
+    return merge_section(existing, NEW_PHOTO_HEADING, lines + [f"Measured by `{command}`."])
 
 
 def merge_section(existing: str, heading: str, lines: list[str]) -> str:
