@@ -167,9 +167,11 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         crop, quad = alignment.crop, alignment.quad
     elif is_face and MODEL_GROUPS & set(args.groups):
         from pipeline.faces.align import align_face
+        from pipeline.faces.detect import find_faces
         from pipeline.faces.photo import load_photo
 
-        alignment = align_face(load_photo(photo), 256)
+        image = load_photo(photo)
+        alignment = align_face(image, find_faces(image), 256)
         crop, quad = alignment.crop, alignment.quad
     if not {"invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu"} & set(args.groups):
         return out

@@ -115,12 +115,14 @@ class Inverted:
 def bench_align(photo: bytes, repeats: int, budget_s: float) -> tuple[Timing, object]:
     """The editor's ``align`` stage: decode the photo, detect the face, FFHQ-align it to 256²."""
     from pipeline.faces.align import align_face
+    from pipeline.faces.detect import find_faces
     from pipeline.faces.photo import load_photo
 
     result = {}
 
     def run():
-        result["alignment"] = align_face(load_photo(photo), output_size=256)
+        image = load_photo(photo)
+        result["alignment"] = align_face(image, find_faces(image), output_size=256)
 
     return measure(run, repeats, budget_s), result["alignment"]
 

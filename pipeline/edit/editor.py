@@ -175,9 +175,9 @@ class Editor:
         return face_boxes(self._find_faces(raw, image), image.size)
 
     def _find_faces(self, raw: bytes, image: Image.Image) -> list:
-        """``align.find_faces`` of a photo, remembered for the last few photos: inverting several faces of one
+        """``detect.find_faces`` of a photo, remembered for the last few photos: inverting several faces of one
         photo (a group edit) detects once, and ``detect`` and ``invert`` always agree on the order."""
-        from pipeline.faces.align import find_faces
+        from pipeline.faces.detect import find_faces
 
         key = hashlib.sha256(raw).hexdigest()
         with self._faces_lock:

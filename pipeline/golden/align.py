@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.faces.align import align_crop, detect_faces, face_quad
+from pipeline.faces.align import align_crop, face_quad
+from pipeline.faces.detect import find_landmarks
 from pipeline.faces.photo import load_photo
 from pipeline.golden import Check, Fixture
 
@@ -47,7 +48,7 @@ def checks(fixture: Fixture) -> Iterator[Check]:
         yield Check(f"align: {name} mean abs (uint8)", float(diff.mean()), CROP_MEAN_TOL, upright[2:])
         yield Check(f"align: {name} max abs (uint8)", float(diff.max()), CROP_MAX_TOL, upright[2:])
 
-    faces = detect_faces(photo)
+    faces = find_landmarks(photo)
     if not faces:
         yield Check("align: detector quad / qsize", np.inf, DETECTOR_TOL, "no face detected")
         return

@@ -111,13 +111,15 @@ def _cached(cache: Path, rel: str) -> Path:
 def _align_one(src: Path, dst: Path) -> None:
     from pipeline.errors import PipelineError as Error
     from pipeline.faces.align import align_face
+    from pipeline.faces.detect import find_faces
     from pipeline.faces.photo import load_photo
 
     if dst.is_file() or dst.with_suffix(".noface").is_file():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        crop = align_face(load_photo(src), output_size=1024).crop
+        photo = load_photo(src)
+        crop = align_face(photo, find_faces(photo), output_size=1024).crop
     except Error as exc:  # no_face, face_too_small, invalid_image: skip the file, say why
         dst.with_suffix(".noface").write_text(f"{exc.code}: {exc.message}\n")
         return

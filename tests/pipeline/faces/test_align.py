@@ -7,17 +7,16 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.faces.align import (
-    MEDIAPIPE_TO_68,
-    MIN_FACE_SIZE,
-    Alignment,
-    align_crop,
-    align_face,
-    detect_faces,
-    face_quad,
-)
+from pipeline.faces.align import MIN_FACE_SIZE, Alignment, align_crop, face_quad
+from pipeline.faces.align import align_face as align_faces_of
+from pipeline.faces.detect import MEDIAPIPE_TO_68, find_faces, find_landmarks
 from pipeline.faces.photo import load_photo
 from tests.pipeline.images import golden_dir, golden_face, gradient_image, jpeg_bytes, noise_image
+
+
+def align_face(image, **kwargs) -> Alignment:
+    """Detect, then align (as the Editor does)."""
+    return align_faces_of(image, find_faces(image), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_aligned_crops_match_reference(golden, name):
 
 def test_detector_quad_within_two_percent(golden):
     photo, ref = golden
-    faces = detect_faces(photo)
+    faces = find_landmarks(photo)
     assert len(faces) == 1
     assert faces[0].shape == (68, 2)
     quad, _ = face_quad(faces[0])
@@ -92,7 +91,7 @@ def test_no_face(image):
 def test_tiny_face_is_too_small(golden):
     photo, _ = golden
     small = photo.resize((150, 150), Image.Resampling.LANCZOS)   # the face's quad shrinks to ~51 px
-    faces = detect_faces(small)
+    faces = find_landmarks(small)
     assert faces, "the tiny face should still be detected"
     assert face_quad(faces[0])[1] < MIN_FACE_SIZE
     with pytest.raises(PipelineError) as err:
@@ -145,7 +144,7 @@ def test_several_faces_edit_the_largest(golden):
     group = Image.new("RGB", (1100, 620), (90, 110, 130))
     group.paste(photo, (20, 50))
     group.paste(photo.resize((400, 400), Image.Resampling.LANCZOS), (640, 100))
-    faces = detect_faces(group)
+    faces = find_landmarks(group)
     assert len(faces) == 2
     sizes = [face_quad(f)[1] for f in faces]
     assert sizes[0] > sizes[1]                        # largest first
@@ -160,7 +159,7 @@ def test_small_face_in_a_large_photo_is_found(golden):
     photo, ref = golden
     scene = Image.new("RGB", (3000, 2000), (90, 120, 150))
     scene.paste(photo.resize((1024, 1024), Image.Resampling.LANCZOS), (1400, 500))
-    faces = detect_faces(scene)
+    faces = find_landmarks(scene)
     assert len(faces) == 1
     quad, _ = face_quad(faces[0])
     expected = ref["quad"] * 2 + (1400, 500) + 0.5     # a 2x resize maps pixel centres p to 2p + 0.5

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import FACE_TOO_SMALL, INVALID_PARAMETER, NO_FACE, PipelineError
-from pipeline.faces.align import face_quad, find_faces
-from pipeline.faces.detect import FaceBox, detect_faces
+from pipeline.faces.align import face_quad
+from pipeline.faces.detect import FaceBox, detect_faces, find_faces
 from tests.pipeline.images import noise_image, png_bytes, turned, two_faces
 
 
@@ -119,11 +119,11 @@ def test_a_small_face_is_found_but_too_small_to_edit(dev_editor):
 
 
 def test_inverting_the_faces_of_one_photo_detects_once(dev_editor, pair_bytes, monkeypatch):
-    import pipeline.faces.align
+    import pipeline.faces.detect
 
     calls = []
-    real = pipeline.faces.align.find_faces
-    monkeypatch.setattr(pipeline.faces.align, "find_faces", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipeline.faces.detect.find_faces
+    monkeypatch.setattr(pipeline.faces.detect, "find_faces", lambda *a, **k: calls.append(1) or real(*a, **k))
     other = png_bytes(two_faces(height=380))
     for face in (0, 1):
         dev_editor.invert(other, face=face)
