@@ -429,14 +429,11 @@ class Editor:
             return identity.embed(crops)
 
     def _paste(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
-        """All faces of one strength into the full photo (one face: exactly the single-face paste, on the GPU
-        when the faces are there)."""
-        from pipeline.faces.paste import paste_faces
-        from pipeline.faces.paste_gpu import paste_rendered, to_uint8
+        """All faces of one strength into the full photo, on the GPU when the faces are there (one face: exactly
+        the single-face paste)."""
+        from pipeline.faces.paste_gpu import paste_group
 
-        if len(inversions) == 1:
-            return paste_rendered(image, faces, inversions[0].quad)[0]
-        return paste_faces(image, [Image.fromarray(face) for face in to_uint8(faces)], [inv.quad for inv in inversions])
+        return paste_group(image, faces, [inv.quad for inv in inversions])
 
 
 @dataclass(frozen=True)

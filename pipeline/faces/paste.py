@@ -31,7 +31,7 @@ _OVERSAMPLE = 2.0
 _MASK_SHAPE = 4.0
 # Overlapping faces weigh m / (1 - m + this): large enough to divide safely, small enough that inside one face's
 # core (m = 1) any other face's weight (at most 254/255 of a mask) moves no pixel by half a level.
-_CORE_EPSILON = 1e-6
+CORE_EPSILON = 1e-6
 
 
 def paste_back(photo: Image.Image, face: Image.Image, quad: np.ndarray,
@@ -105,11 +105,11 @@ def paste_faces(photo: Image.Image, faces: Sequence[Image.Image], quads: Sequenc
         x0, y0, x1, y1 = placement.box
         window = np.s_[y0 - top:y1 - top, x0 - left:x1 - left]
         m = placement.mask.astype(np.float64) / 255
-        w = m / (1 - m + _CORE_EPSILON)
+        w = m / (1 - m + CORE_EPSILON)
         weighted[window] += w[..., None] * warped
         weights[window] += w
         uncovered[window] *= 1 - m
-    blend = weighted / np.maximum(weights, _CORE_EPSILON)[..., None]
+    blend = weighted / np.maximum(weights, CORE_EPSILON)[..., None]
     mixed = base * uncovered[..., None] + blend * (1 - uncovered[..., None])
     result = photo.copy()
     result.paste(Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB"), (left, top))

@@ -1,5 +1,6 @@
 """The on-device paste (``pipeline.faces.paste_gpu``), run on the CPU: the same photo as ``pipeline.faces.paste`` up to its
-resampling filters, the same geometry and untouched pixels, and ``paste_rendered``'s dispatch."""
+resampling filters (one face and a group of overlapping faces), the same geometry and untouched pixels, and the
+dispatch of ``paste_rendered`` and ``paste_group``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.faces.paste import paste_back_many
-from pipeline.faces.paste_gpu import paste_on_device, paste_rendered, to_uint8
+from pipeline.faces.paste import paste_back_many, paste_faces
+from pipeline.faces.paste_gpu import (
+    paste_faces_on_device,
+    paste_group,
+    paste_on_device,
+    paste_rendered,
+    to_uint8,
+)
 from tests.pipeline.faces.test_paste import _rotated_quad
 from tests.pipeline.images import noise_image
 
@@ -65,3 +72,47 @@ def test_rendered_faces_on_the_cpu_take_the_cpu_paste():
     ours = paste_rendered(photo, faces, quad)
     ref = paste_back_many(photo, [Image.fromarray(f) for f in to_uint8(faces)], quad)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref, strict=True))
+
+
+def _close(ours: Image.Image, ref: Image.Image, photo: Image.Image) -> None:
+    """Within the resampling filters' difference: a level or two where faces are, never more than 12."""
+    diff = np.abs(np.asarray(ours, np.int16) - np.asarray(ref, np.int16))
+    touched = np.any((np.asarray(ours) != np.asarray(photo)) | (np.asarray(ref) != np.asarray(photo)), axis=-1)
+    assert diff[touched].mean() < 1.0 and diff.max() <= 12, (diff[touched].mean(), diff.max())
+    changed = np.any(np.asarray(ours) != np.asarray(photo), axis=-1)
+    changed_ref = np.any(np.asarray(ref) != np.asarray(photo), axis=-1)
+    assert changed.sum() > 1000 and (changed & ~changed_ref).sum() < 0.01 * changed.sum()
+
+
+@pytest.mark.parametrize("side", [256, 1024])
+def test_a_group_is_the_cpu_group_paste_up_to_resampling(side):
+    """Overlapping faces turned differently: the device's blend is ``paste_faces``' (the reference)."""
+    photo = noise_image(440, 260, seed=5)
+    quads = [_rotated_quad((130, 130), 90, 10), _rotated_quad((285, 125), 85, -15)]
+    faces = _faces(2, side, seed=3)
+    ours = paste_faces_on_device(photo, faces, quads)
+    ref = paste_faces(photo, [Image.fromarray(f) for f in to_uint8(faces)], quads)
+    assert ours.size == photo.size and ours.mode == "RGB"
+    _close(ours, ref, photo)
+    far = [q + 5000 for q in quads]
+    assert np.array_equal(np.asarray(paste_faces_on_device(photo, faces, far)), np.asarray(photo))
+    with pytest.raises(ValueError, match="2 faces and 1 quads"):
+        paste_faces_on_device(photo, faces, quads[:1])
+
+
+def test_one_face_of_a_group_is_the_single_paste():
+    photo = noise_image(400, 300, seed=2)
+    quad = _rotated_quad((210, 140), 80, 20)
+    faces = _faces(1, 256)
+    assert np.array_equal(np.asarray(paste_faces_on_device(photo, faces, [quad])),
+                          np.asarray(paste_on_device(photo, faces, quad)[0]))
+
+
+def test_paste_group_takes_the_cpu_reference_for_cpu_faces():
+    """CPU tensors go through OpenCV/Pillow (``paste_faces``), exactly; GPU ones through the device paste."""
+    photo = noise_image(440, 260, seed=5)
+    quads = [_rotated_quad((130, 130), 90, 10), _rotated_quad((285, 125), 85, -15)]
+    faces = _faces(2, 256, seed=4)
+    assert np.array_equal(np.asarray(paste_group(photo, faces, quads)),
+                          np.asarray(paste_faces(photo, [Image.fromarray(f) for f in to_uint8(faces)], quads)))
+
