@@ -19,6 +19,7 @@ tests import it.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -36,7 +37,10 @@ MAX_ALPHAS = 16  # strengths (output images) of one edit
 ALPHA_LIMIT = 10.0  # |alpha|
 BETA_DEFAULT = 0.15  # StyleCLIP's disentanglement threshold; beta is in the open interval (0, 1)
 MODES = ("global", "optimize")
-INVERSIONS = ("e4e", "sfe")  # the inverters the pipeline offers; the first is the default
+INVERSIONS = ("e4e", "sfe")  # the inverters the pipeline offers, the most faithful last
+INVERSION_ROLES = {"e4e": "encoder", "sfe": "sfe"}  # the bundle's model each inverter needs (besides e4e's)
+AUTO = "auto"  # a deployment's default inversion: the most faithful one its bundle has
+DEFAULT_INVERSIONS = (AUTO, *INVERSIONS)  # the values of the setting DEFAULT_INVERSION
 # --- ceilings of the service (the pipeline has none of its own here) ---------------------------------------
 MAX_FACES = 32  # faces one edit changes (each costs an alignment, an inversion and a paste per strength)
 MAX_FACE_INDEX = 999
@@ -124,9 +128,12 @@ class EditSpec(BaseModel):
         None, ge=1, le=MAX_STEPS,
         description=f"`optimize` mode only: optimization steps, 1..{MAX_STEPS} (default {MAX_STEPS}; fewer is "
         "faster and coarser)")
-    inversion: Annotated[Inversion, INVERT] = Field(
-        INVERSIONS[0], description="the inverter that finds the photo's latent codes: "
-        f"{' or '.join(f'`{name}`' for name in INVERSIONS)} (default `{INVERSIONS[0]}`)")
+    inversion: Annotated[Inversion | None, INVERT] = Field(
+        None, description="the inverter that finds the photo's latent codes: `e4e` (fast; the face drifts a "
+        "little from the person's) or `sfe` (StyleFeatureEditor: keeps the likeness, slower). Default: the "
+        "deployment's DEFAULT_INVERSION (a setting; `auto`, the most faithful one the models have). The edit "
+        "resource's `input.inversion` says which one made the edit once it ran. `sfe` on a deployment without "
+        "its model fails `model_missing` before any inversion")
     output_format: OutputFormat = Field(
         "jpeg", description=f"{', '.join(f'`{name}`' for name in OUTPUT_FORMATS)} (default `jpeg`); outputs "
         "carry no metadata")
@@ -165,10 +172,18 @@ class EditSpec(BaseModel):
 
     def variant(self, stage: str) -> str:
         """The `stage` fields that differ from their defaults, as a short tag (`inversion=sfe`), empty for the
-        defaults: a cached inversion made with other invert options is another object (`storage_layout`)."""
+        defaults (e4e for the inversion, resolved before: `resolve_inversion`): a cached inversion made with
+        other invert options is another object (`storage_layout`)."""
         defaults = {name: field.default for name, field in type(self).model_fields.items()}
+        defaults["inversion"] = INVERSIONS[0]
         return ",".join(f"{name}={value}" for name, value in self.pipeline_args(stage).items()
                         if value != defaults[name])
+
+    def inverter_version(self, versions: dict[str, str]) -> str:
+        """The version (of `versions`, the bundle's) of the inverter's own model when it has one besides e4e's
+        encoder, else "": part of the inversion cache key (`storage_layout.inversion_key`)."""
+        role = INVERSION_ROLES[self.inversion or INVERSIONS[0]]
+        return versions[role] if role != INVERSION_ROLES[INVERSIONS[0]] else ""
 
     @classmethod
     def stored(cls, values: dict[str, Any]) -> EditSpec:
@@ -183,6 +198,16 @@ class EditSpec(BaseModel):
         if len(self.changes) == 1 and self.changes[0].weight == 1:
             return self.changes[0]
         return None
+
+
+def resolve_inversion(requested: str | None, default: str, available: Collection[str]) -> str:
+    """The inverter an edit runs with: the one it asked for, else the deployment's `default` (`auto`: the most
+    faithful of `available`, the inverters whose models the bundle has). Whether the bundle has the one chosen
+    is the pipeline's check (`Editor.check_inversion`), which says how to add a missing model."""
+    choice = requested or default
+    if choice == AUTO:
+        return max(available, key=INVERSIONS.index)
+    return choice
 
 
 @dataclass(frozen=True)

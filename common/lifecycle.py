@@ -172,6 +172,12 @@ def record_outputs(
     return _apply(session, edit_id, _held_by(token), output_keys=output_keys, likeness=likeness)
 
 
+def record_options(session: Session, edit_id: str, token: str, options: dict[str, Any]) -> bool:
+    """Store the edit's resolved parameters without a column of their own (the inverter the deployment's
+    default chose); False once the row is no longer ours."""
+    return _apply(session, edit_id, _held_by(token), options=options)
+
+
 def still_held(session: Session, edit_id: str, token: str) -> bool:
     """True while `token` holds the row in `processing` (a cancel or a reap ends that)."""
     row = session.execute(select(Edit.status, Edit.worker).where(Edit.id == edit_id)).one_or_none()

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         4, ge=1, le=edit_contract.MAX_CHANGES,
         description=f"Most text changes (`changes`) one edit combines; at most {edit_contract.MAX_CHANGES}.",
     )
+    default_inversion: Literal[edit_contract.DEFAULT_INVERSIONS] = Field(  # type: ignore[valid-type]
+        edit_contract.AUTO,
+        description="The inverter of an edit that names none (`inversion`): `auto` (the most faithful one the "
+        "worker's model bundle has: `sfe` when it has StyleFeatureEditor, else `e4e`), `e4e` (fast) or `sfe` "
+        "(keeps the likeness, slower; edits fail `model_missing` on a bundle without it).",
+    )
     max_face_wait_seconds: int = Field(
         5, ge=1, le=5, description="Cap of `Prefer: wait=N` on `POST /v1/images` (waits for face detection)."
     )

@@ -2,10 +2,11 @@
 
 One bucket. Every key names the row it belongs to, never the account (the owner lives in the database):
 
-    originals/{image_id}                                    the uploaded photo                  → images
-    inversions/{image_id}/{encoder}[.{variant}][-f{face}].npz  one face's cached latent codes     → images
-    results/{edit_id}/{index}.{extension}                   one output of an edit               → edits
-    uploads/{upload_id}                                     a presigned upload not yet claimed  → uploads
+    originals/{image_id}                                          the uploaded photo                 → images
+    inversions/{image_id}/{encoder}[.{variant}][.{inverter}][-f{face}].npz
+                                                                  one face's cached latent codes     → images
+    results/{edit_id}/{index}.{extension}                         one output of an edit              → edits
+    uploads/{upload_id}                                           a presigned upload not yet claimed → uploads
 
 A local write goes to a `.tmp-*` file beside its key first (`PARTIAL_PREFIX`) and is renamed over it once
 complete. The purge (`common.retention`) deletes an image's and an edit's objects by these prefixes; the
@@ -43,11 +44,13 @@ def inversions_prefix(image_id: str) -> str:
     return f"{INVERSIONS.prefix}{image_id}/"
 
 
-def inversion_key(image_id: str, encoder_version: str, face: int = 0, variant: str = "") -> str:
+def inversion_key(image_id: str, encoder_version: str, face: int = 0, variant: str = "",
+                  inverter_version: str = "") -> str:
     """One face's cached inversion by one encoder; `variant`: the edit's non-default inversion options
-    (`EditSpec.variant`), empty for the defaults. The largest face keeps the single-face service's key
-    (`{encoder}.npz`), so the caches it wrote stay hits."""
-    name = f"{encoder_version}.{variant}" if variant else encoder_version
+    (`EditSpec.variant`), empty for the defaults; `inverter_version`: the version of the inverter's own model
+    when it has one besides the encoder (SFE's: `EditSpec.inverter_version`), so a new file of it is a new key.
+    The largest face keeps the single-face service's key (`{encoder}.npz`), so the caches it wrote stay hits."""
+    name = ".".join(part for part in (encoder_version, variant, inverter_version) if part)
     return f"{inversions_prefix(image_id)}{name}{f'-f{face}' if face else ''}.npz"
 
 

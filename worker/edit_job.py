@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
-from common.edit_contract import INVERT, RENDER, EditSpec
+from common.edit_contract import INVERT, RENDER, EditSpec, resolve_inversion
 from common.faces import FaceChoiceError, FaceStatus, chosen_faces
 from common.image_formats import FORMATS
 from common.lifecycle import Claim, EditStatus
@@ -43,6 +43,8 @@ from worker.detection import detect, store_faces
 from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from pipeline import Editor, Inversion
 
 log = logging.getLogger("worker.edit")
@@ -218,12 +220,13 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             model = {**editor.versions, "dev_bundle": editor.is_dev}
             if run := encoder_run(editor):
                 model["encoder_run"] = run
+            spec = _resolve_inversion(runtime, editor, edit, token, session)  # before the photo is read
             editor.check_texts(render_args["changes"])  # CLIP's token limit, before the inversion
             if spec.mode == "global":  # a new text's direction computes while the photo is inverted
                 editor.prefetch_directions(render_args["changes"])
             photo = runtime.storage.get(original_key(edit.image_id))
             chosen = _chosen_faces(runtime, editor, edit, photo)
-            inversions = _inversions(runtime, editor, edit, token, photo, watcher, metrics, chosen)
+            inversions = _inversions(runtime, editor, edit, spec, token, photo, watcher, metrics, chosen)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[spec.mode], start_share, 1.0)
             outputs = OutputWriter(runtime, edit, token)
@@ -273,14 +276,27 @@ def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) ->
     return chosen_faces(edit.spec.faces, faces, runtime.settings.max_faces_per_edit)
 
 
-def _inversions(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
-                metrics: dict, chosen: list[int]) -> list[Inversion]:
+def _resolve_inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, session: Session) -> EditSpec:
+    """The edit with the inverter it runs with (its own, else the deployment's DEFAULT_INVERSION resolved on this
+    bundle), recorded on the row so the edit resource says which one made it. A PipelineError
+    (`model_missing`, saying how to add the file) when the bundle lacks it: before any face is aligned."""
+    spec = edit.spec
+    inversion = resolve_inversion(spec.inversion, runtime.settings.default_inversion, editor.inversions)
+    editor.check_inversion(inversion)
+    if inversion != spec.inversion:
+        spec = spec.model_copy(update={"inversion": inversion})
+        lifecycle.record_options(session, edit.id, token, Edit.spec_columns(spec)["options"])
+    return spec
+
+
+def _inversions(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
+                watcher: Watcher, metrics: dict, chosen: list[int]) -> list[Inversion]:
     """One inversion per chosen face, each cached on its own; the first share of the progress bar is split
     between the faces that are not cached."""
     inversions, cached = [], []
     for n, face in enumerate(chosen):
         watcher.phase(INVERT_STAGES, INVERT_SHARE * n / len(chosen), INVERT_SHARE * (n + 1) / len(chosen))
-        inversion, hit = _inversion(runtime, editor, edit, token, photo, watcher, metrics, face)
+        inversion, hit = _inversion(runtime, editor, edit, spec, token, photo, watcher, metrics, face)
         inversions.append(inversion)
         cached.append(hit)
     metrics["inversion_cached"] = all(cached)
@@ -290,14 +306,14 @@ def _inversions(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo:
     return inversions
 
 
-def _inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, photo: bytes, watcher: Watcher,
-               metrics: dict, face: int) -> tuple[Inversion, bool]:
+def _inversion(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
+               watcher: Watcher, metrics: dict, face: int) -> tuple[Inversion, bool]:
     """Face `face`'s cached inversion, or a fresh one, then cached for the next edit of this photo if the job
     still holds its row once the cache is written (`_still_ours`). Returns it and whether it was cached."""
     from pipeline import Canceled, Inversion, PipelineError
 
-    spec = edit.spec
-    key = inversion_key(edit.image_id, editor.encoder_version, face, spec.variant(INVERT))
+    key = inversion_key(edit.image_id, editor.encoder_version, face, spec.variant(INVERT),
+                        spec.inverter_version(editor.versions))
     try:
         inversion = Inversion.from_bytes(runtime.storage.get(key))
         if inversion.face_index == face:

@@ -106,6 +106,22 @@ class Editor:
         return self.versions["encoder"]
 
     @property
+    def inversions(self) -> tuple[str, ...]:
+        """The inverters this bundle can run (``sfe`` needs its optional model)."""
+        return tuple(name for name in INVERSIONS if name != "sfe" or self.bundle.has("sfe"))
+
+    def check_inversion(self, inversion: str) -> None:
+        """PipelineError unless this bundle can invert with ``inversion``: before any work, so a service refuses
+        an edit it cannot run before it aligns or inverts anything."""
+        if inversion not in INVERSIONS:
+            raise PipelineError(INVALID_PARAMETER, f"inversion must be one of {', '.join(INVERSIONS)}, "
+                                                   f"got {inversion!r}")
+        if inversion not in self.inversions:
+            raise PipelineError(MODEL_MISSING, f"inversion sfe needs the SFE model, which the bundle in "
+                                               f"{self.bundle.dir} does not have (`python -m pipeline download "
+                                               f"--only sfe` adds it)")
+
+    @property
     def is_dev(self) -> bool:
         return self.bundle.is_dev
 
@@ -223,13 +239,7 @@ class Editor:
 
         if isinstance(face, bool) or not isinstance(face, int) or face < 0:
             raise PipelineError(INVALID_PARAMETER, f"face must be a face index >= 0, got {face!r}")
-        if inversion not in INVERSIONS:
-            raise PipelineError(INVALID_PARAMETER, f"inversion must be one of {', '.join(INVERSIONS)}, "
-                                                   f"got {inversion!r}")
-        if inversion == "sfe" and not self.bundle.has("sfe"):
-            raise PipelineError(MODEL_MISSING, f"inversion sfe needs the SFE model, which the bundle in "
-                                               f"{self.bundle.dir} does not have (`python -m pipeline download "
-                                               f"--only sfe` adds it)")
+        self.check_inversion(inversion)
         own: dict[str, float] = {}
         step = Stages(progress, should_cancel, own)
         raw = _photo_bytes(photo)

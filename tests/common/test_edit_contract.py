@@ -101,9 +101,26 @@ def test_a_stored_edit_reads_back_without_validation_and_with_defaults_for_new_f
     """A row written before a field existed (no `inversion`) or under a higher limit still reads."""
     spec = EditSpec.stored({"changes": [{"neutral": "a", "target": "b" * 500, "weight": 1}], "alphas": [1],
                             "beta": 0.1, "mode": "global", "faces": "all", "output_format": "png"})
-    assert spec.inversion == "e4e" and spec.steps is None and spec.faces == "all"
+    assert spec.inversion is None and spec.steps is None and spec.faces == "all"  # the deployment's default
     assert spec.one_change() is not None and spec.pipeline_args(RENDER)["changes"][0]["target"] == "b" * 500
-    assert spec.variant(INVERT) == ""
+
+
+def test_the_inversion_is_the_edits_own_else_the_deployments_default_resolved_on_the_bundle():
+    """`auto` picks the most faithful inverter the bundle has; an explicit one stays (the pipeline then says
+    whether the bundle has its model); e4e is the plain cache key, SFE's key names its own model's version."""
+    assert contract.resolve_inversion(None, "auto", ("e4e", "sfe")) == "sfe"
+    assert contract.resolve_inversion(None, "auto", ("e4e",)) == "e4e"
+    assert contract.resolve_inversion(None, "e4e", ("e4e", "sfe")) == "e4e"
+    assert contract.resolve_inversion("sfe", "e4e", ("e4e",)) == "sfe"
+    assert contract.resolve_inversion("e4e", "auto", ("e4e", "sfe")) == "e4e"
+    assert set(contract.INVERSION_ROLES) == set(contract.INVERSIONS)
+    change = Change(neutral="a face", target="a smile")
+    versions = {"encoder": "e" * 12, "sfe": "5" * 12}
+    e4e, sfe = (EditSpec(changes=[change], alphas=[1.0], inversion=name) for name in contract.INVERSIONS)
+    assert (e4e.variant(INVERT), e4e.inverter_version(versions)) == ("", "")
+    assert (sfe.variant(INVERT), sfe.inverter_version(versions)) == ("inversion=sfe", "5" * 12)
+    with pytest.raises(ValidationError):
+        EditSpec(changes=[change], alphas=[1.0], inversion="auto")  # a deployment's setting, not an edit's
 
 
 def test_limits_published_to_the_app():

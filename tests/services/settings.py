@@ -67,6 +67,9 @@ def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None
         "model_dir": model_dir,
         **{field: f"{field.removesuffix('_queue')}-{suffix}" for field in topology.QUEUE_ROLES},
         **GENEROUS_LIMITS,
+        # an edit naming no inversion runs e4e (`auto` would pick the dev bundle's SFE): the fault and end-to-end
+        # tests' timings are e4e's; SFE has its own tests (tests/worker/test_group_edit.py)
+        "default_inversion": "e4e",
     }
     if s3_endpoint is not None:
         values.update(storage_backend="s3", s3_endpoint_url=s3_endpoint, s3_bucket=f"faceedit-{suffix}",

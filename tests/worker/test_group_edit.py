@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from sqlalchemy import select
 
 from common import lifecycle
 from common.db import upgrade
-from common.edit_resource import edit_resource
+from common.edit_resource import edit_input, edit_resource
 from common.models import Edit, WebhookDelivery, new_id
 from common.models import Image as ImageRow
 from common.settings import Settings
@@ -41,7 +43,8 @@ def runtime(dev_bundle, redis_url, tmp_path_factory):
     runtime = Runtime(Settings(database_url=database, storage_dir=root / "store", cache_dir=root / "cache",
                                model_dir=dev_bundle, redis_url=redis_url, io_queue=f"io-{tag}",
                                edits_queue=f"edits-{tag}", webhooks_queue=f"webhooks-{tag}",
-                               cancel_check_seconds=0.05, progress_write_seconds=60))  # fmt: skip
+                               cancel_check_seconds=0.05, progress_write_seconds=60,
+                               default_inversion="e4e"))  # fmt: skip
     yield runtime
     from redis import Redis
 
@@ -241,13 +244,49 @@ def test_a_text_too_long_for_clip_fails_before_the_inversion(runtime, pair):
 
 def test_an_sfe_edit_succeeds_with_its_own_inversion_cache(runtime, shared):
     """`inversion: "sfe"` (StyleFeatureEditor, in the development bundle): the job inverts and renders with it,
-    and caches each face's SFE inversion under its own key, beside (never instead of) e4e's."""
+    and caches each face's SFE inversion under its own key, beside (never instead of) e4e's, naming SFE's file
+    version (a new SFE file is a new key)."""
     from pipeline import Inversion
 
     edit_id = _edit(runtime, shared, faces="all", options={"inversion": "sfe"})
     assert run_edit(runtime, edit_id) == "succeeded", _row(runtime, Edit, edit_id).error_message
     assert _row(runtime, Edit, edit_id).spec.inversion == "sfe"
-    encoder = runtime.editor().encoder_version
+    versions = runtime.editor().versions
     for face in (0, 1):
-        blob = runtime.storage.get(inversion_key(shared, encoder, face, "inversion=sfe"))
+        blob = runtime.storage.get(inversion_key(shared, versions["encoder"], face, "inversion=sfe", versions["sfe"]))
         assert Inversion.from_bytes(blob).inverter == "sfe"
+
+
+def test_an_edit_without_an_inversion_takes_the_deployments_default_and_says_which(runtime, shared, monkeypatch):
+    """DEFAULT_INVERSION `auto` on a bundle with SFE: an edit naming no inversion runs SFE, and its resource
+    says so (the resolved choice is stored on the row); `e4e`: e4e."""
+    for default, made_by in (("auto", "sfe"), ("e4e", "e4e")):
+        monkeypatch.setattr(runtime, "settings", runtime.settings.model_copy(update={"default_inversion": default}))
+        edit_id = _edit(runtime, shared)
+        assert _row(runtime, Edit, edit_id).spec.inversion is None
+        assert run_edit(runtime, edit_id) == "succeeded", _row(runtime, Edit, edit_id).error_message
+        edit = _row(runtime, Edit, edit_id)
+        assert edit.options["inversion"] == made_by
+        assert edit_input(edit)["inversion"] == made_by
+
+
+def test_sfe_on_a_bundle_without_its_model_fails_before_any_inversion(runtime, dev_bundle, tmp_path):
+    """An explicit `"sfe"` where the bundle has no SFE file: `model_missing` saying how to add it, before any
+    face is aligned or inverted; `auto` on that bundle would be e4e (the contract's test)."""
+    from common.storage_layout import inversions_prefix
+    from pipeline.weights.bundle import read_manifest
+
+    bundle = tmp_path / "no-sfe"
+    bundle.mkdir()
+    manifest = read_manifest(dev_bundle)
+    for item in Path(dev_bundle).iterdir():
+        if item.is_file() and item.name != "manifest.json":
+            (bundle / item.name).symlink_to(item.resolve())
+    replace(manifest, models={role: e for role, e in manifest.models.items() if role != "sfe"}).write(bundle)
+    without = Runtime(runtime.settings.model_copy(update={"model_dir": bundle, "cache_dir": tmp_path / "cache"}))
+    image_id = _image(without, png_bytes(two_faces(height=300, gap=60)))
+    edit_id = _edit(without, image_id, options={"inversion": "sfe"})
+    assert run_edit(without, edit_id) == "failed"
+    edit = _row(without, Edit, edit_id)
+    assert edit.error_code == "model_missing" and "download --only sfe" in edit.error_message
+    assert "invert_seconds" not in (edit.metrics or {}) and without.storage.list(inversions_prefix(image_id)) == []
