@@ -43,6 +43,7 @@ class NewPhotoEdit:
         from pipeline.edit.directions import COMMON_NEUTRAL, TextDirectionCache, apply, style_direction
         from pipeline.edit.editor import ENCODER_INPUT, render_order
         from pipeline.faces.align import align_face
+        from pipeline.faces.detect import find_faces
         from pipeline.faces.paste_gpu import paste_rendered
         from pipeline.faces.photo import load_photo
 
@@ -55,7 +56,7 @@ class NewPhotoEdit:
         with torch.no_grad():
             t = time.perf_counter()
             image = load_photo(self.photo)
-            alignment = align_face(image, output_size=ENCODER_INPUT)
+            alignment = align_face(image, find_faces(image), output_size=ENCODER_INPUT)
             seconds["align"] = time.perf_counter() - t
             t = time.perf_counter()
             x = torch.from_numpy(np.asarray(alignment.crop.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
