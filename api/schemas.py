@@ -184,4 +184,5 @@ class AppConfig(BaseModel):
     limits: dict[str, Any] = Field(
         description="what an edit may ask for here (`common.edit_contract.EditLimits.public`): max_alphas, "
         "max_changes, max_faces (this server's settings), max_text_chars, the weight and alpha ranges, "
-        "beta_default, max_steps, modes, inversions, output_formats; the web app reads its limits from it")
+        "beta_default, max_steps, modes, inversions, default_inversion (this server's DEFAULT_INVERSION), "
+        "output_formats; the web app reads its limits from it")

@@ -213,11 +213,13 @@ def resolve_inversion(requested: str | None, default: str, available: Collection
 @dataclass(frozen=True)
 class EditLimits:
     """The limits a deployment applies (settings `MAX_ALPHAS`, `MAX_CHANGES_PER_EDIT`, `MAX_FACES_PER_EDIT`),
-    each at most the contract's ceiling (the settings' own ranges say so)."""
+    each at most the contract's ceiling (the settings' own ranges say so), and its default inversion (setting
+    `DEFAULT_INVERSION`: what an edit naming none runs, so the app can show the choice as it stands)."""
 
     max_alphas: int = MAX_ALPHAS
     max_changes: int = MAX_CHANGES
     max_faces: int = MAX_FACES
+    default_inversion: str = AUTO
 
     def problem(self, spec: EditSpec) -> str | None:
         """What in `spec` exceeds these limits, or None."""

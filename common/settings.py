@@ -311,7 +311,7 @@ class Settings(BaseSettings):
 
     def edit_limits(self) -> EditLimits:
         """The edit limits this deployment applies below the contract's ceilings."""
-        return EditLimits(self.max_alphas, self.max_changes_per_edit, self.max_faces_per_edit)
+        return EditLimits(self.max_alphas, self.max_changes_per_edit, self.max_faces_per_edit, self.default_inversion)
 
     @model_validator(mode="after")
     def _visibility_exceeds_deadline(self) -> Settings:

@@ -5,6 +5,7 @@ import { activeField, applyLimits, applyPreset, changeParams, currentChanges, de
          setChanges } from "./changes.js";
 import { clearFaces, facesParam, findFaces, initFaces, noneChosen, showStatus } from "./faces.js";
 import { renderHistory } from "./history.js";
+import { applyInversionChoice, initInversion, inversionParam } from "./inversion.js";
 import { EditJob, finishedCount, TERMINAL } from "./job.js";
 import { describeError } from "./messages.js";
 import { preparePhoto, thumbnail } from "./photo.js";
@@ -177,7 +178,8 @@ function submitForm() {
   if (upload) upload.used = true;
   const { target, changes: list } = changeParams(neutral); // one plain change: the simple form
   startJob({ photo: state.photo, imageId: state.imageId, upload, neutral, target, changes: list,
-             description: describeChanges(changes), faces: facesParam(), alphas: ALPHAS, beta: BETA });
+             description: describeChanges(changes), faces: facesParam(), alphas: ALPHAS, beta: BETA,
+             inversion: inversionParam() });
 }
 
 /* ---------- alerts: what went wrong and what to do next ---------- */
@@ -448,6 +450,7 @@ async function openEdit(id) {
 async function main() {
   initResult();
   initFaces();
+  initInversion();
   initChanges(updateSubmit);
   initSettings();
   $("file-camera").addEventListener("change", onFile);
@@ -471,6 +474,7 @@ async function main() {
   });
   await api.loadConfig();
   applyLimits();
+  applyInversionChoice();
   await route();
   askAboutLinkKey(); // a link the app was opened with
   document.body.dataset.ready = "true"; // tests wait for this

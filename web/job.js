@@ -11,7 +11,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class EditJob {
   /**
-   * @param {object} request {photo, imageId, upload?, neutral, target | changes, faces?, alphas, beta}
+   * @param {object} request {photo, imageId, upload?, neutral, target | changes, faces?, alphas, beta, inversion?}
    *   upload: an upload of `photo` already running ({promise, abort, listen(onProgress)})
    * @param {object} hooks onUploaded(image), onCreated(edit), onUpdate({phase, fraction, position, edit}),
    *   onOutputs(edit) whenever the edit lists finished outputs (strengths arrive one by one)
@@ -43,9 +43,10 @@ export class EditJob {
       this.hooks.onUploaded(image);
     }
     this.throwIfCanceled();
-    const { neutral, target, changes, faces, alphas, beta } = this.request;
+    const { neutral, target, changes, faces, alphas, beta, inversion } = this.request;
     const params = { image: imageId, alphas, beta, ...(changes ? { changes } : { neutral, target }) };
     if (faces !== undefined) params.faces = faces;
+    if (inversion !== undefined) params.inversion = inversion;
     const edit = await createEdit(params);
     this.editId = edit.id;
     this.hooks.onCreated(edit);

@@ -5,6 +5,7 @@
 
 import { fetchFile } from "./api.js";
 import { describeChanges } from "./changes.js";
+import { showMadeWith } from "./inversion.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -88,6 +89,7 @@ export function updateResult(edit, images, running) {
 function showHeader(edit) {
   $("result-title").textContent = titleOf(edit);
   $("dev-note").hidden = !(edit.model && edit.model.dev_bundle);
+  showMadeWith(edit);
 }
 
 /** The edit id on the result screen (null when none). */

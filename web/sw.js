@@ -12,6 +12,7 @@ const SHELL = [
   "/changes.js",
   "/faces.js",
   "/history.js",
+  "/inversion.js",
   "/job.js",
   "/messages.js",
   "/photo.js",

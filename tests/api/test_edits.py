@@ -123,9 +123,11 @@ def test_a_text_at_the_contracts_limit_is_accepted_in_either_form(queued):
 
 def test_the_app_config_publishes_the_edit_limits(queued_settings):
     """What the web app reads its limits from: the contract's, with this server's settings."""
-    api = make_api(queued_settings.model_copy(update={"max_changes_per_edit": 2, "max_alphas": 5}))
+    api = make_api(queued_settings.model_copy(update={"max_changes_per_edit": 2, "max_alphas": 5,
+                                                      "default_inversion": "sfe"}))
     limits = api.client.get("/app-config.json").json()["limits"]
     assert (limits["max_changes"], limits["max_alphas"], limits["max_text_chars"]) == (2, 5, MAX_TEXT_CHARS)
+    assert limits["inversions"] == ["e4e", "sfe"] and limits["default_inversion"] == "sfe"
     assert limits["weight"] == [-2.0, 2.0] and limits["modes"] == ["global", "optimize"]
 
 

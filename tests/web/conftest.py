@@ -89,6 +89,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         "DATABASE_URL": f"sqlite:///{data / 'faceedit.db'}",
         "STORAGE_DIR": str(data / "storage"),
         "MODEL_DIR": str(bundle),
+        "DEFAULT_INVERSION": "e4e",  # as every test deployment (tests/services/settings.py); a journey asks for SFE
     })
     log = data / "service.log"
     with log.open("wb") as out:

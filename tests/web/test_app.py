@@ -294,13 +294,17 @@ def test_the_app_takes_its_limits_from_app_config(phone: Page, service):
     real = httpx.get(f"{service.url}/app-config.json").json()
     open_app(phone, service.url)
     assert phone.locator("#target").evaluate("el => el.maxLength") == real["limits"]["max_text_chars"]
+    assert real["limits"]["default_inversion"] == "e4e"  # the test deployment's: the likeness switch starts off
+    expect(phone.locator("#keep-likeness")).not_to_be_checked()
 
-    limits = {**real["limits"], "max_changes": 2, "max_text_chars": 12, "weight": [-1.0, 1.0]}
+    limits = {**real["limits"], "max_changes": 2, "max_text_chars": 12, "weight": [-1.0, 1.0],
+              "inversions": ["e4e"]}
     phone.route("**/app-config.json", lambda route: route.fulfill(json={**real, "limits": limits}))
     open_app(phone, service.url)
     assert phone.locator("#target").evaluate("el => el.maxLength") == 12
     phone.get_by_role("button", name="Add another change").click()
     expect(phone.locator("#changes .change")).to_have_count(1)
     expect(phone.locator("#add-change")).to_be_hidden()  # the second change is the server's last
+    expect(phone.locator("#likeness-choice")).to_be_hidden()  # a server without SFE offers no choice
     assert phone.locator("#changes .change-target").evaluate("el => el.maxLength") == 12
     assert phone.locator("#changes .change-weight").evaluate("el => [el.min, el.max]") == ["-1", "1"]

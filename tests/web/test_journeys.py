@@ -101,6 +101,8 @@ def test_edit_journey(make_phone, service, photos, shots: Path) -> None:
     assert phone.js("[...document.querySelectorAll('#edit-form input[type=text], #edit-form textarea')]"
                     ".map((el) => el.value)")[:2] == ["a face", "a smiling face"]  # fmt: skip
     shot(phone, shots, "2-photo")
+    phone.js("document.getElementById('keep-likeness').scrollIntoView({block: 'center'})")  # above the dock
+    phone.click("#keep-likeness")  # the test deployment's default is e4e: this edit asks for SFE
     phone.click(button("Create edit"))
     wait_until(phone, visible(by_id("screen-progress")) + " || " + visible(by_id("screen-result")))
 
@@ -110,6 +112,7 @@ def test_edit_journey(make_phone, service, photos, shots: Path) -> None:
     assert count == 5, "one submit makes all five strengths"
     wait_until(phone, f"document.querySelectorAll('.tick.done').length === {count}", EDIT_TIMEOUT_S, "every strength")
     assert phone.js(visible(by_id("screen-result"))), f"{phone.engine} left the result: {page_errors(phone)}"
+    assert phone.js("document.getElementById('made-with').dataset.inversion") == "sfe", "the switch reached the edit"
     shot(phone, shots, "4-result")
     sources = {}
     for key, index in (("Home", 0), ("End", count - 1)):
