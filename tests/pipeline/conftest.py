@@ -24,6 +24,15 @@ def dev_editor(dev_bundle):
 
 
 @pytest.fixture(scope="session")
+def face_bytes() -> bytes:
+    """The golden fixtures' face photo, as an upload would carry it."""
+    path = golden_dir() / "face_input.png"
+    if not path.is_file():
+        pytest.skip(f"golden fixtures not found in {golden_dir()} (set GOLDEN_DIR)")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
 def assert_golden():
     """``assert_golden(family, contains="")``: every golden check of that family on the shared fixtures (whose
     name contains ``contains``) is within tolerance, and there is at least one. Each family runs once per

@@ -17,14 +17,6 @@ from tests.pipeline.images import golden_dir, jpeg_bytes, noise_image
 
 
 @pytest.fixture(scope="module")
-def face_bytes() -> bytes:
-    path = golden_dir() / "face_input.png"
-    if not path.is_file():
-        pytest.skip(f"golden fixtures not found in {golden_dir()} (set GOLDEN_DIR)")
-    return path.read_bytes()
-
-
-@pytest.fixture(scope="module")
 def inversion(dev_editor, face_bytes) -> Inversion:
     return dev_editor.invert(face_bytes)
 

@@ -13,15 +13,6 @@ from pipeline import Inversion, PipelineError
 from pipeline.edit.inversion import FEATURE_DTYPE
 from pipeline.errors import INVALID_PARAMETER
 from pipeline.models.sfe import FEATURE_RESOLUTION
-from tests.pipeline.images import golden_dir
-
-
-@pytest.fixture(scope="module")
-def face_bytes() -> bytes:
-    path = golden_dir() / "face_input.png"
-    if not path.is_file():
-        pytest.skip(f"golden fixtures not found in {golden_dir()} (set GOLDEN_DIR)")
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
