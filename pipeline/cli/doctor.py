@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.weights.doctor import diagnose
+    from pipeline.doctor import diagnose
 
     directory = bundle_dir(args.bundle)
     if not args.json:
@@ -73,7 +73,7 @@ def print_check(check) -> None:
 
 
 def summary(report) -> str:
-    from pipeline.weights.doctor import Status
+    from pipeline.doctor import Status
 
     counts = (f"{report.count(Status.PASS)} passed, {report.count(Status.FAIL)} failed, "
               f"{report.count(Status.SKIP)} skipped")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.edit.inversion import INVERSIONS
+from pipeline.edit.inverters import INVERSIONS
 from pipeline.render.config import RenderConfig
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline.edit.inverters import INVERSIONS
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 
 FORMAT = 2
-INVERSIONS = ("e4e", "sfe")  # ``Editor.invert``'s inverters; the first is the default (sfe needs its model)
 # SFE's fused 64² feature is stored in float16: 4 MB a face instead of 8. Measured on the golden SFE weights, the
 # rounding (3.8e-4 of the feature's largest value) moves the 1024² inversion by 8.5e-5 and the edited image by
 # 7.5e-5 of their largest value, against the 2e-3 image tolerance; bfloat16 would move them 5.7e-4 / 6.6e-4, and

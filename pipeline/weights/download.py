@@ -316,11 +316,11 @@ def check_loads(role: str, path: Path) -> None:
 
         load_clip(path)
     elif role == "relevance":
-        from pipeline.edit.relevance import load_relevance_matrix
+        from pipeline.weights.relevance_files import load_relevance_matrix
 
         load_relevance_matrix(path)
     elif role == "relevance_stats":
-        from pipeline.edit.relevance import load_style_stats
+        from pipeline.weights.relevance_files import load_style_stats
 
         load_style_stats(path)
     elif role == "sfe":

@@ -9,7 +9,7 @@ computes it when no source of the published file answers.
 
 File: ``style_stats.npz`` with ``style_mean``, ``style_std`` (float32, all layers concatenated in execution
 order) and ``meta`` (JSON: samples, seed, truncation, per-layer dims, the generator's sha256), read by
-``pipeline.edit.relevance.load_style_stats`` like StyleCLIP's pickle.
+``pipeline.weights.relevance_files.load_style_stats`` like StyleCLIP's pickle.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.edit.relevance import load_style_stats
 from pipeline.errors import MODEL_INVALID, PipelineError
 from pipeline.models.checkpoints import load_state
 from pipeline.models.stylegan2 import Generator, load_generator, save_generator
 from pipeline.weights.bundle import Bundle, read_manifest
+from pipeline.weights.relevance_files import load_style_stats
 from tests.pipeline.images import golden_dir
 
 

@@ -1,5 +1,5 @@
 """The checks ``doctor`` runs on a bundle directory, in order, each one a ``Check`` (PASS, FAIL or SKIP with a
-one-line reason; the decisions and their thresholds are in ``pipeline.weights.doctor.verdicts``).
+one-line reason; the decisions and their thresholds are in ``pipeline.doctor.verdicts``).
 
 1. the manifest, each file (present, not a web page saved in its place, the manifest's size and sha256), and the
    bundle as the pipeline itself accepts it (``Bundle.load(verify=True)``);
@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.doctor import verdicts as v
+from pipeline.doctor.verdicts import Check, Status, failed, passed, skipped
 from pipeline.errors import PipelineError
 from pipeline.weights.bundle import (
     HASH_COMPUTED,
@@ -40,12 +42,10 @@ from pipeline.weights.bundle import (
     read_manifest,
     text_instead_of_model,
 )
-from pipeline.weights.doctor import verdicts as v
-from pipeline.weights.doctor.verdicts import Check, Status, failed, passed, skipped
 
 log = logging.getLogger(__name__)
 
-SAMPLE_PHOTO = Path(__file__).resolve().parents[2] / "samples" / "astronaut.jpg"
+SAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "samples" / "astronaut.jpg"
 LOAD_ROLES = ("generator", "encoder", "clip", "relevance", "identity", "sfe")
 SEMANTIC = ("clip-face", "reconstruction", "smile-edit", "reconstruction-sfe")
 # what an absent optional model leaves out
