@@ -82,9 +82,9 @@ def _ready(argv: list[str], port: int | None, process: subprocess.Popen, log: Pa
     program = argv[0]
     if argv[1:3] == ["-m", "api"] and "migrate" in argv:
         return process.poll() == 0
-    if program == "uvicorn" or "flower" in argv:
+    if program == "uvicorn" or "flower" in argv or "flower-gate" in argv:
         try:
-            path = "/healthz" if program == "uvicorn" else "/healthcheck"
+            path = "/healthz" if program == "uvicorn" else "/gate-healthz" if "flower-gate" in argv else "/healthcheck"
             return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
@@ -117,6 +117,7 @@ def test_command_reaches_ready_as_written(command: Command, broker, dev_bundle, 
         "STORAGE_BACKEND": "local", "STORAGE_DIR": str(tmp_path / "storage"),
         "METRICS_PORT": str(free_port()), "LIVENESS_DIR": str(tmp_path / "liveness"), "LIVENESS_PING_SECONDS": "1",
         "FLOWER_BASIC_AUTH": "admin:test",
+        "FLOWER_GATE_AUTH": "admin:test",  # compose and k8s give the gate its login (a secret)
     }  # fmt: skip
     if any("readyz" in " ".join(probe) for probe in command.probes):  # compose starts `migrate` first
         subprocess.run(["python", "-m", "api", "migrate"], cwd=app, env=env, check=True, timeout=120)

@@ -119,7 +119,9 @@ def chromium() -> Path:
     return require_chromium()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while sync_playwright is open an event loop runs in the main thread, and every later
+# test that calls asyncio.run (the webhook sender does) would fail "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser_type(chromium):
     """Playwright's Chromium driver, pointed at Debian's chromium."""
     from playwright.sync_api import sync_playwright
@@ -128,7 +130,7 @@ def browser_type(chromium):
         yield playwright.chromium
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(browser_type, chromium):
     browser = browser_type.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
     yield browser

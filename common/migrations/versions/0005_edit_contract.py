@@ -40,6 +40,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("options", sa.JSON(), nullable=True))
         batch.drop_column("neutral")
         batch.drop_column("target")
+    # Every edit stored before this revision was inverted by e4e: say so, as the worker records a resolved
+    # choice (an edit with no `inversion` would otherwise read as "the deployment's default").
+    connection.execute(sa.table("edits", sa.column("options", sa.JSON)).update().values(options={"inversion": "e4e"}))
 
 
 def downgrade() -> None:

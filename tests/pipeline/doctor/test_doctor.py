@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from pipeline.cli import main
-from pipeline.weights.bundle import text_instead_of_model
 from pipeline.doctor import SAMPLE_PHOTO, Status, diagnose
 from pipeline.doctor import verdicts as v
+from pipeline.weights.bundle import text_instead_of_model
 from tests.pipeline.images import REPO_ROOT
 
 FILE_CHECKS = ("manifest", "bundle")
