@@ -63,15 +63,16 @@ def make_dev_bundle(directory: Path, size: int = 256, seed: int = 0) -> Bundle:
         save_encoder(directory / FILES["encoder"], encoder,
                      {"encoder_type": "Encoder4Editing", "stylegan_size": size, "dev": True, "seed": seed})
         torch.save(dev_arcface().state_dict(), directory / FILES["identity"])  # model_ir_se50.pt's layout
+        clip_model = dev_clip()
+        save_clip_archive(clip_model, directory / FILES["clip"])
+        write_dev_relevance(directory / FILES["relevance"], generator, embed_dim=clip_model.text_projection.shape[1],
+                            seed=seed)
+        # SFE last: its random draws must not shift the other models' weights (tests hold margins on them).
         files = dict(FILES)
         if size > FEATURE_RESOLUTION:  # SFE's feature replaces a block below the generator's last
             save_sfe(directory / FILES["sfe"], dev_sfe(generator))
         else:
             del files["sfe"]
-        clip_model = dev_clip()
-        save_clip_archive(clip_model, directory / FILES["clip"])
-        write_dev_relevance(directory / FILES["relevance"], generator, embed_dim=clip_model.text_projection.shape[1],
-                            seed=seed)
     models = {role: ModelFile(file=name, url=None, sha256=sha256_file(directory / name),
                               bytes=(directory / name).stat().st_size, license=LICENSE,
                               source=f"python -m pipeline make-dev-bundle (size {size}, seed {seed})")
