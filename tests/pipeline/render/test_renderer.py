@@ -84,19 +84,17 @@ def test_the_cpu_renderer_equals_the_reference(wide, batch):
     assert torch.equal(standalone, served)
 
 
-@pytest.mark.xfail(reason="not bit-identical on this session's machine, on the code from before the session too "
-                   "(it passed on the previous machine): PyTorch's threaded ops reassociate here; to be measured "
-                   "and given a tolerance or a fix", strict=False)
-def test_a_render_on_the_calling_thread_alone_is_bit_identical(wide, monkeypatch):
+def test_a_render_on_the_calling_thread_alone_is_the_same_render(wide, monkeypatch):
     """``CpuRenderer.render`` keeps PyTorch's ops on its thread (``nnpack.torch_ops_on_this_thread``): the same
-    numbers as with PyTorch's threads."""
+    numbers as with PyTorch's threads, up to float32 reassociation (bit-identical on the machine that measured
+    it; 8e-8 relative on this session's 2-core machine, whose threaded reductions sum in another order)."""
     styles = wide.styles(wplus_for(wide, 1, seed=13))
     renderer = CpuRenderer.from_generator(wide)
     with torch.inference_mode():
         alone = renderer.render(styles)
         monkeypatch.setattr(nnpack, "torch_ops_on_this_thread", lambda mode: contextlib.nullcontext())
         shared = renderer.render(styles)
-    assert torch.equal(alone, shared)
+    assert rel_err(alone, shared) < 1e-6
 
 
 @pytest.mark.parametrize("mode", ["torch", "off"])
