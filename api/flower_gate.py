@@ -32,7 +32,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from api.asgi import header
-from api.processes import die_with_parent
+from api.processes import die_with_parent, stop_process
 
 # A Basic credential longer than this is refused unread (a key is ~50 characters; the header's own cap is
 # the server's, h11's 64 KiB).
@@ -190,12 +190,7 @@ def run_gate(host: str, port: int, upstream: str | None, flower_args: list[str])
         server.run()
     finally:
         if flower is not None and flower.poll() is None:
-            flower.terminate()
-            try:
-                flower.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                flower.kill()
-                flower.wait()
+            stop_process(flower, timeout=10)
     return 1 if flower is not None and flower.returncode not in (None, 0, -signal.SIGTERM) else 0
 
 

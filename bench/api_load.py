@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from api.processes import stop_process
 from bench.load import json_request, run_load
 from bench.machine import REPO_ROOT
 
@@ -75,12 +76,7 @@ def _server(tree: Path, settings, port: int, tmp: Path) -> Iterator[int]:
             time.sleep(0.2)
         yield process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
         log_file.close()
 
 
