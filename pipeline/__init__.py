@@ -9,9 +9,14 @@ import torch::
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING
 
 from pipeline.errors import Canceled, PipelineError
+
+# OpenAI's CLIP imports pkg_resources, whose deprecation warning every worker and CLI run would print at start,
+# telling operators about a package they do not use (requirements pin setuptools<81, where it still exists).
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 if TYPE_CHECKING:
     from pipeline.edit.editor import Editor, Inversion
