@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -127,15 +127,35 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
-def configure_logging(level: str = "INFO", fmt: Literal["json", "text"] = "json") -> None:
+class QuietRoutineTasks(logging.Filter):
+    """Drops Celery's INFO lines (beat's "Sending due task", the worker's "received" and "succeeded") about
+    tasks that run on a timer: beat sends the webhook sweep every few seconds, and their three lines each
+    would bury the lines about edits. Their warnings and errors, and everything at LOG_LEVEL=DEBUG, still show."""
+
+    def __init__(self, task_names: Iterable[str]) -> None:
+        super().__init__()
+        self.task_names = tuple(task_names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not record.name.startswith("celery"):
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in self.task_names)
+
+
+def configure_logging(level: str = "INFO", fmt: Literal["json", "text"] = "json",
+                      quiet_tasks: Iterable[str] = ()) -> None:  # fmt: skip
     """Send every log record to stderr in the chosen format; idempotent (apps and tests call it often).
 
     Only the handler installed here is replaced: other handlers on the root logger (pytest's capture)
     stay. uvicorn's and Celery's own handlers are dropped so their records come through this one.
+    `quiet_tasks`: routine task names whose Celery INFO lines are dropped at INFO (`QuietRoutineTasks`).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name(_HANDLER_NAME)
+    if quiet_tasks and level.upper() != "DEBUG":
+        handler.addFilter(QuietRoutineTasks(quiet_tasks))
     root = logging.getLogger()
     for existing in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(existing)

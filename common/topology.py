@@ -88,6 +88,7 @@ SWEEP_ORPHANS = Task("worker.retention.sweep_orphan_objects", "io_queue",
                      Beat("orphans", "orphan_sweep_interval_seconds"))  # fmt: skip
 
 TASKS = (PROCESS_EDIT, DETECT_FACES, DELIVER_WEBHOOK, REAP, SWEEP_WEBHOOKS, EXPIRE_OLD_DATA, SWEEP_ORPHANS)
+TIMED_TASKS = tuple(task.name for task in TASKS if task.beat is not None)  # sent by beat, not by a request
 
 
 def task_routes(settings: Settings) -> dict[str, dict[str, str]]:

@@ -19,6 +19,7 @@ from common.logging import configure_logging
 from common.metrics import start_exporter
 from common.queue import make_celery
 from common.settings import get_settings
+from common.topology import TIMED_TASKS
 from worker import liveness
 
 log = logging.getLogger("worker")
@@ -32,9 +33,10 @@ liveness.install(app, _liveness)
 
 @signals.setup_logging.connect
 def _logging(**_) -> None:
-    # Connected, so Celery leaves logging to us: LOG_FORMAT/LOG_LEVEL, the edit id on every line.
+    # Connected, so Celery leaves logging to us: LOG_FORMAT/LOG_LEVEL, the edit id on every line, and the timed
+    # tasks' and liveness pings' routine lines left out (every few seconds each; kept at LOG_LEVEL=DEBUG).
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, quiet_tasks=(*TIMED_TASKS, liveness.PING_TASK))
 
 
 @signals.worker_init.connect

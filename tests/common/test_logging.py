@@ -121,3 +121,36 @@ def test_configure_logging_is_idempotent_and_keeps_foreign_handlers() -> None:
         for handler in [h for h in root.handlers if h.get_name() == "faceedit"] + [foreign]:
             root.removeHandler(handler)
         root.setLevel(saved_level)
+
+
+def test_timed_tasks_routine_lines_are_left_out_but_their_failures_and_edits_stay() -> None:
+    """make run's log showed beat's sweep every 5 s as three INFO lines each; only those go, and only at INFO."""
+    from common.logging import QuietRoutineTasks
+    from common.topology import PROCESS_EDIT, SWEEP_WEBHOOKS, TIMED_TASKS
+
+    quiet = QuietRoutineTasks(TIMED_TASKS)
+
+    def record(logger: str, level: int, message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord(logger, level, __file__, 1, message, args, None)
+
+    sweep, edit = SWEEP_WEBHOOKS.name, PROCESS_EDIT.name
+    assert not quiet.filter(record("celery.beat", logging.INFO, "Scheduler: Sending due task %s (%s)", "webhooks", sweep))
+    assert not quiet.filter(record("celery.app.trace", logging.INFO, "Task %s[%s] succeeded in 0.01s: None", sweep, "1"))
+    assert quiet.filter(record("celery.app.trace", logging.ERROR, "Task %s[%s] raised", sweep, "1"))
+    assert quiet.filter(record("celery.worker.strategy", logging.INFO, "Task %s[%s] received", edit, "edt_1"))
+    assert quiet.filter(record("worker", logging.INFO, "swept %s", sweep))  # our own lines about them stay
+
+
+def test_configure_logging_quiets_timed_tasks_except_at_debug() -> None:
+    from common.logging import QuietRoutineTasks, configure_logging
+
+    root, saved_level = logging.getLogger(), logging.getLogger().level
+    try:
+        for level, quieted in (("INFO", True), ("DEBUG", False)):
+            configure_logging(level, "text", quiet_tasks=("worker.webhooks.sweep",))
+            (ours,) = [h for h in root.handlers if h.get_name() == "faceedit"]
+            assert any(isinstance(f, QuietRoutineTasks) for f in ours.filters) is quieted
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == "faceedit"]:
+            root.removeHandler(handler)
+        root.setLevel(saved_level)
