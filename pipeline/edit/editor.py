@@ -10,6 +10,7 @@ shared mutable state on the editor.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -38,6 +39,7 @@ from pipeline.edit.params import (
 from pipeline.edit.stages import Progress, ShouldCancel, Stages
 from pipeline.errors import INVALID_PARAMETER, MODEL_MISSING, PipelineError
 from pipeline.faces.detect import FaceBox
+from pipeline.render.batching import RenderBatcher
 from pipeline.render.config import RenderConfig
 from pipeline.render.renderer import Renderer
 from pipeline.weights.bundle import DEV_WARNING, Bundle
@@ -67,6 +69,7 @@ class Models:
     renderer: Renderer          # the generator's styles → images, by the fastest path that fits
     identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
     sfe: torch.nn.Module | None = None  # StyleFeatureEditor, for inversion="sfe" (optional)
+    batcher: RenderBatcher | None = None  # renders of threads sharing this Editor, together (RenderConfig.batch_max)
 
 
 class Editor:
@@ -142,6 +145,13 @@ class Editor:
         g = self.models.generator
         with torch.no_grad():
             self.models.renderer(torch.zeros(1, g.n_latent, g.style_dim, device=self.device))
+            if self.models.batcher is not None and self.device.type == "cuda":
+                # each batch size's graph is recorded now, not in the middle of the first jobs that meet
+                from pipeline.render.cuda import GRAPH_BATCHES
+
+                for batch in GRAPH_BATCHES[1:]:
+                    if batch <= self.render_config.batch_max:
+                        self.models.renderer(torch.zeros(batch, g.n_latent, g.style_dim, device=self.device))
         return time.perf_counter() - start
 
     def _load(self) -> Models:
@@ -174,10 +184,12 @@ class Editor:
         with torch.inference_mode():
             renderer(torch.zeros(1, generator.style_dim, device=self.device))
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
+        config = self.render_config
+        batcher = RenderBatcher(renderer, config.batch_max, config.batch_wait_ms / 1000) if config.batching else None
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
                       torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), renderer,
-                      identity, sfe)
+                      identity, sfe, batcher)
 
     # --- faces -------------------------------------------------------------------------------------------
 
@@ -344,26 +356,34 @@ class Editor:
         identity = models.identity if likeness else None
         originals = self._embed_originals(image, inversions, identity, step) if identity is not None else None
         outputs: list[Output | None] = [None] * len(alphas)
-        for done, i in enumerate(order):
-            with step("synthesize", report=False), torch.no_grad():
-                faces = latents(i)
-            with step("paste", report=False):
-                pasted = self._paste(image, inversions, faces)
-            score = None
-            if originals is not None:
-                with step("likeness", report=False), torch.no_grad():
-                    score = tuple(float(v) for v in (identity.embed(faces.float().clamp(-1, 1)) * originals).sum(1))
-            outputs[i] = Output(index=i, alpha=alphas[i], image=pasted, likeness=score)
-            if done == 0 and metrics is not None:
-                metrics["first_output_seconds"] = time.perf_counter() - start
-            # one strength = one more share of synthesis; paste completes with the last strength
-            step.report("synthesize", (done + 1) / len(order))
-            if on_output is not None:
-                on_output(outputs[i])
+        with self._rendering():  # this call is one of the batcher's callers while its strengths render
+            for done, i in enumerate(order):
+                with step("synthesize", report=False), torch.no_grad():
+                    faces = latents(i)
+                with step("paste", report=False):
+                    pasted = self._paste(image, inversions, faces)
+                score = None
+                if originals is not None:
+                    with step("likeness", report=False), torch.no_grad():
+                        embedded = identity.embed(faces.float().clamp(-1, 1))
+                        score = tuple(float(v) for v in (embedded * originals).sum(1))
+                outputs[i] = Output(index=i, alpha=alphas[i], image=pasted, likeness=score)
+                if done == 0 and metrics is not None:
+                    metrics["first_output_seconds"] = time.perf_counter() - start
+                # one strength = one more share of synthesis; paste completes with the last strength
+                step.report("synthesize", (done + 1) / len(order))
+                if on_output is not None:
+                    on_output(outputs[i])
         step.report("paste", 1.0)
         for inv in inversions:
             _record_face(metrics, inv.face_index, {})
         return outputs
+
+    def _rendering(self):
+        """While one call renders its strengths, it counts as a caller of the shared batcher (so a lone job's
+        renders go at once, without waiting for company that is not coming)."""
+        batcher = self.models.batcher
+        return batcher.active() if batcher is not None else contextlib.nullcontext()
 
     def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
                  steps: int | None, step: Stages, progress: Progress | None, should_cancel: ShouldCancel | None,
@@ -388,7 +408,8 @@ class Editor:
 
             def global_faces(i: int) -> torch.Tensor:
                 per_face = [apply(s, direction, [alphas[i]]) for s in styles]
-                return models.renderer.render([torch.cat(layer) for layer in zip(*per_face, strict=True)])
+                return self._synthesize([torch.cat(layer) for layer in zip(*per_face, strict=True)],
+                                        should_cancel)
 
             return global_faces
 
@@ -405,6 +426,14 @@ class Editor:
             return models.renderer(torch.cat([r.interpolate([alphas[i]]) for r in results]))
 
         return optimized_faces
+
+    def _synthesize(self, styles: list[torch.Tensor], should_cancel: ShouldCancel | None) -> torch.Tensor:
+        """One strength's faces from their styles: through the batcher, with other jobs' renders, when this
+        Editor batches (a GPU worker running several jobs), else by the renderer directly."""
+        models = self.models
+        if models.batcher is None or torch.is_grad_enabled():
+            return models.renderer.render(styles)
+        return models.batcher.render(styles, should_cancel)
 
     def _sfe_faces(self, direction, e4e_styles: list[list[torch.Tensor]], inversions: list[Inversion],
                    alphas: list[float]) -> Callable[[int], torch.Tensor]:

@@ -21,12 +21,17 @@ CUDA_PRECISIONS = ("auto", "float16", "bfloat16", "tf32", "float32")
 @dataclass(frozen=True)
 class RenderConfig:
     """``nnpack``: one of ``NNPACK_MODES``; ``cuda_precision``: one of ``CUDA_PRECISIONS``; ``cuda_graphs``:
-    replay one CUDA graph per batch size (else render eagerly). The defaults are the measured best
-    (docs/BENCHMARKS.md)."""
+    replay one CUDA graph per batch size (else render eagerly). ``batch_max``: the most images one render
+    gathers from several callers (threads sharing an ``Editor``: ``pipeline/render/batching.py``), 1 = each
+    renders alone; ``batch_wait_ms``: how long a render may wait for others to join it. The defaults are the
+    measured best (docs/BENCHMARKS.md); batching pays on a GPU only (the CPU renderer renders one sample at a
+    time), so it is off by default and the worker turns it on for a GPU that runs several jobs."""
 
     nnpack: str = "direct"
     cuda_precision: str = "auto"
     cuda_graphs: bool = True
+    batch_max: int = 1
+    batch_wait_ms: float = 3.0
 
     def __post_init__(self) -> None:
         if self.nnpack not in NNPACK_MODES:
@@ -36,6 +41,14 @@ class RenderConfig:
                              f"got {self.cuda_precision!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be a bool, got {self.cuda_graphs!r}")
+        if isinstance(self.batch_max, bool) or not isinstance(self.batch_max, int) or self.batch_max < 1:
+            raise ValueError(f"batch_max must be an int >= 1, got {self.batch_max!r}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_max > 1
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
