@@ -43,8 +43,10 @@ from common.logging import configure_logging
 from common.metrics import HttpMetricsMiddleware
 from common.queue import make_celery
 from common.ratelimit import RateLimiter
+from common.redis_client import redis_client
 from common.settings import Settings, get_settings
 from common.storage import make_storage
+from common.worker_offers import OffersReader
 
 log = logging.getLogger("api")
 
@@ -143,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = make_storage(settings)
     app.state.celery = make_celery(settings, name="faceedit-api")
     app.state.edit_sender = EditSender(app.state.celery, settings)  # no connection until the first submit
+    # what the live edit workers' models offer (SFE or not): read from Redis, cached a moment per process
+    app.state.worker_offers = (OffersReader(redis_client(settings.redis_url), settings.edits_queue)
+                               if settings.redis_url else None)
 
     install_error_handlers(app)
     # Added innermost first: each add_middleware wraps the ones before it (the order is in the docstring).

@@ -186,3 +186,8 @@ class AppConfig(BaseModel):
         "max_changes, max_faces (this server's settings), max_text_chars, the weight and alpha ranges, "
         "beta_default, max_steps, modes, inversions, default_inversion (this server's DEFAULT_INVERSION), "
         "output_formats; the web app reads its limits from it")
+    worker_inversions: list[str] | None = Field(
+        None, description="the inversions every live edit worker offers now (their models: `sfe` only where all "
+        "have StyleFeatureEditor; common/worker_offers.py), in `limits.inversions` order; null while no worker "
+        "has said (starting): an edit may then ask for any of `limits.inversions`, and one the workers cannot run "
+        "fails `model_missing`. With a list, asking for another inversion is 422 `inversion_unavailable`")

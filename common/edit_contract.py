@@ -132,8 +132,10 @@ class EditSpec(BaseModel):
         None, description="the inverter that finds the photo's latent codes: `e4e` (fast; the face drifts a "
         "little from the person's) or `sfe` (StyleFeatureEditor: keeps the likeness, slower). Default: the "
         "deployment's DEFAULT_INVERSION (a setting; `auto`, the most faithful one the models have). The edit "
-        "resource's `input.inversion` says which one made the edit once it ran. `sfe` on a deployment without "
-        "its model fails `model_missing` before any inversion")
+        "resource's `input.inversion` says which one made the edit once it ran. One that not every live edit "
+        "worker offers (`/app-config.json`'s `worker_inversions`) is refused at submit, 422 "
+        "`inversion_unavailable`; while no worker has said (starting), `sfe` on workers without its model fails "
+        "`model_missing` before any inversion")
     output_format: OutputFormat = Field(
         "jpeg", description=f"{', '.join(f'`{name}`' for name in OUTPUT_FORMATS)} (default `jpeg`); outputs "
         "carry no metadata")

@@ -11,16 +11,21 @@ the deployment's measured stage times. One number serves admission, the deadline
 
     cost = per_edit + faces × (per_face + steps × per_optimize_step + strengths × per_output)
 
-where `steps` is 0 in global mode. Framework-free: the API, the queue caps and the tests import it.
+where `steps` is 0 in global mode, and `per_face` and `per_output` are the inverter's: StyleFeatureEditor
+(`inversion` sfe) aligns at 1024², runs its own inverter beside e4e's and renders every strength through its
+Feature Editor, so it has its own measured stage times (`StageSeconds.per_face_sfe`, `per_output_sfe`;
+docs/BENCHMARKS.md). An edit naming no inversion is priced at the one it will run (`priced_inversion`).
+Framework-free: the API, the queue caps and the tests import it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from common.edit_contract import MAX_STEPS, EditSpec
+from common.edit_contract import AUTO, INVERSIONS, MAX_STEPS, EditSpec, resolve_inversion
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -35,15 +40,26 @@ class StageSeconds:
     defaults are a CPU's)."""
 
     per_edit: float  # fetching the photo, storing results, bookkeeping
-    per_face: float  # aligning and inverting one face
-    per_output: float  # synthesizing and pasting one strength of one face
+    per_face: float  # aligning and inverting one face (e4e)
+    per_output: float  # synthesizing and pasting one strength of one face (from e4e's codes)
     per_optimize_step: float  # one latent-optimization step of one face (optimize mode)
+    per_face_sfe: float | None = None  # aligning and inverting one face with SFE (None: as e4e)
+    per_output_sfe: float | None = None  # one strength of one face through SFE's Feature Editor (None: as e4e)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StageSeconds:
         return cls(per_edit=settings.edit_cost_seconds_per_edit, per_face=settings.edit_cost_seconds_per_face,
                    per_output=settings.edit_cost_seconds_per_output,
-                   per_optimize_step=settings.edit_cost_seconds_per_optimize_step)
+                   per_optimize_step=settings.edit_cost_seconds_per_optimize_step,
+                   per_face_sfe=settings.edit_cost_seconds_per_face_sfe,
+                   per_output_sfe=settings.edit_cost_seconds_per_output_sfe)
+
+    def of(self, inversion: str) -> tuple[float, float]:
+        """(per_face, per_output) of an edit inverted by `inversion`."""
+        if inversion == "sfe":
+            return (self.per_face if self.per_face_sfe is None else self.per_face_sfe,
+                    self.per_output if self.per_output_sfe is None else self.per_output_sfe)
+        return self.per_face, self.per_output
 
 
 @dataclass(frozen=True)
@@ -68,10 +84,21 @@ def faces_counted(spec: EditSpec, detected: int | None, max_faces: int) -> int:
     return min(detected, max_faces) if detected is not None else max_faces
 
 
-def edit_cost(spec: EditSpec, faces: int, stages: StageSeconds) -> float:
-    """Expected edit-worker seconds of `spec` changing `faces` faces."""
+def priced_inversion(spec: EditSpec, default: str, offered: Collection[str] | None) -> str:
+    """The inversion an edit is priced at: its own; else the deployment's `default`, `auto` resolved on the
+    inversions the live workers offer (`offered`, `common.worker_offers`); while they are unknown (None), the
+    costliest one `auto` may become (never under-charge)."""
+    if spec.inversion is not None:
+        return spec.inversion
+    return resolve_inversion(None, default, offered if offered else INVERSIONS) if default == AUTO else default
+
+
+def edit_cost(spec: EditSpec, faces: int, stages: StageSeconds, inversion: str | None = None) -> float:
+    """Expected edit-worker seconds of `spec` changing `faces` faces, inverted by `inversion` (default: the
+    spec's own, else e4e; `priced_inversion` says which one an edit naming none will run)."""
     steps = (spec.steps or MAX_STEPS) if spec.mode == "optimize" else 0
-    per_face = stages.per_face + steps * stages.per_optimize_step + len(spec.alphas) * stages.per_output
+    face_seconds, output_seconds = stages.of(inversion or spec.inversion or INVERSIONS[0])
+    per_face = face_seconds + steps * stages.per_optimize_step + len(spec.alphas) * output_seconds
     return round(stages.per_edit + faces * per_face, 3)
 
 

@@ -37,6 +37,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "queue_full": 429,
     "cost_budget_exceeded": 429,  # the account's unfinished edits would cost too much together (common/edit_cost.py)
     "edit_cost_too_high": 422,  # one edit costs more than MAX_EDIT_COST_SECONDS
+    "inversion_unavailable": 422,  # the edit's `inversion` is not offered by every live edit worker (worker_offers)
     # trust (docs/SECURITY.md): Idempotency-Key and the webhook URL guard
     "invalid_idempotency_key": 400,
     "idempotency_key_in_flight": 409,

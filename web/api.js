@@ -12,7 +12,7 @@ export class ApiError extends Error {
   }
 }
 
-const config = { apiBase: "", devKey: null, linkKey: null, limits: {} };
+const config = { apiBase: "", devKey: null, linkKey: null, limits: {}, workerInversions: null };
 
 /**
  * Read /app-config.json and a `#key=...` install link (the fragment never reaches a server). A link is
@@ -29,6 +29,7 @@ export async function loadConfig() {
       config.apiBase = apiRoot(body.api_base || "/");
       config.devKey = body.dev_api_key || null;
       config.limits = body.limits || {};
+      config.workerInversions = Array.isArray(body.worker_inversions) ? body.worker_inversions : null;
     }
   } catch {
     // Offline: keep the defaults (same origin); requests will report "network" themselves.
@@ -42,6 +43,12 @@ export async function loadConfig() {
  * [min, max], ...); empty until loadConfig() read it, or when offline (the server still checks every edit).
  */
 export const limits = () => config.limits;
+
+/**
+ * The inversions every live edit worker offers now (/app-config.json's `worker_inversions`), or null while the
+ * server does not know yet (its workers are starting): then any of `limits().inversions` may be asked for.
+ */
+export const workerInversions = () => config.workerInversions;
 
 /** `api_base` may be relative ("/v1") or absolute ("https://api.example.com/v1"); paths here start with /v1. */
 function apiRoot(apiBase) {

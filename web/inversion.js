@@ -13,11 +13,23 @@ const MADE_WITH = {
 
 let flipped = false;
 
-/** Show the switch when this server offers SFE, set as its default says (once /app-config.json is read). */
+const UNAVAILABLE = "Not available right now: this server's editing machines don't have the likeness model " +
+  "installed, so edits use the fast inversion.";
+
+/**
+ * Show the switch when this server's edit contract has SFE, set as its default says (once /app-config.json is
+ * read). When the live workers are known and not all of them have SFE's model (`worker_inversions`), the switch
+ * stays visible but off and disabled, with the reason, and the edit names no inversion.
+ */
 export function applyInversionChoice() {
   const { inversions = [], default_inversion: fallback } = api.limits();
+  const offered = api.workerInversions();
+  const unavailable = offered !== null && !offered.includes("sfe");
   $("likeness-choice").hidden = !inversions.includes("sfe");
-  $("keep-likeness").checked = fallback !== "e4e";
+  $("keep-likeness").disabled = unavailable;
+  $("keep-likeness").checked = !unavailable && fallback !== "e4e";
+  $("likeness-unavailable").hidden = !unavailable;
+  $("likeness-unavailable").textContent = unavailable ? UNAVAILABLE : "";
 }
 
 export function initInversion() {
@@ -26,7 +38,7 @@ export function initInversion() {
 
 /** The edit's `inversion`: the person's choice once they flipped the switch, else undefined (the default). */
 export function inversionParam() {
-  if (!flipped) return undefined;
+  if (!flipped || $("keep-likeness").disabled) return undefined;
   return $("keep-likeness").checked ? "sfe" : "e4e";
 }
 

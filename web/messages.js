@@ -94,6 +94,12 @@ const MESSAGES = {
     text: "The editing models aren't installed on the server yet. Try again later.",
     action: "retry",
   },
+  inversion_unavailable: {
+    title: "Likeness mode isn't available",
+    text: "The server can't keep your likeness right now (its editing machines lack that model). Turn off " +
+      "\"Keep my likeness\" and try again.",
+    action: null,
+  },
   model_invalid: {
     title: "The service isn't ready",
     text: "The editing models on the server are damaged. Try again later.",

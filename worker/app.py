@@ -11,6 +11,7 @@ for prefork (CUDA cannot cross a fork).
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import signals
 
@@ -18,8 +19,10 @@ from common import tracing
 from common.logging import configure_logging
 from common.metrics import start_exporter
 from common.queue import make_celery
+from common.redis_client import redis_client
 from common.settings import get_settings
 from common.topology import TIMED_TASKS
+from common.worker_offers import OffersPublisher
 from worker import liveness
 
 log = logging.getLogger("worker")
@@ -55,4 +58,32 @@ def _warm(**_) -> None:
     # Sent by the solo pool in the main process and by prefork in each child, before consuming.
     from worker.runtime import get_runtime
 
-    get_runtime().warm()
+    runtime = get_runtime()
+    runtime.warm()
+    _publish_offers(runtime)
+
+
+_publisher: list[OffersPublisher] = []
+
+
+def _publish_offers(runtime) -> None:
+    """This model worker's offer (the inversions of its loaded bundle) in Redis while it lives and consumes
+    (common/worker_offers.py): the API reads it to know whether SFE can be asked for."""
+    settings = runtime.settings
+    if settings.redis_url is None or _publisher:
+        return
+
+    def alive() -> bool:  # consuming, or just started (its first ping is not due yet: no record)
+        records = liveness.read_records(_liveness.directory)
+        return not records or liveness.evaluate(records, _liveness, time.time())[0]
+
+    publisher = OffersPublisher(redis_client(settings.redis_url), settings.edits_queue, runtime.loaded_inversions,
+                                alive, every=_liveness.ping_seconds, ttl=_liveness.stale_seconds)
+    publisher.start()
+    _publisher.append(publisher)
+
+
+@signals.worker_shutting_down.connect
+def _withdraw_offers(**_) -> None:
+    while _publisher:
+        _publisher.pop().stop()

@@ -278,10 +278,16 @@ def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) ->
 
 def _resolve_inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, session: Session) -> EditSpec:
     """The edit with the inverter it runs with (its own, else the deployment's DEFAULT_INVERSION resolved on this
-    bundle), recorded on the row so the edit resource says which one made it. A PipelineError
-    (`model_missing`, saying how to add the file) when the bundle lacks it: before any face is aligned."""
+    bundle and, when the fleet's offer is known, on what every live worker offers: `common.worker_offers`, so
+    `auto` is the same on every worker of a mixed fleet), recorded on the row so the edit resource says which
+    one made it. A PipelineError (`model_missing`, saying how to add the file) when the bundle lacks it:
+    before any face is aligned."""
     spec = edit.spec
-    inversion = resolve_inversion(spec.inversion, runtime.settings.default_inversion, editor.inversions)
+    available = editor.inversions
+    fleet = runtime.fleet_offers() if spec.inversion is None else None
+    if fleet is not None:
+        available = tuple(name for name in available if name in fleet.everywhere) or available
+    inversion = resolve_inversion(spec.inversion, runtime.settings.default_inversion, available)
     editor.check_inversion(inversion)
     if inversion != spec.inversion:
         spec = spec.model_copy(update={"inversion": inversion})

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import make_engine, make_session_factory
+from common.redis_client import redis_client
 from common.settings import Settings, get_settings
 from common.storage import Storage, make_storage
+from common.worker_offers import FleetOffers, OffersReader
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -35,6 +37,7 @@ class Runtime:
         self._celery: Celery | None = None
         self._stamp: tuple[int, int] | None = None  # the loaded manifest's (mtime_ns, size)
         self._lock = threading.Lock()
+        self._offers: OffersReader | None = None
 
     @property
     def celery(self) -> Celery:
@@ -44,6 +47,20 @@ class Runtime:
 
             self._celery = make_celery(self.settings, name="faceedit-worker")
         return self._celery
+
+    def loaded_inversions(self) -> tuple[str, ...] | None:
+        """The inversions the loaded bundle offers (what this worker publishes: `common.worker_offers`), or None
+        while no bundle is loaded (never loads one)."""
+        editor = self._editor
+        return editor.inversions if editor is not None else None
+
+    def fleet_offers(self) -> FleetOffers | None:
+        """What every live edit worker offers (`common.worker_offers`), or None while unknown."""
+        if self.settings.redis_url is None:
+            return None
+        if self._offers is None:
+            self._offers = OffersReader(redis_client(self.settings.redis_url), self.settings.edits_queue)
+        return self._offers.get()
 
     @property
     def model_dir(self) -> Path:

@@ -1,5 +1,6 @@
-"""`/app-config.json`: what the static web app needs to find the API (and, in dev mode, a key), and the edit
-limits it builds its requests within (the edit contract's, as this server's settings apply them).
+"""`/app-config.json`: what the static web app needs to find the API (and, in dev mode, a key), the edit
+limits it builds its requests within (the edit contract's, as this server's settings apply them), and the
+inversions the live edit workers offer (`common.worker_offers`: whether "Keep my likeness" can be had).
 
 The dev key is handed out only to a page the developer opened on this machine: dev mode on, the
 request's `Host` a loopback name (so a DNS-rebinding page, whose Host is its own name, gets none)
@@ -44,5 +45,8 @@ def is_local_page(request: Request) -> bool:
 @router.get("/app-config.json", response_model=AppConfig)
 def app_config(request: Request, settings: SettingsDep) -> AppConfig:
     give_key = settings.dev_mode and settings.dev_api_key and is_local_page(request)
+    reader = request.app.state.worker_offers
+    offers = reader.get() if reader is not None else None
     return AppConfig(api_base="/v1", dev_api_key=settings.dev_api_key if give_key else None,
-                     limits=settings.edit_limits().public())
+                     limits=settings.edit_limits().public(),
+                     worker_inversions=offers.offered() if offers is not None else None)

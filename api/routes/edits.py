@@ -28,6 +28,7 @@ from common.edit_cost import (
     deadline_seconds,
     edit_cost,
     faces_counted,
+    priced_inversion,
     too_costly,
 )
 from common.edit_resource import edit_resource
@@ -42,6 +43,7 @@ from common.settings import Settings
 from common.storage import ObjectNotFound, Storage
 from common.webhooks.outbox import push_events
 from common.webhooks.urls import check_webhook_url
+from common.worker_offers import FleetOffers
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
@@ -99,16 +101,20 @@ def _image_faces(session: Session, owner: str, image_id: str) -> tuple[str, list
     return row.faces_status, row.faces
 
 
-def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate
-            ) -> tuple[Edit, Estimate]:
-    """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count)."""
+def _submit(session: Session, sender: EditSender, settings: Settings, owner: str, body: EditCreate,
+            offers: FleetOffers | None = None) -> tuple[Edit, Estimate]:
+    """Validate, admit under the queue caps, enqueue: the new row and its queue position (from the caps' count).
+    `offers`: what the live edit workers offer (`common.worker_offers`; None while unknown)."""
     spec = body.spec()
     if problem := settings.edit_limits().problem(spec):
         raise ApiError("validation_error", problem)
+    if spec.inversion is not None and offers is not None and (refusal := offers.refusal(spec.inversion)):
+        raise ApiError("inversion_unavailable", refusal)
     faces_status, faces = _image_faces(session, owner, body.image)
     detected = len(faces) if faces_status == FaceStatus.DONE and faces is not None else None
     counted = faces_counted(spec, detected, settings.max_faces_per_edit)
-    cost = edit_cost(spec, counted, StageSeconds.from_settings(settings))
+    inversion = priced_inversion(spec, settings.default_inversion, offers.everywhere if offers else None)
+    cost = edit_cost(spec, counted, StageSeconds.from_settings(settings), inversion)
     if problem := too_costly(cost, counted, detected, spec, CostLimits.from_settings(settings)):
         raise ApiError("edit_cost_too_high", problem)
     if faces_status == FaceStatus.DONE and faces:  # else the job applies the rule (or fails `no_face`)
@@ -134,7 +140,8 @@ def _queue_row(session: Session, sender: EditSender, settings: Settings, owner: 
                request: Request, storage: Storage) -> tuple[Edit, EditOut]:
     """Submit and describe the new edit in one trip to the threadpool; its queue position is the one `admit`
     counted (no second query: a poll reads it afresh)."""
-    edit, estimate = _submit(session, sender, settings, owner, body)
+    reader = request.app.state.worker_offers
+    edit, estimate = _submit(session, sender, settings, owner, body, reader.get() if reader is not None else None)
     return edit, edit_out(edit, estimate, request, storage, settings)
 
 

@@ -12,6 +12,7 @@ from common.edit_cost import (
     deadline_seconds,
     edit_cost,
     faces_counted,
+    priced_inversion,
     too_costly,
 )  # fmt: skip
 from common.settings import Settings
@@ -57,3 +58,28 @@ def test_settings_keep_every_admitted_deadline_within_the_visibility_timeout():
                  visibility_timeout_seconds=7200)
     with pytest.raises(ValueError, match="MAX_EDIT_COST_SECONDS"):
         Settings(max_edit_cost_seconds=900, max_queued_cost_seconds_per_owner=600)
+
+
+def test_an_sfe_edit_is_priced_with_its_own_stage_times():
+    stages = StageSeconds(per_edit=1.0, per_face=2.0, per_output=0.5, per_optimize_step=2.0, per_face_sfe=6.0,
+                          per_output_sfe=1.5)
+    spec = _spec(alphas=[1.0, 2.0], inversion="sfe")
+    assert edit_cost(spec, 2, stages) == 1 + 2 * (6 + 2 * 1.5)
+    assert edit_cost(_spec(alphas=[1.0, 2.0]), 2, stages, "sfe") == edit_cost(spec, 2, stages)
+    assert edit_cost(_spec(alphas=[1.0, 2.0], inversion="e4e"), 2, stages) == 1 + 2 * (2 + 2 * 0.5)
+    assert edit_cost(spec, 2, STAGES) == edit_cost(_spec(alphas=[1.0, 2.0]), 2, STAGES)  # unmeasured: as e4e
+
+
+@pytest.mark.parametrize("inversion,default,offered,priced", [
+    ("e4e", "auto", None, "e4e"), ("sfe", "e4e", ["e4e"], "sfe"),  # its own, whatever the fleet
+    (None, "auto", None, "sfe"),  # the fleet unknown: the costliest `auto` may become
+    (None, "auto", ["e4e"], "e4e"), (None, "auto", ["e4e", "sfe"], "sfe"), (None, "auto", [], "sfe"),
+    (None, "e4e", ["e4e", "sfe"], "e4e"), (None, "sfe", ["e4e"], "sfe"),  # the deployment's own default
+])  # fmt: skip
+def test_an_edit_is_priced_at_the_inversion_it_will_run(inversion, default, offered, priced):
+    assert priced_inversion(_spec(inversion=inversion), default, offered) == priced
+
+
+def test_the_default_settings_price_sfe_above_e4e():
+    stages = StageSeconds.from_settings(Settings())
+    assert stages.of("sfe")[0] > stages.of("e4e")[0] and stages.of("sfe")[1] > stages.of("e4e")[1]

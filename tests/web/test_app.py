@@ -308,3 +308,17 @@ def test_the_app_takes_its_limits_from_app_config(phone: Page, service):
     expect(phone.locator("#likeness-choice")).to_be_hidden()  # a server without SFE offers no choice
     assert phone.locator("#changes .change-target").evaluate("el => el.maxLength") == 12
     assert phone.locator("#changes .change-weight").evaluate("el => [el.min, el.max]") == ["-1", "1"]
+
+    # the live workers' offer (worker_inversions): without SFE everywhere the switch stays, off, disabled, saying why
+    offers = {"worker_inversions": ["e4e"], "limits": {**real["limits"], "default_inversion": "auto"}}
+    phone.route("**/app-config.json", lambda route: route.fulfill(json={**real, **offers}))
+    open_app(phone, service.url)
+    expect(phone.locator("#likeness-choice")).to_be_visible()
+    expect(phone.locator("#keep-likeness")).to_be_disabled()
+    expect(phone.locator("#keep-likeness")).not_to_be_checked()
+    expect(phone.locator("#likeness-unavailable")).to_contain_text("don't have the likeness model")
+    offers["worker_inversions"] = ["e4e", "sfe"]  # every worker has it: on by the default `auto`, no reason shown
+    open_app(phone, service.url)
+    expect(phone.locator("#keep-likeness")).to_be_enabled()
+    expect(phone.locator("#keep-likeness")).to_be_checked()
+    expect(phone.locator("#likeness-unavailable")).to_be_hidden()

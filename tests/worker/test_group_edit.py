@@ -270,6 +270,20 @@ def test_an_edit_without_an_inversion_takes_the_deployments_default_and_says_whi
         assert edit_input(edit)["inversion"] == made_by
 
 
+def test_auto_resolves_on_what_every_live_worker_offers(runtime, shared, monkeypatch):
+    """A mixed fleet (common/worker_offers.py): this worker has SFE, another live one does not, so `auto` is e4e
+    here too (every worker resolves an edit naming none alike); a fleet that all has SFE gets SFE."""
+    from common.worker_offers import FleetOffers
+
+    monkeypatch.setattr(runtime, "settings", runtime.settings.model_copy(update={"default_inversion": "auto"}))
+    for everywhere, made_by in (({"e4e"}, "e4e"), ({"e4e", "sfe"}, "sfe")):
+        offers = FleetOffers(2, frozenset(everywhere), frozenset({"e4e", "sfe"}))
+        monkeypatch.setattr(runtime, "fleet_offers", lambda offers=offers: offers)
+        edit_id = _edit(runtime, shared)
+        assert run_edit(runtime, edit_id) == "succeeded", _row(runtime, Edit, edit_id).error_message
+        assert _row(runtime, Edit, edit_id).options["inversion"] == made_by
+
+
 def test_sfe_on_a_bundle_without_its_model_fails_before_any_inversion(runtime, dev_bundle, tmp_path):
     """An explicit `"sfe"` where the bundle has no SFE file: `model_missing` saying how to add it, before any
     face is aligned or inverted; `auto` on that bundle would be e4e (the contract's test)."""
