@@ -52,9 +52,12 @@ ENCODER_INPUT = 256  # e4e sees 256² aligned crops whatever the generator size
 FFHQ_TRANSFORM = 4  # FFHQ's QUAD warp is 4× the output size (4096 for 1024): SFE's crops are aligned so
 
 FACES_REMEMBERED = 8  # photos whose detections the editor keeps (a group edit inverts each face of one photo)
+# The preview is the photo at most this long on its longer side (a phone screen's width in device pixels): the
+# 256² face upscaled into it is as sharp as it gets, and pasting, encoding and sending it stays cheap.
+PREVIEW_MAX_SIDE = 1024
 
-__all__ = ["Change", "Editor", "FaceBox", "Inversion", "MODES", "Output", "render_order", "validate_edit",
-           "validate_render"]
+__all__ = ["Change", "Editor", "FaceBox", "Inversion", "MODES", "Output", "Preview", "render_order",
+           "validate_edit", "validate_render"]
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,8 @@ class Editor:
                alphas: Sequence[float], beta: float = 0.15, mode: str = "global", steps: int | None = None,
                progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
                metrics: dict | None = None, on_output: Callable[[Output], None] | None = None,
-               order: Sequence[int] | None = None, *, likeness: bool = True) -> list[Output]:
+               order: Sequence[int] | None = None, *, likeness: bool = True,
+               on_preview: Callable[[Preview], None] | None = None) -> list[Output]:
         """Every chosen face of ``photo`` edited by the combined ``changes``, one full photo per alpha.
 
         ``inversions``: one per face (``invert(photo, face=i)``), all of this photo. ``mode="global"``: the
@@ -326,7 +330,12 @@ class Editor:
         ``on_output`` is called with each ``Output`` as soon as its photo is pasted; the list returned is in
         alpha order. ``likeness`` per face when the bundle has an ``identity`` model (and ``likeness`` is
         true), else None. ``metrics``: stage totals plus ``first_output_seconds`` and an entry per face in
-        ``metrics["faces"]``."""
+        ``metrics["faces"]``.
+
+        ``on_preview``: the first strength renders with a preview (``Renderer.render_with_preview``: the
+        generator's own 256² RGB output of the same render, which then goes on to 1024²), pasted into the
+        photo scaled to at most ``PREVIEW_MAX_SIDE`` (same aspect ratio, so it can stand in the full photo's
+        box) and handed to ``on_preview`` before the rest renders; ``metrics["first_preview_seconds"]``."""
         from pipeline.faces.photo import load_photo
 
         start = time.perf_counter()
@@ -359,7 +368,21 @@ class Editor:
         with self._rendering():  # this call is one of the batcher's callers while its strengths render
             for done, i in enumerate(order):
                 with step("synthesize", report=False), torch.no_grad():
-                    faces = latents(i)
+                    styles, feature = latents(i)
+                    if done > 0 or on_preview is None:
+                        faces = self._synthesize(styles, feature, should_cancel)
+                    else:  # the first strength, shown at 256² before it goes on to the full size
+                        stages = models.renderer.render_with_preview(styles, feature)
+                        _, small = next(stages)
+                if done == 0 and on_preview is not None:
+                    with step("paste", report=False):
+                        preview = Preview(index=i, alpha=alphas[i],
+                                          image=self._paste_preview(image, inversions, small))
+                    if metrics is not None:
+                        metrics["first_preview_seconds"] = time.perf_counter() - start
+                    on_preview(preview)
+                    with step("synthesize", report=False), torch.no_grad():
+                        _, faces = next(stages)
                 with step("paste", report=False):
                     pasted = self._paste(image, inversions, faces)
                 score = None
@@ -387,9 +410,10 @@ class Editor:
 
     def _latents(self, codes: torch.Tensor, changes: list[Change], alphas: list[float], beta: float, mode: str,
                  steps: int | None, step: Stages, progress: Progress | None, should_cancel: ShouldCancel | None,
-                 sfe: list[Inversion] | None = None) -> Callable[[int], torch.Tensor]:
-        """What renders alpha number ``i``: ``[faces, 3, H, W]`` in [-1, 1]. The direction (or optimization)
-        is computed here, once for all alphas; ``sfe``: the faces' SFE inversions (global mode only)."""
+                 sfe: list[Inversion] | None = None) -> Callable[[int], Rendered]:
+        """What renders alpha number ``i``: the style vectors (one row per face) and SFE's injected feature (or
+        None), for ``Renderer.render``. The direction (or optimization) is computed here, once for all alphas;
+        ``sfe``: the faces' SFE inversions (global mode only)."""
         from pipeline.edit.directions import apply, combine, style_direction
 
         models = self.models
@@ -406,10 +430,9 @@ class Editor:
             if sfe is not None:
                 return self._sfe_faces(direction, styles, sfe, alphas)
 
-            def global_faces(i: int) -> torch.Tensor:
+            def global_faces(i: int) -> Rendered:
                 per_face = [apply(s, direction, [alphas[i]]) for s in styles]
-                return self._synthesize([torch.cat(layer) for layer in zip(*per_face, strict=True)],
-                                        should_cancel)
+                return [torch.cat(layer) for layer in zip(*per_face, strict=True)], None
 
             return global_faces
 
@@ -422,21 +445,22 @@ class Editor:
                 results.append(optimize_latent(g, models.clip, codes[f], changes[0].target, config, progress=progress,
                                                should_cancel=should_cancel, identity=models.identity))
 
-        def optimized_faces(i: int) -> torch.Tensor:
-            return models.renderer(torch.cat([r.interpolate([alphas[i]]) for r in results]))
+        def optimized_faces(i: int) -> Rendered:
+            return g.styles(torch.cat([r.interpolate([alphas[i]]) for r in results])), None
 
         return optimized_faces
 
-    def _synthesize(self, styles: list[torch.Tensor], should_cancel: ShouldCancel | None) -> torch.Tensor:
-        """One strength's faces from their styles: through the batcher, with other jobs' renders, when this
-        Editor batches (a GPU worker running several jobs), else by the renderer directly."""
+    def _synthesize(self, styles: list[torch.Tensor], feature: torch.Tensor | None,
+                    should_cancel: ShouldCancel | None) -> torch.Tensor:
+        """One strength's faces from their styles (and SFE's feature): through the batcher, with other jobs'
+        renders, when this Editor batches (a GPU worker running several jobs), else by the renderer directly."""
         models = self.models
-        if models.batcher is None or torch.is_grad_enabled():
-            return models.renderer.render(styles)
+        if models.batcher is None or feature is not None or torch.is_grad_enabled():
+            return models.renderer.render(styles, feature)
         return models.batcher.render(styles, should_cancel)
 
     def _sfe_faces(self, direction, e4e_styles: list[list[torch.Tensor]], inversions: list[Inversion],
-                   alphas: list[float]) -> Callable[[int], torch.Tensor]:
+                   alphas: list[float]) -> Callable[[int], Rendered]:
         """StyleFeatureEditor's edit: the direction added to SFE's styles (and to e4e's, whose 64² feature the
         generator knows: how the edit moves it is the Feature Editor's input), rendered from the edited feature
         (``pipeline/models/sfe.py``). The unedited e4e feature is rendered once for all strengths."""
@@ -449,11 +473,11 @@ class Editor:
             styles = [g.styles(torch.from_numpy(inv.sfe_codes.copy())[None].to(self.device)) for inv in inversions]
             e4e_feature, _ = renderer.feature(_faces_batch(e4e_styles), resolution)
 
-        def sfe_faces(i: int) -> torch.Tensor:
+        def sfe_faces(i: int) -> Rendered:
             edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in styles])
             e4e_edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in e4e_styles])
             delta = e4e_feature - renderer.feature(e4e_edited, resolution)[0]
-            return renderer.render(edited, sfe.edit_feature(fused, delta))
+            return edited, sfe.edit_feature(fused, delta)
 
         return sfe_faces
 
@@ -473,6 +497,37 @@ class Editor:
         from pipeline.faces.paste_gpu import paste_group
 
         return paste_group(image, faces, [inv.quad for inv in inversions])
+
+    def _paste_preview(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
+        """The preview's faces (the 256² skip images) pasted into the photo scaled to at most
+        ``PREVIEW_MAX_SIDE`` on its longer side, the quads scaled with it."""
+        from pipeline.faces.paste_gpu import paste_group
+
+        size = preview_size(image.size)
+        scale = np.array([size[0] / image.size[0], size[1] / image.size[1]])
+        small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return paste_group(small, faces, [np.asarray(inv.quad) * scale for inv in inversions])
+
+
+def preview_size(size: tuple[int, int]) -> tuple[int, int]:
+    """A preview's width and height for a photo of ``size``: the same aspect ratio, the longer side at most
+    ``PREVIEW_MAX_SIDE`` (never enlarged)."""
+    scale = min(1.0, PREVIEW_MAX_SIDE / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+Rendered = tuple[list[torch.Tensor], torch.Tensor | None]  # style vectors [faces, C_i] and SFE's feature or None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The first strength seen before it is done: ``image`` is the photo at ``preview_size`` with the faces
+    pasted from the generator's 256² output of the render whose full-size result becomes ``Output`` number
+    ``index``."""
+
+    index: int
+    alpha: float
+    image: Image.Image
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pipeline.models.sfe import SFE, feature_delta, inverter_input
 from pipeline.models.sfe import infer_config as sfe_config
 from pipeline.models.stylegan2 import Generator
 from pipeline.render.cuda import HALF_PRECISION_TOL
+from pipeline.render.renderer import PREVIEW_FRACTION
 
 NPZ = "sfe"
 SFE_LAYOUT, GENERATOR_LAYOUT, E4E_LAYOUT = "sfe_editor_light", "stylegan2_1024", "e4e_ffhq_encode"
@@ -125,6 +126,9 @@ def _render_checks(generator: Generator, sfe: SFE, variant: Variant, codes: _Cod
     edited_feature = sfe.edit_feature(fused, feat_delta)
     yield check("edited_feature", edited_feature, tag, floor)
     yield check("edited_image", paths.render(codes.edited, edited_feature), tag, floor)
+    preview = generator.size // PREVIEW_FRACTION  # the same render, stopped there for a preview
+    yield check("edited_image", paths.with_preview(codes.edited, preview, edited_feature),
+                f"{tag} after a {preview}² preview", floor)
 
 
 # --- models from the fixture's layouts ---------------------------------------------------------------------

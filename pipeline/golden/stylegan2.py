@@ -19,7 +19,7 @@ from pipeline.models.checkpoints import load_state
 from pipeline.models.stylegan2 import Generator
 from pipeline.render.config import RenderConfig
 from pipeline.render.cuda import HALF_PRECISION_TOL, precision_flags
-from pipeline.render.renderer import Renderer
+from pipeline.render.renderer import PREVIEW_FRACTION, Renderer
 
 VECTOR_TOL = 1e-4
 
@@ -80,7 +80,17 @@ class RenderFunctions:
 
     label: str
     render: Callable[..., torch.Tensor]
-    feature: Callable[[list[torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+    feature: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (styles, resolution, injected=None)
+    resume: Callable[..., torch.Tensor]  # (styles, resolution, x, skip, feature=None)
+
+    def with_preview(self, styles: list[torch.Tensor], resolution: int,
+                     feature: torch.Tensor | None = None) -> torch.Tensor:
+        """The image of a render that stopped at ``resolution`` for a preview and went on from there
+        (``Renderer.render_with_preview``'s two steps on this path); ``feature``: SFE's, injected by the first
+        step when it replaces a block below ``resolution``, else by the second."""
+        below = feature is not None and feature.shape[-1] < resolution
+        x, skip = self.feature(styles, resolution, feature if below else None)
+        return self.resume(styles, resolution, x, skip, None if below else feature)
 
 
 def render_functions(g: Generator, variant: Variant) -> RenderFunctions:
@@ -90,15 +100,19 @@ def render_functions(g: Generator, variant: Variant) -> RenderFunctions:
         impl = variant.impl
         return RenderFunctions("ref" if impl == "ref" else "batched",
                                lambda styles, feature=None: g.synthesize(styles, feature, impl=impl),
-                               lambda styles, resolution: g.feature(styles, resolution, impl=impl))
+                               lambda styles, resolution, injected=None: g.feature(styles, resolution, impl=impl,
+                                                                                   injected=injected),
+                               lambda styles, resolution, x, skip, feature=None: g.resume(
+                                   styles, resolution, x, skip, feature, impl=impl))
     layer = Renderer(g, RenderConfig(cuda_precision=variant.precision or "auto"))
     renderer = layer.cpu() if variant.path == "cpu" else layer.cuda()
     label = "fast"
     if variant.path == "cuda":
         label = f"fast cuda {variant.precision}{f'={renderer.precision}' if variant.precision == 'auto' else ''}"
     return RenderFunctions(label, renderer.render,
-                           lambda styles, resolution: renderer.render_feature(
-                               list(styles[:g.feature_layers(resolution)]), resolution))
+                           lambda styles, resolution, injected=None: renderer.render_feature(
+                               list(styles[:g.feature_layers(resolution)]), resolution, injected),
+                           renderer.resume)
 
 
 def generator_entries(fixture: Fixture) -> list[str]:
@@ -149,6 +163,9 @@ def _checks_variant(g: Generator, name: str, entry: dict, data, t: dict[str, tor
     out = render(batch).split(styles[0].shape[0])
     for (key, ref), ours in zip(images.items(), out, strict=True):
         yield compare(f"{tag} {key}", ours, ref, tol(ref))
+    key, ref = next(iter(images.items()))  # the same render, stopped at a quarter of the size for a preview
+    preview = g.size // PREVIEW_FRACTION
+    yield compare(f"{tag} {key} after a {preview}² preview", paths.with_preview(styles, preview), ref, tol(ref))
 
 
 def _edits(entry: dict, styles: list[torch.Tensor], t: dict[str, torch.Tensor]) -> Iterator[tuple[str, list]]:

@@ -308,15 +308,36 @@ class Generator(nn.Module):
             self.check_feature(feature, styles[0].shape[0])
         return self._render(styles, self.impl if impl is None else check_impl(impl), feature)
 
-    def feature(self, styles: list[torch.Tensor], resolution: int,
-                impl: Impl | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature(self, styles: list[torch.Tensor], resolution: int, impl: Impl | None = None,
+                injected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render only up to ``resolution``: that block's output ``[B,C_r,r,r]`` (what ``synthesize``'s
         ``feature`` replaces; the reference's ``outs`` with ``early_stop``) and the RGB skip image ``[B,3,r,r]``,
         computed as ``impl`` says (default: ``self.impl``). Only the style vectors of the layers up to
-        ``resolution`` are read (``feature_layers``)."""
+        ``resolution`` are read (``feature_layers``). ``injected``: ``synthesize``'s ``feature``, when it
+        replaces a block below ``resolution`` (SFE's 64² feature under a 256² preview)."""
         styles = list(styles[:self.feature_layers(resolution)])
         self.check_styles(styles, partial=True)
-        return self._render_feature(styles, self.impl if impl is None else check_impl(impl), resolution)
+        if injected is not None:
+            self.check_feature(injected, styles[0].shape[0])
+        return self._render_feature(styles, self.impl if impl is None else check_impl(impl), resolution, injected)
+
+    def resume(self, styles: list[torch.Tensor], resolution: int, x: torch.Tensor, skip: torch.Tensor,
+               feature: torch.Tensor | None = None, impl: Impl | None = None) -> torch.Tensor:
+        """The layers above ``resolution``, from ``feature(styles, resolution)``'s block output ``x`` and skip
+        image: ``feature`` then ``resume`` is ``synthesize`` with no layer run twice (a render that shows its
+        skip image at ``resolution`` as a preview, then goes on). ``feature``: ``synthesize``'s, as there."""
+        self.check_styles(styles)
+        self.feature_layers(resolution)  # a block resolution below the size
+        batch = styles[0].shape[0]
+        if x.shape[0] != batch or x.shape[1:] != (self.channels[resolution], resolution, resolution) \
+                or skip.shape != (batch, 3, resolution, resolution):
+            raise ValueError(f"x and skip must be feature()'s output at {resolution} for batch {batch}, got "
+                             f"{list(x.shape)} and {list(skip.shape)}")
+        if feature is not None:
+            self.check_feature(feature, batch)
+        impl = self.impl if impl is None else check_impl(impl)
+        *_, (_, _, image) = self._blocks(styles, impl, feature, start=(resolution, x, skip))
+        return image
 
     def feature_layers(self, resolution: int) -> int:
         """How many style layers (execution order) render up to ``resolution``: conv1, to_rgb1, then three per
@@ -347,20 +368,29 @@ class Generator(nn.Module):
         *_, (_, _, image) = self._blocks(styles, impl, feature)  # the last block's skip image is the image
         return image
 
-    def _render_feature(self, styles: list[torch.Tensor], impl: Impl, resolution: int):
-        for res, x, skip in self._blocks(styles, impl):
+    def _render_feature(self, styles: list[torch.Tensor], impl: Impl, resolution: int,
+                        injected: torch.Tensor | None = None):
+        for res, x, skip in self._blocks(styles, impl, injected):
             if res == resolution:
                 return x, skip
         raise AssertionError("unreachable: feature_layers checked the resolution")
 
-    def _blocks(self, styles: list[torch.Tensor], impl: Impl, feature: torch.Tensor | None = None):
-        """The synthesis network block by block: yields ``(resolution, features, skip image)`` after each."""
+    def _blocks(self, styles: list[torch.Tensor], impl: Impl, feature: torch.Tensor | None = None,
+                start: tuple[int, torch.Tensor, torch.Tensor] | None = None):
+        """The synthesis network block by block: yields ``(resolution, features, skip image)`` after each;
+        ``start``: ``(resolution, features, skip image)`` of a block already rendered, to go on from there."""
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
-        x = self.input(styles[0].shape[0])
-        x = self.conv1(x, styles[0], noise[0], impl)
-        skip = self.to_rgb1(x, styles[1], None, impl)
-        yield 4, x, skip
-        for k, to_rgb in enumerate(self.to_rgbs):
+        if start is None:
+            x = self.input(styles[0].shape[0])
+            x = self.conv1(x, styles[0], noise[0], impl)
+            skip = self.to_rgb1(x, styles[1], None, impl)
+            yield 4, x, skip
+            first = 0
+        else:
+            resolution, x, skip = start
+            first = int(math.log2(resolution)) - 2  # the block whose input is `resolution`
+        for k in range(first, len(self.to_rgbs)):
+            to_rgb = self.to_rgbs[k]
             if feature is not None and feature.shape[-1] == x.shape[-1]:
                 x = feature.to(x.dtype)  # SFE: the block above reads the injected feature
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]

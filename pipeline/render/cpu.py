@@ -137,23 +137,35 @@ class CpuRenderer:
         with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread(self.nnpack_mode):
             images = []
             for i in range(styles[0].shape[0]):
-                injected = None if feature is None else feature[i:i + 1].float().contiguous()
-                *_, (_, _, image) = self._blocks([s[i] for s in styles], injected)
+                *_, (_, _, image) = self._blocks([s[i] for s in styles], _sample(feature, i))
                 images.append(image)
         return images[0] if len(images) == 1 else torch.cat(images)
 
-    def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def render_feature(self, styles: list[torch.Tensor], resolution: int,
+                       injected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``Generator.feature``: the ``resolution`` block's output and the skip image there, rendering only the
-        layers up to it (new tensors, out of the reused buffers)."""
+        layers up to it (new tensors, out of the reused buffers); ``injected`` as there."""
         with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread(self.nnpack_mode):
             features, images = [], []
             for i in range(styles[0].shape[0]):
-                for res, x, image in self._blocks([s[i] for s in styles]):
+                for res, x, image in self._blocks([s[i] for s in styles], _sample(injected, i)):
                     if res == resolution:
                         features.append(x.clone())
                         images.append(image.clone())
                         break
         return torch.cat(features), torch.cat(images)
+
+    def resume(self, styles: list[torch.Tensor], resolution: int, x: torch.Tensor, skip: torch.Tensor,
+               feature: torch.Tensor | None = None) -> torch.Tensor:
+        """``Generator.resume``: the layers above ``resolution`` from ``render_feature``'s output (the caller's
+        tensors, only read) → images ``[B,3,size,size]``, a new tensor."""
+        with self._lock, torch.no_grad(), nnpack.torch_ops_on_this_thread(self.nnpack_mode):
+            images = []
+            for i in range(styles[0].shape[0]):
+                start = (resolution, x[i:i + 1].float().contiguous(), skip[i:i + 1].float().contiguous())
+                *_, (_, _, image) = self._blocks([s[i] for s in styles], _sample(feature, i), start)
+                images.append(image)
+        return images[0] if len(images) == 1 else torch.cat(images)
 
     def buffer_bytes(self) -> int:
         """Memory held by the reused activation buffers."""
@@ -166,14 +178,21 @@ class CpuRenderer:
 
     # --- one sample; every layer reads one buffer and writes another -----------------------------------------
 
-    def _blocks(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None):
+    def _blocks(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None,
+                start: tuple[int, torch.Tensor, torch.Tensor] | None = None):
         """One sample, block by block: yields ``(resolution, features, skip image)``; the features live in a
-        reused buffer, valid until the next step. Every layer reads one buffer and writes another."""
+        reused buffer, valid until the next step. Every layer reads one buffer and writes another. ``start``:
+        ``(resolution, features, skip image)`` of a block rendered before (the caller's tensors), to go on from."""
         direct = nnpack.available(self.nnpack_mode)  # whether NNPACK can write into our buffers
-        x = self._conv(self.conv1, self.const, styles[0], direct)
-        image = self._to_rgb(self.rgb1, x, styles[1], None).clone()  # the first skip image: out of the buffers
-        yield 4, x, image
-        for k, (up, conv, rgb) in enumerate(self.blocks):
+        if start is None:
+            x = self._conv(self.conv1, self.const, styles[0], direct)
+            image = self._to_rgb(self.rgb1, x, styles[1], None).clone()  # the first skip image: out of the buffers
+            yield 4, x, image
+            first = 0
+        else:
+            resolution, x, image = start
+            first = resolution.bit_length() - 3  # the block whose input is `resolution` (4 → 0)
+        for k, (up, conv, rgb) in enumerate(self.blocks[first:], start=first):
             if feature is not None and feature.shape[-1] == x.shape[-1]:
                 x = feature  # SFE's injected feature: the caller's tensor, never a buffer
             s_up, s_conv, s_rgb = styles[2 + 3 * k: 5 + 3 * k]
@@ -221,3 +240,8 @@ class CpuRenderer:
             return out
         # the skip image upsampled as four 3×3 filters on its own grid, interleaved in the pass that adds it
         return pixel_shuffle_add(F.conv2d(skip, layer.skip_phases, padding=1, groups=3), out)
+
+
+def _sample(tensor: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    """Row ``i`` of a batched tensor as a float32 batch of one, contiguous (or None)."""
+    return None if tensor is None else tensor[i:i + 1].float().contiguous()

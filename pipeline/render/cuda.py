@@ -149,11 +149,28 @@ class CudaRenderer:
             args[:len(styles)], args[len(styles)] if feature is not None else None, impl="fast"),))
         return image
 
-    def render_feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Generator.feature``: the ``resolution`` block's output and skip image, as float32 (new tensors)."""
-        feature, skip = self._run(("feature", resolution), list(styles),
-                                  lambda args: self._model.feature(args, resolution, impl="fast"))
+    def render_feature(self, styles: list[torch.Tensor], resolution: int,
+                       injected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Generator.feature``: the ``resolution`` block's output and skip image, as float32 (new tensors);
+        ``injected`` as there."""
+        n = len(styles)
+        inputs = [*styles, injected] if injected is not None else list(styles)
+        key = ("feature", resolution, None if injected is None else injected.shape[-1])
+        feature, skip = self._run(key, inputs, lambda args: self._model.feature(
+            args[:n], resolution, impl="fast", injected=args[n] if injected is not None else None))
         return feature, skip
+
+    def resume(self, styles: list[torch.Tensor], resolution: int, x: torch.Tensor, skip: torch.Tensor,
+               feature: torch.Tensor | None = None) -> torch.Tensor:
+        """``Generator.resume``: the layers above ``resolution`` from ``render_feature``'s output → float32
+        images (a new tensor). ``x`` and ``skip`` go back to this renderer's dtype (from float32: exact)."""
+        n = len(styles)
+        inputs = [*styles, x, skip, *([feature] if feature is not None else [])]
+        key = ("resume", resolution, None if feature is None else feature.shape[-1])
+        (image,) = self._run(key, inputs, lambda args: (self._model.resume(
+            args[:n], resolution, args[n], args[n + 1], args[n + 2] if feature is not None else None,
+            impl="fast"),))
+        return image
 
     def _run(self, key: tuple, inputs: list[torch.Tensor], fn) -> tuple[torch.Tensor, ...]:
         """``fn(inputs in this dtype)`` → float32 outputs, eagerly or through the graph of ``key`` and batch."""

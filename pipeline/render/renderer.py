@@ -19,7 +19,7 @@ the CLI and the bench from their flags); library code reads no environment.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pipeline.models.stylegan2 import Generator
 
 RenderPath = Literal["reference", "batched", "cpu", "cuda"]
+PREVIEW_FRACTION = 4  # render_with_preview's preview: the skip image at size / 4 (256² of a 1024² render)
 
 
 def weights_version(modules: list[torch.nn.Module]) -> tuple[Hashable, ...]:
@@ -84,18 +85,57 @@ class Renderer:
             return self.cuda().render(styles, feature)
         return g.synthesize(styles, feature)
 
-    def feature(self, styles: list[torch.Tensor], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def render_with_preview(self, styles: list[torch.Tensor], feature: torch.Tensor | None = None,
+                            resolution: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """``render``, in two steps: yields ``(resolution, skip image [B,3,r,r])``, the generator's own RGB
+        output at ``resolution`` (default ``preview_resolution``: 256² of a 1024² render, after 20 of its 26
+        style layers and ~1/4 of its arithmetic), then ``(size, images)``, the same render gone on from that
+        block's state (``feature`` then ``resume``: no layer runs twice). ``feature``: SFE's, injected as in
+        ``render`` (below ``resolution``, or at it: then by the second step). Nothing is held between the two
+        steps, so the caller may show the preview (paste, store) before asking for the rest."""
+        g = self.generator
+        resolution = self.preview_resolution if resolution is None else resolution
+        g.check_styles(styles)
+        if feature is not None:
+            g.check_feature(feature, styles[0].shape[0])
+        below = feature if feature is not None and feature.shape[-1] < resolution else None
+        x, skip = self.feature(styles, resolution, injected=below)
+        yield resolution, skip
+        yield g.size, self.resume(styles, resolution, x, skip, feature if below is None else None)
+
+    @property
+    def preview_resolution(self) -> int:
+        """Where ``render_with_preview`` shows its preview: a quarter of the size (256² of 1024²)."""
+        return self.generator.size // PREVIEW_FRACTION
+
+    def feature(self, styles: list[torch.Tensor], resolution: int,
+                injected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``Generator.feature`` by the path that fits: the ``resolution`` block's output ``[B,C_r,r,r]`` and the
-        skip image there ``[B,3,r,r]`` (new tensors)."""
+        skip image there ``[B,3,r,r]`` (new tensors); ``injected``: a feature replacing a block below it."""
         g = self.generator
         styles = list(styles[:g.feature_layers(resolution)])
         g.check_styles(styles, partial=True)
+        if injected is not None:
+            g.check_feature(injected, styles[0].shape[0])
         path = self.path(styles)
         if path == "cpu":
-            return self.cpu().render_feature(styles, resolution)
+            return self.cpu().render_feature(styles, resolution, injected)
         if path == "cuda":
-            return self.cuda().render_feature(styles, resolution)
-        return g.feature(styles, resolution)
+            return self.cuda().render_feature(styles, resolution, injected)
+        return g.feature(styles, resolution, injected=injected)
+
+    def resume(self, styles: list[torch.Tensor], resolution: int, x: torch.Tensor, skip: torch.Tensor,
+               feature: torch.Tensor | None = None) -> torch.Tensor:
+        """``Generator.resume`` by the path that fits: the layers above ``resolution`` from ``feature``'s
+        output → images ``[B,3,size,size]`` (a new tensor)."""
+        g = self.generator
+        g.check_styles(styles)
+        path = self.path(styles)
+        if path == "cpu":
+            return self.cpu().resume(styles, resolution, x, skip, feature)
+        if path == "cuda":
+            return self.cuda().resume(styles, resolution, x, skip, feature)
+        return g.resume(styles, resolution, x, skip, feature)
 
     def __call__(self, wplus: torch.Tensor) -> torch.Tensor:
         """W+ ``[B,n_latent,style_dim]`` (or w ``[B,style_dim]``) → images, like ``Generator.forward``."""

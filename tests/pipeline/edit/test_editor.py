@@ -273,6 +273,32 @@ def test_outputs_come_middle_strength_first(dev_editor, inversion, face_bytes):
     assert render_order(4) == [2, 1, 3, 0] and render_order(1) == [0]
 
 
+def test_a_preview_of_the_first_strength_comes_before_it_and_changes_nothing(dev_editor, inversion, face_bytes):
+    """``on_preview``: one ``Preview`` of the first strength (the middle one), before its ``Output``, the photo's
+    aspect ratio at most ``PREVIEW_MAX_SIDE`` long, the face changed like the full-size one; the outputs are bit
+    for bit those of a render without a preview (the same render, gone on from the preview's block)."""
+    from pipeline.edit.editor import PREVIEW_MAX_SIDE, Preview, preview_size
+
+    events: list = []
+    metrics: dict = {}
+    alphas = [-3.0, 0.0, 3.0]
+    change = [Change("a face", "a smiling face")]
+    outputs = dev_editor.render(face_bytes, [inversion], change, alphas, on_output=events.append,
+                                on_preview=events.append, metrics=metrics)
+    plain = dev_editor.render(face_bytes, [inversion], change, alphas)
+    assert [type(e).__name__ for e in events] == ["Preview", "Output", "Output", "Output"]
+    preview: Preview = events[0]
+    assert (preview.index, preview.alpha) == (1, 0.0) and events[1].index == 1
+    assert preview.image.size == preview_size(inversion.photo_size)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(outputs, plain, strict=True))
+    assert 0 < metrics["first_preview_seconds"] < metrics["first_output_seconds"]
+    # the preview is the full-size result, seen smaller: close where the face is, the same photo elsewhere
+    full = np.asarray(outputs[1].image.resize(preview.image.size, Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(np.asarray(preview.image, dtype=np.float32) - full).mean() < 6
+    assert preview_size((4032, 3024)) == (PREVIEW_MAX_SIDE, 768) and preview_size((300, 200)) == (300, 200)
+    assert preview_size((1000, 3000)) == (341, PREVIEW_MAX_SIDE)
+
+
 def test_cancel_between_strengths_keeps_the_finished_ones(dev_editor, inversion, face_bytes):
     seen: list[Output] = []
     with pytest.raises(Canceled):

@@ -47,6 +47,21 @@ def test_an_sfe_edit_renders_full_photos_that_the_strength_changes(dev_editor, s
     assert np.abs(plain - edited).max() > 0
 
 
+def test_an_sfe_edit_previews_after_its_injected_feature(dev_editor, sfe_inversion, face_bytes):
+    """SFE's feature replaces a block below (here: at) the preview's: the preview and the outputs are those of
+    the injected render, the outputs bit for bit those without a preview."""
+    from pipeline.edit.editor import Change
+
+    previews = []
+    change = [Change("a face", "a smiling face")]
+    outputs = dev_editor.render(face_bytes, [sfe_inversion], change, [2.0], on_preview=previews.append)
+    plain = dev_editor.render(face_bytes, [sfe_inversion], change, [2.0])
+    assert len(previews) == 1 and previews[0].index == 0
+    assert np.array_equal(np.asarray(outputs[0].image), np.asarray(plain[0].image))
+    full = np.asarray(outputs[0].image.resize(previews[0].image.size), dtype=np.float32)
+    assert np.abs(np.asarray(previews[0].image, dtype=np.float32) - full).mean() < 6
+
+
 @pytest.mark.parametrize("kwargs", [{"mode": "optimize", "steps": 1}])
 def test_what_sfe_cannot_do_is_refused(dev_editor, sfe_inversion, face_bytes, kwargs):
     from pipeline.edit.editor import Change

@@ -188,3 +188,48 @@ def test_the_config_refuses_unknown_values_and_names_the_choices():
         RenderConfig(cuda_graphs="0")
     # one list of choices, torch-free, that the renderers' own tables match
     assert NNPACK_MODES == nnpack.MODES and CUDA_PRECISIONS == ("auto", *PRECISIONS)
+
+
+def injected_feature(g: Generator, batch: int, resolution: int, seed: int) -> torch.Tensor:
+    """A feature shaped as SFE's, for the block at ``resolution``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, g.channels[resolution], resolution, resolution, generator=generator)
+
+
+@pytest.mark.parametrize("path", ["reference", "batched", "cpu"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("inject", [None, 16, 32])
+def test_a_render_with_a_preview_is_the_same_render_gone_on(wide, path, batch, inject):
+    """``render_with_preview`` yields the generator's own skip image at a quarter of the size, then the same
+    image as ``render`` (on the CPU path bit for bit: the same layers, none twice), with SFE's feature injected
+    below the preview's block (16²) or at it (32²: injected by the second step)."""
+    g = copy.deepcopy(wide)
+    if path == "reference":
+        g.impl = "ref"
+    renderer = Renderer(g)
+    styles = g.styles(wplus_for(g, batch, seed=21))
+    feature = injected_feature(g, batch, inject, seed=3) if inject else None
+    grad = torch.enable_grad() if path == "batched" else torch.no_grad()
+    with grad:
+        assert renderer.path(styles) == path
+        whole = renderer.render(styles, feature)
+        steps = list(renderer.render_with_preview(styles, feature))
+        _, skip = g.feature(styles, renderer.preview_resolution, impl="ref",
+                            injected=feature if inject and inject < renderer.preview_resolution else None)
+    assert [r for r, _ in steps] == [32, 128] and renderer.preview_resolution == 32
+    (_, preview), (_, image) = steps
+    assert preview.shape == (batch, 3, 32, 32)
+    assert rel_err(preview.detach(), skip.detach()) < 1e-5
+    if path == "cpu":
+        assert torch.equal(image, whole)
+    else:
+        assert rel_err(image.detach(), whole.detach()) < 1e-6
+
+
+def test_resume_refuses_a_state_of_another_shape(wide):
+    styles = wide.styles(wplus_for(wide, 1, seed=2))
+    x, skip = wide.feature(styles, 32)
+    with pytest.raises(ValueError, match="feature\\(\\)'s output at 32"):
+        wide.resume(styles, 32, x[:, :4], skip)
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        wide.resume(styles, 128, x, skip)

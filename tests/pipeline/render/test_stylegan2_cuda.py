@@ -60,6 +60,30 @@ def test_eager_render_is_the_generator_function_and_a_snapshot(generator):
         assert torch.equal(frozen.render(styles), expected)  # rendering the weights it copied
 
 
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_eager_render_with_a_preview_goes_on_from_the_preview_block(generator, precision):
+    """``render_feature`` then ``resume`` (what ``Renderer.render_with_preview`` runs on CUDA): the preview is
+    the generator's skip image there, the image the one-step render's (exactly in float32; in float16 the
+    block's state goes through float32 and back, which is exact, so within float16 rounding of the whole)."""
+    styles = probe_styles(generator, batch=2)
+    renderer = CudaRenderer(generator, precision, graphs=False)
+    feature = torch.randn(2, CHANNELS[8], 8, 8, generator=torch.Generator().manual_seed(1))  # below 16²
+    with torch.no_grad():
+        for injected in (None, feature):
+            whole = renderer.render(styles, injected)
+            x, skip = renderer.render_feature(styles[:generator.feature_layers(16)], 16, injected)
+            image = renderer.resume(styles, 16, x, skip)
+            _, expected_skip = generator.feature(styles, 16, impl="fast", injected=injected)
+            assert x.dtype == skip.dtype == image.dtype == torch.float32
+            if precision == "float32":
+                assert torch.equal(image, whole) and torch.equal(skip, expected_skip)
+            else:
+                assert float((image - whole).abs().max() / whole.abs().max()) < 1e-3
+        image = renderer.resume(styles, 16, *renderer.render_feature(styles[:generator.feature_layers(16)], 16),
+                                feature=feature.new_zeros(2, CHANNELS[32], 32, 32))  # injected above: by resume
+        assert image.shape == (2, 3, 64, 64)
+
+
 def test_half_precision_render_stays_near_float32(generator):
     styles = probe_styles(generator)
     with torch.no_grad():
