@@ -15,7 +15,7 @@ from common.lifecycle import EditStatus
 # Every edit parameter and limit comes from the edit contract (common.edit_contract); the route applies the
 # settings MAX_ALPHAS, MAX_FACES_PER_EDIT and MAX_CHANGES_PER_EDIT below its ceilings.
 # Same event names as Replicate's `webhook_events_filter`; delivery lives in worker/ (webhooks).
-WebhookEvent = Literal["start", "output", "logs", "completed"]
+WebhookEvent = Literal["start", "preview", "output", "logs", "completed"]
 
 
 class ErrorBody(BaseModel):
@@ -83,9 +83,10 @@ class EditCreate(EditSpec):
         + EditSpec.model_fields["changes"].description + ". Giving both forms is 422")
     webhook: str | None = Field(None, max_length=2048, description="https URL notified on events")
     webhook_events_filter: list[WebhookEvent] | None = Field(
-        None, max_length=4, description="a subset of `start`, `output`, `logs`, `completed` (default all; `logs` "
-        "is accepted so that Replicate clients work unchanged, but an edit emits no log events: its `progress` "
-        "is in `GET /v1/edits/{id}`)")
+        None, max_length=5, description="a subset of `start`, `preview`, `output`, `logs`, `completed` (default: "
+        "`start`, `output`, `completed`; `preview`, the first strength's preview, only when listed; `logs` is "
+        "accepted so that Replicate clients work unchanged, but an edit emits no log events: its `progress` is "
+        "in `GET /v1/edits/{id}`)")
 
     _texts = field_validator("neutral", "target")(strip_text)
 
@@ -136,6 +137,14 @@ class EditEstimate(BaseModel):
         "counts), for one edit worker")
 
 
+class EditPreview(BaseModel):
+    index: int = Field(description="the output (position in `alphas`) this previews: the first strength rendered")
+    url: str = Field(description="the preview image (JPEG), the photo's aspect ratio at most 1024 pixels on its "
+                     "longer side; presigned with S3 storage, else `/v1/edits/{id}/preview` (authenticated)")
+    width: int
+    height: int
+
+
 class EditOut(BaseModel):
     id: str
     status: EditStatus
@@ -143,6 +152,10 @@ class EditOut(BaseModel):
     output: list[str | None] | None = Field(
         description="one image URL per alpha, filling as each strength finishes (null: not done yet); kept "
         "when canceled between strengths; null before the first one and when failed")
+    preview: EditPreview | None = Field(
+        None, description="while processing, until `output[index]` lands: a preview of that strength (the "
+        "generator's 256² output of the same render pasted into the photo, shown before the full-size one); "
+        "null otherwise. Show it in the full photo's box (same aspect ratio) and replace it by `output[index]`")
     likeness: list[float | None] | None = Field(
         None, description="per alpha: cosine similarity of the edited face to the original (the minimum over "
         "the edited faces), null for a strength not done yet; absent when the bundle has no identity model")

@@ -40,6 +40,30 @@ def _outputs(edit: Edit, get: str, presign: Presign | None) -> list[str | None] 
     return urls
 
 
+def current_preview(edit: Edit) -> dict[str, Any] | None:
+    """The row's preview while it stands in for a strength not rendered yet: `{key, index, width, height}`
+    while processing and before output `index` lands; None otherwise (replaced, or the edit ended: a canceled
+    or failed job deletes it, a finished one replaced it)."""
+    preview = edit.preview
+    if edit.status != EditStatus.PROCESSING or not isinstance(preview, dict):
+        return None
+    keys = edit.output_keys or []
+    index = preview.get("index")
+    if not isinstance(index, int) or not isinstance(preview.get("key"), str) or (index < len(keys) and keys[index]):
+        return None
+    return preview
+
+
+def _preview(edit: Edit, get: str, presign: Presign | None) -> dict[str, Any] | None:
+    """The preview as the resource shows it: which output it stands in for, its URL and size."""
+    preview = current_preview(edit)
+    if preview is None:
+        return None
+    presigned = presign(preview["key"], media_type_of_key(preview["key"])) if presign is not None else None
+    return {"index": preview["index"], "url": presigned or f"{get}/preview", "width": preview.get("width"),
+            "height": preview.get("height")}
+
+
 def edit_input(edit: Edit) -> dict[str, Any]:
     """The edit's parameters (the contract's fields), with `neutral`/`target` set for an edit of one change of
     weight 1 (what the one-change form asks for)."""
@@ -64,6 +88,7 @@ def edit_resource(
         "status": edit.status,
         "input": edit_input(edit),
         "output": _outputs(edit, get, presign),
+        "preview": _preview(edit, get, presign),
         "error": {"code": edit.error_code, "message": edit.error_message or ""} if edit.error_code else None,
         "metrics": metrics,
         "model": edit.model,

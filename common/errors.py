@@ -17,6 +17,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "edit_not_found": 404,
     "upload_not_found": 404,
     "output_not_found": 404,
+    "preview_not_found": 404,  # no preview now: none yet, replaced by the full-size output, or the edit ended
     "image_file_missing": 404,
     "method_not_allowed": 405,
     "not_cancelable": 409,

@@ -164,12 +164,21 @@ def record_progress(session: Session, edit_id: str, token: str, progress: float)
 
 
 def record_outputs(
-    session: Session, edit_id: str, token: str, output_keys: list[str | None], likeness: list[float | None] | None
+    session: Session, edit_id: str, token: str, output_keys: list[str | None], likeness: list[float | None] | None,
+    clear_preview: bool = False,
 ) -> bool:
     """Store the outputs finished so far (a key per alpha, null for those not done) while processing, so
     clients see each strength as it comes; False once the row is no longer ours (the caller deletes what it
-    just wrote)."""
-    return _apply(session, edit_id, _held_by(token), output_keys=output_keys, likeness=likeness)
+    just wrote). `clear_preview`: this output replaces the preview (in the same write, so no reader sees the
+    output and a preview that is about to be deleted)."""
+    extra: dict[str, Any] = {"preview": None} if clear_preview else {}
+    return _apply(session, edit_id, _held_by(token), output_keys=output_keys, likeness=likeness, **extra)
+
+
+def record_preview(session: Session, edit_id: str, token: str, preview: dict[str, Any]) -> bool:
+    """Name the first strength's preview (`{key, index, width, height}`) on the row while processing; False
+    once the row is no longer ours (the caller deletes what it just wrote)."""
+    return _apply(session, edit_id, _held_by(token), preview=preview)
 
 
 def record_options(session: Session, edit_id: str, token: str, options: dict[str, Any]) -> bool:

@@ -154,6 +154,8 @@ class Edit(Base):
     # results
     output_keys: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: key | null (not done)
     likeness: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: min over faces | null
+    # the first strength's preview while its full-size output renders: {key, index, width, height} | null
+    preview: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     model: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # timestamps

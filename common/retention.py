@@ -24,8 +24,10 @@ from common.models import ApiKey, Edit, Image, Upload, WebhookDelivery, utcnow
 from common.storage import Storage, StoredObject
 from common.storage_layout import (
     AREAS,
+    RESULTS,
     Area,
     inversions_prefix,
+    is_preview,
     original_key,
     owner_of,
     results_prefix,
@@ -141,9 +143,18 @@ def _delete_orphans(session: Session, storage: Storage, area: Area, items: list[
     if not by_id:
         return 0
     live = _live_ids(session, _MODELS[area.table], by_id)
+    previewing = _previewing_ids(session, by_id) if area is RESULTS else set()
     session.rollback()  # a read-only look: end the transaction
-    orphans = [key for row_id, keys in by_id.items() if row_id not in live for key in keys]
+    orphans = [key for row_id, keys in by_id.items() for key in keys
+               if row_id not in (previewing if is_preview(key) else live)]
     return storage.delete(orphans) if orphans else 0
+
+
+def _previewing_ids(session: Session, ids: Iterable[str]) -> set[str]:
+    """The edits whose preview may still be wanted: those processing (once an edit ends, its preview was
+    replaced by the full-size output, or the run that made it failed or was canceled)."""
+    return set(session.scalars(select(Edit.id).where(Edit.id.in_(list(ids)),
+                                                     Edit.status == lifecycle.EditStatus.PROCESSING)))
 
 
 def _live_ids(session: Session, model, ids: Iterable[str]) -> set[str]:

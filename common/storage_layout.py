@@ -6,17 +6,21 @@ One bucket. Every key names the row it belongs to, never the account (the owner 
     inversions/{image_id}/{encoder}[.{variant}][.{inverter}][-f{face}].npz
                                                                   one face's cached latent codes     → images
     results/{edit_id}/{index}.{extension}                         one output of an edit              → edits
+    results/{edit_id}/preview.jpg                                 the first strength's preview       → edits
+                                                                  (until its full-size output lands)
     uploads/{upload_id}                                           a presigned upload not yet claimed → uploads
 
 A local write goes to a `.tmp-*` file beside its key first (`PARTIAL_PREFIX`) and is renamed over it once
 complete. The purge (`common.retention`) deletes an image's and an edit's objects by these prefixes; the
-orphan sweep reads each object's owning row from its key (`owner_of`) and deletes those whose row is gone.
+orphan sweep reads each object's owning row from its key (`owner_of`) and deletes those whose row is gone
+(and a preview, `is_preview`, once its edit is no longer processing: the full-size output replaced it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+PREVIEW_NAME = "preview"
 PARTIAL_PREFIX = ".tmp-"  # a local write under way (or abandoned by a killed process): never a whole object
 
 
@@ -61,6 +65,17 @@ def results_prefix(edit_id: str) -> str:
 
 def result_key(edit_id: str, index: int, extension: str) -> str:
     return f"{results_prefix(edit_id)}{index}.{extension}"
+
+
+def preview_key(edit_id: str) -> str:
+    """The edit's preview (always JPEG: small and fast to encode, whatever the output format), under the
+    results prefix so the purge and the orphan sweep treat it as one of the edit's results."""
+    return f"{results_prefix(edit_id)}{PREVIEW_NAME}.jpg"
+
+
+def is_preview(key: str) -> bool:
+    """Whether `key` is an edit's preview (`preview_key`): wanted only while its edit is processing."""
+    return key.startswith(RESULTS.prefix) and key.rsplit("/", 1)[-1].split(".", 1)[0] == PREVIEW_NAME
 
 
 def upload_key(upload_id: str) -> str:

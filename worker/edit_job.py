@@ -37,7 +37,7 @@ from common.lifecycle import Claim, EditStatus
 from common.metrics import observe_edit
 from common.models import Edit, Image
 from common.storage import ObjectNotFound, StorageUnavailable
-from common.storage_layout import inversion_key, original_key, result_key, results_prefix
+from common.storage_layout import inversion_key, original_key, preview_key, result_key, results_prefix
 from common.webhooks.outbox import push_events
 from worker.detection import detect, store_faces
 from worker.runtime import Runtime, encoder_run
@@ -52,6 +52,7 @@ log = logging.getLogger("worker.edit")
 INVERT_STAGES = ("align", "invert")
 EDIT_STAGES = {"global": ("direction", "synthesize", "paste"), "optimize": ("optimize", "synthesize", "paste")}
 INVERT_SHARE = 0.4  # of the progress bar, when the inversion is not cached
+PREVIEW_QUALITY = 80  # JPEG quality of the preview: a stand-in for a second or so, small to send
 
 
 def new_token() -> str:
@@ -230,8 +231,12 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[spec.mode], start_share, 1.0)
             outputs = OutputWriter(runtime, edit, token)
+            # a preview where the render takes long enough to be worth one (a CPU: ~1 s at 1024²; a GPU
+            # renders the full size in milliseconds)
+            on_preview = outputs.preview if editor.device.type == "cpu" else None
             editor.render(photo, inversions, **render_args, progress=watcher.progress,
-                          should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write)
+                          should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write,
+                          on_preview=on_preview)
             metrics["store_seconds"] = outputs.store_seconds
             metrics["total_seconds"] = time.perf_counter() - start
             if lifecycle.succeed(session, edit_id, token, outputs.keys, _rounded(metrics), model, outputs.likeness):
@@ -351,13 +356,37 @@ def _still_ours(runtime: Runtime, edit: Edit, token: str) -> bool:
 class OutputWriter:
     """`render`'s `on_output`: each finished strength is stored, then recorded on the row (so clients see it
     while the others render) and its `output` webhook event sent. Write, then verify: a row no longer held
-    (canceled, deleted, reaped) makes the job delete what it just wrote and stop."""
+    (canceled, deleted, reaped) makes the job delete what it just wrote and stop.
+
+    `render`'s `on_preview` too: the first strength's preview is stored (`storage_layout.preview_key`) and named
+    on the row, and its `preview` event sent; the output it stands in for clears it from the row in the same
+    write, then the object is deleted."""
 
     def __init__(self, runtime: Runtime, edit: Edit, token: str):
         self.runtime, self.edit, self.token = runtime, edit, token
         self.keys: list[str | None] = [None] * len(edit.alphas)
         self.likeness: list[float | None] | None = None  # stays None without an identity model
         self.store_seconds = 0.0
+        self.previewed: int | None = None  # the output index the stored preview stands in for
+
+    def preview(self, preview) -> None:
+        from pipeline import Canceled
+        from pipeline.faces.photo import encode_image
+
+        start = time.perf_counter()
+        edit, storage = self.edit, self.runtime.storage
+        key = preview_key(edit.id)
+        storage.put(key, encode_image(preview.image, "jpeg", quality=PREVIEW_QUALITY), "image/jpeg")
+        width, height = preview.image.size
+        with self.runtime.session_factory() as session:
+            held = lifecycle.record_preview(session, edit.id, self.token,
+                                            {"key": key, "index": preview.index, "width": width, "height": height})
+        self.store_seconds += time.perf_counter() - start
+        if not held:
+            storage.delete([key])
+            raise Canceled()
+        self.previewed = preview.index
+        _push_webhooks(self.runtime, edit.id)  # the `preview` event, for subscribers that asked for it
 
     def write(self, output) -> None:
         from pipeline import Canceled
@@ -372,8 +401,13 @@ class OutputWriter:
         if output.likeness is not None:
             self.likeness = self.likeness or [None] * len(edit.alphas)
             self.likeness[output.index] = round(min(output.likeness), 4)  # the face that changed most
+        replaces_preview = self.previewed == output.index
         with self.runtime.session_factory() as session:
-            held = lifecycle.record_outputs(session, edit.id, self.token, self.keys, self.likeness)
+            held = lifecycle.record_outputs(session, edit.id, self.token, self.keys, self.likeness,
+                                            clear_preview=replaces_preview)
+        if held and replaces_preview:
+            storage.delete([preview_key(edit.id)])
+            self.previewed = None
         self.store_seconds += time.perf_counter() - start
         if not held:
             storage.delete([key])

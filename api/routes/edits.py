@@ -31,7 +31,7 @@ from common.edit_cost import (
     priced_inversion,
     too_costly,
 )
-from common.edit_resource import edit_resource
+from common.edit_resource import current_preview, edit_resource
 from common.edit_sender import EditSender
 from common.errors import ApiError
 from common.faces import FaceChoiceError, FaceStatus, chosen_faces
@@ -264,6 +264,25 @@ def cancel_edit(
         push_events(session, celery, edit.id, settings.public_base_url, settings.webhooks_queue)
         session.refresh(edit)
     return _out(edit, session, request, storage, settings)
+
+
+@router.get("/{edit_id}/preview", response_class=Response,
+            responses={**_ERRORS, 200: {"description": "The preview of the first strength (JPEG).",
+                                        **binary_content(["image/jpeg"])}})
+def get_edit_preview(edit_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """The first strength's preview while the edit resource shows one (the URL form used with local storage;
+    S3 hands out presigned URLs); 404 `preview_not_found` before it, once the full-size output replaced it, and
+    once the edit ended."""
+    edit = load_edit(session, owner, edit_id)
+    preview = current_preview(edit)
+    if preview is None:
+        raise ApiError("preview_not_found", f"edit {edit_id!r} has no preview now")
+    try:
+        body = storage.get(preview["key"])
+    except ObjectNotFound:  # replaced (the worker deletes it once the full-size output is on the row)
+        raise ApiError("preview_not_found", f"edit {edit_id!r} has no preview now") from None
+    return Response(body, media_type=media_type_of_key(preview["key"]) or "image/jpeg",
+                    headers={"Cache-Control": "private, no-store"})
 
 
 @router.get("/{edit_id}/outputs/{index}", response_class=Response,

@@ -82,7 +82,7 @@ def rotate_webhook_secret(owner: OwnerDep, session: SessionDep, settings: Settin
 def _out(row: WebhookDelivery) -> DeliveryOut:
     log: list[dict[str, Any]] = row.log or []
     return DeliveryOut(
-        id=row.id, event=row.event, output_index=row.output_index if row.event == "output" else None, url=row.url, status=row.status, attempts=row.attempts,
+        id=row.id, event=row.event, output_index=row.output_index if row.event in ("preview", "output") else None, url=row.url, status=row.status, attempts=row.attempts,
         last_status_code=row.last_status_code, last_error=row.last_error,
         next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
         created_at=row.created_at, delivered_at=row.delivered_at,

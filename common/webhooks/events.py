@@ -1,8 +1,11 @@
 """Which webhook events an edit has produced, and the message body of each.
 
-Events are derived from the edit row itself (`started_at` set → `start`; each finished output → one
+Events are derived from the edit row itself (`started_at` set → `start`; the first strength's preview
+while it stands in for that output → `preview`, keyed by the output's index; each finished output → one
 `output`, keyed by its index, as Replicate sends them; terminal → `completed`), so whatever changed the
-row (the worker, the API's cancel, the reaper) the events follow from the state. A failed edit sends no
+row (the worker, the API's cancel, the reaper) the events follow from the state. `preview` is sent only to
+subscribers that ask for it in `webhook_events_filter` (an event type receivers written before it never saw),
+and not at all when the full-size output landed before the event was recorded. A failed edit sends no
 `output` (its outputs are deleted); a canceled one sends those it kept. `logs` is accepted in a filter for Replicate compatibility and never sent
 (progress is in the edit resource).
 """
@@ -14,17 +17,18 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from common.edit_resource import edit_resource
+from common.edit_resource import current_preview, edit_resource
 from common.lifecycle import TERMINAL, EditStatus
 from common.models import Edit
 
-EVENTS = ("start", "output", "completed")
+EVENTS = ("start", "preview", "output", "completed")
+DEFAULT_EVENTS = ("start", "output", "completed")  # without a filter: every event but the opt-in `preview`
 
 
 def normalize_filter(events: Iterable[str] | None) -> tuple[str, ...]:
-    """The events a subscriber gets: all of EVENTS when no filter was given."""
+    """The events a subscriber gets: DEFAULT_EVENTS when no filter was given."""
     if events is None:
-        return EVENTS
+        return DEFAULT_EVENTS
     chosen = set(events)
     unknown = chosen - set(EVENTS)
     if unknown:
@@ -40,6 +44,8 @@ def due_events(edit: Edit) -> list[tuple[str, int]]:
     happened: list[tuple[str, int]] = []
     if edit.started_at is not None:
         happened.append(("start", 0))
+    if (preview := current_preview(edit)) is not None:
+        happened.append(("preview", preview["index"]))
     if edit.status != EditStatus.FAILED:
         happened += [("output", index) for index, key in enumerate(edit.output_keys or []) if key is not None]
     if edit.status in TERMINAL:

@@ -25,7 +25,7 @@ from common.models import Edit, Image, Upload, new_id, utcnow
 from common.retention import purge_image, purge_owner, sweep_orphans
 from common.settings import Settings
 from common.storage import LocalStorage, S3Storage
-from common.storage_layout import inversion_key, original_key, result_key, upload_key
+from common.storage_layout import inversion_key, original_key, preview_key, result_key, upload_key
 from common.topology import SWEEP_ORPHANS
 from tests.conftest import REPO_ROOT, face_jpeg
 from tests.services.rows import starting_edit, stored_image
@@ -62,8 +62,24 @@ class _PurgingEditor:
     def edit(self, *args, progress=None, **kwargs):
         return self._editor.edit(*args, progress=self._hooked(progress), **kwargs)
 
-    def render(self, *args, progress=None, **kwargs):
-        return self._editor.render(*args, progress=self._hooked(progress), **kwargs)
+    def render(self, *args, progress=None, on_preview=None, **kwargs):
+        return self._editor.render(*args, progress=self._hooked(progress), on_preview=self._preview(on_preview),
+                                   **kwargs)
+
+    def _preview(self, on_preview):
+        """Stages `preview` (the deletion lands before the worker stores the preview) and `preview-stored`
+        (right after it did)."""
+        if on_preview is None:
+            return None
+
+        def hand_over(preview) -> None:
+            if self._stage == "preview":
+                self._purge()
+            on_preview(preview)
+            if self._stage == "preview-stored":
+                self._purge()
+
+        return hand_over
 
 
 class RacedRuntime(Runtime):
@@ -112,7 +128,8 @@ def _purge_owner(owner: str):
     return purge
 
 
-@pytest.mark.parametrize(("how", "stage"), [("image", "invert"), ("owner", "invert"), ("image", "synthesize")])
+@pytest.mark.parametrize(("how", "stage"), [("image", "invert"), ("owner", "invert"), ("image", "synthesize"),
+                                           ("image", "preview"), ("owner", "preview-stored")])
 def test_a_deletion_during_the_edit_leaves_nothing_behind(fresh_pg_url, redis_url, dev_bundle, tmp_path, stage, how):
     owner = f"racer-{uuid.uuid4().hex[:6]}"
     runtime = RacedRuntime(_settings(fresh_pg_url, redis_url, tmp_path, dev_bundle), stage, lambda runtime: None)
@@ -194,16 +211,18 @@ def test_the_sweep_deletes_objects_without_a_row_and_only_those(fresh_pg_url, st
         session.commit()
     gone_image, gone_edit, gone_upload = new_id("img"), new_id("edt"), new_id("upl")
     keep = [original_key(image.id), inversion_key(image.id, "enc"), result_key(edits["succeeded"].id, 0, "jpg"),
-            result_key(edits["processing"].id, 0, "jpg"), upload_key(slot.id), "elsewhere/x"]
+            result_key(edits["processing"].id, 0, "jpg"), upload_key(slot.id), "elsewhere/x",
+            preview_key(edits["processing"].id)]  # a preview only while its edit processes
     orphans = [original_key(gone_image), inversion_key(gone_image, "enc"), result_key(gone_edit, 0, "jpg"),
-               result_key(edits["failed"].id, 0, "jpg"), upload_key(gone_upload), upload_key(used.id)]
+               result_key(edits["failed"].id, 0, "jpg"), upload_key(gone_upload), upload_key(used.id),
+               preview_key(edits["succeeded"].id), preview_key(edits["failed"].id), preview_key(gone_edit)]
     for key in keep + orphans:
         storage.put(key, b"bytes")
     try:
         with factory() as session:
             # within the grace period nothing goes: a photo is stored just before its row is committed
             assert sweep_orphans(session, storage, written_before=now - timedelta(hours=1)) == 0
-            assert sweep_orphans(session, storage, written_before=utcnow() + timedelta(minutes=1), batch=2) == 6
+            assert sweep_orphans(session, storage, written_before=utcnow() + timedelta(minutes=1), batch=2) == 9
         left = sorted(k for prefix in (*PREFIXES, "elsewhere/") for k in storage.list(prefix))
         assert left == sorted(keep)
         assert run_orphan_sweep(factory, storage, grace=timedelta(minutes=-1)) == 0  # the task's body: idempotent
