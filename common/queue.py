@@ -43,6 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": topology.beat_schedule(settings),
+        # a model worker's pool: solo, or one thread per job it runs at once (its command line names none)
+        **topology.model_worker_config(settings),
     }
 
 

@@ -148,6 +148,22 @@ class Settings(BaseSettings):
     render_cuda_graphs: bool = Field(
         True, description="CUDA renderer replays one CUDA graph per batch size (false: renders eagerly)."
     )
+    # How many edit jobs a model worker runs at once (common/topology.py `edit_jobs_at_once`) and how their
+    # renders meet in one batch (pipeline/render/batching.py).
+    edit_jobs_per_worker: int | None = Field(
+        None, ge=1, le=64, description="Edit jobs one model worker runs at once, each on a thread of Celery's "
+        "`threads` pool (1: the `solo` pool). Unset: 1 on a CPU (its renderer already uses every core for one "
+        "image, so a second job only splits them) and 8 on a GPU, where the jobs' strengths render together "
+        "(`EDIT_BATCH_MAX`). Each job keeps its own progress, cancel, lease and webhooks."
+    )
+    edit_batch_max: int = Field(
+        16, ge=1, le=64, description="Most faces one render takes from the jobs a model worker runs at once (16: "
+        "the CUDA renderer's largest graph). 1, or one job at a time: every render alone."
+    )
+    edit_batch_wait_ms: float = Field(
+        3.0, ge=0, le=100, description="Longest a job's render waits for other jobs' renders to join it (not at "
+        "all once every running job's render is waiting): the most a lone job's strength is delayed."
+    )
     job_deadline_seconds: int = Field(
         1800, ge=5, description="An edit not finished this long after submission, plus twice its cost (its "
         "expected edit-worker seconds), fails with `timeout`."

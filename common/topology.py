@@ -11,9 +11,11 @@ and every sender derive from this table; tests/infra holds compose, the k8s mani
     worker.retention.expire_old_data       io        RETENTION_INTERVAL_SECONDS       io
     worker.retention.sweep_orphan_objects  io        ORPHAN_SWEEP_INTERVAL_SECONDS    io
 
-A queue belongs to one role, so a task's role follows from its queue. A *model* worker loads the models and
-runs one job at a time in one process (`solo`: one process per accelerator); an *io* worker loads no models
-and waits on the network and the database on threads. Queue names are settings (`EDITS_QUEUE`...); the
+A queue belongs to one role, so a task's role follows from its queue. A *model* worker loads the models once,
+in one process per accelerator, and runs `edit_jobs_at_once` jobs at a time: one on a CPU (`solo`), several on
+a GPU (threads, whose renders meet in one batch: pipeline/render/batching.py); its pool comes from the settings
+(DEVICE, EDIT_JOBS_PER_WORKER) through Celery's configuration, so one command line serves the CPU and the GPU
+image. An *io* worker loads no models and waits on the network and the database on threads. Queue names are settings (`EDITS_QUEUE`...); the
 deployment files spell the defaults. Task names are wire names: a queued message finds its task by name, so
 renaming one strands the messages an older release queued. Not in the table: `worker.liveness.ping`, which a
 worker sends to a queue of its own (worker/liveness.py).
@@ -46,9 +48,36 @@ class Pool:
     concurrency: int | None = None
 
 
-# solo: the models load in the process that runs the jobs (worker/app.py warms them on worker_process_init).
-# threads: no models (the threads pool sends no worker_process_init), and the jobs mostly wait.
-POOLS = {Role.MODEL: Pool("solo"), Role.IO: Pool("threads", 8)}
+# io: threads, no models, and the jobs mostly wait. model: from the settings (`pool`); the models load in the
+# process that runs the jobs (worker/app.py warms them: on worker_process_init for solo, worker_init for threads).
+IO_POOL = Pool("threads", 8)
+# Edit jobs a GPU worker runs at once unless EDIT_JOBS_PER_WORKER says: enough to fill batches of a few
+# strengths each while the others paste, encode and store (docs/BENCHMARKS.md: to be measured on a GPU).
+GPU_EDIT_JOBS = 8
+
+
+def edit_jobs_at_once(settings: Settings) -> int:
+    """How many edit jobs a model worker runs at once: EDIT_JOBS_PER_WORKER, else 1 on a CPU (the CPU renderer
+    renders one image at a time on every core: a batch costs the sum of its images) and GPU_EDIT_JOBS on a GPU."""
+    if settings.edit_jobs_per_worker is not None:
+        return settings.edit_jobs_per_worker
+    return GPU_EDIT_JOBS if settings.device.startswith("cuda") else 1
+
+
+def pool(role: Role, settings: Settings) -> Pool:
+    """The pool a worker of `role` runs: the io workers' threads; a model worker's `solo` for one job at a time,
+    else threads, one per job."""
+    if role is Role.IO:
+        return IO_POOL
+    jobs = edit_jobs_at_once(settings)
+    return Pool("solo") if jobs == 1 else Pool("threads", jobs)
+
+
+def model_worker_config(settings: Settings) -> dict[str, Any]:
+    """Celery's `worker_pool` and `worker_concurrency` of a model worker (its command line names no pool; an io
+    worker's does, which overrides these)."""
+    chosen = pool(Role.MODEL, settings)
+    return {"worker_pool": chosen.name, "worker_concurrency": chosen.concurrency or 1}
 
 # The settings that name a queue, and the role that consumes each.
 QUEUE_ROLES = {"edits_queue": Role.MODEL, "io_queue": Role.IO, "webhooks_queue": Role.IO}
@@ -115,13 +144,13 @@ def queues(settings: Settings, roles: Sequence[Role] = tuple(Role)) -> list[str]
 
 def worker_options(role: Role, settings: Settings, *, queue_names: Sequence[str] | None = None,
                    name: str | None = None, beat_schedule_file: Path | str | None = None) -> list[str]:  # fmt: skip
-    """`celery worker`'s options for a worker of `role`: its queues (or `queue_names`), pool and concurrency.
+    """`celery worker`'s options for a worker of `role`: its queues (or `queue_names`), and for an io worker its
+    pool and concurrency (a model worker's come from the settings: `model_worker_config`).
     `name`: the node name (`-n`); `beat_schedule_file`: run beat inside the worker (`-B`, tests only: exactly
     one beat may run per deployment)."""
-    pool = POOLS[role]
-    argv = ["-Q", ",".join(queue_names or queues(settings, [role])), "--pool", pool.name]
-    if pool.concurrency is not None:
-        argv += ["--concurrency", str(pool.concurrency)]
+    argv = ["-Q", ",".join(queue_names or queues(settings, [role]))]
+    if role is Role.IO:
+        argv += ["--pool", IO_POOL.name, "--concurrency", str(IO_POOL.concurrency)]
     if name is not None:
         argv += ["-n", name]
     # Task events are on by configuration (common/queue.py), so no `--events`. Gossip and mingle only

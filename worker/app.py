@@ -1,11 +1,12 @@
 """The Celery app of the workers. Which tasks, queues, schedules and worker command lines: common/topology.py
-(a model worker: `celery -A worker.app worker -Q edits --pool solo ...`; an io worker: `-Q io,webhooks --pool
-threads ...`).
+(a model worker: `celery -A worker.app worker -Q edits ...`, its pool from the settings; an io worker:
+`-Q io,webhooks --pool threads ...`).
 
-One process per accelerator (`-P solo`), one message at a time, late acknowledgement: see
-`common.queue` for the settings and `common.lifecycle` for why a redelivered job is harmless.
-The models load before the first job is consumed: in the main process for `-P solo`, in each child
-for prefork (CUDA cannot cross a fork).
+One process per accelerator: `solo` (one job at a time) on a CPU, threads on a GPU (several jobs at once, their
+renders batched: `common.topology.edit_jobs_at_once`); a message only when a job slot is free, late
+acknowledgement: see `common.queue` for the settings and `common.lifecycle` for why a redelivered job is
+harmless. The models load before the first job is consumed: in the main process for solo and threads, in each
+child for prefork (CUDA cannot cross a fork).
 """
 
 from __future__ import annotations
@@ -87,3 +88,16 @@ def _publish_offers(runtime) -> None:
 def _withdraw_offers(**_) -> None:
     while _publisher:
         _publisher.pop().stop()
+
+
+@signals.celeryd_after_setup.connect
+def _warm_threads(instance=None, **_) -> None:
+    """The threads pool sends no worker_process_init: a model worker on threads (a GPU running several jobs at
+    once) warms its models here, once logging is set up and before it consumes; an io worker (threads too)
+    consumes no model queue."""
+    pool_cls = getattr(instance, "pool_cls", None)
+    if pool_cls is None or "thread" not in str(getattr(pool_cls, "__module__", pool_cls)):
+        return
+    if get_settings().edits_queue not in (instance.app.amqp.queues.consume_from or {}):
+        return
+    _warm()

@@ -38,6 +38,7 @@ class Runtime:
         self._stamp: tuple[int, int] | None = None  # the loaded manifest's (mtime_ns, size)
         self._lock = threading.Lock()
         self._offers: OffersReader | None = None
+        self._celery_lock = threading.Lock()
 
     @property
     def celery(self) -> Celery:
@@ -45,7 +46,9 @@ class Runtime:
         if self._celery is None:
             from common.queue import make_celery
 
-            self._celery = make_celery(self.settings, name="faceedit-worker")
+            with self._celery_lock:  # jobs on threads (a GPU worker) may ask at once
+                if self._celery is None:
+                    self._celery = make_celery(self.settings, name="faceedit-worker")
         return self._celery
 
     def loaded_inversions(self) -> tuple[str, ...] | None:
@@ -140,8 +143,12 @@ def get_runtime() -> Runtime:
 
 
 def render_config(settings: Settings) -> RenderConfig:
-    """The render layer's options from the settings (``RENDER_*``)."""
+    """The render layer's options from the settings (``RENDER_*``; ``EDIT_BATCH_*`` when the worker runs several
+    jobs at once: their renders then share batches, else each renders alone)."""
+    from common.topology import edit_jobs_at_once
     from pipeline.render.config import RenderConfig
 
+    batch_max = settings.edit_batch_max if edit_jobs_at_once(settings) > 1 else 1
     return RenderConfig(nnpack=settings.render_nnpack, cuda_precision=settings.render_cuda_precision,
-                        cuda_graphs=settings.render_cuda_graphs)
+                        cuda_graphs=settings.render_cuda_graphs, batch_max=batch_max,
+                        batch_wait_ms=settings.edit_batch_wait_ms)

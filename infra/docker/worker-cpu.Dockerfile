@@ -38,4 +38,4 @@ USER 10001
 # The model bundle is a volume (`make download-models` fills ./models), mounted read-only here.
 ENV MODEL_DIR=/models DEVICE=cpu
 VOLUME ["/models"]
-CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]

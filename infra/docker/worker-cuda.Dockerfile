@@ -34,6 +34,7 @@ USER 10001
 # The model bundle is a volume (`make download-models` fills ./models), mounted read-only here.
 ENV MODEL_DIR=/models DEVICE=cuda
 VOLUME ["/models"]
-# One process per GPU (`solo`: the models load once, in the process that runs the jobs), one job at
-# a time (worker_disable_prefetch in common/queue.py).
-CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+# One process per GPU, the models loaded once in it; it runs EDIT_JOBS_PER_WORKER jobs at once (default 8 on a
+# GPU: Celery's threads pool, chosen from the settings by common/topology.py), their renders batched, and takes a
+# message only when a job slot is free (worker_disable_prefetch in common/queue.py).
+CMD ["celery", "-A", "worker.app", "worker", "-Q", "edits", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
