@@ -272,6 +272,7 @@ async function startJob(request, resumeId = null) {
       if (!job.canceled) renderProgress(progress);
     },
     onOutputs: (edit) => receiveOutputs(edit, original),
+    onPreview: (edit) => receivePreview(edit, original),
   });
   state.job = job;
   $("progress-img").src = state.previewUrl || "";
@@ -300,18 +301,44 @@ const watching = (editId) => !$("screen-progress").hidden
 /** The result being filled for this edit (state.loaded), or null. */
 const liveResult = (edit) => (state.loaded && state.loaded.edit.id === edit.id ? state.loaded : null);
 
-/** Start downloading the strengths the edit lists and `result` lacks; resolves once all of them are in. */
+/** Start downloading the strengths the edit lists and `result` lacks (or has only as a preview); resolves once
+ *  all of them are in. A full-size strength replaces its preview. */
 function loadInto(result, edit) {
-  edit.output.forEach((url, index) => {
-    if (!url || result.images[index] || result.loading.has(index)) return;
+  (edit.output || []).forEach((url, index) => {
+    const had = result.images[index];
+    if (!url || (had && !had.preview) || result.loading.has(index)) return;
     result.loading.set(index, loadOutput(url).then((image) => {
       result.loading.delete(index);
       if (state.loaded !== result) return releaseOutputs([image]); // forgotten meanwhile
+      const replaced = result.images[index];
       result.images[index] = image;
+      if (replaced && replaced.preview) releaseOutputs([replaced]);
       showArrived(result);
     }));
   });
   return Promise.all(result.loading.values());
+}
+
+/**
+ * The running edit shows a preview of its first strength (the 256² render pasted into the photo, the photo's
+ * aspect ratio): show it at once in that strength's place, marked as a preview, until the full size arrives.
+ * A preview that can no longer be fetched (the full size replaced it meanwhile) is simply not shown.
+ */
+function receivePreview(edit, original) {
+  const { index, url } = edit.preview;
+  let result = liveResult(edit);
+  if (!result) {
+    if (!watching(edit.id)) return;
+    result = remember(edit, edit.output ? edit.output.map(() => null) : edit.input.alphas.map(() => null), original);
+  }
+  if (result.images[index] || result.previewing) return; // the full size is in, or the preview is on its way
+  result.edit = edit;
+  result.running = true;
+  result.previewing = loadOutput(url).then((image) => {
+    if (state.loaded !== result || result.images[index]) return releaseOutputs([image]); // too late
+    result.images[index] = { ...image, preview: true };
+    showArrived(result);
+  }).catch((err) => console.warn("loading the preview", err));
 }
 
 /**
@@ -329,11 +356,13 @@ function receiveOutputs(edit, original) {
   loadInto(result, edit).catch((err) => console.warn("loading a strength", err)); // the end retries
 }
 
-/** The strength to open the result on: the middle one once the server lists it, else the first listed. */
-function openingIndex(edit) {
-  const middle = defaultIndex(edit.output.length);
-  if (edit.output[middle]) return middle;
-  const first = edit.output.findIndex(Boolean);
+/** The strength to open the result on: the middle one once the server lists it (or its preview is in), else
+ *  the first listed. */
+function openingIndex(edit, images = []) {
+  const output = edit.output || images.map(() => null);
+  const middle = defaultIndex(output.length);
+  if (output[middle] || images[middle]) return middle;
+  const first = output.findIndex(Boolean);
   return first < 0 ? middle : first;
 }
 
@@ -341,7 +370,7 @@ function showArrived(result) {
   if (!$("screen-result").hidden && shownEditId() === result.edit.id) {
     updateResult(result.edit, result.images, result.running);
   } else if (!$("screen-progress").hidden && state.job && state.job.editId === result.edit.id
-             && result.images[openingIndex(result.edit)]) {
+             && result.images[openingIndex(result.edit, result.images)]) {
     // Downloads finish in any order: wait for the strength the result opens on, so it is the one shown.
     location.hash = `#edit/${result.edit.id}`; // route() → openEdit() shows state.loaded
   }

@@ -6,6 +6,8 @@
 import { ApiError, cancelEdit, createEdit, getEdit, uploadImage } from "./api.js";
 
 const POLL_MS = 1000;
+// While the first strength renders, look 4× a second: its preview stands in for it for about a second (the
+// rest of that render), and it and the first full-size photo should show the moment they exist.
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -14,7 +16,8 @@ export class EditJob {
    * @param {object} request {photo, imageId, upload?, neutral, target | changes, faces?, alphas, beta, inversion?}
    *   upload: an upload of `photo` already running ({promise, abort, listen(onProgress)})
    * @param {object} hooks onUploaded(image), onCreated(edit), onUpdate({phase, fraction, position, edit}),
-   *   onOutputs(edit) whenever the edit lists finished outputs (strengths arrive one by one)
+   *   onOutputs(edit) whenever the edit lists finished outputs (strengths arrive one by one),
+   *   onPreview(edit) while the edit shows a preview of its first strength (`edit.preview`)
    */
   constructor(request, hooks) {
     this.request = request;
@@ -64,8 +67,9 @@ export class EditJob {
     let failures = 0;
     while (!TERMINAL.has(edit.status)) {
       this.hooks.onUpdate(phaseOf(edit));
+      if (edit.preview && this.hooks.onPreview) this.hooks.onPreview(edit);
       if (finishedCount(edit) && this.hooks.onOutputs) this.hooks.onOutputs(edit);
-      await sleep(finishedCount(edit) ? POLL_MS / 2 : POLL_MS); // strengths arriving: look more often
+      await sleep(pollDelay(edit));
       if (this.canceled) break;
       try {
         edit = await getEdit(edit.id);
@@ -99,6 +103,12 @@ export class EditJob {
   throwIfCanceled() {
     if (this.canceled) throw new ApiError("canceled", "Edit canceled.");
   }
+}
+
+/** How long to wait before asking again: strengths arriving (or the first one about to): look more often. */
+export function pollDelay(edit) {
+  if (edit.status !== "processing") return POLL_MS;
+  return finishedCount(edit) ? POLL_MS / 2 : POLL_MS / 4;
 }
 
 /** How many strengths are finished (the edit lists their URLs while the rest are still null). */

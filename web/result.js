@@ -1,7 +1,9 @@
 // The result screen: each strength is downloaded as soon as the server lists it, so the slider swaps images
 // instantly; the first finished strength shows while the others are still rendering (they fill in, and the
-// slider marks the ones not there yet). Likeness under the slider; press-and-hold (button or photo) shows
-// the original; download and the system share sheet.
+// slider marks the ones not there yet). Before the first strength is done, its preview (the server's 256²
+// render pasted into the photo, the photo's aspect ratio) stands in its place, marked as a preview, and the
+// full-size photo replaces it in the same box. Likeness under the slider; press-and-hold (button or photo)
+// shows the original; download and the system share sheet.
 
 import { fetchFile } from "./api.js";
 import { describeChanges } from "./changes.js";
@@ -9,7 +11,11 @@ import { showMadeWith } from "./inversion.js";
 
 const $ = (id) => document.getElementById(id);
 
-let current = null; // {edit, images: [{url, blob} | null per strength], originalUrl, index, running, lastUrl}
+// {edit, images: [{url, blob, preview?} | null per strength], originalUrl, index, running, lastUrl, displayed}
+let current = null;
+
+/** A strength that is done (not missing, not only previewed). */
+const isDone = (image) => Boolean(image) && !image.preview;
 
 /** Download one output; resolves {url (displayable), blob (or null)}. */
 export async function loadOutput(outputUrl) {
@@ -77,10 +83,12 @@ export function showResult(edit, images, originalUrl, running = false) {
 /** More strengths of the edit on screen arrived (or it ended: `running` false). Other edits are ignored. */
 export function updateResult(edit, images, running) {
   if (!current || current.edit.id !== edit.id) return;
-  const wasMissing = !current.images[current.index];
   Object.assign(current, { edit, images, running });
   showHeader(edit);
-  if (wasMissing && images[current.index]) showIndex(current.index);
+  const image = images[current.index];
+  const holding = $("hold").classList.contains("holding");
+  // what arrived for the strength on screen (it, or its preview) replaces what is shown, in the same box
+  if (image && image.url !== current.displayed && !holding) showIndex(current.index);
   else showLikeness();
   showArrival();
 }
@@ -101,11 +109,11 @@ function showArrival() {
   const ticks = $("strength-ticks");
   ticks.replaceChildren(...images.map((image, i) => {
     const tick = document.createElement("span");
-    tick.className = image ? "tick done" : "tick pending";
+    tick.className = isDone(image) ? "tick done" : image ? "tick preview" : "tick pending";
     if (i === current.index) tick.classList.add("at");
     return tick;
   }));
-  const done = images.filter(Boolean).length;
+  const done = images.filter(isDone).length;
   const missing = images.length - done;
   const arriving = $("arriving");
   arriving.hidden = missing === 0;
@@ -138,17 +146,21 @@ function showIndex(index) {
   current.index = index;
   const { images, edit } = current;
   const img = $("result-img");
-  const ready = Boolean(images[index]);
-  if (ready) current.lastUrl = images[index].url;
+  const ready = isDone(images[index]);
+  const preview = Boolean(images[index]) && !ready;
+  if (images[index]) current.lastUrl = images[index].url;
   const alpha = edit.input.alphas[index];
   const what = describeChanges(changesOf(edit));
   img.alt = ready ? `Edited photo: ${what}, strength ${index + 1} of ${images.length}`
-                  : `Strength ${index + 1} of ${images.length} is still being rendered`;
+    : preview ? `Preview of the edited photo: ${what}, strength ${index + 1} of ${images.length}; full size coming`
+      : `Strength ${index + 1} of ${images.length} is still being rendered`;
   $("strength-value").textContent = `${index + 1} of ${images.length}`;
-  $("strength").setAttribute("aria-valuetext",
-                             `${index + 1} of ${images.length} (alpha ${alpha})${ready ? "" : ", not ready yet"}`);
-  $("result-figure").classList.toggle("pending", !ready);
+  $("strength").setAttribute("aria-valuetext", `${index + 1} of ${images.length} (alpha ${alpha})`
+                             + (ready ? "" : preview ? ", a preview" : ", not ready yet"));
+  $("result-figure").classList.toggle("pending", !ready && !preview);
+  $("result-figure").classList.toggle("previewing", preview);
   $("pending-badge").hidden = ready;
+  $("pending-badge").textContent = preview ? "Preview · full size coming" : "Still rendering…";
   $("download").disabled = !ready;
   $("share").disabled = !ready;
   showOriginal(false);
@@ -168,6 +180,7 @@ function showOriginal(on) {
   const src = showing ? current.originalUrl : shownUrl();
   if (src) $("result-img").src = src;
   else $("result-img").removeAttribute("src");
+  current.displayed = showing ? null : src;
   $("original-badge").hidden = !showing;
   $("hold").classList.toggle("holding", Boolean(showing));
   $("hold").setAttribute("aria-pressed", String(Boolean(showing)));
@@ -183,7 +196,7 @@ function fileName() {
 }
 
 function download() {
-  if (!current.images[current.index]) return;
+  if (!isDone(current.images[current.index])) return;
   const link = document.createElement("a");
   link.href = current.images[current.index].url;
   link.download = fileName();
@@ -193,7 +206,7 @@ function download() {
 }
 
 async function share() {
-  if (!current.images[current.index]) return;
+  if (!isDone(current.images[current.index])) return;
   const { blob, url } = current.images[current.index];
   const title = `Face Edit: ${describeChanges(changesOf(current.edit))}`;
   try {
