@@ -499,14 +499,18 @@ class Editor:
         return paste_group(image, faces, [inv.quad for inv in inversions])
 
     def _paste_preview(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
-        """The preview's faces (the 256² skip images) pasted into the photo scaled to at most
-        ``PREVIEW_MAX_SIDE`` on its longer side, the quads scaled with it."""
-        from pipeline.faces.paste_gpu import paste_group
+        return paste_preview(image, faces, [inv.quad for inv in inversions])
 
-        size = preview_size(image.size)
-        scale = np.array([size[0] / image.size[0], size[1] / image.size[1]])
-        small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return paste_group(small, faces, [np.asarray(inv.quad) * scale for inv in inversions])
+
+def paste_preview(image: Image.Image, faces: torch.Tensor, quads: Sequence[np.ndarray]) -> Image.Image:
+    """A preview's faces (the 256² skip images ``[F,3,r,r]``) pasted into the photo scaled to
+    ``preview_size``, the quads scaled with it."""
+    from pipeline.faces.paste_gpu import paste_group
+
+    size = preview_size(image.size)
+    scale = np.array([size[0] / image.size[0], size[1] / image.size[1]])
+    small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return paste_group(small, faces, [np.asarray(quad) * scale for quad in quads])
 
 
 def preview_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -53,10 +53,13 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     # a new photo and a new text: every stage, both ways, each in the same rounds as the cached first output
     new = result["devices"]["cpu"]["new_photo"]
     for way in ("serial", "side_by_side"):
-        assert set(new[way]["stages"]) == {"align", "invert", "direction", "synthesize", "paste"}
+        assert set(new[way]["stages"]) == {"align", "invert", "direction", "synthesize_256", "preview_paste",
+                                           "synthesize", "paste"}
         assert sum(new[way]["stages"].values()) <= new[way]["first_output_s"]
-        assert new[way]["over_cached"] > 0
+        assert 0 < new[way]["first_view_s"] < new[way]["first_output_s"]  # the preview comes first
+        assert new[way]["over_cached"] > new[way]["view_over_cached"] > 0
     assert "## A new photo's first result" in report and "| **call → first full-size output** |" in report
+    assert "| **call → first view (the preview)** |" in report
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -118,12 +121,15 @@ def test_interleaved_measurement_alternates_and_pairs_its_rounds():
 def test_the_new_photo_group_alone_replaces_only_its_section():
     from bench.report import merge_new_photo
 
-    stages = {"align": 0.1, "invert": 0.9, "direction": 0.6, "synthesize": 0.8, "paste": 0.04}
-    way = {"first_output_s": 2.5, "first_view_s": 2.5, "over_cached": 2.8, "stages": stages}
+    stages = {"align": 0.1, "invert": 0.9, "direction": 0.6, "synthesize_256": 0.2, "preview_paste": 0.02,
+              "synthesize": 0.6, "paste": 0.04}
+    way = {"first_output_s": 2.5, "first_view_s": 1.2, "over_cached": 2.8, "view_over_cached": 1.3,
+           "stages": stages}
     result = {"devices": {"cpu": {"new_photo": {"rounds": 3, "cached_first_output_s": 0.9, "load_average_1m": [1.2],
                                                 "serial": way, "side_by_side": way, "served": "side_by_side"}}}}
     before = "# Benchmarks\n\n## Medians\n\nkept\n\n## Reproduce\n\n```\nx\n```\n"
     once = merge_new_photo(before, result, "python -m bench --only new-photo")
     assert once.index("## Medians") < once.index("## A new photo's first result") < once.index("## Reproduce")
     assert "kept" in once and "first full-size ≤ 2.0: **not met** (2.80)" in once
+    assert "first view ≤ 1.5: **met** (1.30)" in once
     assert merge_new_photo(once, result, "python -m bench --only new-photo") == once

@@ -96,8 +96,10 @@ def test_group_photo_changes_likeness_results_as_they_come(phone: Page, service,
     page.emulate_media(color_scheme="light")
     page.get_by_role("button", name="Create edit").click()
 
-    # The first finished strength shows while the others are still null in the edit resource.
+    # The first finished strength shows while the others are still null in the edit resource (the result screen
+    # may open a moment earlier, on the real preview of that strength: tests/web/test_preview.py).
     expect(screen(page, "result")).to_be_visible(timeout=EDIT_TIMEOUT_MS)
+    expect(page.locator(".tick.done")).to_have_count(1, timeout=EDIT_TIMEOUT_MS)
     assert any(None in (edit["output"] or []) for edit in holdback.served), "never served a partial edit"
     assert None in holdback.served[-1]["output"]
     expect(page.locator("#result-img")).to_have_attribute("src", re.compile("^blob:"))
