@@ -1,6 +1,7 @@
 """``python -m bench``: how fast every stage of a face edit is, on this machine, at full size.
 
-See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, new-photo, ports, gpu, api, api-load, editor.
+See ``python -m bench --help``. Groups (``--only``): align, invert, text, synthesis, edit, new-photo, sfe, ports, gpu, api,
+api-load, editor.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from bench.machine import REPO_ROOT, machine_info
 from bench.models import FULL, QUICK, Inverted, build_models, centred_quad, face_photo
 from pipeline.render.config import RenderConfig
 
-GROUPS = ("align", "invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu", "api", "api-load", "editor")
-MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu", "editor"}
+GROUPS = ("align", "invert", "text", "synthesis", "edit", "new-photo", "sfe", "ports", "gpu", "api", "api-load",
+          "editor")
+MODEL_GROUPS = {"align", "invert", "text", "synthesis", "edit", "new-photo", "sfe", "ports", "gpu", "editor"}
 DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "api-load")
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "golden" / "face_input.png"
 
@@ -42,6 +44,9 @@ groups (--only):
   new-photo  a new photo and a new text pair: call → first image seen and → first full-size pasted output, per
              stage, serial and with the text direction beside the inversion, in rounds with the cached edit's
              first output (the ratios); alone, it replaces only its own section of the report
+  sfe        StyleFeatureEditor beside e4e (issue 22): inversion and a cached edit of one strength by each, in
+             alternation, their ratios (CPU goal: SFE ≤ 2× e4e per strength; GPU goal: ≤ 30 ms per SFE edit) and
+             where SFE's time goes; alone, it replaces only its own section of the report
   ports      e4e (the module as written vs the served channels-last layout) and paste-back (12 MP photo)
              against plain ports, in alternation
   gpu        (CUDA only) the generator's precisions and CUDA graphs at batch 1, batches of 8–64 images, and
@@ -62,7 +67,7 @@ examples:
   python -m bench --quick --json --out ''  tiny models, seconds: a smoke test of the suite itself
   python -m bench --only synthesis --repeats 5
   python -m bench --only api-load --api-baseline HEAD~3   the API under load, before/after, in one run
-  python -m bench --device cuda --only invert,text,synthesis,edit,gpu --json --out '' > gpu.json   (GPU server)
+  python -m bench --device cuda --only invert,text,synthesis,edit,sfe,gpu --json --out '' > gpu.json   (GPU server)
   python -m bench --merge gpu.json         this machine's suite, with the GPU server's columns beside it
 """
 
@@ -173,7 +178,7 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
         image = load_photo(photo)
         alignment = align_face(image, find_faces(image), 256)
         crop, quad = alignment.crop, alignment.quad
-    if not {"invert", "text", "synthesis", "edit", "new-photo", "ports", "gpu"} & set(args.groups):
+    if not {"invert", "text", "synthesis", "edit", "new-photo", "sfe", "ports", "gpu"} & set(args.groups):
         return out
 
     start = time.perf_counter()
@@ -235,6 +240,12 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
             out[key] = new[key]
             out["runs"][key] = new["rounds"]
         log(f"{device}: new photo {new}")
+    if "sfe" in args.groups:
+        from bench.sfe import bench_sfe, record_sfe
+
+        record_sfe(out, bench_sfe(models, Inverted(photo, quad, codes), args.repeats, args.budget, quick=args.quick))
+        log(f"{device}: sfe inversion {out['sfe_invert_s']:.3f}s vs e4e {out['sfe_invert_e4e_s']:.3f}s, cached edit "
+            f"{out['sfe_edit_s']:.3f}s vs e4e {out['sfe_edit_e4e_s']:.3f}s (x{out['sfe_edit_over_e4e']:.2f})")
     if "gpu" in args.groups and (device.type == "cuda" or args.quick):
         from bench.gpu import bench_gpu
 
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)  # noise shows in either
 
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from bench.report import chart, keep_sections, markdown, merge_api_load, merge_new_photo
+    from bench.report import chart, keep_sections, markdown, merge_api_load, merge_new_photo, merge_sfe
 
     if args.out and not MODEL_GROUPS & set(args.groups) and "api_load" in result and Path(args.out).is_file():
         # API load alone: its section replaces the one in the existing report; the rest stays as it was
@@ -306,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.out and args.groups == ["new-photo"] and Path(args.out).is_file():
         Path(args.out).write_text(merge_new_photo(Path(args.out).read_text(), result, command.strip()))
         log(f"updated the new-photo section of {args.out}")
+    elif args.out and args.groups == ["sfe"] and Path(args.out).is_file():
+        Path(args.out).write_text(merge_sfe(Path(args.out).read_text(), result, command.strip()))
+        log(f"updated the SFE section of {args.out}")
     elif args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,9 @@ VIT_B_32 = {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vis
             "vision_patch_size": 32, "context_length": 77, "vocab_size": 49408, "transformer_width": 512,
             "transformer_heads": 8, "transformer_layers": 12}
 FULL = Sizes("full", generator_size=1024, style_dim=512, encoder_width=64, clip=VIT_B_32)
-QUICK = Sizes("quick", generator_size=64, style_dim=128, encoder_width=16,
-              generator_channels={4: 64, 8: 64, 16: 64, 32: 32, 64: 32},
+# 128²: the smallest generator StyleFeatureEditor's 64² feature fits into (the sfe group)
+QUICK = Sizes("quick", generator_size=128, style_dim=128, encoder_width=16,
+              generator_channels={4: 64, 8: 64, 16: 64, 32: 32, 64: 32, 128: 16},
               clip={**VIT_B_32, "embed_dim": 64, "image_resolution": 32, "vision_layers": 2, "vision_width": 64,
                     "vision_patch_size": 8, "transformer_width": 64, "transformer_heads": 1,
                     "transformer_layers": 2})

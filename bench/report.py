@@ -7,6 +7,8 @@ from pathlib import Path
 from bench.new_photo import HEADING as NEW_PHOTO_HEADING
 from bench.new_photo import new_photo_markdown
 from bench.ports import ports_markdown
+from bench.sfe import HEADING as SFE_HEADING
+from bench.sfe import sfe_markdown
 
 # metric → (label, unit); the order of the table
 METRICS: dict[str, tuple[str, str]] = {
@@ -123,6 +125,8 @@ def markdown(result: dict, command: str, chart: str | None) -> str:
     lines += first_output_section(result, devices)
     new_photo = new_photo_markdown(result["devices"])
     lines += [""] + new_photo if new_photo else []
+    sfe = sfe_markdown(result["devices"], run_load(result))
+    lines += [""] + sfe if sfe else []
     lines += ports_markdown(result["devices"])
     for d in devices:
         if "gpu" in result["devices"][d]:
@@ -260,6 +264,20 @@ def merge_new_photo(existing: str, result: dict, command: str) -> str:
     return merge_section(existing, NEW_PHOTO_HEADING, lines + [f"Measured by `{command}`."])
 
 
+def run_load(result: dict) -> dict:
+    """The 1-minute load average at the run's start and end, and the cores (what a shared machine's numbers need
+    beside them)."""
+    machine = result["machine"]
+    return {"start": machine.get("load_average_1m"), "end": machine.get("load_average_1m_end"),
+            "cores": machine.get("cores")}
+
+
+def merge_sfe(existing: str, result: dict, command: str) -> str:
+    """`existing` report with its SFE section replaced (or added), saying which command measured it."""
+    lines = sfe_markdown(result["devices"], run_load(result))
+    return merge_section(existing, SFE_HEADING, lines + ["", f"Measured by `{command}`."])
+
+
 def merge_section(existing: str, heading: str, lines: list[str]) -> str:
     """`existing` report with the section under `heading` replaced by `lines` (or added before "## Reproduce")."""
     section = "\n".join(lines) + "\n"
@@ -276,7 +294,7 @@ def merge_section(existing: str, heading: str, lines: list[str]) -> str:
 NNPACK_HEADING = "## The direct NNPACK call and the allocator route"
 EDIT_SEND_HEADING = "## Sending an edit job"  # python -m bench.edit_send
 # Sections measured by hand or by an opt-in group: a run that does not measure them keeps the previous ones.
-CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING, EDIT_SEND_HEADING, NEW_PHOTO_HEADING)
+CARRIED_HEADINGS = (API_LOAD_HEADING, NNPACK_HEADING, EDIT_SEND_HEADING, NEW_PHOTO_HEADING, SFE_HEADING)
 
 
 def keep_sections(previous: str, new: str, headings: tuple[str, ...] = CARRIED_HEADINGS) -> str:

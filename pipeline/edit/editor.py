@@ -41,6 +41,7 @@ from pipeline.errors import INVALID_PARAMETER, MODEL_MISSING, PipelineError
 from pipeline.faces.detect import FaceBox
 from pipeline.render.batching import RenderBatcher
 from pipeline.render.config import RenderConfig
+from pipeline.render.fuser import FuserRenderer
 from pipeline.render.renderer import Renderer
 from pipeline.weights.bundle import DEV_WARNING, Bundle
 
@@ -73,6 +74,8 @@ class Models:
     identity: torch.nn.Module | None = None  # ArcFace, for optimize mode's identity loss (optional)
     sfe: torch.nn.Module | None = None  # StyleFeatureEditor, for inversion="sfe" (optional)
     batcher: RenderBatcher | None = None  # renders of threads sharing this Editor, together (RenderConfig.batch_max)
+    sfe_fuser: FuserRenderer | None = None  # SFE's fuser and Feature Editor by the device's fast path
+    sfe_editor: FuserRenderer | None = None
 
 
 class Editor:
@@ -189,10 +192,12 @@ class Editor:
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         config = self.render_config
         batcher = RenderBatcher(renderer, config.batch_max, config.batch_wait_ms / 1000) if config.batching else None
+        fusers = (None, None) if sfe is None else (FuserRenderer(sfe.inverter.fuser, config.nnpack),
+                                                   FuserRenderer(sfe.feature_editor, config.nnpack))
         return Models(generator, encoder, clip,
                       torch.as_tensor(relevance.fs3, dtype=torch.float32, device=self.device),
                       torch.as_tensor(relevance.style_std, dtype=torch.float32, device=self.device), renderer,
-                      identity, sfe, batcher)
+                      identity, sfe, batcher, *fusers)
 
     # --- faces -------------------------------------------------------------------------------------------
 
@@ -288,7 +293,8 @@ class Editor:
         models = self.models
         g, e4e = models.generator, models.encoder
         x = inverter_input(crop)
-        inversion = models.sfe.invert(x, g)
+        # the 64² feature and the fuser through the render layer (the device's fast paths)
+        inversion = models.sfe.invert(x, g, feature=models.renderer.feature, fuse=models.sfe_fuser.merge)
         latent_avg = g.latent_avg if g.latent_avg.numel() else e4e.latent_avg
         return {"inverter": "sfe", "codes": (e4e(x) + (latent_avg - e4e.latent_avg))[0].float().cpu().numpy(),
                 "sfe_codes": inversion.wplus[0].float().cpu().numpy(),
@@ -477,7 +483,7 @@ class Editor:
             edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in styles])
             e4e_edited = _faces_batch([apply(s, direction, [alphas[i]]) for s in e4e_styles])
             delta = e4e_feature - renderer.feature(e4e_edited, resolution)[0]
-            return edited, sfe.edit_feature(fused, delta)
+            return edited, sfe.edit_feature(fused, delta, edit=self.models.sfe_editor.merge)
 
         return sfe_faces
 

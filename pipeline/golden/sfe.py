@@ -27,6 +27,7 @@ from pipeline.models.sfe import SFE, feature_delta, inverter_input
 from pipeline.models.sfe import infer_config as sfe_config
 from pipeline.models.stylegan2 import Generator
 from pipeline.render.cuda import HALF_PRECISION_TOL
+from pipeline.render.fuser import CpuFuser
 from pipeline.render.renderer import PREVIEW_FRACTION
 
 NPZ = "sfe"
@@ -83,7 +84,7 @@ def checks(fixture: Fixture) -> Iterator[Check]:
     yield check("e4e_styles", torch.cat(e4e_styles, 1))
     delta = t["edit_delta"].split(generator.style_dims)
     codes = _Codes(styles, [s + d for s, d in zip(styles, delta, strict=True)], e4e_styles,
-                   [s + d for s, d in zip(e4e_styles, delta, strict=True)], predicted)
+                   [s + d for s, d in zip(e4e_styles, delta, strict=True)], predicted, x)
     # the reference and the device's fast renderers (the model's batched path is held to the reference by the
     # generator's own golden checks and by tests/pipeline/models/test_sfe.py)
     for variant in variants(device):
@@ -94,14 +95,15 @@ def checks(fixture: Fixture) -> Iterator[Check]:
 
 @dataclass(frozen=True)
 class _Codes:
-    """What the render paths start from: SFE's and e4e's style vectors, unedited and edited, and the
-    backbone's predicted feature."""
+    """What the render paths start from: SFE's and e4e's style vectors, unedited and edited, the backbone's
+    predicted feature, and the inverter's input (``SFE.invert`` runs again on every path)."""
 
     styles: list[torch.Tensor]
     edited: list[torch.Tensor]
     e4e_styles: list[torch.Tensor]
     e4e_edited: list[torch.Tensor]
     predicted: torch.Tensor
+    x: torch.Tensor  # the inverter's input
 
 
 def _render_checks(generator: Generator, sfe: SFE, variant: Variant, codes: _Codes, check) -> Iterator[Check]:
@@ -114,16 +116,19 @@ def _render_checks(generator: Generator, sfe: SFE, variant: Variant, codes: _Cod
     own, skip = paths.feature(codes.styles, resolution)
     yield check("w_feat", own, tag, floor)
     yield check("inversion_skip64", skip, tag, floor)
-    fused = sfe.inverter.fuser.merge(codes.predicted, own)
+    # the fuser and the Feature Editor by the render layer's CPU path there (render/fuser.py), else the modules
+    fuser = CpuFuser.from_module(sfe.inverter.fuser).merge if variant.path == "cpu" else None
+    editor = CpuFuser.from_module(sfe.feature_editor).merge if variant.path == "cpu" else None
+    fused = sfe.invert(codes.x, generator, feature=paths.feature, fuse=fuser).fused  # SFE's inversion on this path
     yield check("fused_feat", fused, tag, floor)
-    feature = sfe.edit_feature(fused)
+    feature = sfe.edit_feature(fused, edit=editor)
     yield check("feature", feature, tag, floor)
     yield check("inversion", paths.render(codes.styles, feature), tag, floor)
     e4e_feat, _ = paths.feature(codes.e4e_styles, resolution)
     yield check("e4e_feat", e4e_feat, tag, floor)
     feat_delta = feature_delta(generator, codes.e4e_styles, codes.e4e_edited, resolution)
     yield check("feat_delta", feat_delta, tag, floor)
-    edited_feature = sfe.edit_feature(fused, feat_delta)
+    edited_feature = sfe.edit_feature(fused, feat_delta, edit=editor)
     yield check("edited_feature", edited_feature, tag, floor)
     yield check("edited_image", paths.render(codes.edited, edited_feature), tag, floor)
     preview = generator.size // PREVIEW_FRACTION  # the same render, stopped there for a preview

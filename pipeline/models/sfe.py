@@ -20,6 +20,7 @@ tiny development model in the same layout loads through the same code.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from torch import nn
 from pipeline.errors import MODEL_INVALID, PipelineError
 from pipeline.models.checkpoints import load_state, read_checkpoint
 from pipeline.models.stylegan2 import Generator
+
+# A partial render to a resolution: style vectors, resolution → (feature, skip image), as ``Generator.feature``.
+FeatureRender = Callable[[list[torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+# Two stacked feature maps → one, as ``FeatureFuser.merge`` (the fuser, the Feature Editor).
+Merge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # The official file's prefixes: the phase-1 Inverter under ``inverter.``, the Feature Editor under ``encoder.``
 # (the reference's name for its trainable part).
@@ -196,18 +202,24 @@ class SFE(nn.Module):
         load_state(self.inverter, _strip(state, INVERTER_PREFIX), f"{source} ({INVERTER_PREFIX}*)")
         load_state(self.feature_editor, _strip(state, EDITOR_PREFIX), f"{source} ({EDITOR_PREFIX}*)")
 
-    def invert(self, x: torch.Tensor, generator: Generator) -> FeatureInversion:
+    def invert(self, x: torch.Tensor, generator: Generator, feature: FeatureRender | None = None,
+               fuse: Merge | None = None) -> FeatureInversion:
         """``x`` from ``inverter_input`` → W+ and the fused feature. The generator renders its own feature
-        for the predicted W+ (up to the feature's resolution only) and the fuser merges the two."""
+        for the predicted W+ (up to the feature's resolution only) and the fuser merges the two. ``feature``:
+        how that partial render runs, ``Generator.feature``'s signature (default: the generator's own; the
+        Editor passes its render layer's ``Renderer.feature``, the fast renderer of the device); ``fuse``: how
+        the fuser runs (default: the module; the Editor passes ``render/fuser.py``'s)."""
         codes, predicted = self.inverter.fs_backbone(x)
         wplus = codes + generator.latent_avg  # the generator checkpoint's mean W, as the reference adds
-        own, _ = generator.feature(generator.styles(wplus), predicted.shape[-1])
-        return FeatureInversion(wplus, self.inverter.fuser.merge(predicted, own))
+        own, _ = (feature or generator.feature)(generator.styles(wplus), predicted.shape[-1])
+        return FeatureInversion(wplus, (fuse or self.inverter.fuser.merge)(predicted, own))
 
-    def edit_feature(self, fused: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+    def edit_feature(self, fused: torch.Tensor, delta: torch.Tensor | None = None,
+                     edit: Merge | None = None) -> torch.Tensor:
         """The feature to render: the Feature Editor's answer to ``delta`` (``feature_delta``; None, the
-        inversion itself, is the edit with Δ = 0, as the reference runs it)."""
-        return self.feature_editor.merge(fused, torch.zeros_like(fused) if delta is None else delta)
+        inversion itself, is the edit with Δ = 0, as the reference runs it). ``edit``: how the Feature Editor
+        runs (default: the module)."""
+        return (edit or self.feature_editor.merge)(fused, torch.zeros_like(fused) if delta is None else delta)
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ from tests.conftest import FACE_PHOTO, REPO_ROOT
 DEVICE_KEYS = ("align_s", "invert_s", "text_direction_cold_s", "text_direction_cached_s", "synthesis_1024_s",
                "synthesis_1024_ref_s", "synthesis_fast_over_ref", "edit_cached_1024_s", "edits_per_s_1",
                "edits_per_s_4", "edits_per_s_16", "edit_first_output_1024_s", "edit_5_alphas_1024_s",
-               "first_over_all", "new_photo_first_view_s", "new_photo_first_output_1024_s")
+               "first_over_all", "new_photo_first_view_s", "new_photo_first_output_1024_s", "sfe_invert_s",
+               "sfe_invert_e4e_s", "sfe_edit_s", "sfe_edit_e4e_s", "sfe_edit_over_e4e", "sfe_invert_over_e4e")
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -61,6 +62,11 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     assert "## A new photo's first result" in report and "| **call → first full-size output** |" in report
     assert "| **call → first view (the preview)** |" in report
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # StyleFeatureEditor beside e4e, in the same run: both inversions and edits, every stage, the goals
+    cpu = result["devices"]["cpu"]
+    assert runs["sfe_edit_s"] == runs["sfe_edit_e4e_s"] and runs["sfe_invert_s"] == runs["sfe_invert_e4e_s"]
+    assert all(v >= 0 for v in cpu["sfe_inversion_stages"].values()) and cpu["sfe_edit_stages"]["feature_editor"] > 0
+    assert "## StyleFeatureEditor beside e4e" in report and "≤ 2×:" in report and "not measured yet" in report
 
 
 def test_another_machines_columns_merge_into_the_report(tmp_path):
@@ -133,3 +139,18 @@ def test_the_new_photo_group_alone_replaces_only_its_section():
     assert "kept" in once and "first full-size ≤ 2.0: **not met** (2.80)" in once
     assert "first view ≤ 1.5: **met** (1.30)" in once
     assert merge_new_photo(once, result, "python -m bench --only new-photo") == once
+
+
+def test_the_sfe_group_alone_replaces_only_its_section():
+    from bench.report import merge_sfe
+
+    stages = {"backbone": 3.0, "generator_feature": 0.2, "generator_feature_reference": 0.5, "fuser": 2.0, "e4e": 1.0}
+    cpu = {"sfe_invert_e4e_s": 1.0, "sfe_invert_s": 6.2, "sfe_invert_over_e4e": 6.2, "sfe_edit_e4e_s": 0.9,
+           "sfe_edit_s": 2.1, "sfe_edit_over_e4e": 2.33, "sfe_inversion_stages": stages,
+           "sfe_edit_stages": {"feature_editor": 1.0}, "runs": {}}
+    result = {"machine": {"load_average_1m": 3.1, "load_average_1m_end": 3.3, "cores": 2}, "devices": {"cpu": cpu}}
+    before = "# Benchmarks\n\n## Medians\n\nkept\n\n## Reproduce\n\n```\nx\n```\n"
+    once = merge_sfe(before, result, "python -m bench --only sfe")
+    assert once.index("## Medians") < once.index("## StyleFeatureEditor beside e4e") < once.index("## Reproduce")
+    assert "kept" in once and "≤ 2×: not met" in once and "3.1 at the start, 3.3 at the end, on 2 cores" in once
+    assert merge_sfe(once, result, "python -m bench --only sfe") == once
