@@ -179,6 +179,10 @@ class EditOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     urls: EditUrls
+    trace_id: str | None = Field(
+        description="the OpenTelemetry trace of this edit (32 hex digits), started by its `POST /v1/edits` and "
+        "continued through the queue, the worker's stages and the webhook deliveries; give it to support to find "
+        "the trace and the job's log lines. Null when the server records no traces")
 
 
 class EditList(BaseModel):

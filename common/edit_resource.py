@@ -101,6 +101,7 @@ def edit_resource(
         "started_at": edit.started_at,
         "completed_at": edit.completed_at,
         "urls": {"get": get, "cancel": f"{get}/cancel"},
+        "trace_id": edit.trace_id,
     }
     if edit.likeness is not None and edit.status != EditStatus.FAILED:
         resource["likeness"] = list(edit.likeness)  # absent without an identity model (docs/API.md)

@@ -92,13 +92,34 @@ def configure_tracing(service_name: str, exporter: Any = None) -> bool:
     return True
 
 
+# W3C Trace Context and Baggage: what a propagator reads from a request (lower case, as ASGI gives them).
+_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
 def instrument_app(app: Any) -> None:
-    """FastAPI's server spans (probes and /metrics left out: they would be most of the traces)."""
+    """FastAPI's server spans (probes and /metrics left out: they would be most of the traces). The API is the
+    edge: each request starts a trace of its own, whatever context headers a client sends, so an edit's trace
+    id (on the edit resource) is one no client chose, never shared by two edits, and a client cannot force
+    sampling or attach its spans to another trace."""
     if not _configured:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    build_stack = app.build_middleware_stack
+
+    def build_without_client_context() -> Any:
+        inner = build_stack()
+
+        async def edge(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] in ("http", "websocket"):
+                headers = [(name, value) for name, value in scope["headers"] if name not in _CONTEXT_HEADERS]
+                scope = {**scope, "headers": headers}
+            await inner(scope, receive, send)
+
+        return edge
+
+    app.build_middleware_stack = build_without_client_context
 
 
 def trace_id() -> str | None:

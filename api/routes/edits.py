@@ -19,7 +19,7 @@ from api.deps import CeleryDep, EditSenderDep, OwnerDep, SessionDep, SettingsDep
 from api.openapi import binary_content
 from api.prefer import parse_prefer_wait
 from api.schemas import EditCreate, EditList, EditOut, ErrorBody
-from common import lifecycle
+from common import lifecycle, tracing
 from common.edit_contract import EditSpec
 from common.edit_cost import (
     CostLimits,
@@ -158,6 +158,7 @@ def _new_edit(owner: str, body: EditCreate, spec: EditSpec, settings: Settings, 
         attempt=0,
         created_at=now,
         cost_seconds=cost,
+        trace_id=tracing.trace_id(),  # the trace this request started (None when tracing is off)
         deadline_at=now + timedelta(seconds=deadline_seconds(cost, settings.job_deadline_seconds)),
     )
 

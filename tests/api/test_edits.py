@@ -38,6 +38,7 @@ def test_submit_answers_starting_with_the_resource(queued):
                              "faces": "largest", "alphas": [-2.0, 0.0, 2.0], "beta": 0.15, "mode": "global",
                              "steps": None, "inversion": None, "output_format": "jpeg"}  # the worker resolves it
     assert edit["queue_position"] >= 0 and edit["webhook_events_filter"] == ["completed"]
+    assert "trace_id" in edit and edit["trace_id"] is None  # tracing off (the default): no trace, no id
     assert response.headers["location"] == edit["urls"]["get"]
     assert api.get(edit["urls"]["get"]).json()["id"] == edit["id"]
 
@@ -63,6 +64,8 @@ def test_submit_answers_starting_with_the_resource(queued):
         {"webhook": "ftp://example.com"},
         {"webhook_events_filter": ["everything"]},
         {"surprise": True},
+        {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"},  # the server's alone (common/tracing.py)
+        {"trace_id": None},
         {"image": ""},
     ],
 )

@@ -43,6 +43,7 @@ def test_webhook_data_is_the_api_resource(service, status):
             error_message="no face found" if status == "failed" else None,
             metrics={"total_seconds": 1.5, "inversion_cached": False, "attempt": 1},
             model={"generator": "0123456789ab", "encoder": "ba9876543210", "dev_bundle": True},
+            trace_id="0af7651916cd43dd8448eb211c80319c",
         ))
         s.commit()
         (delivery_id,) = outbox.record_events(s, s.get(Edit, edit_id), service.settings.public_base_url)
@@ -53,3 +54,4 @@ def test_webhook_data_is_the_api_resource(service, status):
     absent = {"likeness"} if status == "failed" else set()  # only with an identity model, never when failed
     assert set(message["data"]) == set(EditOut.model_fields) - absent
     assert message["data"] == api.json()
+    assert message["data"]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
