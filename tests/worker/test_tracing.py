@@ -4,15 +4,19 @@ task → align, invert, direction, each strength's synthesize and paste → the 
 in order, their durations within the job's; the edit resource, its webhook message and the job's log lines
 carry the trace id.
 
-Exported two ways: `OTEL_TRACES_EXPORTER=console` (spans read back from what each process printed), and
-`otlp` to a real OTLP receiver on loopback (tests/services/otlp_receiver.py) over both transports, gRPC and
-HTTP/protobuf, each used by the API in one run and by the worker in the other. Without the variables nothing
-is traced: the same API answers with no span printed and edits carry no trace id."""
+Exported three ways: `OTEL_TRACES_EXPORTER=console` (spans read back from what each process printed); `otlp`
+to a real OTLP receiver on loopback (tests/services/otlp_receiver.py) over both transports, gRPC and
+HTTP/protobuf, each used by the API in one run and by the worker in the other; and the SDK's in-memory
+exporter shared by the API app and a Celery worker thread in one process (tests/worker/in_memory_trace.py).
+Without the variables nothing is traced: the same API answers with no span printed (and edits carry no trace
+id: tests/api/test_edits.py)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +30,7 @@ from tests.conftest import face_jpeg, service_settings
 from tests.services.api_process import ApiProcess
 from tests.services.otlp_receiver import Receiver as OtlpReceiver
 from tests.services.otlp_receiver import Span
+from tests.services.settings import REPO_ROOT, settings_env
 from tests.services.webhook_receiver import Receiver
 from tests.services.worker import WorkerProcess
 
@@ -108,7 +113,6 @@ def _check_one_trace(spans: list[Span], edit: dict[str, Any], message: dict[str,
     trace_id = submit.trace_id
     assert re.fullmatch(r"[0-9a-f]{32}", trace_id) and trace_id != CLIENT_TRACE_ID, "a trace of the server's own"
     assert edit["trace_id"] == trace_id and message["data"]["trace_id"] == trace_id
-    assert submit.parent_id is None, "the client's traceparent is not continued"
     ordered = sorted((s for s in spans if s.trace_id == trace_id), key=lambda s: s.start_ns)
     by_id = {s.span_id: s for s in ordered}
     names = [s.name for s in ordered]
@@ -140,7 +144,8 @@ def test_one_edit_is_one_connected_trace(pg_url, redis_url, s3_endpoint, dev_bun
         webhook_allow_networks="127.0.0.0/8", webhook_allow_ports="1024-65535",
     )  # fmt: skip
     edit, message, api_log, worker_log = _one_edit(settings, tmp_path)
-    _check_one_trace(_printed_spans(api_log) + _printed_spans(worker_log), edit, message)
+    ordered = _check_one_trace(_printed_spans(api_log) + _printed_spans(worker_log), edit, message)
+    assert ordered[0].name == "POST /v1/edits" and ordered[0].parent_id is None, "a client's trace not continued"
 
     lines = [json.loads(line) for line in worker_log.splitlines() if line.startswith('{"time"')]
     job_lines = [line for line in lines if line.get("edit_id") == edit["id"]]
@@ -168,8 +173,30 @@ def test_otlp_exporters_send_the_trace(api_protocol, worker_protocol, pg_url, re
         spans = otlp.wait_for(lambda spans: sum(s.name.startswith("run/") for s in spans
                                                 if s.trace_id == edit["trace_id"]) >= 2)  # and the delivery
     ordered = _check_one_trace(spans, edit, message)
+    assert ordered[0].name == "POST /v1/edits" and ordered[0].parent_id is None, "a client's trace not continued"
     transports = {s.service: {t.transport for t in ordered if t.service == s.service} for s in ordered}
     assert transports == {"faceedit-api": {api_protocol}, "faceedit-worker": {worker_protocol}}, transports
+
+
+def test_one_process_traces_into_the_sdks_in_memory_exporter(pg_url, redis_url, s3_endpoint, dev_bundle,
+                                                             tmp_path: Path):  # fmt: skip
+    """The API app and a real Celery worker (on a thread) in one process, sharing one `InMemorySpanExporter`
+    (tests/worker/in_memory_trace.py, a process of its own: tracing is process-wide): one connected trace,
+    the stages as spans in order, their durations within the job's and within the edit's wall time."""
+    settings = service_settings(pg_url, redis_url, s3_endpoint, model_dir=dev_bundle,
+                                webhook_allow_networks="127.0.0.0/8", webhook_allow_ports="1024-65535")
+    env = {name: value for name, value in settings_env(settings).items() if not name.startswith("OTEL_")}
+    out = tmp_path / "trace.json"
+    done = subprocess.run([sys.executable, "-m", "tests.worker.in_memory_trace", str(out)], cwd=REPO_ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=480)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert result["edit"]["status"] == "succeeded", result["edit"]
+    # In one process the TestClient's own request span (httpx, instrumented too) is the submit's parent.
+    ordered = _check_one_trace([Span(**span) for span in result["spans"]], result["edit"], result["message"])
+    assert ordered[0].name == "POST" and ordered[1].name == "POST /v1/edits", [s.name for s in ordered[:2]]
+    stages = [s for s in ordered if s.name in STAGES]
+    assert sum(s.seconds for s in stages) <= result["wall_seconds"]
 
 
 def test_off_by_default_no_span(pg_url, redis_url, s3_endpoint, tmp_path: Path, monkeypatch):
