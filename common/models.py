@@ -151,7 +151,7 @@ class Edit(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deadline_at: Mapped[datetime]
     cost_seconds: Mapped[float | None] = mapped_column(Float, default=None)  # common/edit_cost.py; None: before 0006
-    # the trace its submit started (common/tracing.py): 32 hex digits; None when tracing is off, or before 0007
+    # the trace its submit started (common/tracing.py): 32 hex digits; None when tracing is off, or before 0008
     trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
     # results
     output_keys: Mapped[list[Any] | None] = mapped_column(default=None)  # per alpha: key | null (not done)
