@@ -6,7 +6,9 @@ The served renderer is ``Renderer.cuda()`` (``pipeline/render/renderer.py``): th
 these weights, with graphs. The variants beside it are built the same way with one setting changed, and run in
 alternation so they share the GPU's clocks and the host's load. A batched edit is what a worker batching across
 jobs would do: one render of ``B`` style sets (each job its own inversion and strength), then each face pasted
-into its job's photo where it was rendered (``pipeline.faces.paste_gpu``).
+into its job's photo where it was rendered (``pipeline.faces.paste_gpu``). Across jobs (``bench/cross_job.py``):
+several jobs in flight at once, each on its own thread, their strengths rendered together through the shared
+batcher as a worker with EDIT_JOBS_PER_WORKER > 1 does: edits per second, p50/p99 job latency, batch-1 latency.
 """
 
 from __future__ import annotations
@@ -123,7 +125,12 @@ def bench_gpu(models: Models, inverted: Inverted, repeats: int, budget_s: float,
     renderer = models.renderer.cuda()
     repeats = max(repeats, 3 if quick else 30)
     batches, edit_batches = ((2,), (2,)) if quick else (BATCHES, EDIT_BATCHES)
+    from bench.cross_job import bench_cross_job
+
+    cross_job = (bench_cross_job(models, inverted, jobs=(1, 2), strengths=2, rounds=1) if quick
+                 else bench_cross_job(models, inverted))
     return {"precision": renderer.precision, "precision_errors": renderer.errors, "graphs": renderer.graphs,
             "variants": render_variants(models, inverted.codes, repeats, budget_s, batches[1] if len(batches) > 1 else batches[0]),
             "render_batches": render_throughput(models, inverted.codes, batches, repeats, budget_s),
-            "edit_batches": edit_throughput(models, inverted, edit_batches, rounds=1 if quick else 4)}
+            "edit_batches": edit_throughput(models, inverted, edit_batches, rounds=1 if quick else 4),
+            "cross_job": cross_job}

@@ -67,6 +67,13 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     assert runs["sfe_edit_s"] == runs["sfe_edit_e4e_s"] and runs["sfe_invert_s"] == runs["sfe_invert_e4e_s"]
     assert all(v >= 0 for v in cpu["sfe_inversion_stages"].values()) and cpu["sfe_edit_stages"]["feature_editor"] > 0
     assert "## StyleFeatureEditor beside e4e" in report and "≤ 2×:" in report and "not measured yet" in report
+    # jobs at once (bench/cross_job.py, the GPU group's scenario, tiny on the CPU): batched and alone, each row
+    cross = result["devices"]["cpu"]["gpu"]["cross_job"]["settings"]
+    assert {(row["jobs"], row["batched"]) for row in cross.values()} == {(1, False), (1, True), (2, True), (2, False)}
+    for row in cross.values():
+        assert row["edits_per_s"] > 0 and 0 < row["first_photo_p50_s"] <= row["job_p50_s"] <= row["job_p99_s"]
+        assert row["jobs_done"] == row["jobs"] and row["faces_per_render"] >= 1
+    assert "Jobs at once (`bench/cross_job.py`)" in report
 
 
 def test_another_machines_columns_merge_into_the_report(tmp_path):
