@@ -106,3 +106,19 @@ def test_a_photo_without_a_face_fails_with_its_code(api, worker):
     failed = api.wait(_edit(api, image["id"])["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "no_face", failed
     assert failed["output"] is None and failed["error"]["message"]
+
+
+def test_the_worker_publishes_what_its_bundle_offers(api, worker, settings):
+    """common/worker_offers.py from a real worker: its loaded development bundle has SFE, so the fleet of its
+    queue offers e4e and sfe, and the API's /app-config.json says so."""
+    from redis import Redis
+
+    from common.worker_offers import read_offers
+
+    deadline = time.monotonic() + 60
+    with Redis.from_url(settings.redis_url) as redis:
+        while (offers := read_offers(redis, settings.edits_queue)) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert offers is not None and offers.workers == 1 and offers.offered() == ["e4e", "sfe"]
+    api.client.app.state.worker_offers.cache_seconds = 0
+    assert api.get("/app-config.json").json()["worker_inversions"] == ["e4e", "sfe"]
