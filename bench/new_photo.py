@@ -159,7 +159,15 @@ def new_photo_markdown(devices: dict[str, dict]) -> list[str]:
         lines.append("| **call → first full-size output** | "
                      + " | ".join(f"**{_ms(r[w]['first_output_s'])}**" for w in WAYS) + " |")
         lines.append("| × cached first output | " + " | ".join(f"{r[w]['over_cached']:.2f}" for w in WAYS) + " |")
-        view, full = r[r["served"]]["view_over_cached"], r[r["served"]]["over_cached"]
+        served = r[r["served"]]
+        before = {s: served["stages"][s] for s in STAGES[:STAGES.index("preview_paste") + 1]}
+        total = sum(before.values()) or 1.0
+        lines += ["", "Where the wait before the preview goes (side by side, medians): "
+                  + ", ".join(f"{s} {v / total:.0%}" for s, v in sorted(before.items(), key=lambda kv: -kv[1]))
+                  + ". The preview splits the first strength's render: `synthesize_256` (up to the 256² block, "
+                  "about half of the convolutions' multiply-adds) before it, `synthesize` (the 512² and 1024² "
+                  "blocks) after it."]
+        view, full = served["view_over_cached"], served["over_cached"]
         lines += ["", f"Goals (× the cached first output, side by side as served): first view ≤ {FIRST_VIEW_GOAL}: "
                       f"{_verdict(view <= FIRST_VIEW_GOAL)} ({view:.2f}); first full-size ≤ "
                       f"{FIRST_OUTPUT_GOAL}: {_verdict(full <= FIRST_OUTPUT_GOAL)} ({full:.2f}).", ""]

@@ -89,7 +89,7 @@ class Renderer:
                             resolution: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """``render``, in two steps: yields ``(resolution, skip image [B,3,r,r])``, the generator's own RGB
         output at ``resolution`` (default ``preview_resolution``: 256² of a 1024² render, after 20 of its 26
-        style layers and ~1/4 of its arithmetic), then ``(size, images)``, the same render gone on from that
+        style layers and about half of its convolutions' multiply-adds and time), then ``(size, images)``, the same render gone on from that
         block's state (``feature`` then ``resume``: no layer runs twice). ``feature``: SFE's, injected as in
         ``render`` (below ``resolution``, or at it: then by the second step). Nothing is held between the two
         steps, so the caller may show the preview (paste, store) before asking for the rest."""
