@@ -250,12 +250,12 @@ class Settings(BaseSettings):
         "(docs/BENCHMARKS.md: 0.84 + 0.04 s on a CPU).")
     edit_cost_seconds_per_face_sfe: float = Field(
         5.5, ge=0, description="Measured seconds to align and invert one face with StyleFeatureEditor "
-        "(`inversion` sfe: its inverter beside e4e's, the crop at 1024²; docs/BENCHMARKS.md: 2.6× e4e's "
-        "inversion on a CPU, in paired runs).")
+        "(`inversion` sfe: its inverter beside e4e's, the crop at 1024²; docs/BENCHMARKS.md: 2.45–2.59× "
+        "e4e's inversion on a CPU, in paired runs).")
     edit_cost_seconds_per_output_sfe: float = Field(
-        1.5, ge=0, description="Measured seconds to render (through SFE's Feature Editor) and paste "
-        "one strength of one face inverted with StyleFeatureEditor (docs/BENCHMARKS.md: 1.65× e4e's cached edit "
-        "on a CPU, in paired runs).")
+        1.8, ge=0, description="Measured seconds to render (through SFE's Feature Editor) and paste "
+        "one strength of one face inverted with StyleFeatureEditor (docs/BENCHMARKS.md: 1.65–1.94× e4e's cached "
+        "edit on a CPU, in paired runs).")
     edit_cost_seconds_per_optimize_step: float = Field(
         1.9, ge=0, description="Measured seconds of one optimize-mode step of one face (~190 s for 100 steps on a "
         "CPU).")
