@@ -137,3 +137,26 @@ def publishing(task_name: str, task_id: str, headers: dict[str, Any]) -> Iterato
                                       attributes={"celery.task_name": task_name, "messaging.message.id": task_id}):
         propagate.inject(headers)
         yield
+
+
+@contextmanager
+def webhook_post(url: str) -> Iterator[Any]:
+    """A client span for one webhook POST: the delivery sends through httpcore itself (common/netguard.py, which
+    pins the checked address), so httpx's instrumentation never sees it. Only the host and port are recorded:
+    a receiver's path or query may hold its own secret. The caller sets the answer's status (`answered`)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    attributes = {"http.request.method": "POST", "server.address": parts.hostname or ""}
+    if parts.port:
+        attributes["server.port"] = parts.port
+    with trace.get_tracer("faceedit").start_as_current_span("POST webhook", kind=trace.SpanKind.CLIENT,
+                                                            attributes=attributes) as span:  # fmt: skip
+        yield span
+
+
+def answered(span: Any, status_code: int) -> None:
+    """Record a webhook receiver's HTTP status on its `webhook_post` span (an error status from 500 up)."""
+    span.set_attribute("http.response.status_code", status_code)
+    if status_code >= 500:
+        span.set_status(trace.Status(trace.StatusCode.ERROR))

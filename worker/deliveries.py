@@ -23,7 +23,7 @@ from celery import shared_task
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import netguard
+from common import netguard, tracing
 from common.header_integer import header_integer
 from common.metrics import WEBHOOK_ATTEMPTS
 from common.models import WebhookDelivery, utcnow
@@ -135,7 +135,9 @@ def attempt(factory: sessionmaker[Session], config: DeliveryConfig, delivery_id:
         started = time.monotonic()
         answer = None
         try:  # the SSRF check resolves the host again now (DNS answers change), inside the deadline
-            answer = netguard.resolve_and_post(delivery.url, delivery.payload, headers, config.policy)
+            with tracing.webhook_post(delivery.url) as span:
+                answer = netguard.resolve_and_post(delivery.url, delivery.payload, headers, config.policy)
+                tracing.answered(span, answer.status_code)
             entry["status_code"] = answer.status_code
         except netguard.UnsafeURL as e:
             if e.code != "url_unresolvable":

@@ -135,6 +135,8 @@ def _check_one_trace(spans: list[Span], edit: dict[str, Any], message: dict[str,
     assert run.seconds <= edit["metrics"]["total_seconds"] + 1.0
     deliveries = [s for s in ordered if s.name.startswith("run/") and s is not run]
     assert deliveries, f"the webhook delivery is not in the trace: {names}"
+    posts = [s for s in ordered if s.name == "POST webhook"]  # its HTTP POST, a client span of its own
+    assert posts and all(by_id[s.parent_id].name.startswith("run/worker.webhooks") for s in posts), names
     assert any(s.name.startswith(("SELECT", "INSERT", "UPDATE", "postgresql")) for s in ordered), "no SQL spans"
     return ordered
 
