@@ -145,10 +145,35 @@ def run_setting(models: Models, inverted: Inverted, setting: Setting, strengths:
             "faces_per_render": faces / renders if renders else 1.0}
 
 
+def batched_error(models: Models, inverted: Inverted, callers: int = 4) -> float:
+    """Max relative error (max |batched − alone| / max |alone|) of each caller's faces from one shared render
+    against the same faces rendered alone: 0 on a CPU (one sample at a time); on a GPU another batch size may
+    pick other kernels, which must stay within the golden tolerance (``HALF_PRECISION_TOL``)."""
+    from pipeline.render.batching import RenderBatcher
+
+    requests = [job_styles(models, inverted.codes, 1, seed)[0] for seed in range(callers)]
+    with torch.no_grad():
+        alone = [models.renderer.render(styles) for styles in requests]
+    batcher = RenderBatcher(models.renderer, callers, wait_s=10.0)  # full at `callers` faces: one render
+    answers: list = [None] * callers
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher.render(requests[i])))
+               for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert batcher.stats.batches == 1, batcher.stats
+    return max(float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+               for got, ref in zip(answers, alone, strict=True))
+
+
 def bench_cross_job(models: Models, inverted: Inverted, jobs: tuple[int, ...] = JOBS, strengths: int = STRENGTHS,
                     rounds: int = ROUNDS, batch_max: int = 16, wait_ms: float = 3.0) -> dict:
-    """Every setting of ``settings_for(jobs)``, with the batcher's settings (EDIT_BATCH_MAX, EDIT_BATCH_WAIT_MS)."""
-    out = {"batch_max": batch_max, "wait_ms": wait_ms, "strengths": strengths, "settings": {}}
+    """Every setting of ``settings_for(jobs)``, with the batcher's settings (EDIT_BATCH_MAX, EDIT_BATCH_WAIT_MS),
+    after the check that a shared render gives each caller its own faces (``batched_error``)."""
+    out = {"batch_max": batch_max, "wait_ms": wait_ms, "strengths": strengths,
+           "batched_error": batched_error(models, inverted), "settings": {}}
     for setting in settings_for(jobs):
         out["settings"][setting.name] = run_setting(models, inverted, setting, strengths, rounds, batch_max, wait_ms)
     return out

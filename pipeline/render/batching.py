@@ -23,6 +23,7 @@ batching off (``EDIT_BATCH_MAX=1``, docs/SETTINGS.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,6 +47,9 @@ Payload = TypeVar("Payload")
 Result = TypeVar("Result")
 
 CANCEL_POLL_S = 0.05  # how often a caller waiting for its batch polls its own cancel check
+# The batcher's thread ends after this long without a request (the next submit starts another), so a batcher
+# dropped with its Editor (a new model bundle) leaves no thread holding its renderer's weights.
+IDLE_EXIT_S = 60.0
 
 
 class Clock(Protocol):
@@ -97,14 +101,14 @@ class Batcher(Generic[Payload, Result]):
     alone), or as soon as every ``active`` caller has a request waiting. Requests keep their order."""
 
     def __init__(self, run_batch: Callable[[list[Payload]], Sequence[Result]], max_rows: int, wait_s: float,
-                 clock: Clock | None = None, name: str = "batcher"):
+                 clock: Clock | None = None, name: str = "batcher", idle_exit_s: float = IDLE_EXIT_S):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if wait_s < 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s}")
         self.run_batch, self.max_rows, self.wait_s = run_batch, max_rows, wait_s
         self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self.name = name
+        self.name, self.idle_exit_s = name, idle_exit_s
         self.stats = BatchStats()
         self._pending: deque[_Request] = deque()
         self._condition = threading.Condition()
@@ -184,13 +188,18 @@ class Batcher(Generic[Payload, Result]):
             self._run(batch)
 
     def _gather(self) -> list[_Request] | None:
-        """Wait (holding the condition) until a batch is due and take it; None once closed and drained."""
+        """Wait (holding the condition) until a batch is due and take it; None once closed and drained, or idle
+        for ``idle_exit_s`` (the thread then ends, and the next submit starts another)."""
         while True:
             self._drop_cancelled()
             if not self._pending:
                 if self._closed:
+                    self._thread = None
                     return None
-                self._condition.wait()
+                woken = self._condition.wait(self.idle_exit_s)
+                if not woken and not self._pending:
+                    self._thread = None
+                    return None
                 continue
             now = self.clock.now()
             deadline = self._pending[0].arrived + self.wait_s
@@ -303,7 +312,10 @@ class RenderBatcher:
         self.batcher.close()
 
     def _render_batch(self, requests: list[RenderRequest]) -> list[torch.Tensor]:
-        with torch.no_grad():  # grad mode is per thread: this one renders by the no-grad paths
+        device = requests[0].styles[0].device
+        # grad mode and the current CUDA device are per thread: this one renders by the no-grad paths, on the
+        # styles' device (a worker on cuda:1 captures its graphs there)
+        with torch.no_grad(), torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             if len(requests) == 1:
                 return [self.renderer.render(requests[0].styles)]
             styles = [torch.cat(layer) for layer in zip(*(r.styles for r in requests), strict=True)]

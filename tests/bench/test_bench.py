@@ -68,6 +68,7 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     assert all(v >= 0 for v in cpu["sfe_inversion_stages"].values()) and cpu["sfe_edit_stages"]["feature_editor"] > 0
     assert "## StyleFeatureEditor beside e4e" in report and "≤ 2×:" in report and "not measured yet" in report
     # jobs at once (bench/cross_job.py, the GPU group's scenario, tiny on the CPU): batched and alone, each row
+    assert result["devices"]["cpu"]["gpu"]["cross_job"]["batched_error"] == 0  # the CPU renders sample by sample
     cross = result["devices"]["cpu"]["gpu"]["cross_job"]["settings"]
     assert {(row["jobs"], row["batched"]) for row in cross.values()} == {(1, False), (1, True), (2, True), (2, False)}
     for row in cross.values():

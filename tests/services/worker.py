@@ -1,10 +1,11 @@
 """The one worker launcher of the tests: a real Celery worker process for a test deployment.
 
-Two flavours, same options: the production `celery worker -P solo` (models load in the process that
-runs jobs), and `preloaded=True`, `python -m tests.services.preloaded_worker`, a prefork worker whose parent
-loads the models once so a SIGKILLed child is replaced in a moment (the fault tests kill it many
-times). Each worker runs in a process group of its own, so stopping or killing it takes its embedded
-beat and pool children along.
+Two flavours, same options: the production `celery worker` (its pool from the settings, common/topology.py:
+`solo` on a CPU unless EDIT_JOBS_PER_WORKER asks for more; the models load in the process that runs
+jobs), and `preloaded=True`, `python -m tests.services.preloaded_worker`, a prefork worker whose parent loads
+the models once so a SIGKILLed child is replaced in a moment (the fault tests kill it many times). Each
+worker runs in a process group of its own, so stopping or killing it takes its embedded beat and pool
+children along.
 """
 
 from __future__ import annotations

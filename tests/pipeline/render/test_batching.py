@@ -215,6 +215,23 @@ def test_close_runs_what_waits_and_refuses_more():
         batcher.submit("late")
 
 
+def test_an_idle_batcher_ends_its_thread_and_the_next_request_starts_another():
+    """A batcher dropped with its Editor (a new bundle) must not keep a thread holding the old weights."""
+    threads: list[threading.Thread] = []
+
+    def run(payloads: list) -> list:
+        threads.append(threading.current_thread())
+        return [f"out:{p}" for p in payloads]
+
+    batcher = Batcher(run, max_rows=1, wait_s=WAIT, clock=FakeClock(), idle_exit_s=0.01)
+    assert result(batcher.submit("first")) == "out:first"  # a full batch: no clock needed
+    threads[0].join(SETTLE_S)
+    assert not threads[0].is_alive() and batcher._thread is None
+    assert result(batcher.submit("again")) == "out:again"
+    assert threads[1] is not threads[0]
+    batcher.close()
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError):
         Batcher(Recorder(), max_rows=0, wait_s=WAIT)
