@@ -75,6 +75,16 @@ GPU_MEMORY = Gauge(
 
 # What the API finds at scrape time (api/routes/metrics.py): the state the alerts in infra/monitoring watch
 # when nothing is flowing (a dead worker observes no queue wait; an unreachable database fails no edit).
+RENDER_BATCH_FACES = Histogram(
+    "faceedit_render_batch_faces",
+    "Faces in each render of a model worker running several jobs at once (their strengths share renders, at most"
+    " EDIT_BATCH_MAX): near 1, the jobs rarely meet within EDIT_BATCH_WAIT_MS; near EDIT_BATCH_MAX, renders are full.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+)
+RENDER_BATCH_RETRIES = Counter(
+    "faceedit_render_batch_retries",
+    "Shared renders that failed and were run again one job at a time (so only the failing job's edit fails).",
+)
 DEPENDENCY_UP = Gauge(
     "faceedit_dependency_up",
     "1 when the API reached the dependency (database, broker, storage) at the last scrape, else 0.",
@@ -151,6 +161,13 @@ def observe_edit(
 
 def _is_duration(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def observe_render_batch(faces: int, retried: bool) -> None:
+    """One shared render of a model worker's batcher (`Editor(on_render_batch=)`)."""
+    RENDER_BATCH_FACES.observe(faces)
+    if retried:
+        RENDER_BATCH_RETRIES.inc()
 
 
 def record_gpu_memory() -> None:

@@ -95,6 +95,7 @@ class Runtime:
         """The bundle by the pipeline's one rule (`pipeline.weights.choice`, as the CLI and `make run`): MODEL_DIR as
         it is (incomplete: every job fails `model_missing`, visibly), else a complete models/official, else
         the development bundle (announced)."""
+        from common.metrics import observe_render_batch
         from pipeline import Editor
         from pipeline.weights.choice import choose_bundle, open_bundle
 
@@ -104,7 +105,7 @@ class Runtime:
         stamp = stamp or _manifest_stamp(bundle.dir)  # a development bundle built just now
         # Caches go to CACHE_DIR, never into the bundle: it may be mounted read-only.
         return Editor(bundle, device=self.settings.device, directions_dir=self.directions_dir,
-                      render=render_config(self.settings)), stamp
+                      render=render_config(self.settings), on_render_batch=observe_render_batch), stamp
 
     def warm(self) -> None:
         """Load the models before the first job; a missing bundle is logged and every job then fails

@@ -86,8 +86,10 @@ class Editor:
     once and the edit goes on. ``render``: how the generator renders (the worker builds it from its settings)."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike, device: str | torch.device = "cpu",
-                 directions_dir: str | os.PathLike | None = None, render: RenderConfig | None = None):
+                 directions_dir: str | os.PathLike | None = None, render: RenderConfig | None = None,
+                 on_render_batch: Callable[[int, bool], None] | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.on_render_batch = on_render_batch  # (faces, retried) after each batched render (the worker's metrics)
         self.device = torch.device(device)
         self.render_config = render if render is not None else RenderConfig()
         self._directions_dir = Path(directions_dir) if directions_dir else self.bundle.cache_dir / "directions"
@@ -191,7 +193,8 @@ class Editor:
             renderer(torch.zeros(1, generator.style_dim, device=self.device))
         log.info("models loaded from %s in %.1fs", self.bundle.dir, time.perf_counter() - start)
         config = self.render_config
-        batcher = RenderBatcher(renderer, config.batch_max, config.batch_wait_ms / 1000) if config.batching else None
+        batcher = (RenderBatcher(renderer, config.batch_max, config.batch_wait_ms / 1000, on_batch=self.on_render_batch)
+                   if config.batching else None)
         fusers = (None, None) if sfe is None else (FuserRenderer(sfe.inverter.fuser, config.nnpack),
                                                    FuserRenderer(sfe.feature_editor, config.nnpack))
         return Models(generator, encoder, clip,

@@ -101,7 +101,8 @@ class Batcher(Generic[Payload, Result]):
     alone), or as soon as every ``active`` caller has a request waiting. Requests keep their order."""
 
     def __init__(self, run_batch: Callable[[list[Payload]], Sequence[Result]], max_rows: int, wait_s: float,
-                 clock: Clock | None = None, name: str = "batcher", idle_exit_s: float = IDLE_EXIT_S):
+                 clock: Clock | None = None, name: str = "batcher", idle_exit_s: float = IDLE_EXIT_S,
+                 on_batch: Callable[[int, bool], None] | None = None):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if wait_s < 0:
@@ -109,6 +110,7 @@ class Batcher(Generic[Payload, Result]):
         self.run_batch, self.max_rows, self.wait_s = run_batch, max_rows, wait_s
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.name, self.idle_exit_s = name, idle_exit_s
+        self.on_batch = on_batch  # (rows, retried one by one) after each batch: the worker's metrics
         self.stats = BatchStats()
         self._pending: deque[_Request] = deque()
         self._condition = threading.Condition()
@@ -239,6 +241,7 @@ class Batcher(Generic[Payload, Result]):
         stats.batches, stats.requests = stats.batches + 1, stats.requests + len(batch)
         rows = sum(r.rows for r in batch)
         stats.rows, stats.largest = stats.rows + rows, max(stats.largest, rows)
+        retries = stats.retried
         try:
             try:
                 results = self._results([r.payload for r in batch])
@@ -263,6 +266,12 @@ class Batcher(Generic[Payload, Result]):
                     request.future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
+        finally:
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(rows, stats.retried > retries)
+                except Exception:  # noqa: BLE001 - a metric never fails a render
+                    log.warning("%s: on_batch failed", self.name, exc_info=True)
 
     def _results(self, payloads: list[Any]) -> list:
         results = list(self.run_batch(payloads))
@@ -288,10 +297,11 @@ class RenderBatcher:
     within ``wait_s`` (at most ``max_rows`` images a render). Renders run without autograd, on the batcher's
     thread (``Renderer.path`` then picks the CPU or CUDA renderer, as for an unbatched no-grad call)."""
 
-    def __init__(self, renderer: Renderer, max_rows: int, wait_s: float, clock: Clock | None = None):
+    def __init__(self, renderer: Renderer, max_rows: int, wait_s: float, clock: Clock | None = None,
+                 on_batch: Callable[[int, bool], None] | None = None):
         self.renderer = renderer
         self.batcher: Batcher[RenderRequest, torch.Tensor] = Batcher(self._render_batch, max_rows, wait_s, clock,
-                                                                     name="render-batcher")
+                                                                     name="render-batcher", on_batch=on_batch)
 
     @property
     def stats(self) -> BatchStats:

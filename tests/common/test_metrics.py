@@ -59,6 +59,17 @@ def test_observe_edit_records_stages_queue_wait_and_failure_code() -> None:
     assert b'faceedit_job_stage_seconds_bucket{le="5.0",stage="invert"}' in body
 
 
+def test_a_shared_render_is_counted_by_its_faces_and_a_retry_apart() -> None:
+    count, total = _value("faceedit_render_batch_faces_count"), _value("faceedit_render_batch_faces_sum")
+    retries = _value("faceedit_render_batch_retries_total")
+    metrics.observe_render_batch(5, retried=False)
+    metrics.observe_render_batch(2, retried=True)
+    assert _value("faceedit_render_batch_faces_count") == count + 2
+    assert _value("faceedit_render_batch_faces_sum") == total + 7
+    assert _value("faceedit_render_batch_faces_bucket", le="4.0") >= 1
+    assert _value("faceedit_render_batch_retries_total") == retries + 1
+
+
 def test_exporter_serves_metrics_over_http() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -155,6 +155,20 @@ def test_a_failing_batch_is_retried_one_by_one_and_only_the_culprit_fails():
     batcher.close()
 
 
+def test_each_batch_is_reported_with_its_rows_and_whether_it_was_retried():
+    seen: list[tuple[int, bool]] = []
+    clock = FakeClock()
+    batcher = Batcher(Recorder(), max_rows=8, wait_s=WAIT, clock=clock, on_batch=lambda *a: seen.append(a))
+    ok = [batcher.submit("a", rows=2), batcher.submit("b")]
+    clock.advance(WAIT)
+    assert [result(f) for f in ok] == ["out:a", "out:b"]
+    bad = [batcher.submit("c"), batcher.submit("bad")]
+    clock.advance(WAIT)
+    assert result(bad[0]) == "out:c"
+    batcher.close()
+    assert seen == [(3, False), (2, True)]
+
+
 def test_a_lone_failing_request_fails_once_and_a_wrong_result_count_fails_its_batch_only():
     batcher, recorder, clock = make()
     bad = batcher.submit("bad")
