@@ -25,9 +25,11 @@ JOBS = {"smile": {"target": "a smiling face", "alphas": [-1.0, 1.0]},
         "hair": {"target": "a face with blue hair", "alphas": [0.5, 1.5, 2.5]}}
 
 
-def test_a_worker_running_two_jobs_at_once_gives_each_its_own_results(pg_url, redis_url, s3_endpoint, dev_bundle,
-                                                                     tmp_path):
-    settings = service_settings(pg_url, redis_url, s3_endpoint, dev_bundle, edit_jobs_per_worker=2,
+def test_a_worker_running_two_jobs_at_once_gives_each_its_own_results(fresh_pg_url, redis_url, s3_endpoint,
+                                                                     dev_bundle, tmp_path):
+    # a database of its own: the session worker's reaper (same database, other queues and storage) would
+    # otherwise re-send these edits, queued until this worker has loaded its models, to its own queue
+    settings = service_settings(fresh_pg_url, redis_url, s3_endpoint, dev_bundle, edit_jobs_per_worker=2,
                                 edit_batch_wait_ms=20.0, webhook_allow_networks="127.0.0.0/8",
                                 webhook_allow_ports="1024-65535")  # the loopback receiver
     api = make_api(settings)
