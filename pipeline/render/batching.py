@@ -19,7 +19,7 @@ rows are waiting, runs ``run_batch`` once on all of them, and hands each caller 
 of their concatenation (the CUDA renderer replays one graph for it), each caller's rows back. The paste stays with
 each caller (``paste_group`` on its own thread, where the faces are): pasting every job's faces on the batcher's
 thread would put each photo's host work (crop, blend copy, the JPEG after it) in series with the next render,
-where on the callers' threads it overlaps it. On a CPU the fast
+where on the callers' threads it can overlap it (bench/cross_job.py measures the whole). On a CPU the fast
 renderer renders one sample at a time, so a batch costs the sum of its parts there and the service leaves
 batching off (``EDIT_BATCH_MAX=1``, docs/SETTINGS.md).
 """
