@@ -15,13 +15,13 @@ rows are waiting, runs ``run_batch`` once on all of them, and hands each caller 
   from it; one cancelled after is computed with the others and its result discarded by its caller.
 * The clock is injected (``Clock``), so the gathering is tested with a fake one.
 
-``RenderBatcher`` applies it to a ``Renderer``: style vectors ``[B_i, C]`` per layer from each caller, one render
-of their concatenation (the CUDA renderer replays one graph for it), each caller's rows back. The paste stays with
-each caller (``paste_group`` on its own thread, where the faces are): pasting every job's faces on the batcher's
-thread would put each photo's host work (crop, blend copy, the JPEG after it) in series with the next render,
-where on the callers' threads it can overlap it (bench/cross_job.py measures the whole). On a CPU the fast
-renderer renders one sample at a time, so a batch costs the sum of its parts there and the service leaves
-batching off (``EDIT_BATCH_MAX=1``, docs/SETTINGS.md).
+``RenderBatcher`` applies it to a ``Renderer``: style vectors ``[B_i, C]`` per layer from each caller, one
+render of their concatenation (the CUDA renderer replays one graph for it), each caller's rows back. The paste
+stays with each caller (``paste_group`` on its own thread, where the faces are): pasting every job's faces on
+the batcher's thread would put each photo's host work (crop, blend copy, the JPEG after it) in series with the
+next render, where on the callers' threads it can overlap it (bench/cross_job.py measures the whole). On a CPU
+the fast renderer renders one sample at a time, so a batch costs the sum of its parts there: a CPU worker runs
+one job at a time and has no batcher (``EDIT_JOBS_PER_WORKER``, docs/SETTINGS.md).
 """
 
 from __future__ import annotations
