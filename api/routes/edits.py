@@ -269,7 +269,7 @@ def cancel_edit(
 
 @router.get("/{edit_id}/preview", response_class=Response,
             responses={**_ERRORS, 200: {"description": "The preview of the first strength (JPEG).",
-                                        **binary_content(["image/jpeg"])}})
+                                        **binary_content(["image/*"])}})
 def get_edit_preview(edit_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """The first strength's preview while the edit resource shows one (the URL form used with local storage;
     S3 hands out presigned URLs); 404 `preview_not_found` before it, once the full-size output replaced it, and
