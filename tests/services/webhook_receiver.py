@@ -85,6 +85,14 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def wait_for_request(self, timeout_s: float = 30) -> Received:
+        """The first request, once one came (an AssertionError after `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.requests:
+            assert time.monotonic() < deadline, f"no request reached the receiver in {timeout_s} s"
+            time.sleep(0.2)
+        return self.requests[0]
+
     def __enter__(self) -> Receiver:
         self._thread.start()
         return self

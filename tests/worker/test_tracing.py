@@ -95,10 +95,7 @@ def _one_edit(settings, tmp_path: Path, **api_env: str) -> tuple[dict[str, Any],
                 time.sleep(0.2)
             assert edit["status"] == "succeeded", edit
             assert created.json()["trace_id"] == edit["trace_id"]
-            deadline = time.monotonic() + 30
-            while not hook.requests:
-                assert time.monotonic() < deadline, "no webhook delivered"
-                time.sleep(0.2)
+            hook.wait_for_request()
             time.sleep(1)  # the delivery task's span ends after the POST
             api_log = api.log()
     finally:
