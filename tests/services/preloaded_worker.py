@@ -25,7 +25,10 @@ def main() -> None:
     from worker.runtime import get_runtime
 
     get_runtime().warm()  # children inherit the loaded Editor through the cached runtime
-    # After the harness's options (tests/services/worker.py): of a repeated option Celery takes the last.
+    # The model worker's pool is configured (common/topology.model_worker_config: solo on a CPU), and Celery takes
+    # `--pool prefork` on a command line for its default and runs the configured pool instead: a SIGKILL aimed
+    # at the job's child then killed the whole worker. So the configuration says prefork too.
+    app.conf.worker_pool, app.conf.worker_concurrency = "prefork", 1
     app.worker_main(["worker", *sys.argv[1:], "--pool", "prefork", "--concurrency", "1"])
 
 
