@@ -68,6 +68,7 @@ function startIndex(images) {
  */
 export function showResult(edit, images, originalUrl, running = false) {
   current = { edit, images, originalUrl, index: startIndex(images), running };
+  unpinFigure();
   showHeader(edit);
   const slider = $("strength");
   slider.max = String(images.length - 1);
@@ -83,6 +84,7 @@ export function showResult(edit, images, originalUrl, running = false) {
 /** More strengths of the edit on screen arrived (or it ended: `running` false). Other edits are ignored. */
 export function updateResult(edit, images, running) {
   if (!current || current.edit.id !== edit.id) return;
+  pinFigure();
   Object.assign(current, { edit, images, running });
   showHeader(edit);
   const image = images[current.index];
@@ -92,6 +94,28 @@ export function updateResult(edit, images, running) {
   else showLikeness();
   showArrival();
 }
+
+/**
+ * The photo keeps the height it was first seen at while strengths arrive: the lines around it change (likeness
+ * under the slider, the count of strengths), and the photo takes the height they leave, so without this it would
+ * shrink or grow as the full size replaced its preview or the last strength landed. A new result or a resized
+ * window lets it take the free height again.
+ */
+function pinFigure() {
+  const figure = $("result-figure");
+  if (figure.style.height || !figure.offsetHeight) return;
+  const height = figure.getBoundingClientRect().height; // read before `flex: none` lays it out anew
+  figure.style.flex = "none";
+  figure.style.height = `${height}px`;
+}
+
+function unpinFigure() {
+  const figure = $("result-figure");
+  figure.style.flex = "";
+  figure.style.height = "";
+}
+
+window.addEventListener("resize", unpinFigure);
 
 /** Title and the development-models note (`model` is filled in when the edit completes). */
 function showHeader(edit) {
@@ -116,11 +140,16 @@ function showArrival() {
   const done = images.filter(isDone).length;
   const missing = images.length - done;
   const arriving = $("arriving");
-  arriving.hidden = missing === 0;
-  arriving.dataset.state = running ? "running" : "stopped";
+  // Once the line was on screen it stays, saying all arrived: hiding it would move the photo up under the eyes
+  // of whoever watches the last strength (or the full size replacing its preview) land.
+  if (missing) current.arrivalShown = true;
+  arriving.hidden = missing === 0 && !current.arrivalShown;
+  arriving.dataset.state = running ? "running" : missing ? "stopped" : "complete";
   $("stop").hidden = !running;
   $("stop").disabled = false;
-  if (running) {
+  if (!missing) {
+    $("arriving-text").textContent = `All ${images.length} ${images.length === 1 ? "strength" : "strengths"} ready.`;
+  } else if (running) {
     $("arriving-text").textContent = `${missing} more ${missing === 1 ? "strength" : "strengths"} on the way…`;
   } else if (missing) {
     const why = edit.status === "canceled" ? "Stopped" : "Not rendered";

@@ -1,7 +1,7 @@
 // Service worker: makes the app installable and open offline. It caches the app shell only; API calls,
 // photos and results always go to the network (they are private, and a stale edit status would mislead).
 
-const VERSION = "faceedit-shell-v5";
+const VERSION = "faceedit-shell-v6";
 const SHELL = [
   "/",
   "/index.html",

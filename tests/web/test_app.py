@@ -80,7 +80,9 @@ def test_edit_journey(phone: Page, service, photos, shots: Path):
     assert count == 5, "one submit makes all five strengths"
     expect(page.locator("#strength-value")).to_have_text(f"3 of {count}")
     expect(page.locator(".tick.done")).to_have_count(count, timeout=EDIT_TIMEOUT_MS)
-    expect(page.locator("#arriving")).to_be_hidden()
+    # no count-down left (the line says all arrived where it was on screen: tests/web/test_group_photos.py)
+    expect(page.locator("#arriving")).not_to_contain_text("on the way")
+    expect(page.get_by_role("button", name="Stop here")).to_be_hidden()
     shot(page, shots, "4-result")
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))

@@ -122,7 +122,7 @@ def test_group_photo_changes_likeness_results_as_they_come(phone: Page, service,
     # The rest arrive and fill the slider; likeness (the dev bundle has an identity model) under it.
     holdback.holding = False
     expect(page.locator(".tick.done")).to_have_count(5, timeout=EDIT_TIMEOUT_MS)
-    expect(page.locator("#arriving")).to_be_hidden()
+    expect(page.locator("#arriving-text")).to_have_text("All 5 strengths ready.")
     edit = api.get(f"/v1/edits/{edit_id}").json()
     assert edit["status"] == "succeeded" and edit["input"]["faces"] == [1]
     assert [m["index"] for m in edit["metrics"]["faces"]] == [1]
