@@ -294,7 +294,9 @@ def sfe_markdown(devices: dict[str, dict], load: dict | None = None) -> list[str
     if feature:
         lines += ["", f"The inversion cache keeps the fused feature in float16: {feature / 2**20:.1f} MiB per face."]
     if load:
+        busy = max(load.get("start") or 0, load.get("end") or 0) > (load.get("cores") or 1)
         lines += ["", f"1-minute load average: {load.get('start')} at the start, {load.get('end')} at the end, on "
-                      f"{load.get('cores')} cores shared with other sessions: absolute times are inflated, the ratios "
-                      "(paired rounds) much less."]
+                      f"{load.get('cores')} cores"
+                      + (" (**noisy**: more work than cores): absolute times are inflated, the ratios (paired rounds) "
+                         "much less." if busy else ".")]
     return lines
