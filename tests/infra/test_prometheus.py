@@ -27,6 +27,7 @@ import yaml
 from api.processes import die_with_parent, stop_process
 from common import topology
 from tests.conftest import face_jpeg, free_port, service_settings
+from tests.services.api import wait_for_edit
 from tests.services.debian import PROMETHEUS, PROMTOOL, require
 from tests.services.settings import REPO_ROOT, settings_env
 from tests.services.webhook_receiver import Receiver
@@ -232,10 +233,7 @@ def test_prometheus_scrapes_the_stack_and_knows_every_series_used(fresh_pg_url, 
             "beta": 0.1, "webhook": receiver.url, "webhook_events_filter": ["completed"],
         })  # fmt: skip
         assert created.status_code == 201, created.text
-        deadline = time.monotonic() + 240
-        while (edit := client.get(f"/v1/edits/{created.json()['id']}").json())["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, edit
-            time.sleep(0.2)
+        edit = wait_for_edit(client, created.json()["id"])
         assert edit["status"] == "succeeded", edit
 
         # What the edit and its webhook did, seen through Prometheus.

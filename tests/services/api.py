@@ -3,6 +3,7 @@
 - `Api`: the one client, one account's key sent on every call (`make_api`).
 - `Service`: the same client with three accounts (alice, bob, a revoked key), a database session
   factory and the settings: what the attack tests (marker `trust`) drive (`running_service`).
+- `wait_for_edit`: poll an edit over any HTTP client (TestClient or httpx) until it succeeded or failed.
 - `asgi_request`: below the client, one request straight into the ASGI app with exact header bytes, a
   chosen client address and a body in counted chunks ("refused before a byte of the body was read").
 """
@@ -21,6 +22,15 @@ from tests.services.attack_counts import count
 
 # A valid one-change edit: what a test submits unless it is about the edit's fields.
 GOOD_EDIT = {"neutral": "a face", "target": "a smiling face", "alphas": [0, 2], "beta": 0.15}
+
+
+def wait_for_edit(client, edit_id: str, timeout_s: float = 240) -> dict:
+    """The edit resource once it succeeded or failed (an AssertionError naming the last one after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while (edit := client.get(f"/v1/edits/{edit_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, edit
+        time.sleep(0.2)
+    return edit
 
 
 class Api:

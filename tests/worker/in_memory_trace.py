@@ -32,6 +32,7 @@ def main(out: Path) -> None:
     from common.db import make_engine, make_session_factory
     from common.settings import get_settings
     from tests.conftest import face_jpeg
+    from tests.services.api import wait_for_edit
     from tests.services.webhook_receiver import Receiver
     from worker.app import app as celery_app
 
@@ -49,10 +50,7 @@ def main(out: Path) -> None:
             "webhook": hook.url, "webhook_events_filter": ["completed"],
         })  # fmt: skip
         assert created.status_code == 201, created.text
-        edit_id = created.json()["id"]
-        while (edit := client.get(f"/v1/edits/{edit_id}").json())["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() - started < 240, edit
-            time.sleep(0.2)
+        edit = wait_for_edit(client, created.json()["id"])
         wall_seconds = time.monotonic() - started
         hook.wait_for_request()
         time.sleep(1)  # the delivery task's span ends after the POST

@@ -27,6 +27,7 @@ import pytest
 
 from common.topology import PROCESS_EDIT
 from tests.conftest import face_jpeg, service_settings
+from tests.services.api import wait_for_edit
 from tests.services.api_process import ApiProcess
 from tests.services.otlp_receiver import Receiver as OtlpReceiver
 from tests.services.otlp_receiver import Span
@@ -83,16 +84,12 @@ def _one_edit(settings, tmp_path: Path, **api_env: str) -> tuple[dict[str, Any],
                 _, key = create_key(session, "tracing")
             client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
             image = client.post("/v1/images", files={"file": ("face.jpg", face_jpeg(), "image/jpeg")}).json()
-            started = time.monotonic()
             created = client.post("/v1/edits", headers={"traceparent": CLIENT_TRACEPARENT}, json={
                 "image": image["id"], "neutral": "a face", "target": "a smiling face", "alphas": [0, 2],
                 "beta": 0.1, "webhook": hook.url, "webhook_events_filter": ["completed"],
             })  # fmt: skip
             assert created.status_code == 201, created.text
-            edit_id = created.json()["id"]
-            while (edit := client.get(f"/v1/edits/{edit_id}").json())["status"] not in ("succeeded", "failed"):
-                assert time.monotonic() - started < 240, edit
-                time.sleep(0.2)
+            edit = wait_for_edit(client, created.json()["id"])
             assert edit["status"] == "succeeded", edit
             assert created.json()["trace_id"] == edit["trace_id"]
             hook.wait_for_request()
