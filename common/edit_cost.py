@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from common.edit_contract import AUTO, INVERSIONS, MAX_STEPS, EditSpec, resolve_inversion
+from common.edit_contract import INVERSIONS, MAX_STEPS, EditSpec, resolve_inversion
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -88,9 +88,7 @@ def priced_inversion(spec: EditSpec, default: str, offered: Collection[str] | No
     """The inversion an edit is priced at: its own; else the deployment's `default`, `auto` resolved on the
     inversions the live workers offer (`offered`, `common.worker_offers`); while they are unknown (None), the
     costliest one `auto` may become (never under-charge)."""
-    if spec.inversion is not None:
-        return spec.inversion
-    return resolve_inversion(None, default, offered if offered else INVERSIONS) if default == AUTO else default
+    return resolve_inversion(spec.inversion, default, offered or INVERSIONS)
 
 
 def edit_cost(spec: EditSpec, faces: int, stages: StageSeconds, inversion: str | None = None) -> float:
