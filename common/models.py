@@ -100,6 +100,9 @@ class Image(Base):
     faces: Mapped[list[Any] | None] = mapped_column(default=None)
     faces_status: Mapped[str] = mapped_column(String(10), default=FaceStatus.PENDING,
                                               server_default=FaceStatus.PENDING.value)
+    # Each face's 68 landmarks ([68][2] photo pixels, the order of `faces`): what aligns it, so an edit on any
+    # worker skips the search (worker.detection). Never served; null on rows from before they were kept.
+    landmarks: Mapped[list[Any] | None] = mapped_column(default=None)
 
     __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
 

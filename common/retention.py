@@ -65,6 +65,9 @@ def purge_image(session: Session, storage: Storage, image_id: str) -> Purged:
     session.execute(delete(Edit).where(Edit.image_id == image_id))
     images = session.execute(delete(Image).where(Image.id == image_id)).rowcount
     session.commit()
+    # once more with the row gone: an inversion prepared at upload (worker.detection) and written after the
+    # first pass, whose writer looked for the row before the commit, is caught here
+    objects += storage.delete_prefix(inversions_prefix(image_id))
     return Purged(images=images, edits=len(edit_ids), objects=objects)
 
 

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         description="Most faces one edit changes (`faces`: a list, or `all` of a photo's faces; each costs an "
         f"alignment, an inversion and a paste per strength); at most {edit_contract.MAX_FACES}.",
     )
+    prepare_inversions: int = Field(
+        1, ge=0, le=edit_contract.MAX_FACES,
+        description="Faces of each uploaded photo (the largest first) inverted right after their detection, with "
+        "the inverter an edit naming none runs, so that the photo's first edit finds its inversion done: the "
+        "app uploads a photo as soon as it is picked, while the person writes the text (on two CPU cores e4e "
+        "is ~1 s of a new photo's first result). Each costs a model worker one inversion per upload, edited "
+        "or not; 0 turns it off.",
+    )
     max_changes_per_edit: int = Field(
         4, ge=1, le=edit_contract.MAX_CHANGES,
         description=f"Most text changes (`changes`) one edit combines; at most {edit_contract.MAX_CHANGES}.",

@@ -20,11 +20,13 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 if TYPE_CHECKING:
     from pipeline.edit.editor import Editor, Inversion
+    from pipeline.faces.detect import FaceBox
     from pipeline.weights.bundle import Bundle
 
-__all__ = ["Bundle", "Editor", "Inversion", "PipelineError", "Canceled"]
+__all__ = ["Bundle", "Editor", "FaceBox", "Inversion", "PipelineError", "Canceled"]
 
-_LAZY = {"Bundle": "pipeline.weights.bundle", "Editor": "pipeline.edit.editor", "Inversion": "pipeline.edit.editor"}
+_LAZY = {"Bundle": "pipeline.weights.bundle", "Editor": "pipeline.edit.editor", "Inversion": "pipeline.edit.editor",
+         "FaceBox": "pipeline.faces.detect"}
 
 
 def __getattr__(name: str):

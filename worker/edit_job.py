@@ -30,22 +30,23 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import lifecycle
-from common.edit_contract import INVERT, RENDER, EditSpec, resolve_inversion
+from common.edit_contract import INVERT, RENDER, EditSpec
 from common.faces import FaceChoiceError, FaceStatus, chosen_faces
 from common.image_formats import FORMATS
 from common.lifecycle import Claim, EditStatus
 from common.metrics import observe_edit
 from common.models import Edit, Image
 from common.storage import ObjectNotFound, StorageUnavailable
-from common.storage_layout import inversion_key, original_key, preview_key, result_key, results_prefix
+from common.storage_layout import original_key, preview_key, result_key, results_prefix
 from common.webhooks.outbox import push_events
-from worker.detection import detect, store_faces
+from worker.detection import detect, store_faces, stored_detection
+from worker.inversion_cache import cache_key, fleet_inversion, read_cached
 from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from pipeline import Editor, Inversion
+    from pipeline import Editor, FaceBox, Inversion
 
 log = logging.getLogger("worker.edit")
 
@@ -226,8 +227,8 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
             if spec.mode == "global":  # a new text's direction computes while the photo is inverted
                 editor.prefetch_directions(render_args["changes"])
             photo = runtime.storage.get(original_key(edit.image_id))
-            chosen = _chosen_faces(runtime, editor, edit, photo)
-            inversions = _inversions(runtime, editor, edit, spec, token, photo, watcher, metrics, chosen)
+            chosen, detection = _chosen_faces(runtime, editor, edit, photo)
+            inversions = _inversions(runtime, editor, edit, spec, token, photo, watcher, metrics, chosen, detection)
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[spec.mode], start_share, 1.0)
             outputs = OutputWriter(runtime, edit, token)
@@ -269,30 +270,28 @@ def _render_args(spec: EditSpec) -> dict[str, Any]:
     return args
 
 
-def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) -> list[int]:
-    """The face indices to edit: the photo's stored detection (the `detect_faces` task), else detected now
-    and stored for the next edit. FaceChoiceError when the choice does not fit the photo."""
+def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) -> tuple[list[int], list[FaceBox] | None]:
+    """The face indices to edit, and the photo's detection with the landmarks that align them: the stored one
+    (the `detect_faces` task), else detected now and stored for the next edit. The detection is None when
+    the stored one has no landmarks (a row from before they were kept): aligning then searches the photo.
+    FaceChoiceError when the choice does not fit the photo."""
     with runtime.session_factory() as session:
         image = session.get(Image, edit.image_id)
-        faces = image.faces if image is not None and image.faces_status == FaceStatus.DONE else None
+        done = image is not None and image.faces_status == FaceStatus.DONE and image.faces is not None
+        faces, detection = (image.faces, stored_detection(image)) if done else (None, None)
     if faces is None:
-        faces = detect(editor, photo)
-        store_faces(runtime, edit.image_id, faces, FaceStatus.DONE)
-    return chosen_faces(edit.spec.faces, faces, runtime.settings.max_faces_per_edit)
+        detection = detect(editor, photo)
+        faces = [face.to_dict() for face in detection]
+        store_faces(runtime, edit.image_id, detection, FaceStatus.DONE)
+    return chosen_faces(edit.spec.faces, faces, runtime.settings.max_faces_per_edit), detection
 
 
 def _resolve_inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str, session: Session) -> EditSpec:
-    """The edit with the inverter it runs with (its own, else the deployment's DEFAULT_INVERSION resolved on this
-    bundle and, when the fleet's offer is known, on what every live worker offers: `common.worker_offers`, so
-    `auto` is the same on every worker of a mixed fleet), recorded on the row so the edit resource says which
-    one made it. A PipelineError (`model_missing`, saying how to add the file) when the bundle lacks it:
-    before any face is aligned."""
+    """The edit with the inverter it runs with (`inversion_cache.fleet_inversion`), recorded on the row so the
+    edit resource says which one made it. A PipelineError (`model_missing`, saying how to add the file) when
+    the bundle lacks it: before any face is aligned."""
     spec = edit.spec
-    available = editor.inversions
-    fleet = runtime.fleet_offers() if spec.inversion is None else None
-    if fleet is not None:
-        available = tuple(name for name in available if name in fleet.everywhere) or available
-    inversion = resolve_inversion(spec.inversion, runtime.settings.default_inversion, available)
+    inversion = fleet_inversion(runtime, editor, spec.inversion)
     editor.check_inversion(inversion)
     if inversion != spec.inversion:
         spec = spec.model_copy(update={"inversion": inversion})
@@ -301,13 +300,13 @@ def _resolve_inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str,
 
 
 def _inversions(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
-                watcher: Watcher, metrics: dict, chosen: list[int]) -> list[Inversion]:
+                watcher: Watcher, metrics: dict, chosen: list[int], detection: list[FaceBox] | None) -> list[Inversion]:
     """One inversion per chosen face, each cached on its own; the first share of the progress bar is split
     between the faces that are not cached."""
     inversions, cached = [], []
     for n, face in enumerate(chosen):
         watcher.phase(INVERT_STAGES, INVERT_SHARE * n / len(chosen), INVERT_SHARE * (n + 1) / len(chosen))
-        inversion, hit = _inversion(runtime, editor, edit, spec, token, photo, watcher, metrics, face)
+        inversion, hit = _inversion(runtime, editor, edit, spec, token, photo, watcher, metrics, face, detection)
         inversions.append(inversion)
         cached.append(hit)
     metrics["inversion_cached"] = all(cached)
@@ -318,24 +317,19 @@ def _inversions(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, to
 
 
 def _inversion(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
-               watcher: Watcher, metrics: dict, face: int) -> tuple[Inversion, bool]:
-    """Face `face`'s cached inversion, or a fresh one, then cached for the next edit of this photo if the job
-    still holds its row once the cache is written (`_still_ours`). Returns it and whether it was cached."""
-    from pipeline import Canceled, Inversion, PipelineError
+               watcher: Watcher, metrics: dict, face: int, detection: list[FaceBox] | None) -> tuple[Inversion, bool]:
+    """Face `face`'s cached inversion (`worker.inversion_cache`: an earlier edit's, or the one prepared at
+    upload), or a fresh one, then cached for the next edit of this photo if the job still holds its row once
+    the cache is written (`_still_ours`). Returns it and whether it was cached. `detection`: the photo's stored
+    faces with their landmarks, so that aligning does not search the photo again (None: it does)."""
+    from pipeline import Canceled
 
-    key = inversion_key(edit.image_id, editor.encoder_version, face, spec.variant(INVERT),
-                        spec.inverter_version(editor.versions))
-    try:
-        inversion = Inversion.from_bytes(runtime.storage.get(key))
-        if inversion.face_index == face:
-            return inversion, True
-        log.warning("cached inversion %s is of face %d; recomputing", key, inversion.face_index)
-    except ObjectNotFound:
-        pass
-    except PipelineError:  # also the old format that held a copy of the photo: overwritten below
-        log.warning("cached inversion %s is unreadable; recomputing", key)
+    key = cache_key(edit.image_id, editor, face, spec)
+    inversion = read_cached(runtime, key, face)
+    if inversion is not None:
+        return inversion, True
     inversion = editor.invert(photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel,
-                              metrics=metrics, **spec.pipeline_args(INVERT))
+                              metrics=metrics, faces=detection, **spec.pipeline_args(INVERT))
     runtime.storage.put(key, inversion.to_bytes())
     if not _still_ours(runtime, edit, token):
         runtime.storage.delete([key])

@@ -249,15 +249,17 @@ class Editor:
 
     def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,
                should_cancel: ShouldCancel | None = None, metrics: dict | None = None,
-               inversion: str = INVERSIONS[0]) -> Inversion:
+               inversion: str = INVERSIONS[0], faces: Sequence[FaceBox] | None = None) -> Inversion:
         """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes, by the ``inversion``
-        inverter (one of ``INVERSIONS``).
+        inverter (one of ``INVERSIONS``). ``faces``: ``detect(photo)``'s answer kept since (the service stores
+        it at upload), so the photo is not searched again (~150 ms on two cores); their landmarks must be
+        there (``invalid_parameter`` otherwise).
 
         Raises ``no_face`` (none found), ``invalid_parameter`` (``face`` out of range, naming the valid range),
         ``face_too_small``, ``invalid_image``. ``metrics`` gets the stage totals and an entry for this face in
         ``metrics["faces"]`` (``index``, ``align_seconds``, ``invert_seconds``)."""
         from pipeline.faces.align import align_face
-        from pipeline.faces.detect import face_boxes
+        from pipeline.faces.detect import detected_faces, face_boxes
         from pipeline.faces.photo import load_photo
 
         if isinstance(face, bool) or not isinstance(face, int) or face < 0:
@@ -272,7 +274,7 @@ class Editor:
             else (ENCODER_INPUT, None)
         with step("align"):
             image = load_photo(raw)
-            found = self._find_faces(raw, image)
+            found = detected_faces(faces) if faces is not None else self._find_faces(raw, image)
             alignment = align_face(image, output_size=size, transform_size=transform, face=face, faces=found)
         versions = {"encoder": self.encoder_version, "generator": self.versions["generator"]}
         with step("invert"), torch.no_grad():
@@ -372,7 +374,7 @@ class Editor:
         codes = torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device)
         latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel, sfe)
         identity = models.identity if likeness else None
-        originals = self._embed_originals(image, inversions, identity, step) if identity is not None else None
+        originals = None  # the original faces' identity embeddings: after the preview, which does not need them
         outputs: list[Output | None] = [None] * len(alphas)
         with self._rendering():  # this call is one of the batcher's callers while its strengths render
             for done, i in enumerate(order):
@@ -395,7 +397,9 @@ class Editor:
                 with step("paste", report=False):
                     pasted = self._paste(image, inversions, faces)
                 score = None
-                if originals is not None:
+                if identity is not None:
+                    if originals is None:
+                        originals = self._embed_originals(image, inversions, identity, step)
                     with step("likeness", report=False), torch.no_grad():
                         embedded = identity.embed(faces.float().clamp(-1, 1))
                         score = tuple(float(v) for v in (embedded * originals).sum(1))

@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import INVALID_PARAMETER, PipelineError
 from pipeline.faces.align import face_quad
 
-__all__ = ["DetectedFace", "FaceBox", "MAX_FACES", "detect_faces", "face_boxes", "find_faces", "find_landmarks"]
+__all__ = ["DetectedFace", "FaceBox", "MAX_FACES", "detect_faces", "detected_faces", "face_boxes", "find_faces", "find_landmarks"]
 
 # MediaPipe's 468-point mesh → the iBUG 68-point layout the FFHQ procedure indexes (chin 0-16, brows 17-26,
 # nose 27-35, eyes 36-47, mouth 48-67). Fixed by the face-mesh topology; the golden meta carries the same list.
@@ -51,15 +52,22 @@ VIEW_ROLL = 30.0
 # A face rolled less than this is fitted without rotating its crop (the mesh handles small roll itself).
 MIN_REFIT_ROLL = 10.0
 MIN_DETECTION_CONFIDENCE = 0.5
+# Landmarks further than this from the photo's origin (pixels) are not a detection of any photo we accept.
+MAX_COORDINATE = 1e6
 
 
 @dataclass(frozen=True)
 class FaceBox:
-    """One face: ``box`` = (left, top, right, bottom) in the upright (EXIF-oriented) photo's pixels."""
+    """One face: ``box`` = (left, top, right, bottom) in the upright (EXIF-oriented) photo's pixels.
+
+    ``landmarks``: the 68 points alignment reads (``[68, 2]``, photo pixels), kept so that a detection stored
+    at upload aligns the face later without searching the photo again (``Editor.invert(faces=...)``); not
+    part of what is served (``to_dict``)."""
 
     index: int
     box: tuple[int, int, int, int]
     score: float
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         """The JSON shape the service stores and serves: ``{index, box: [l, t, r, b], score}``."""
@@ -78,8 +86,21 @@ def face_boxes(faces: list[DetectedFace], size: tuple[int, int]) -> list[FaceBox
     for index, face in enumerate(faces):
         x0, y0, x1, y1 = (float(v) for v in face.box)
         box = (max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1)))
-        out.append(FaceBox(index=index, box=box, score=float(face.score)))
+        out.append(FaceBox(index=index, box=box, score=float(face.score), landmarks=face.landmarks))
     return out
+
+
+def detected_faces(boxes: Sequence[FaceBox]) -> list[DetectedFace]:
+    """``face_boxes``'s answer (landmarks included) back as ``find_faces``'s, for alignment. A box without
+    68 finite landmarks inside its photo's reach is an ``invalid_parameter`` error: the caller detects anew."""
+    faces = []
+    for face in boxes:
+        points = None if face.landmarks is None else np.asarray(face.landmarks, dtype=np.float64)
+        if points is None or points.shape != (len(MEDIAPIPE_TO_68), 2) or not np.isfinite(points).all() \
+                or np.abs(points).max() > MAX_COORDINATE:
+            raise PipelineError(INVALID_PARAMETER, f"face {face.index} has no usable 68-point landmarks")
+        faces.append(DetectedFace(points, np.asarray(face.box, dtype=np.float64), float(face.score)))
+    return faces
 
 
 # --- finding faces: the detector, then the mesh on each ---------------------------------------------------

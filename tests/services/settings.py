@@ -70,6 +70,9 @@ def build_settings(database_url: str, redis_url: str, *, s3_endpoint: str | None
         # an edit naming no inversion runs e4e (`auto` would pick the dev bundle's SFE): the fault and end-to-end
         # tests' timings are e4e's; SFE has its own tests (tests/worker/test_group_edit.py)
         "default_inversion": "e4e",
+        # no inversion prepared at upload: the tests that follow a new photo's first edit (its align and invert
+        # stages, a cache miss) would race it; tests/worker/test_prepared_inversion.py turns it on
+        "prepare_inversions": 0,
     }
     if s3_endpoint is not None:
         values.update(storage_backend="s3", s3_endpoint_url=s3_endpoint, s3_bucket=f"faceedit-{suffix}",
