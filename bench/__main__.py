@@ -236,7 +236,8 @@ def run_device(args: argparse.Namespace, device: torch.device, photo: bytes, is_
 
         new = bench_new_photo(models, photo, Inverted(photo, quad, codes), args.repeats, 3 * args.budget)
         out["new_photo"] = new
-        for key in ("new_photo_first_view_s", "new_photo_first_output_1024_s"):
+        for key in ("new_photo_first_view_s", "new_photo_first_output_1024_s", "new_photo_prepared_first_view_s",
+                    "new_photo_prepared_first_output_1024_s"):
             out[key] = new[key]
             out["runs"][key] = new["rounds"]
         log(f"{device}: new photo {new}")

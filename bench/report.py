@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "first_over_all": ("first output / all five, median of per-run ratios (goal ≤ 0.3)", "ratio"),
     "new_photo_first_view_s": ("new photo + new text: call → first image seen", "s"),
     "new_photo_first_output_1024_s": ("new photo + new text: call → first full-size pasted output", "s"),
+    "new_photo_prepared_first_view_s": ("the same, inverted at upload: call → first image seen", "s"),
+    "new_photo_prepared_first_output_1024_s": ("the same, inverted at upload: call → first full-size output", "s"),
 }
 CPU_RATIO_GOAL = 0.25  # fast / reference synthesis on a CPU (issue #16 §2)
 FIRST_OUTPUT_GOAL = 0.3  # first of five strengths / all five (issue #16 §1)

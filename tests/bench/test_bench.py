@@ -15,7 +15,8 @@ from tests.conftest import FACE_PHOTO, REPO_ROOT
 DEVICE_KEYS = ("align_s", "invert_s", "text_direction_cold_s", "text_direction_cached_s", "synthesis_1024_s",
                "synthesis_1024_ref_s", "synthesis_fast_over_ref", "edit_cached_1024_s", "edits_per_s_1",
                "edits_per_s_4", "edits_per_s_16", "edit_first_output_1024_s", "edit_5_alphas_1024_s",
-               "first_over_all", "new_photo_first_view_s", "new_photo_first_output_1024_s", "sfe_invert_s",
+               "first_over_all", "new_photo_first_view_s", "new_photo_first_output_1024_s",
+               "new_photo_prepared_first_view_s", "new_photo_prepared_first_output_1024_s", "sfe_invert_s",
                "sfe_invert_e4e_s", "sfe_edit_s", "sfe_edit_e4e_s", "sfe_edit_over_e4e", "sfe_invert_over_e4e")
 
 
@@ -53,14 +54,15 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     assert "## The first result, before the last" in report
     # a new photo and a new text: every stage, both ways, each in the same rounds as the cached first output
     new = result["devices"]["cpu"]["new_photo"]
-    for way in ("serial", "side_by_side"):
+    assert new["detect_on_upload_s"] > 0 and new["prepared"]["stages"]["invert"] == 0  # inverted at upload
+    for way in ("serial", "side_by_side", "prepared"):
         assert set(new[way]["stages"]) == {"align", "invert", "direction", "synthesize_256", "preview_paste",
                                            "synthesize", "paste"}
         assert sum(new[way]["stages"].values()) <= new[way]["first_output_s"]
         assert 0 < new[way]["first_view_s"] < new[way]["first_output_s"]  # the preview comes first
         assert new[way]["over_cached"] > new[way]["view_over_cached"] > 0
     assert "## A new photo's first result" in report and "| **call → first full-size output** |" in report
-    assert "| **call → first view (the preview)** |" in report
+    assert "| **call → first view (the preview)** |" in report and "| inverted at upload |" in report
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # StyleFeatureEditor beside e4e, in the same run: both inversions and edits, every stage, the goals
     cpu = result["devices"]["cpu"]
@@ -139,13 +141,17 @@ def test_the_new_photo_group_alone_replaces_only_its_section():
               "synthesize": 0.6, "paste": 0.04}
     way = {"first_output_s": 2.5, "first_view_s": 1.2, "over_cached": 2.8, "view_over_cached": 1.3,
            "stages": stages}
+    ready = {**way, "first_view_s": 0.8, "view_over_cached": 0.9, "first_output_s": 1.4, "over_cached": 1.55}
     result = {"devices": {"cpu": {"new_photo": {"rounds": 3, "cached_first_output_s": 0.9, "load_average_1m": [1.2],
-                                                "serial": way, "side_by_side": way, "served": "side_by_side"}}}}
+                                                "detect_on_upload_s": 0.15, "serial": way, "side_by_side": way,
+                                                "prepared": ready, "served": "side_by_side"}}}}
     before = "# Benchmarks\n\n## Medians\n\nkept\n\n## Reproduce\n\n```\nx\n```\n"
     once = merge_new_photo(before, result, "python -m bench --only new-photo")
     assert once.index("## Medians") < once.index("## A new photo's first result") < once.index("## Reproduce")
     assert "kept" in once and "first full-size ≤ 2.0: **not met** (2.80)" in once
     assert "first view ≤ 1.5: **met** (1.30)" in once
+    assert "Inverted at upload (the phone app's path" in once and "first view 0.90, first full-size 1.55" in once
+    assert "`detect` at upload: 150 ms" in once
     assert merge_new_photo(once, result, "python -m bench --only new-photo") == once
 
 
