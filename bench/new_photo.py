@@ -32,7 +32,7 @@ from bench.models import NEUTRAL, TARGET, Inverted, Models
 from bench.timing import synchronize
 
 HEADING = "## A new photo's first result"
-STAGES = ("align", "invert", "direction", "synthesize_256", "preview_paste", "synthesize", "paste")
+STAGES = ("align", "invert", "direction", "synthesize_256", "preview_paste", "invert_rest", "synthesize", "paste")
 WAYS = ("serial", "side_by_side", "prepared")
 COLUMNS = {"serial": "serial", "side_by_side": "side by side", "prepared": "inverted at upload"}
 COLD = ("serial", "side_by_side")  # nothing done before the call but the detection
@@ -63,12 +63,19 @@ class NewPhotoEdit:
 
         return align_face(image, detected_faces(self.faces), output_size=output_size or ENCODER_INPUT)
 
-    def _encode(self, alignment) -> torch.Tensor:
-        """e4e's W+ codes of an aligned crop (the ``invert`` stage)."""
+    def _encode(self, alignment, first: int | None = None):
+        """e4e's W+ codes of an aligned crop (the ``invert`` stage); with ``first``, staged as the worker runs it
+        when a preview shows first (``Editor.invert(staged=True)``): the first rows, and a function for the rest."""
         x = torch.from_numpy(np.asarray(alignment.crop.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
-        codes = self.models.encoder((x / 127.5 - 1).to(self.models.device)).float()
+        x = (x / 127.5 - 1).to(self.models.device)
+        codes = self.models.encoder(x) if first is None else self.models.encoder.staged(x, first)
         synchronize(self.models.device)
         return codes
+
+    def _preview_rows(self) -> int:
+        """The W+ rows the preview reads (as ``Editor._preview_rows``)."""
+        g = self.models.generator
+        return max(g.style_wplus_index[:g.feature_layers(self.models.renderer.preview_resolution)]) + 1
 
     def __call__(self, way: str) -> dict[str, float]:
         """Seconds per stage, ``first_view`` from the call to the pasted preview and ``first_output`` to the first
@@ -87,6 +94,7 @@ class NewPhotoEdit:
         with torch.no_grad():
             t = time.perf_counter()
             image = load_photo(self.photo)
+            rest = None
             if way == "prepared":  # the cached inversion holds the codes and the quad: nothing to align or invert
                 quad = self._align(image, output_size=8).quad  # (its quad; the crop is not used)
                 seconds["align"] = seconds["invert"] = 0.0
@@ -96,7 +104,9 @@ class NewPhotoEdit:
                 quad = alignment.quad
                 seconds["align"] = time.perf_counter() - t
                 t = time.perf_counter()
-                codes = self._encode(alignment)
+                ready, rest = self._encode(alignment, first=self._preview_rows())
+                # the rows after the preview's are placeholders until the preview is shown (never read before)
+                codes = torch.cat([ready, ready[:, -1:].expand(-1, g.n_latent - ready.shape[1], -1)], dim=1)
                 seconds["invert"] = time.perf_counter() - t
             t = time.perf_counter()
             dt = (pending.result() if pending is not None else cache.get(m.clip, NEUTRAL, TARGET)).to(m.device)
@@ -115,7 +125,14 @@ class NewPhotoEdit:
             seconds["preview_paste"] = time.perf_counter() - t
             seconds["first_view"] = time.perf_counter() - start
             t = time.perf_counter()
-            _, faces = next(steps)
+            later = None
+            if rest is not None:  # the inversion's last rows, then the styles the rest of the render reads
+                codes = torch.cat([ready, rest()], dim=1)
+                later = apply(g.styles(codes.to(m.dtype)), direction, [alphas[middle]])
+                synchronize(m.device)
+            seconds["invert_rest"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _, faces = steps.send(later)
             synchronize(m.device)
             seconds["synthesize"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -202,7 +219,9 @@ def new_photo_markdown(devices: dict[str, dict]) -> list[str]:
                   + ", ".join(f"{s} {v / total:.0%}" for s, v in sorted(before.items(), key=lambda kv: -kv[1]))
                   + ". The preview splits the first strength's render: `synthesize_256` (up to the 256² block, "
                   "about half of the convolutions' multiply-adds) before it, `synthesize` (the 512² and 1024² "
-                  "blocks) after it."]
+                  "blocks) after it; and e4e: `invert` computes the W+ rows the preview reads (14 of 18), "
+                  "`invert_rest` the last four heads once the preview is shown (`Editor.invert(staged=True)`, "
+                  "as the worker does when it shows a preview)."]
         view, full = served["view_over_cached"], served["over_cached"]
         ready = r["prepared"]
         lines += ["", f"Goals (× the cached first output), for a photo whose inversion is not ready (side by side, "

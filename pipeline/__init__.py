@@ -20,13 +20,14 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 if TYPE_CHECKING:
     from pipeline.edit.editor import Editor, Inversion
+    from pipeline.edit.inversion import PendingInversion
     from pipeline.faces.detect import FaceBox
     from pipeline.weights.bundle import Bundle
 
-__all__ = ["Bundle", "Editor", "FaceBox", "Inversion", "PipelineError", "Canceled"]
+__all__ = ["Bundle", "Editor", "FaceBox", "Inversion", "PendingInversion", "PipelineError", "Canceled"]
 
 _LAZY = {"Bundle": "pipeline.weights.bundle", "Editor": "pipeline.edit.editor", "Inversion": "pipeline.edit.editor",
-         "FaceBox": "pipeline.faces.detect"}
+         "FaceBox": "pipeline.faces.detect", "PendingInversion": "pipeline.edit.inversion"}
 
 
 def __getattr__(name: str):

@@ -46,7 +46,7 @@ from worker.runtime import Runtime, encoder_run
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from pipeline import Editor, FaceBox, Inversion
+    from pipeline import Editor, FaceBox, Inversion, PendingInversion
 
 log = logging.getLogger("worker.edit")
 
@@ -228,16 +228,18 @@ def _process(runtime: Runtime, edit_id: str, token: str, heartbeat: Heartbeat) -
                 editor.prefetch_directions(render_args["changes"])
             photo = runtime.storage.get(original_key(edit.image_id))
             chosen, detection = _chosen_faces(runtime, editor, edit, photo)
-            inversions = _inversions(runtime, editor, edit, spec, token, photo, watcher, metrics, chosen, detection)
+            # a preview where the render takes long enough to be worth one (a CPU: ~1 s at 1024²; a GPU
+            # renders the full size in milliseconds); a new inversion's last rows then wait until it is shown
+            preview = editor.device.type == "cpu"
+            inversions = _inversions(runtime, editor, edit, spec, token, photo, watcher, metrics, chosen, detection,
+                                     staged=preview and spec.mode == "global")
             start_share = 0.0 if metrics["inversion_cached"] else INVERT_SHARE
             watcher.phase(EDIT_STAGES[spec.mode], start_share, 1.0)
             outputs = OutputWriter(runtime, edit, token)
-            # a preview where the render takes long enough to be worth one (a CPU: ~1 s at 1024²; a GPU
-            # renders the full size in milliseconds)
-            on_preview = outputs.preview if editor.device.type == "cpu" else None
             editor.render(photo, inversions, **render_args, progress=watcher.progress,
                           should_cancel=watcher.should_cancel, metrics=metrics, on_output=outputs.write,
-                          on_preview=on_preview)
+                          on_preview=outputs.preview if preview else None)
+            _cache_finished(runtime, editor, edit, spec, token, inversions)
             metrics["store_seconds"] = outputs.store_seconds
             metrics["total_seconds"] = time.perf_counter() - start
             if lifecycle.succeed(session, edit_id, token, outputs.keys, _rounded(metrics), model, outputs.likeness):
@@ -300,13 +302,16 @@ def _resolve_inversion(runtime: Runtime, editor: Editor, edit: Edit, token: str,
 
 
 def _inversions(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
-                watcher: Watcher, metrics: dict, chosen: list[int], detection: list[FaceBox] | None) -> list[Inversion]:
+                watcher: Watcher, metrics: dict, chosen: list[int], detection: list[FaceBox] | None,
+                staged: bool = False) -> list[Inversion | PendingInversion]:
     """One inversion per chosen face, each cached on its own; the first share of the progress bar is split
-    between the faces that are not cached."""
+    between the faces that are not cached. `staged`: a face not cached is a `PendingInversion` (e4e), which
+    the render finishes after its preview and `_cache_finished` then caches."""
     inversions, cached = [], []
     for n, face in enumerate(chosen):
         watcher.phase(INVERT_STAGES, INVERT_SHARE * n / len(chosen), INVERT_SHARE * (n + 1) / len(chosen))
-        inversion, hit = _inversion(runtime, editor, edit, spec, token, photo, watcher, metrics, face, detection)
+        inversion, hit = _inversion(runtime, editor, edit, spec, token, photo, watcher, metrics, face, detection,
+                                    staged)
         inversions.append(inversion)
         cached.append(hit)
     metrics["inversion_cached"] = all(cached)
@@ -317,24 +322,44 @@ def _inversions(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, to
 
 
 def _inversion(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str, photo: bytes,
-               watcher: Watcher, metrics: dict, face: int, detection: list[FaceBox] | None) -> tuple[Inversion, bool]:
+               watcher: Watcher, metrics: dict, face: int, detection: list[FaceBox] | None,
+               staged: bool = False) -> tuple[Inversion | PendingInversion, bool]:
     """Face `face`'s cached inversion (`worker.inversion_cache`: an earlier edit's, or the one prepared at
     upload), or a fresh one, then cached for the next edit of this photo if the job still holds its row once
     the cache is written (`_still_ours`). Returns it and whether it was cached. `detection`: the photo's stored
     faces with their landmarks, so that aligning does not search the photo again (None: it does)."""
-    from pipeline import Canceled
+    from pipeline import PendingInversion
 
     key = cache_key(edit.image_id, editor, face, spec)
     inversion = read_cached(runtime, key, face)
     if inversion is not None:
         return inversion, True
     inversion = editor.invert(photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel,
-                              metrics=metrics, faces=detection, **spec.pipeline_args(INVERT))
+                              metrics=metrics, faces=detection, staged=staged, **spec.pipeline_args(INVERT))
+    if not isinstance(inversion, PendingInversion):
+        _cache(runtime, edit, token, key, inversion)
+    return inversion, False
+
+
+def _cache_finished(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, token: str,
+                    inversions: list[Inversion | PendingInversion]) -> None:
+    """The inversions the render finished after its preview, cached for the next edit of this photo."""
+    from pipeline import PendingInversion
+
+    for inversion in inversions:
+        if isinstance(inversion, PendingInversion) and inversion.finished:
+            key = cache_key(edit.image_id, editor, inversion.face_index, spec)
+            _cache(runtime, edit, token, key, inversion.finish())
+
+
+def _cache(runtime: Runtime, edit: Edit, token: str, key: str, inversion: Inversion) -> None:
+    """Write, then verify: a run that no longer holds its row (or whose photo is gone) deletes what it wrote."""
+    from pipeline import Canceled
+
     runtime.storage.put(key, inversion.to_bytes())
     if not _still_ours(runtime, edit, token):
         runtime.storage.delete([key])
         raise Canceled()
-    return inversion, False
 
 
 def _still_ours(runtime: Runtime, edit: Edit, token: str) -> bool:

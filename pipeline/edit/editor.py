@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from pipeline.edit.directions import Change
-from pipeline.edit.inversion import Inversion
+from pipeline.edit.inversion import Inversion, PendingInversion
 from pipeline.edit.params import (
     INVERSIONS,
     MODES,
@@ -249,11 +249,14 @@ class Editor:
 
     def invert(self, photo: PhotoSource, face: int = 0, progress: Progress | None = None,
                should_cancel: ShouldCancel | None = None, metrics: dict | None = None,
-               inversion: str = INVERSIONS[0], faces: Sequence[FaceBox] | None = None) -> Inversion:
+               inversion: str = INVERSIONS[0], faces: Sequence[FaceBox] | None = None,
+               staged: bool = False) -> Inversion | PendingInversion:
         """Face number ``face`` of ``detect(photo)`` (0 = the largest) and its W+ codes, by the ``inversion``
         inverter (one of ``INVERSIONS``). ``faces``: ``detect(photo)``'s answer kept since (the service stores
         it at upload), so the photo is not searched again (~150 ms on two cores); their landmarks must be
-        there (``invalid_parameter`` otherwise).
+        there (``invalid_parameter`` otherwise). ``staged`` (e4e only; SFE's is always whole): a
+        ``PendingInversion`` with the rows a render's preview reads, for a ``render`` with ``on_preview``,
+        which finishes it after the preview is shown (its ``finish()`` is the inversion to keep).
 
         Raises ``no_face`` (none found), ``invalid_parameter`` (``face`` out of range, naming the valid range),
         ``face_too_small``, ``invalid_image``. ``metrics`` gets the stage totals and an entry for this face in
@@ -282,12 +285,17 @@ class Editor:
             if inversion == "sfe":
                 fields = self._invert_sfe(x)
                 versions["sfe"] = self.versions["sfe"]
+            elif staged and self._preview_rows() < models.generator.n_latent:
+                ready, rest = models.encoder.staged(x, self._preview_rows())
+                fields = {"ready": ready[0].float().cpu().numpy(), "n_latent": models.generator.n_latent,
+                          "rest": lambda: rest()[0].float().cpu().numpy()}
             else:
                 fields = {"codes": models.encoder(x)[0].float().cpu().numpy()}
         _record_face(metrics, face, own)
-        return Inversion(**fields, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
-                         n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
-                         versions=versions, face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
+        kind = PendingInversion if "ready" in fields else Inversion
+        return kind(**fields, quad=np.asarray(alignment.quad, dtype=np.float64), qsize=float(alignment.qsize),
+                    n_faces=int(alignment.n_faces), note=str(alignment.note or ""), photo_size=image.size,
+                    versions=versions, face_index=face, box=face_boxes(found, image.size)[face].box, photo=raw)
 
     def _invert_sfe(self, crop: torch.Tensor) -> dict:
         """SFE's W+ and fused feature, and e4e's W+ of the same 256² input, as the reference computes them
@@ -361,9 +369,16 @@ class Editor:
         models = self.models
         g = models.generator
         for inv in inversions:
-            if inv.codes.shape != (g.n_latent, g.style_dim):
-                raise PipelineError(INVALID_PARAMETER, f"the inversion has codes {inv.codes.shape}, this generator "
+            shape = _codes(inv).shape
+            if shape != (g.n_latent, g.style_dim):
+                raise PipelineError(INVALID_PARAMETER, f"the inversion has codes {shape}, this generator "
                                                        f"needs ({g.n_latent}, {g.style_dim}): invert the photo again")
+        # an inversion still finishing its last rows finishes after the preview, which does not read them;
+        # without a preview (or where the preview needs them) it finishes now
+        staged = mode == "global" and on_preview is not None \
+            and all(inv.ready.shape[0] >= self._preview_rows() for inv in inversions if _pending(inv))
+        if not staged:
+            inversions = self._finish(inversions, step)
         image = load_photo(raw)
         for inv in inversions:
             if image.size != inv.photo_size:
@@ -371,7 +386,7 @@ class Editor:
                                                        f"inversion was computed from a {inv.photo_size[0]}x"
                                                        f"{inv.photo_size[1]} one")
         sfe = _sfe_inversions(inversions, mode, models.sfe)
-        codes = torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device)
+        codes = torch.from_numpy(np.stack([_codes(inv) for inv in inversions])).to(self.device)
         latents = self._latents(codes, changes, alphas, beta, mode, steps, step, progress, should_cancel, sfe)
         identity = models.identity if likeness else None
         originals = None  # the original faces' identity embeddings: after the preview, which does not need them
@@ -392,8 +407,14 @@ class Editor:
                     if metrics is not None:
                         metrics["first_preview_seconds"] = time.perf_counter() - start
                     on_preview(preview)
+                    later = None
+                    if any(_pending(inv) for inv in inversions):
+                        inversions = self._finish(inversions, step)
+                        latents = latents.with_codes(
+                            torch.from_numpy(np.stack([inv.codes for inv in inversions])).to(self.device))
+                        later = latents(i)[0]
                     with step("synthesize", report=False), torch.no_grad():
-                        _, faces = next(stages)
+                        _, faces = stages.send(later)
                 with step("paste", report=False):
                     pasted = self._paste(image, inversions, faces)
                 score = None
@@ -427,7 +448,7 @@ class Editor:
         """What renders alpha number ``i``: the style vectors (one row per face) and SFE's injected feature (or
         None), for ``Renderer.render``. The direction (or optimization) is computed here, once for all alphas;
         ``sfe``: the faces' SFE inversions (global mode only)."""
-        from pipeline.edit.directions import apply, combine, style_direction
+        from pipeline.edit.directions import combine, style_direction
 
         models = self.models
         g = models.generator
@@ -442,12 +463,7 @@ class Editor:
                 styles = [g.styles(codes[f:f + 1]) for f in range(codes.shape[0])]
             if sfe is not None:
                 return self._sfe_faces(direction, styles, sfe, alphas)
-
-            def global_faces(i: int) -> Rendered:
-                per_face = [apply(s, direction, [alphas[i]]) for s in styles]
-                return [torch.cat(layer) for layer in zip(*per_face, strict=True)], None
-
-            return global_faces
+            return GlobalFaces(g, direction, styles, alphas)
 
         from pipeline.edit.optimize import OptimizeConfig, optimize_latent
 
@@ -462,6 +478,18 @@ class Editor:
             return g.styles(torch.cat([r.interpolate([alphas[i]]) for r in results])), None
 
         return optimized_faces
+
+    def _preview_rows(self) -> int:
+        """How many W+ rows a render's preview reads (14 of 18 for 256² of 1024²)."""
+        g = self.models.generator
+        return max(g.style_wplus_index[:g.feature_layers(self.models.renderer.preview_resolution)]) + 1
+
+    def _finish(self, inversions: list, step: Stages) -> list[Inversion]:
+        """Every inversion whole: a ``PendingInversion``'s last rows computed (its ``finish``)."""
+        if not any(_pending(inv) for inv in inversions):
+            return inversions
+        with step("invert", report=False), torch.no_grad():
+            return [inv.finish() if _pending(inv) else inv for inv in inversions]
 
     def _synthesize(self, styles: list[torch.Tensor], feature: torch.Tensor | None,
                     should_cancel: ShouldCancel | None) -> torch.Tensor:
@@ -513,6 +541,34 @@ class Editor:
 
     def _paste_preview(self, image: Image.Image, inversions: list[Inversion], faces: torch.Tensor) -> Image.Image:
         return paste_preview(image, faces, [inv.quad for inv in inversions])
+
+
+class GlobalFaces:
+    """What renders alpha number ``i`` in global mode: the faces' style vectors plus ``alphas[i]`` times the
+    direction (one row per face), no injected feature."""
+
+    def __init__(self, g, direction, styles: list[list[torch.Tensor]], alphas: list[float]):
+        self.g, self.direction, self.styles, self.alphas = g, direction, styles, alphas
+
+    def __call__(self, i: int) -> Rendered:
+        from pipeline.edit.directions import apply
+
+        per_face = [apply(s, self.direction, [self.alphas[i]]) for s in self.styles]
+        return [torch.cat(layer) for layer in zip(*per_face, strict=True)], None
+
+    def with_codes(self, codes: torch.Tensor) -> GlobalFaces:
+        """The same edit of other W+ codes (``[faces, n_latent, dim]``): an inversion finished after its preview."""
+        return GlobalFaces(self.g, self.direction, [self.g.styles(codes[f:f + 1]) for f in range(codes.shape[0])],
+                           self.alphas)
+
+
+def _pending(inversion) -> bool:
+    return isinstance(inversion, PendingInversion)
+
+
+def _codes(inversion) -> np.ndarray:
+    """The W+ codes to render from: a pending inversion's ready rows with placeholders for the rest."""
+    return inversion.preview_codes() if _pending(inversion) else inversion.codes
 
 
 def paste_preview(image: Image.Image, faces: torch.Tensor, quads: Sequence[np.ndarray]) -> Image.Image:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -126,3 +127,51 @@ class Inversion:
                            feature=f["feature"] if "feature" in f.files else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             raise PipelineError(INVALID_PARAMETER, f"not a stored inversion: {type(exc).__name__}: {exc}") from exc
+
+
+class PendingInversion:
+    """An e4e inversion whose last W+ rows are still to compute (``Editor.invert(staged=True)``).
+
+    A render's preview reads only its first layers, which read the first W+ rows (14 of 18 for the 256²
+    preview of a 1024² render); the heads of the last rows are ~18 % of e4e on a CPU. The rows ready now are
+    ``ready``; ``finish()`` computes the others once and gives the ``Inversion``, the only form that is
+    stored. The fields that do not depend on the codes (``face_index``, ``quad``, ``photo_size``...) are the
+    inversion's already."""
+
+    def __init__(self, ready: np.ndarray, rest: Callable[[], np.ndarray], n_latent: int, **fields):
+        self.ready = np.array(ready, dtype=np.float32)
+        if self.ready.ndim != 2 or not 0 < self.ready.shape[0] < n_latent:
+            raise ValueError(f"ready must be the first rows [k, dim] of {n_latent}, got {self.ready.shape}")
+        self.n_latent = n_latent
+        self._rest: Callable[[], np.ndarray] | None = rest
+        self._fields = fields
+        self._inversion: Inversion | None = None
+
+    def __getattr__(self, name: str):
+        """The inversion's other fields (``face_index``, ``quad``, ``photo``, ``photo_size``...)."""
+        fields = self.__dict__.get("_fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(name)
+
+    @property
+    def inverter(self) -> str:
+        return "e4e"
+
+    @property
+    def finished(self) -> bool:
+        return self._inversion is not None
+
+    def preview_codes(self) -> np.ndarray:
+        """``[n_latent, dim]``: the ready rows, then the last of them repeated in place of the rows to come
+        (what only layers after the preview read)."""
+        missing = self.n_latent - self.ready.shape[0]
+        return np.concatenate([self.ready, np.repeat(self.ready[-1:], missing, axis=0)])
+
+    def finish(self) -> Inversion:
+        """The whole inversion (computed on the first call, then remembered)."""
+        if self._inversion is None:
+            rest = np.asarray(self._rest(), dtype=np.float32)
+            self._inversion = Inversion(codes=np.concatenate([self.ready, rest]), **self._fields)
+            self._rest = None  # the encoder's features it held go with it
+        return self._inversion

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.edit.directions import Change
-from pipeline.edit.inversion import INVERSIONS, Inversion  # noqa: F401 (INVERSIONS: re-exported for editor)
+from pipeline.edit.inversion import INVERSIONS, Inversion, PendingInversion  # noqa: F401 (INVERSIONS: re-exported for editor)
 from pipeline.errors import INVALID_PARAMETER, PipelineError
 
 MODES = ("global", "optimize")
@@ -60,7 +60,7 @@ def check_inversions(inversions: Sequence[Inversion]) -> list[Inversion]:
     if not inversions:
         raise PipelineError(INVALID_PARAMETER, "at least one inversion (face) is needed")
     for inv in inversions:
-        if not isinstance(inv, Inversion):
+        if not isinstance(inv, Inversion | PendingInversion):
             raise PipelineError(INVALID_PARAMETER, f"expected an Inversion, got {type(inv).__name__}")
     indices = [inv.face_index for inv in inversions]
     if len(set(indices)) != len(indices):

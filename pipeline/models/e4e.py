@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,10 @@ class Encoder4Editing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B,3,256,256]`` in [-1, 1] → W+ offsets from ``latent_avg`` ``[B,style_count,8·width]``."""
+        return self.rows(self.trunk(x), 0, self.style_count)
+
+    def trunk(self, x: torch.Tensor) -> Trunk:
+        """The backbone and the feature pyramid: everything the W+ rows share."""
         x = self.input_layer(x)
         feats = {}
         for i, unit in enumerate(self.body):
@@ -130,16 +135,28 @@ class Encoder4Editing(nn.Module):
             if i in self.taps:
                 feats[i] = x
         c1, c2, c3 = (feats[i] for i in self.taps)
-        w = self.styles[0](c3).unsqueeze(1).repeat(1, self.style_count, 1)
-        features = c3
-        for i in range(1, self.style_count):
-            if i == COARSE_END:
-                p2 = upsample_add(c3, self.latlayer1(c2))
-                features = p2
-            elif i == MIDDLE_END:
-                features = upsample_add(p2, self.latlayer2(c1))
-            w[:, i] += self.styles[i](features)
-        return w
+        p2 = upsample_add(c3, self.latlayer1(c2))
+        return Trunk(c3, p2, upsample_add(p2, self.latlayer2(c1)), self.styles[0](c3))
+
+    def rows(self, trunk: Trunk, start: int, stop: int) -> torch.Tensor:
+        """W+ rows ``start`` to ``stop`` (exclusive) ``[B,stop-start,8·width]``: row 0 is the base w, each later
+        row the base plus its own head's delta. The rows are independent given the trunk, so a caller may take
+        the rows the first layers of a render need and the rest later (``E4E.staged``)."""
+        out = []
+        for i in range(start, stop):
+            features = trunk.c3 if i < COARSE_END else trunk.p2 if i < MIDDLE_END else trunk.p1
+            out.append(trunk.base if i == 0 else trunk.base + self.styles[i](features))
+        return torch.stack(out, dim=1) if out else trunk.base.new_zeros(trunk.base.shape[0], 0, trunk.base.shape[1])
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """What every W+ row reads: the 16², 32² and 64² pyramid levels and the base w (row 0)."""
+
+    c3: torch.Tensor
+    p2: torch.Tensor
+    p1: torch.Tensor
+    base: torch.Tensor
 
 
 class E4E(nn.Module):
@@ -162,9 +179,29 @@ class E4E(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B,3,256,256]`` in [-1, 1] → codes ``[B,n_latent,512]`` = encoder(x) + latent_avg."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.encoder(x) + self.latent_avg
+        return self.encoder(self._layout(x)) + self.latent_avg
+
+    def staged(self, x: torch.Tensor, first: int) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+        """``forward`` in two steps: the codes of the first ``first`` rows ``[B,first,512]`` now, and a function
+        that gives the other rows ``[B,n_latent-first,512]`` (each row computed as ``forward`` computes it).
+        A render's preview needs only its first layers' rows (14 of 18 for 256² of 1024²); the last heads,
+        ~18 % of e4e, can wait until the preview is shown."""
+        trunk = self.encoder.trunk(self._layout(x))
+        count = self.encoder.style_count
+        if not 0 <= first <= count:
+            raise ValueError(f"first must be within 0..{count}, got {first}")
+
+        def rest() -> torch.Tensor:
+            return self.encoder.rows(trunk, first, count) + self._latent_rows(first, count)
+
+        return self.encoder.rows(trunk, 0, first) + self._latent_rows(0, first), rest
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _latent_rows(self, start: int, stop: int) -> torch.Tensor:
+        """``latent_avg`` for rows ``start``..``stop`` ([512] broadcasts to all; [n_latent, 512] is per row)."""
+        return self.latent_avg[start:stop] if self.latent_avg.ndim == 2 else self.latent_avg
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------

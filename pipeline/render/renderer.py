@@ -92,7 +92,10 @@ class Renderer:
         style layers and about half of its convolutions' multiply-adds and time), then ``(size, images)``, the same render gone on from that
         block's state (``feature`` then ``resume``: no layer runs twice). ``feature``: SFE's, injected as in
         ``render`` (below ``resolution``, or at it: then by the second step). Nothing is held between the two
-        steps, so the caller may show the preview (paste, store) before asking for the rest."""
+        steps, so the caller may show the preview (paste, store) before asking for the rest. The rest may also
+        be asked for with ``send(styles)``: the same styles with their later layers (those after the
+        preview, which it never read) known only now (``Editor.render`` with an inversion still finishing
+        its last W+ rows)."""
         g = self.generator
         resolution = self.preview_resolution if resolution is None else resolution
         g.check_styles(styles)
@@ -100,7 +103,13 @@ class Renderer:
             g.check_feature(feature, styles[0].shape[0])
         below = feature if feature is not None and feature.shape[-1] < resolution else None
         x, skip = self.feature(styles, resolution, injected=below)
-        yield resolution, skip
+        later = yield resolution, skip
+        if later is not None:
+            g.check_styles(later)
+            if later[0].shape[0] != styles[0].shape[0]:
+                raise ValueError(f"the later styles are of {later[0].shape[0]} faces, the preview's of "
+                                 f"{styles[0].shape[0]}")
+            styles = later
         yield g.size, self.resume(styles, resolution, x, skip, feature if below is None else None)
 
     @property

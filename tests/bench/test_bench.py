@@ -55,9 +55,10 @@ def test_quick_suite_reports_every_number(tmp_path, dev_bundle):
     # a new photo and a new text: every stage, both ways, each in the same rounds as the cached first output
     new = result["devices"]["cpu"]["new_photo"]
     assert new["detect_on_upload_s"] > 0 and new["prepared"]["stages"]["invert"] == 0  # inverted at upload
+    assert new["side_by_side"]["stages"]["invert_rest"] > 0  # e4e's last heads after the preview
     for way in ("serial", "side_by_side", "prepared"):
         assert set(new[way]["stages"]) == {"align", "invert", "direction", "synthesize_256", "preview_paste",
-                                           "synthesize", "paste"}
+                                           "invert_rest", "synthesize", "paste"}
         assert sum(new[way]["stages"].values()) <= new[way]["first_output_s"]
         assert 0 < new[way]["first_view_s"] < new[way]["first_output_s"]  # the preview comes first
         assert new[way]["over_cached"] > new[way]["view_over_cached"] > 0
@@ -138,7 +139,7 @@ def test_the_new_photo_group_alone_replaces_only_its_section():
     from bench.report import merge_new_photo
 
     stages = {"align": 0.1, "invert": 0.9, "direction": 0.6, "synthesize_256": 0.2, "preview_paste": 0.02,
-              "synthesize": 0.6, "paste": 0.04}
+              "invert_rest": 0.1, "synthesize": 0.6, "paste": 0.04}
     way = {"first_output_s": 2.5, "first_view_s": 1.2, "over_cached": 2.8, "view_over_cached": 1.3,
            "stages": stages}
     ready = {**way, "first_view_s": 0.8, "view_over_cached": 0.9, "first_output_s": 1.4, "over_cached": 1.55}

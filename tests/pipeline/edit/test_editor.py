@@ -299,6 +299,38 @@ def test_a_preview_of_the_first_strength_comes_before_it_and_changes_nothing(dev
     assert preview_size((1000, 3000)) == (341, PREVIEW_MAX_SIDE)
 
 
+def test_a_staged_inversion_finishes_after_the_preview_and_changes_nothing(dev_editor, inversion, face_bytes):
+    """``invert(staged=True)``: the rows the preview reads now, the others computed once the preview is shown;
+    the preview, every output and the finished inversion are bit for bit those of a whole inversion."""
+    from pipeline.edit.inversion import PendingInversion
+
+    change, alphas = [Change("a face", "a smiling face")], [-3.0, 0.0, 3.0]
+    pending = dev_editor.invert(face_bytes, staged=True)
+    assert isinstance(pending, PendingInversion) and not pending.finished
+    assert 0 < pending.ready.shape[0] < pending.n_latent == inversion.codes.shape[0]
+    events: list = []
+
+    def on_preview(preview):
+        assert not pending.finished  # shown before the last rows are computed
+        events.append(preview)
+
+    staged = dev_editor.render(face_bytes, [pending], change, alphas, on_preview=on_preview, on_output=events.append)
+    assert pending.finished and [type(e).__name__ for e in events] == ["Preview", "Output", "Output", "Output"]
+    whole_events: list = []
+    whole = dev_editor.render(face_bytes, [inversion], change, alphas, on_preview=whole_events.append)
+    np.testing.assert_array_equal(pending.finish().codes, inversion.codes)
+    assert Inversion.from_bytes(pending.finish().to_bytes()).codes.tobytes() == inversion.codes.tobytes()
+    assert np.array_equal(np.asarray(events[0].image), np.asarray(whole_events[0].image))
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(staged, whole, strict=True))
+
+
+def test_a_staged_inversion_without_a_preview_finishes_first(dev_editor, inversion, face_bytes):
+    pending = dev_editor.invert(face_bytes, staged=True)
+    (output,) = dev_editor.render(face_bytes, [pending], [Change("a face", "a smiling face")], [2.0])
+    (whole,) = dev_editor.render(face_bytes, [inversion], [Change("a face", "a smiling face")], [2.0])
+    assert pending.finished and np.array_equal(np.asarray(output.image), np.asarray(whole.image))
+
+
 def test_cancel_between_strengths_keeps_the_finished_ones(dev_editor, inversion, face_bytes):
     seen: list[Output] = []
     with pytest.raises(Canceled):

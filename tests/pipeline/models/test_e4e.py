@@ -53,6 +53,24 @@ def test_codes_shape_and_latent_avg(tiny, photo, raw):
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("first", [0, 1, 3, 5, 6])
+@pytest.mark.parametrize("per_row_average", [False, True])
+def test_staged_codes_are_forward_split_in_two(tiny, photo, first, per_row_average):
+    """The preview's rows now and the rest later: bit-identical to one forward, whichever the split (coarse,
+    middle and fine heads on either side) and whichever shape the checkpoint's latent_avg has."""
+    model = tiny if not per_row_average else E4E(tiny.encoder, torch.randn(6, 8 * TINY["width"])).eval()
+    now, rest = model.staged(photo, first)
+    later = rest()
+    assert now.shape == (2, first, 128) and later.shape == (2, 6 - first, 128)
+    torch.testing.assert_close(torch.cat([now, later], dim=1), model(photo), rtol=0, atol=0)
+
+
+def test_staged_refuses_a_split_outside_the_rows(tiny, photo):
+    with pytest.raises(ValueError, match="within 0..6"):
+        tiny.staged(photo, 7)
+
+
+@torch.inference_mode()
 def test_own_checkpoint_round_trip(tiny, photo, raw, tmp_path):
     path = tmp_path / "e4e.pt"
     save_encoder(path, tiny, opts={"stylegan_size": TINY["stylegan_size"], "encoder_type": "Encoder4Editing"})

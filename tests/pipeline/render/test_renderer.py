@@ -226,6 +226,31 @@ def test_a_render_with_a_preview_is_the_same_render_gone_on(wide, path, batch, i
         assert rel_err(image.detach(), whole.detach()) < 1e-6
 
 
+@pytest.mark.parametrize("path", ["reference", "cpu"])
+def test_the_rest_of_a_preview_render_takes_later_styles_sent_to_it(wide, path):
+    """The preview reads only its first layers' styles: a render started from styles whose later layers are
+    placeholders, then sent the right ones, is the render of the right ones (what ``Editor.render`` does while
+    an inversion finishes its last rows); styles of another batch are refused."""
+    g = copy.deepcopy(wide)
+    if path == "reference":
+        g.impl = "ref"
+    renderer = Renderer(g)
+    right = g.styles(wplus_for(g, 1, seed=5))
+    layers = g.feature_layers(renderer.preview_resolution)
+    placeholder = right[:layers] + [torch.full_like(s, float("nan")) for s in right[layers:]]
+    with torch.no_grad():
+        whole = renderer.render(right)
+        steps = renderer.render_with_preview(placeholder)
+        _, preview = next(steps)
+        assert torch.isfinite(preview).all()
+        _, image = steps.send(right)
+        assert rel_err(image, whole) < 1e-6
+        steps = renderer.render_with_preview(placeholder)
+        next(steps)
+        with pytest.raises(ValueError, match="of 2 faces, the preview's of 1"):
+            steps.send(g.styles(wplus_for(g, 2, seed=6)))
+
+
 def test_resume_refuses_a_state_of_another_shape(wide):
     styles = wide.styles(wplus_for(wide, 1, seed=2))
     x, skip = wide.feature(styles, 32)
