@@ -77,13 +77,14 @@ TEXTS_FOLDER = "texts"     # per-text embeddings, beside the directions in a Tex
 def text_embeddings(model: torch.nn.Module, texts: Sequence[str],
                     templates: Sequence[str] = IMAGENET_TEMPLATES) -> torch.Tensor:
     """Template-ensembled CLIP embedding of each text ``[len(texts), D]``: the re-normalized mean of the
-    L2-normalized embeddings of every template filled with the text. All prompts go through CLIP in one batch."""
+    L2-normalized embeddings of every template filled with the text. All prompts go through CLIP in one call (one
+    trie of their shared token prefixes while it stays small: ``text_features``)."""
     for text in texts:
         _check_text(text)
     if not templates:
         raise PipelineError(INVALID_PARAMETER, "at least one prompt template is needed")
     prompts = [template.format(text) for text in texts for template in templates]
-    features = text_features(model, prompts, batch_size=len(prompts))
+    features = text_features(model, prompts)
     features = features / features.norm(dim=-1, keepdim=True)
     per_text = features.view(len(texts), len(templates), -1).mean(dim=1)
     return per_text / per_text.norm(dim=-1, keepdim=True)

@@ -1,15 +1,22 @@
-"""CLIP loading (TorchScript archive and state dict), features, truncation and preprocessing, on a tiny CLIP."""
+"""CLIP loading (TorchScript archive and state dict), features (through the prefix trie and padded), and
+preprocessing, on tiny CLIPs (and the text tower at ViT-B/32 size once)."""
 
 from __future__ import annotations
+
+import copy
 
 import clip
 import numpy as np
 import pytest
 import torch
-from clip.model import CLIP
+from clip.model import CLIP, convert_weights
 from PIL import Image
 
+from bench.models import VIT_B_32
+from pipeline.edit.directions import IMAGENET_TEMPLATES
+from pipeline.errors import PipelineError
 from pipeline.models.clip_model import (
+    _padded_text_features,
     clip_preprocess,
     image_features,
     load_clip,
@@ -17,7 +24,7 @@ from pipeline.models.clip_model import (
     text_features,
     tokenize,
 )
-from pipeline.errors import PipelineError
+from pipeline.models.clip_text import MAX_TRIE_NODES, PrefixTrie, cut_at_eot, trie_chunks
 
 
 def tiny_clip(seed: int = 0) -> CLIP:
@@ -87,8 +94,131 @@ def test_missing_file_is_model_missing(tmp_path):
 
 def test_truncated_tokens_give_full_context_features(model):
     full = model.encode_text(clip.tokenize(TEXTS)).float()
-    fast = text_features(model, TEXTS, batch_size=2)  # two batches with different real lengths
+    fast = _padded_text_features(model, TEXTS, batch_size=2)  # two batches with different real lengths
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
+
+
+# --- the prefix trie ---------------------------------------------------------------------------------------
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def deep_model() -> CLIP:
+    """Several blocks and heads (the tiny ``model`` has one of each: only the trie's last-block path)."""
+    torch.manual_seed(1)
+    return CLIP(32, 32, 1, 64, 16, 77, 49408, 64, 4, 3).float().eval()
+
+
+AT_LIMIT = " ".join(["face"] * 75)  # SOT + 75 tokens + EOT: exactly the 77-token context
+AT_LIMIT_TOO = " ".join(["face"] * 74 + ["beard"])  # shares 74 tokens of it
+
+
+@pytest.mark.parametrize("texts", [
+    ["a photo of a face", "a photo of a face with a beard", "a photo of the face", "a photo"],  # shared prefixes
+    ["a face", "a bald face", "a face", "a face"],                                                 # duplicates
+    ["a smiling face with blue hair"],                                                             # a single text
+    ["x", "a photo of the hard to see smiling face with blue hair and a long black beard."],       # lengths
+    [AT_LIMIT, "a face", AT_LIMIT_TOO],                                                              # the limit
+    ["", "a face"],                                                                                # SOT, EOT only
+], ids=["shared", "duplicates", "single", "lengths", "limit", "empty"])
+def test_trie_features_equal_encode_text(deep_model, texts):
+    tokens = clip.tokenize(texts)
+    if AT_LIMIT in texts:
+        assert max(map(len, cut_at_eot(tokens))) == 77
+    reference = deep_model.encode_text(tokens).detach()  # the full 77-token padded batch, nothing cut
+    features = text_features(deep_model, texts)
+    assert features.shape == reference.shape and features.dtype == torch.float32
+    assert relative_error(features, reference) <= 1e-5
+    for i, text in enumerate(texts):  # identical texts share their EOT node: the very same row
+        first = texts.index(text)
+        assert torch.equal(features[i], features[first])
+
+
+def test_trie_keeps_the_order_of_texts(deep_model):
+    texts = ["a face with a beard", "a bald face", "a face"]
+    forward = text_features(deep_model, texts)
+    backward = text_features(deep_model, texts[::-1])
+    assert relative_error(backward.flip(0), forward) <= 1e-6
+    assert relative_error(forward[1], deep_model.encode_text(clip.tokenize(texts[1:2])).detach()[0]) <= 1e-5
+    assert not torch.allclose(forward[0], forward[1])  # different texts: different rows, not a collapsed batch
+
+
+def test_hand_made_trie():
+    # SOT=1, EOT=9: [1 2 3 9], [1 2 4 9], [1 5 9], [1 2 3 9] again
+    trie = PrefixTrie.build([[1, 2, 3, 9], [1, 2, 4, 9], [1, 5, 9], [1, 2, 3, 9]])
+    #  node: 0:1 ─ 1:2 ─ 2:3 ─ 3:9
+    #              └──── 4:4 ─ 5:9
+    #        └── 6:5 ─ 7:9
+    assert len(trie) == 8
+    assert trie.tokens == [1, 2, 3, 9, 4, 9, 5, 9]
+    assert trie.depths == [0, 1, 2, 3, 2, 3, 1, 2]
+    assert trie.parents == [-1, 0, 1, 2, 1, 4, 0, 6]
+    assert trie.ends == [3, 5, 7, 3]
+    visible = trie.ancestor_mask()
+    assert visible.dtype == torch.bool and visible.shape == (8, 8)
+    paths = {3: [0, 1, 2, 3], 5: [0, 1, 4, 5], 7: [0, 6, 7], 4: [0, 1, 4], 0: [0]}
+    for node, path in paths.items():
+        assert visible[node].nonzero()[:, 0].tolist() == path
+    assert int(visible.sum()) == sum(depth + 1 for depth in trie.depths)
+
+
+def test_cut_at_eot_reads_each_prompt_through_its_eot(model):
+    sequences = cut_at_eot(tokenize(model, ["a face", ""]))
+    sot, eot = clip.tokenize([""])[0, :2].tolist()
+    assert sequences[1] == [sot, eot]
+    assert sequences[0][0] == sot and sequences[0][-1] == eot and len(sequences[0]) == 4
+
+
+def test_trie_chunks_bound_the_nodes_and_cover_every_prompt():
+    sequences = [[1, 2, 3, 9], [1, 2, 4, 9], [7, 9], [1, 2, 3, 9], [1, 5, 9], list(range(10, 20))]
+    # sorted, prefixes shared: 0 and its duplicate 3 (4 nodes), 1 (+2 would be 6), 4 and 2 (3 + 2), 5 (10) alone
+    groups = list(trie_chunks(sequences, max_nodes=5))
+    assert groups == [[0, 3], [1], [4, 2], [5]]
+    for group in groups:
+        nodes = len(PrefixTrie.build([sequences[i] for i in group]))
+        assert nodes <= 5 or len(group) == 1  # one sequence longer than the bound goes alone
+    assert list(trie_chunks(sequences, max_nodes=100)) == [[0, 3, 1, 4, 2, 5]]
+    assert list(trie_chunks([])) == []
+
+
+def test_many_prompts_go_through_several_tries(deep_model):
+    texts = ["a face with a beard", "a bald face", "a smiling face with blue hair", "a face"]
+    prompts = [template.format(text) for text in texts for template in IMAGENET_TEMPLATES]
+    assert len(list(trie_chunks(cut_at_eot(tokenize(deep_model, prompts))))) > 1, "expected > MAX_TRIE_NODES"
+    features = text_features(deep_model, prompts)
+    reference = _padded_text_features(deep_model, prompts, batch_size=100)
+    assert relative_error(features, reference) <= 1e-5
+
+
+def test_no_texts_and_no_grad(deep_model):
+    assert text_features(deep_model, []).shape == (0, 32)
+    assert any(p.requires_grad for p in deep_model.parameters())
+    assert not text_features(deep_model, ["a face"]).requires_grad
+
+
+def test_trie_in_float16(deep_model):
+    half = copy.deepcopy(deep_model)
+    convert_weights(half)  # CLIP's own float16 conversion (LayerNorms stay float32), as the official fp16 model
+    assert half.dtype == torch.float16
+    texts = ["a face", "a face with a beard", "a face"]
+    reference = half.encode_text(clip.tokenize(texts)).detach().float()
+    features = text_features(half, texts)
+    assert features.dtype == torch.float32
+    assert relative_error(features, reference) <= 5e-3  # float16 rounding of two different summation orders
+
+
+def test_trie_at_vit_b32_text_size():
+    """The text tower at the real size (12 blocks, 8 heads, width 512), vision kept tiny: a text's 79 prompts."""
+    torch.manual_seed(2)
+    sizes = {**VIT_B_32, "image_resolution": 32, "vision_layers": 1, "vision_width": 64, "vision_patch_size": 16}
+    full = CLIP(**sizes).float().eval().requires_grad_(False)
+    prompts = [template.format("a face with a beard") for template in IMAGENET_TEMPLATES]
+    sequences = cut_at_eot(tokenize(full, prompts))
+    assert len(PrefixTrie.build(sequences)) < MAX_TRIE_NODES  # one trie, as the service runs it
+    features = text_features(full, prompts)
+    assert relative_error(features, _padded_text_features(full, prompts)) <= 1e-5
 
 
 def test_too_long_text_is_invalid_parameter(model):
