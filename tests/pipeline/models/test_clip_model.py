@@ -15,6 +15,7 @@ from PIL import Image
 from bench.models import VIT_B_32
 from pipeline.edit.directions import IMAGENET_TEMPLATES
 from pipeline.errors import PipelineError
+from pipeline.models import clip_text
 from pipeline.models.clip_model import (
     _padded_text_features,
     clip_preprocess,
@@ -24,7 +25,14 @@ from pipeline.models.clip_model import (
     text_features,
     tokenize,
 )
-from pipeline.models.clip_text import MAX_TRIE_NODES, PrefixTrie, cut_at_eot, trie_chunks
+from pipeline.models.clip_text import (
+    MAX_TRIE_NODES,
+    AttentionBlocks,
+    PrefixTrie,
+    block_attention,
+    cut_at_eot,
+    trie_chunks,
+)
 
 
 def tiny_clip(seed: int = 0) -> CLIP:
@@ -164,6 +172,42 @@ def test_hand_made_trie():
     assert int(visible.sum()) == sum(depth + 1 for depth in trie.depths)
 
 
+def test_trie_nodes_are_in_preorder_whatever_the_input_order():
+    trie = PrefixTrie.build([[1, 5, 9], [1, 2, 3, 9], [1, 2, 4, 9]])
+    assert trie.tokens == [1, 2, 3, 9, 4, 9, 5, 9]  # the same trie as sorted input gives
+    assert trie.ends == [7, 3, 5]                   # in the input's order
+    for node, parent in enumerate(trie.parents):    # a subtree is the run of deeper nodes after its root
+        if parent >= 0:
+            assert all(trie.depths[between] > trie.depths[parent] for between in range(parent + 1, node))
+
+
+@pytest.mark.parametrize("size", [1, 3, 64])
+def test_block_attention_is_multihead_attention_with_the_ancestor_mask(size):
+    torch.manual_seed(3)
+    sequences = [[1, 2, 3, 9], [1, 2, 4, 9], [1, 5, 9], [1, 2, 3, 6, 7, 9], [8, 9]]  # two roots, too
+    trie = PrefixTrie.build(sequences)
+    visible = trie.ancestor_mask()
+    attn = torch.nn.MultiheadAttention(16, 4).eval()
+    nodes = torch.randn(len(trie), 16)
+    dense = torch.zeros(len(trie), len(trie)).masked_fill_(~visible, float("-inf"))
+    queries = torch.tensor([3, 5, 0, 11])  # any nodes, any order (the last block reads the EOT nodes)
+    with torch.no_grad():
+        expected = attn(nodes[queries, None], nodes[:, None], nodes[:, None], need_weights=False,
+                        attn_mask=dense[queries])[0][:, 0]
+        blocks = AttentionBlocks.build(visible, queries, torch.float32, size=size)
+        got = block_attention(attn, nodes[queries], nodes, blocks)
+        assert relative_error(got, expected) <= 1e-6
+        every = AttentionBlocks.build(visible, torch.arange(len(trie)), torch.float32, size=size)
+        expected = attn(nodes[:, None], nodes[:, None], nodes[:, None], need_weights=False, attn_mask=dense)[0][:, 0]
+        assert relative_error(block_attention(attn, nodes, nodes, every), expected) <= 1e-6
+    # each block holds exactly the nodes its queries see, and in preorder no more than its first node's root path
+    # and the block itself
+    for rows, keys, mask in zip(every.rows, every.keys, every.mask[:, 0], strict=True):
+        real = keys[mask.isfinite().any(dim=0)]
+        assert set(real.tolist()) == set(visible[rows].any(dim=0).nonzero()[:, 0].tolist())
+        assert len(real) <= trie.depths[int(rows[0])] + size
+
+
 def test_cut_at_eot_reads_each_prompt_through_its_eot(model):
     sequences = cut_at_eot(tokenize(model, ["a face", ""]))
     sot, eot = clip.tokenize([""])[0, :2].tolist()
@@ -183,10 +227,11 @@ def test_trie_chunks_bound_the_nodes_and_cover_every_prompt():
     assert list(trie_chunks([])) == []
 
 
-def test_many_prompts_go_through_several_tries(deep_model):
+def test_many_prompts_go_through_several_tries(deep_model, monkeypatch):
+    monkeypatch.setattr(clip_text, "MAX_TRIE_NODES", 300)
     texts = ["a face with a beard", "a bald face", "a smiling face with blue hair", "a face"]
     prompts = [template.format(text) for text in texts for template in IMAGENET_TEMPLATES]
-    assert len(list(trie_chunks(cut_at_eot(tokenize(deep_model, prompts))))) > 1, "expected > MAX_TRIE_NODES"
+    assert len(list(trie_chunks(cut_at_eot(tokenize(deep_model, prompts))))) > 2
     features = text_features(deep_model, prompts)
     reference = _padded_text_features(deep_model, prompts, batch_size=100)
     assert relative_error(features, reference) <= 1e-5
