@@ -70,11 +70,14 @@ class PrefixTrie:
     def ancestor_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[N, N]`` bool: ``mask[i, j]`` iff node j is on node i's root path (i itself included)."""
         n = len(self)
-        mask = torch.eye(n, dtype=torch.bool)
-        for node, parent in enumerate(self.parents):  # parents come first: their rows are complete
-            if parent >= 0:
-                mask[node] |= mask[parent]
-        return mask.to(device)
+        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+        parents = torch.tensor(self.parents + [-1], device=device)  # index -1 (above a root) stays -1
+        rows = torch.arange(n, device=device)
+        ancestor = rows
+        for _ in range(max(self.depths, default=-1) + 1):  # one step up the root paths at a time
+            mask[rows, ancestor] |= ancestor >= 0  # a path already past its root (-1) ORs False: no change
+            ancestor = parents[ancestor]
+        return mask
 
 
 def cut_at_eot(tokens: torch.Tensor) -> list[list[int]]:
