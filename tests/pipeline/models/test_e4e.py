@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models.e4e import E4E, Encoder4Editing, load_encoder, save_encoder
 from pipeline.errors import MODEL_INVALID, PipelineError
+from pipeline.models.e4e import E4E, Encoder4Editing, load_encoder, save_encoder
 from pipeline.models.stylegan2 import Generator
 
 GOLDEN = Path(os.environ.get("GOLDEN_DIR", Path(__file__).resolve().parents[4] / "shared" / "golden"))
