@@ -117,8 +117,8 @@ class Settings(BaseSettings):
         description="Faces of each uploaded photo (the largest first) inverted right after their detection, with "
         "the inverter an edit naming none runs, so that the photo's first edit finds its inversion done: the "
         "app uploads a photo as soon as it is picked, while the person writes the text (on two CPU cores e4e "
-        "is ~1 s of a new photo's first result). Each costs a model worker one inversion per upload, edited "
-        "or not; 0 turns it off.",
+        "is ~1 s of a new photo's first result); skipped when an edit of the photo is already queued (it inverts "
+        "itself). Each costs a model worker one inversion per upload, edited or not; 0 turns it off.",
     )
     max_changes_per_edit: int = Field(
         4, ge=1, le=edit_contract.MAX_CHANGES,

@@ -21,10 +21,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from common.faces import FaceStatus
-from common.models import Image
+from common.lifecycle import ACTIVE
+from common.models import Edit, Image
 from common.storage import ObjectNotFound
 from common.storage_layout import original_key
 from worker.inversion_cache import cache_key, fleet_inversion, invert_spec, read_cached
@@ -112,7 +113,7 @@ def prepare_inversions(runtime: Runtime, editor: Editor, image_id: str, photo: b
     """Invert the largest `PREPARE_INVERSIONS` faces into the inversion cache, as an edit naming no inverter
     would (same inverter, same key); returns how many were computed. A face the pipeline refuses (too small,
     the bundle lacks the inverter) is left to the edit, which reports it; a photo deleted meanwhile stops it
-    and loses what it wrote."""
+    and loses what it wrote; so does an edit of the photo already queued or running (it inverts itself)."""
     from pipeline import PipelineError
 
     count = min(runtime.settings.prepare_inversions, len(faces))
@@ -121,6 +122,11 @@ def prepare_inversions(runtime: Runtime, editor: Editor, image_id: str, photo: b
     spec = invert_spec(fleet_inversion(runtime, editor, None))
     computed = 0
     for face in range(count):
+        if _edit_on_its_way(runtime, image_id):
+            # a client that uploads and submits at once: its edit inverts what it needs (showing a preview
+            # before e4e's last heads), sooner than after this inversion, and no worker computes it twice
+            log.info("image %s: an edit is on its way; it inverts the faces itself", image_id)
+            break
         key = cache_key(image_id, editor, face, spec)
         if read_cached(runtime, key, face) is not None:
             continue
@@ -140,6 +146,13 @@ def prepare_inversions(runtime: Runtime, editor: Editor, image_id: str, photo: b
         log.info("image %s: face %d inverted by %s in %.2f s, ready for its edits", image_id, face, spec.inversion,
                  time.perf_counter() - start)
     return computed
+
+
+def _edit_on_its_way(runtime: Runtime, image_id: str) -> bool:
+    """Whether an edit of the photo is queued or running."""
+    with runtime.session_factory() as session:
+        return session.scalar(select(Edit.id).where(Edit.image_id == image_id, Edit.status.in_(ACTIVE)).limit(1)) \
+            is not None
 
 
 def _image_exists(runtime: Runtime, image_id: str) -> bool:

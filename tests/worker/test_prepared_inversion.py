@@ -154,6 +154,17 @@ def test_off_prepares_nothing_and_a_group_photo_prepares_as_many_as_asked(runtim
     assert len(_inversions(runtime, all_of_them)) == 2
 
 
+def test_an_edit_already_on_its_way_inverts_itself_and_nothing_is_prepared(runtime, face_photo):
+    """A client that uploads and submits at once: the edit, queued before the upload's task ran, inverts the
+    face itself (its preview before e4e's last heads), so the task does not compute it first, nor twice."""
+    image_id = _image(runtime, face_photo)
+    edit_id = starting_edit(runtime.session_factory, image_id, alphas=(1.0,), output_format="png")
+    assert run_detection(runtime, image_id) == "done" and _inversions(runtime, image_id) == []
+    assert run_edit(runtime, edit_id) == "succeeded"
+    assert _row(runtime, Edit, edit_id).metrics["inversion_cached"] is False
+    assert _inversions(runtime, image_id) == [inversion_key(image_id, runtime.editor().encoder_version, 0)]
+
+
 def test_a_photo_without_a_face_is_detected_and_nothing_is_prepared(runtime):
     image_id = _image(runtime, png_bytes(gradient_image(320, 240)))
     assert run_detection(runtime, image_id) == "done"
