@@ -28,7 +28,7 @@ from common.lifecycle import ACTIVE
 from common.models import Edit, Image
 from common.storage import ObjectNotFound
 from common.storage_layout import original_key
-from worker.inversion_cache import cache_key, fleet_inversion, invert_spec, read_cached
+from worker.inversion_cache import cache_key, fleet_inversion, invert_spec, preparing, read_cached
 from worker.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -128,20 +128,21 @@ def prepare_inversions(runtime: Runtime, editor: Editor, image_id: str, photo: b
             log.info("image %s: an edit is on its way; it inverts the faces itself", image_id)
             break
         key = cache_key(image_id, editor, face, spec)
-        if read_cached(runtime, key, face) is not None:
-            continue
-        start = time.perf_counter()
-        try:
-            editor.check_inversion(spec.inversion)
-            inversion = editor.invert(photo, face=face, faces=faces, inversion=spec.inversion)
-        except PipelineError as error:
-            log.info("image %s: face %d not prepared (%s)", image_id, face, error.code)
-            break
-        runtime.storage.put(key, inversion.to_bytes())
-        if not _image_exists(runtime, image_id):
-            runtime.storage.delete([key])
-            log.info("image %s was deleted while its inversion was prepared", image_id)
-            break
+        with preparing(runtime, key) as ours:  # edits that miss the cache meanwhile wait for this one
+            if not ours or read_cached(runtime, key, face) is not None:
+                continue
+            start = time.perf_counter()
+            try:
+                editor.check_inversion(spec.inversion)
+                inversion = editor.invert(photo, face=face, faces=faces, inversion=spec.inversion)
+            except PipelineError as error:
+                log.info("image %s: face %d not prepared (%s)", image_id, face, error.code)
+                break
+            runtime.storage.put(key, inversion.to_bytes())
+            if not _image_exists(runtime, image_id):
+                runtime.storage.delete([key])
+                log.info("image %s was deleted while its inversion was prepared", image_id)
+                break
         computed += 1
         log.info("image %s: face %d inverted by %s in %.2f s, ready for its edits", image_id, face, spec.inversion,
                  time.perf_counter() - start)

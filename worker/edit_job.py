@@ -40,7 +40,7 @@ from common.storage import ObjectNotFound, StorageUnavailable
 from common.storage_layout import original_key, preview_key, result_key, results_prefix
 from common.webhooks.outbox import push_events
 from worker.detection import detect, store_faces, stored_detection
-from worker.inversion_cache import cache_key, fleet_inversion, read_cached
+from worker.inversion_cache import cache_key, fleet_inversion, read_cached, wait_for_prepared
 from worker.runtime import Runtime, encoder_run
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ def _inversion(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, tok
     from pipeline import PendingInversion
 
     key = cache_key(edit.image_id, editor, face, spec)
-    inversion = read_cached(runtime, key, face)
+    inversion = read_cached(runtime, key, face) or wait_for_prepared(runtime, key, face)
     if inversion is not None:
         return inversion, True
     inversion = editor.invert(photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel,

@@ -5,8 +5,15 @@ inverter's model), so a key found is a right answer; an unreadable or foreign ob
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from common.edit_contract import INVERT, EditSpec, resolve_inversion
 from common.storage import ObjectNotFound
@@ -57,3 +64,57 @@ def read_cached(runtime: Runtime, key: str, face: int) -> Inversion | None:
         log.warning("cached inversion %s is of face %d; recomputing", key, inversion.face_index)
         return None
     return inversion
+
+
+# --- one inversion of a face at a time --------------------------------------------------------------------
+# The upload's task (worker.detection) marks the face it inverts in Redis; an edit that misses the cache while
+# the mark is there waits for that inversion instead of computing it again beside it (on one machine's CPU two
+# at once take as long as both in a row). The mark expires by itself should its worker die.
+PREPARING_TTL_S = 60.0
+WAIT_FOR_PREPARED_S = 15.0  # the longest an edit waits for another worker's inversion before computing its own
+POLL_S = 0.05
+
+
+def _mark(runtime: Runtime, key: str) -> str:
+    return f"{runtime.settings.edits_queue}:preparing:{key}"
+
+
+@contextmanager
+def preparing(runtime: Runtime, key: str) -> Iterator[bool]:
+    """Claim the preparation of the inversion at `key`: yields False when another run holds it (then do not
+    compute it), True otherwise (also when Redis cannot be asked: the worst case is one duplicate)."""
+    client, token = runtime.redis(), secrets.token_hex(8)
+    try:
+        claimed = client is None or bool(client.set(_mark(runtime, key), token, nx=True, px=int(PREPARING_TTL_S * 1e3)))
+    except RedisError:
+        client, claimed = None, True
+    try:
+        yield claimed
+    finally:
+        if claimed and client is not None:
+            with contextlib.suppress(RedisError):
+                if client.get(_mark(runtime, key)) == token.encode():
+                    client.delete(_mark(runtime, key))
+
+
+def wait_for_prepared(runtime: Runtime, key: str, face: int, timeout_s: float | None = None) -> Inversion | None:
+    """The inversion at `key` once the run preparing it has written it; None at once when none is preparing it
+    (the caller has just missed the cache), when that run ends without writing it, or after `timeout_s`
+    (default WAIT_FOR_PREPARED_S)."""
+    deadline = time.monotonic() + (WAIT_FOR_PREPARED_S if timeout_s is None else timeout_s)
+    if not _held(runtime, key):
+        return None
+    while True:
+        held = _held(runtime, key)  # read before the cache: a run writes, then lets go
+        inversion = read_cached(runtime, key, face)
+        if inversion is not None or not held or time.monotonic() >= deadline:
+            return inversion
+        time.sleep(POLL_S)
+
+
+def _held(runtime: Runtime, key: str) -> bool:
+    client = runtime.redis()
+    try:
+        return client is not None and bool(client.exists(_mark(runtime, key)))
+    except RedisError:
+        return False

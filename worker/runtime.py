@@ -21,6 +21,7 @@ from common.worker_offers import FleetOffers, OffersReader
 
 if TYPE_CHECKING:
     from celery import Celery
+    from redis import Redis
 
     from pipeline import Editor
     from pipeline.render.config import RenderConfig
@@ -38,6 +39,7 @@ class Runtime:
         self._stamp: tuple[int, int] | None = None  # the loaded manifest's (mtime_ns, size)
         self._lock = threading.Lock()
         self._offers: OffersReader | None = None
+        self._redis: Redis | None = None
         self._celery_lock = threading.Lock()
 
     @property
@@ -56,6 +58,14 @@ class Runtime:
         while no bundle is loaded (never loads one)."""
         editor = self._editor
         return editor.inversions if editor is not None else None
+
+    def redis(self) -> Redis | None:
+        """A redis-py client on the broker (None without REDIS_URL), for what workers tell each other."""
+        if self.settings.redis_url is None:
+            return None
+        if self._redis is None:
+            self._redis = redis_client(self.settings.redis_url)
+        return self._redis
 
     def fleet_offers(self) -> FleetOffers | None:
         """What every live edit worker offers (`common.worker_offers`), or None while unknown."""

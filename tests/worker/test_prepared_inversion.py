@@ -23,8 +23,10 @@ from common.settings import Settings
 from common.storage_layout import inversion_key, inversions_prefix
 from tests.pipeline.images import golden_face, gradient_image, png_bytes, two_faces
 from tests.services.rows import starting_edit, stored_image
+from worker import inversion_cache
 from worker.detection import run_detection, stored_detection
 from worker.edit_job import run_edit
+from worker.inversion_cache import preparing
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.services
@@ -163,6 +165,61 @@ def test_an_edit_already_on_its_way_inverts_itself_and_nothing_is_prepared(runti
     assert run_edit(runtime, edit_id) == "succeeded"
     assert _row(runtime, Edit, edit_id).metrics["inversion_cached"] is False
     assert _inversions(runtime, image_id) == [inversion_key(image_id, runtime.editor().encoder_version, 0)]
+
+
+def test_an_edit_that_misses_the_cache_while_the_face_is_prepared_waits_for_it(runtime, face_photo, monkeypatch):
+    """Another worker is preparing the face (its mark in Redis): the edit waits for that inversion instead of
+    computing it beside it, and uses it once written."""
+    import threading
+
+    image_id = _image(runtime, face_photo)
+    _with(runtime, monkeypatch, prepare_inversions=0)
+    run_detection(runtime, image_id)
+    editor = runtime.editor()
+    key = inversion_key(image_id, editor.encoder_version, 0)
+    prepared = editor.invert(face_photo).to_bytes()
+    claimed, release = threading.Event(), threading.Event()
+
+    def another_worker():
+        with preparing(runtime, key) as ours:
+            assert ours
+            claimed.set()
+            release.wait(5)
+            runtime.storage.put(key, prepared)
+
+    thread = threading.Thread(target=another_worker)
+    thread.start()
+    claimed.wait(5)
+    monkeypatch.setattr(editor, "invert", lambda *a, **k: pytest.fail("the edit inverted the face itself"))
+    threading.Timer(0.3, release.set).start()
+    edit_id = starting_edit(runtime.session_factory, image_id, alphas=(1.0,), output_format="png")
+    assert run_edit(runtime, edit_id) == "succeeded"
+    thread.join(5)
+    assert _row(runtime, Edit, edit_id).metrics["inversion_cached"] is True
+
+
+def test_a_mark_left_by_a_worker_that_died_delays_an_edit_at_most_the_bound(runtime, face_photo, monkeypatch):
+    image_id = _image(runtime, face_photo)
+    _with(runtime, monkeypatch, prepare_inversions=0)
+    run_detection(runtime, image_id)
+    key = inversion_key(image_id, runtime.editor().encoder_version, 0)
+    monkeypatch.setattr(inversion_cache, "WAIT_FOR_PREPARED_S", 0.3)
+    with preparing(runtime, key) as ours:  # held, never written: as by a worker killed mid-inversion
+        assert ours
+        edit_id = starting_edit(runtime.session_factory, image_id, alphas=(1.0,), output_format="png")
+        assert run_edit(runtime, edit_id) == "succeeded"
+    assert _row(runtime, Edit, edit_id).metrics["inversion_cached"] is False
+    assert runtime.redis().exists(f"{runtime.settings.edits_queue}:preparing:{key}") == 0  # let go on the way out
+
+
+def test_a_face_another_worker_prepares_is_not_prepared_twice(runtime, face_photo):
+    image_id = _image(runtime, face_photo)
+    key = inversion_key(image_id, runtime.editor().encoder_version, 0)
+    with preparing(runtime, key) as ours:
+        assert ours
+        with preparing(runtime, key) as second:
+            assert not second
+        assert run_detection(runtime, image_id) == "done" and _inversions(runtime, image_id) == []
 
 
 def test_a_photo_without_a_face_is_detected_and_nothing_is_prepared(runtime):
