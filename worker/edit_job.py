@@ -331,7 +331,8 @@ def _inversion(runtime: Runtime, editor: Editor, edit: Edit, spec: EditSpec, tok
     from pipeline import PendingInversion
 
     key = cache_key(edit.image_id, editor, face, spec)
-    inversion = read_cached(runtime, key, face) or wait_for_prepared(runtime, key, face)
+    inversion = read_cached(runtime, key, face) \
+        or wait_for_prepared(runtime, key, face, should_cancel=watcher.should_cancel)
     if inversion is not None:
         return inversion, True
     inversion = editor.invert(photo, face=face, progress=watcher.progress, should_cancel=watcher.should_cancel,

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -97,10 +97,11 @@ def preparing(runtime: Runtime, key: str) -> Iterator[bool]:
                     client.delete(_mark(runtime, key))
 
 
-def wait_for_prepared(runtime: Runtime, key: str, face: int, timeout_s: float | None = None) -> Inversion | None:
+def wait_for_prepared(runtime: Runtime, key: str, face: int, timeout_s: float | None = None,
+                      should_cancel: Callable[[], bool] | None = None) -> Inversion | None:
     """The inversion at `key` once the run preparing it has written it; None at once when none is preparing it
-    (the caller has just missed the cache), when that run ends without writing it, or after `timeout_s`
-    (default WAIT_FOR_PREPARED_S)."""
+    (the caller has just missed the cache), when that run ends without writing it, after `timeout_s`
+    (default WAIT_FOR_PREPARED_S), or as soon as `should_cancel()` (the caller's own work then stops)."""
     deadline = time.monotonic() + (WAIT_FOR_PREPARED_S if timeout_s is None else timeout_s)
     if not _held(runtime, key):
         return None
@@ -109,6 +110,8 @@ def wait_for_prepared(runtime: Runtime, key: str, face: int, timeout_s: float | 
         inversion = read_cached(runtime, key, face)
         if inversion is not None or not held or time.monotonic() >= deadline:
             return inversion
+        if should_cancel is not None and should_cancel():
+            return None
         time.sleep(POLL_S)
 
 

@@ -212,6 +212,16 @@ def test_a_mark_left_by_a_worker_that_died_delays_an_edit_at_most_the_bound(runt
     assert runtime.redis().exists(f"{runtime.settings.edits_queue}:preparing:{key}") == 0  # let go on the way out
 
 
+def test_a_canceled_edit_stops_waiting_for_another_workers_inversion(runtime, face_photo, monkeypatch):
+    image_id = _image(runtime, face_photo)
+    key = inversion_key(image_id, runtime.editor().encoder_version, 0)
+    monkeypatch.setattr(inversion_cache, "WAIT_FOR_PREPARED_S", 2.0)
+    asked = []
+    with preparing(runtime, key):
+        found = inversion_cache.wait_for_prepared(runtime, key, 0, should_cancel=lambda: asked.append(1) or True)
+    assert found is None and asked == [1]  # asked once, then gone at once, not after the bound
+
+
 def test_a_face_another_worker_prepares_is_not_prepared_twice(runtime, face_photo):
     image_id = _image(runtime, face_photo)
     key = inversion_key(image_id, runtime.editor().encoder_version, 0)
