@@ -72,10 +72,6 @@ class NewPhotoEdit:
         synchronize(self.models.device)
         return codes
 
-    def _preview_rows(self) -> int:
-        """The W+ rows the preview reads (as ``Editor._preview_rows``)."""
-        g = self.models.generator
-        return max(g.style_wplus_index[:g.feature_layers(self.models.renderer.preview_resolution)]) + 1
 
     def __call__(self, way: str) -> dict[str, float]:
         """Seconds per stage, ``first_view`` from the call to the pasted preview and ``first_output`` to the first
@@ -104,7 +100,7 @@ class NewPhotoEdit:
                 quad = alignment.quad
                 seconds["align"] = time.perf_counter() - t
                 t = time.perf_counter()
-                ready, rest = self._encode(alignment, first=self._preview_rows())
+                ready, rest = self._encode(alignment, first=m.renderer.preview_rows)
                 # the rows after the preview's are placeholders until the preview is shown (never read before)
                 codes = torch.cat([ready, ready[:, -1:].expand(-1, g.n_latent - ready.shape[1], -1)], dim=1)
                 seconds["invert"] = time.perf_counter() - t

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.detection")
 
 
-def detect(editor: Editor, photo: bytes) -> list[FaceBox]:
-    """The photo's faces, largest first, each with the landmarks that align it."""
-    return editor.detect(photo)
-
-
 def store_faces(runtime: Runtime, image_id: str, faces: list[FaceBox] | None, status: str) -> None:
     """Record the detection on the images row: `faces` as served (`[{index, box: [l, t, r, b], score}]`) and
     `landmarks` beside it (nothing happens when the image was deleted meanwhile)."""
@@ -57,29 +52,26 @@ def store_faces(runtime: Runtime, image_id: str, faces: list[FaceBox] | None, st
 
 def stored_detection(image: Image) -> list[FaceBox] | None:
     """The row's detection back as the pipeline's `FaceBox`es with their landmarks, or None when it has none
-    to give (not detected yet, a row from before landmarks were kept, or values that do not fit together):
-    the caller then detects anew."""
-    from pipeline import FaceBox
+    to give (not detected yet, a row from before landmarks were kept, or values that do not fit together: the
+    pipeline's own check, `detected_faces`): the caller then detects anew."""
+    import numpy as np
+
+    from pipeline import FaceBox, PipelineError
+    from pipeline.faces.detect import detected_faces
 
     faces, landmarks = image.faces, image.landmarks
     if image.faces_status != FaceStatus.DONE or not isinstance(faces, list) or not isinstance(landmarks, list) \
             or len(faces) != len(landmarks):
         return None
     try:
-        return [FaceBox(index=int(face["index"]), box=tuple(int(v) for v in face["box"]), score=float(face["score"]),
-                        landmarks=_points(points)) for face, points in zip(faces, landmarks, strict=True)]
-    except (KeyError, TypeError, ValueError):
+        boxes = [FaceBox(index=int(face["index"]), box=tuple(int(v) for v in face["box"]), score=float(face["score"]),
+                         landmarks=np.asarray(points, dtype=np.float64))
+                 for face, points in zip(faces, landmarks, strict=True)]
+        detected_faces(boxes)
+    except (KeyError, TypeError, ValueError, PipelineError):
         log.warning("image %s: its stored detection is unreadable; detecting again", image.id)
         return None
-
-
-def _points(points: Any):
-    import numpy as np
-
-    array = np.asarray(points, dtype=np.float64)
-    if array.shape != (68, 2) or not np.isfinite(array).all():
-        raise ValueError("landmarks must be 68 finite points")
-    return array
+    return boxes
 
 
 def run_detection(runtime: Runtime, image_id: str) -> str:
@@ -99,7 +91,7 @@ def run_detection(runtime: Runtime, image_id: str) -> str:
         return "gone"
     editor = runtime.editor()
     try:
-        faces = detect(editor, photo)
+        faces = editor.detect(photo)
     except PipelineError as error:  # a photo the pipeline cannot read, or no model: the edit will say why
         log.info("face detection of %s failed: %s", image_id, error)
         store_faces(runtime, image_id, None, FaceStatus.FAILED)

@@ -39,7 +39,7 @@ from common.models import Edit, Image
 from common.storage import ObjectNotFound, StorageUnavailable
 from common.storage_layout import original_key, preview_key, result_key, results_prefix
 from common.webhooks.outbox import push_events
-from worker.detection import detect, store_faces, stored_detection
+from worker.detection import store_faces, stored_detection
 from worker.inversion_cache import cache_key, fleet_inversion, read_cached, wait_for_prepared
 from worker.runtime import Runtime, encoder_run
 
@@ -282,7 +282,7 @@ def _chosen_faces(runtime: Runtime, editor: Editor, edit: Edit, photo: bytes) ->
         done = image is not None and image.faces_status == FaceStatus.DONE and image.faces is not None
         faces, detection = (image.faces, stored_detection(image)) if done else (None, None)
     if faces is None:
-        detection = detect(editor, photo)
+        detection = editor.detect(photo)
         faces = [face.to_dict() for face in detection]
         store_faces(runtime, edit.image_id, detection, FaceStatus.DONE)
     return chosen_faces(edit.spec.faces, faces, runtime.settings.max_faces_per_edit), detection

@@ -72,7 +72,7 @@ class Runtime:
         if self.settings.redis_url is None:
             return None
         if self._offers is None:
-            self._offers = OffersReader(redis_client(self.settings.redis_url), self.settings.edits_queue)
+            self._offers = OffersReader(self.redis(), self.settings.edits_queue)
         return self._offers.get()
 
     @property

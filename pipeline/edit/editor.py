@@ -285,8 +285,8 @@ class Editor:
             if inversion == "sfe":
                 fields = self._invert_sfe(x)
                 versions["sfe"] = self.versions["sfe"]
-            elif staged and self._preview_rows() < models.generator.n_latent:
-                ready, rest = models.encoder.staged(x, self._preview_rows())
+            elif staged and models.renderer.preview_rows < models.generator.n_latent:
+                ready, rest = models.encoder.staged(x, models.renderer.preview_rows)
                 fields = {"ready": ready[0].float().cpu().numpy(), "n_latent": models.generator.n_latent,
                           "rest": lambda: rest()[0].float().cpu().numpy()}
             else:
@@ -376,7 +376,7 @@ class Editor:
         # an inversion still finishing its last rows finishes after the preview, which does not read them;
         # without a preview (or where the preview needs them) it finishes now
         staged = mode == "global" and on_preview is not None \
-            and all(inv.ready.shape[0] >= self._preview_rows() for inv in inversions if _pending(inv))
+            and all(inv.ready.shape[0] >= models.renderer.preview_rows for inv in inversions if _pending(inv))
         if not staged:
             inversions = self._finish(inversions, step)
         image = load_photo(raw)
@@ -478,11 +478,6 @@ class Editor:
             return g.styles(torch.cat([r.interpolate([alphas[i]]) for r in results])), None
 
         return optimized_faces
-
-    def _preview_rows(self) -> int:
-        """How many W+ rows a render's preview reads (14 of 18 for 256² of 1024²)."""
-        g = self.models.generator
-        return max(g.style_wplus_index[:g.feature_layers(self.models.renderer.preview_resolution)]) + 1
 
     def _finish(self, inversions: list, step: Stages) -> list[Inversion]:
         """Every inversion whole: a ``PendingInversion``'s last rows computed (its ``finish``)."""

@@ -117,6 +117,13 @@ class Renderer:
         """Where ``render_with_preview`` shows its preview: a quarter of the size (256² of 1024²)."""
         return self.generator.size // PREVIEW_FRACTION
 
+    @property
+    def preview_rows(self) -> int:
+        """How many W+ rows the preview's layers read (14 of 18 for 256² of 1024²): the rest may be computed
+        after it (``E4E.staged``)."""
+        g = self.generator
+        return max(g.style_wplus_index[:g.feature_layers(self.preview_resolution)]) + 1
+
     def feature(self, styles: list[torch.Tensor], resolution: int,
                 injected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``Generator.feature`` by the path that fits: the ``resolution`` block's output ``[B,C_r,r,r]`` and the
