@@ -9,8 +9,6 @@ prepared, no error)."""
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 from sqlalchemy import update
@@ -19,10 +17,10 @@ from common.db import upgrade
 from common.models import Edit
 from common.models import Image as ImageRow
 from common.retention import purge_image
-from common.settings import Settings
 from common.storage_layout import inversion_key, inversions_prefix
 from tests.pipeline.images import golden_face, gradient_image, png_bytes, two_faces
 from tests.services.rows import starting_edit, stored_image
+from tests.services.settings import local_settings
 from worker import inversion_cache
 from worker.detection import run_detection, stored_detection
 from worker.edit_job import run_edit
@@ -37,15 +35,8 @@ def runtime(dev_bundle, redis_url, tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared")
     database = f"sqlite:///{root / 'db.sqlite'}"
     upgrade(database)
-    tag = uuid.uuid4().hex[:8]
-    runtime = Runtime(Settings(database_url=database, storage_dir=root / "store", cache_dir=root / "cache",
-                               model_dir=dev_bundle, redis_url=redis_url, io_queue=f"io-{tag}",
-                               edits_queue=f"edits-{tag}", webhooks_queue=f"webhooks-{tag}",
-                               default_inversion="e4e", prepare_inversions=1))  # fmt: skip
-    yield runtime
-    from redis import Redis
-
-    Redis.from_url(redis_url).delete(f"io-{tag}", f"edits-{tag}", f"webhooks-{tag}")
+    return Runtime(local_settings(database, root / "store", redis_url=redis_url, cache_dir=root / "cache",
+                                  model_dir=dev_bundle, prepare_inversions=1))
 
 
 @pytest.fixture(scope="module")
